@@ -1,0 +1,44 @@
+// Resource -> relational row for the per-type tables of sql/001_schema.sql.
+import type { Resource } from '@medplum/fhirtypes';
+import { mapAuditEvent } from './auditEvent.ts';
+import type { MappedRow } from './common.ts';
+import { mapEncounter } from './encounter.ts';
+import { mapMedicationStatement } from './medicationStatement.ts';
+import { mapObservation } from './observation.ts';
+import { mapPatient } from './patient.ts';
+
+export { collectReferences } from './references.ts';
+export { referenceId } from './common.ts';
+export type { MappedRow } from './common.ts';
+
+export const TABLES: Record<string, string> = {
+  Patient: 'patients',
+  Encounter: 'encounters',
+  Observation: 'observations',
+  MedicationStatement: 'medication_statements',
+  AuditEvent: 'audit_events',
+};
+
+/** Types whose tables are RANGE-partitioned on clinical_time. */
+export const TIME_PARTITIONED = new Set(['Encounter', 'Observation', 'MedicationStatement', 'AuditEvent']);
+
+export interface Row extends MappedRow {
+  table: string;
+}
+
+export function toRow(resource: Resource): Row {
+  const table = Object.hasOwn(TABLES, resource?.resourceType ?? '') ? TABLES[resource.resourceType] : undefined;
+  if (!table) throw new Error(`no table for resource type ${String(resource?.resourceType)}`);
+  return { table, ...mapByType(resource) };
+}
+
+function mapByType(r: Resource): MappedRow {
+  switch (r.resourceType) {
+    case 'Patient': return mapPatient(r);
+    case 'Encounter': return mapEncounter(r);
+    case 'Observation': return mapObservation(r);
+    case 'MedicationStatement': return mapMedicationStatement(r);
+    case 'AuditEvent': return mapAuditEvent(r);
+    default: throw new Error(`no mapping for resource type ${r.resourceType}`);
+  }
+}

@@ -1,0 +1,35 @@
+// Runtime settings, all from the environment so the same build runs everywhere.
+import path from 'node:path';
+
+export interface Config {
+  port: number;
+  host: string;
+  /** Owner connection: runs migrations and partition maintenance. Unset = embedded PostgreSQL. */
+  databaseUrl?: string;
+  /** Optional explicit connection for request traffic (must be the non-owner kiln_app role). */
+  appDatabaseUrl?: string;
+  dataDir: string;
+  embeddedPort: number;
+  /** Public base URL; when unset it is derived from each request's Host header. */
+  baseUrl?: string;
+  bodyLimit: string;
+  defaultCount: number;
+  maxCount: number;
+  poolSize: number;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  return {
+    port: Number(env.PORT ?? 8080),
+    host: env.HOST ?? '0.0.0.0',
+    databaseUrl: env.DATABASE_URL || undefined,
+    appDatabaseUrl: env.APP_DATABASE_URL || undefined,
+    dataDir: path.resolve(env.KILN_DATA_DIR ?? '.kiln-data'),
+    embeddedPort: Number(env.KILN_PG_PORT ?? 54329),
+    baseUrl: env.BASE_URL || undefined,
+    bodyLimit: env.KILN_BODY_LIMIT ?? '10mb',
+    defaultCount: Number(env.KILN_DEFAULT_COUNT ?? 50),
+    maxCount: Number(env.KILN_MAX_COUNT ?? 1000),
+    poolSize: Number(env.KILN_POOL_SIZE ?? 16),
+  };
+}

@@ -1,0 +1,43 @@
+// The CapabilityStatement, derived from what the code really serves: the mapped
+// types, the interactions the router dispatches, the search parameters the store
+// evaluates and the profiles the validator enforces.
+import type { CapabilityStatement, CapabilityStatementRestResource } from '@medplum/fhirtypes';
+import { TABLES } from '../../mappings/postgres/index.ts';
+import { SEARCH_PARAMS, SEARCH_PARAM_TYPES } from '../store/search.ts';
+import { knownProfiles } from './validate.ts';
+
+export const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'] as const;
+
+export function capabilityStatement(base: string, version: string): CapabilityStatement {
+  const profilesByType = new Map<string, string[]>();
+  for (const sd of knownProfiles()) {
+    profilesByType.set(sd.type!, [...(profilesByType.get(sd.type!) ?? []), sd.url!]);
+  }
+  const resource: CapabilityStatementRestResource[] = Object.keys(TABLES).map((type) => ({
+    type,
+    profile: `http://hl7.org/fhir/StructureDefinition/${type}`,
+    ...(profilesByType.has(type) ? { supportedProfile: profilesByType.get(type) } : {}),
+    interaction: TYPE_INTERACTIONS.map((code) => ({ code })),
+    versioning: 'versioned-update',
+    readHistory: true,
+    updateCreate: true,
+    conditionalCreate: true,
+    conditionalRead: 'modified-since',
+    conditionalUpdate: true,
+    conditionalDelete: 'single',
+    referencePolicy: ['literal', 'enforced', 'local'],
+    searchParam: Object.keys(SEARCH_PARAMS[type]).map((name) => ({ name, type: SEARCH_PARAM_TYPES[name] as 'token' })),
+  }));
+  return {
+    resourceType: 'CapabilityStatement',
+    status: 'active',
+    date: new Date().toISOString(),
+    kind: 'instance',
+    software: { name: 'Kiln', version },
+    implementation: { description: 'Kiln FHIR R4 server', url: base },
+    fhirVersion: '4.0.1',
+    format: ['application/fhir+json', 'application/json'],
+    patchFormat: ['application/json-patch+json'],
+    rest: [{ mode: 'server', resource, interaction: [{ code: 'history-system' }] }],
+  };
+}

@@ -1,0 +1,34 @@
+// FHIR errors: every failure leaves as an OperationOutcome with a status code.
+import type { OperationOutcome, OperationOutcomeIssue } from '@medplum/fhirtypes';
+
+export type IssueCode = OperationOutcomeIssue['code'];
+
+export class FhirError extends Error {
+  readonly status: number;
+  readonly issues: OperationOutcomeIssue[];
+  constructor(status: number, code: IssueCode, message: string, expression?: string[]) {
+    super(message);
+    this.status = status;
+    this.issues = [{ severity: 'error', code, diagnostics: message, ...(expression ? { expression } : {}) }];
+  }
+  static withIssues(status: number, issues: OperationOutcomeIssue[], message: string): FhirError {
+    const e = new FhirError(status, issues[0]?.code ?? 'invalid', message);
+    (e as { issues: OperationOutcomeIssue[] }).issues = issues;
+    return e;
+  }
+}
+
+export const badRequest = (msg: string, expression?: string[]) => new FhirError(400, 'invalid', msg, expression);
+export const notFound = (msg: string) => new FhirError(404, 'not-found', msg);
+export const gone = (msg: string) => new FhirError(410, 'deleted', msg);
+export const conflict = (msg: string) => new FhirError(409, 'conflict', msg);
+export const preconditionFailed = (msg: string) => new FhirError(412, 'conflict', msg);
+export const unprocessable = (msg: string, expression?: string[]) => new FhirError(422, 'processing', msg, expression);
+
+export function outcome(issues: OperationOutcomeIssue[]): OperationOutcome {
+  return { resourceType: 'OperationOutcome', issue: issues };
+}
+
+export function informational(message: string): OperationOutcome {
+  return outcome([{ severity: 'information', code: 'informational', diagnostics: message }]);
+}

@@ -1,0 +1,51 @@
+// The Express application: security headers, raw body with a size limit, the FHIR
+// router, and one error handler that turns everything into an OperationOutcome.
+import express, { type NextFunction, type Request, type Response } from 'express';
+import helmet from 'helmet';
+import type { Config } from '../config.ts';
+import type { Database } from '../store/database.ts';
+import { fhirRouter } from './router.ts';
+import { sendOutcome } from './format.ts';
+import { FhirError, outcome } from '../fhir/outcome.ts';
+
+export function createApp(db: Database, config: Config, version: string) {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', 'loopback');
+  app.use(helmet({ contentSecurityPolicy: false }));
+  app.get('/healthz', async (_req, res) => {
+    try {
+      await db.app.query('SELECT 1');
+      res.json({ status: 'ok' });
+    } catch {
+      res.status(503).json({ status: 'database unavailable' });
+    }
+  });
+  // Bodies are parsed by the handlers so malformed JSON gets a FHIR answer.
+  app.use('/fhir', express.raw({ type: () => true, limit: config.bodyLimit }));
+  const dispatch = fhirRouter(db, config, version);
+  app.use('/fhir', (req, res, next) => { dispatch(req, res).catch(next); });
+  app.use((req, res) => {
+    sendOutcome(req, res, 404, outcome([{ severity: 'error', code: 'not-found', diagnostics: `No route for ${req.path}; the FHIR base is /fhir` }]));
+  });
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    if (res.headersSent) return;
+    if (err instanceof FhirError) {
+      sendOutcome(req, res, err.status, outcome(err.issues));
+      return;
+    }
+    const e = err as { type?: string; status?: number; message?: string };
+    if (e.type === 'entity.too.large') {
+      sendOutcome(req, res, 413, outcome([{ severity: 'error', code: 'too-costly', diagnostics: `Request body exceeds the ${config.bodyLimit} limit` }]));
+      return;
+    }
+    if (typeof e.status === 'number' && e.status >= 400 && e.status < 500) {
+      sendOutcome(req, res, e.status, outcome([{ severity: 'error', code: 'invalid', diagnostics: e.message ?? 'Bad request' }]));
+      return;
+    }
+    // A bug: log it, tell the client nothing about internals.
+    console.error('internal error', req.method, req.originalUrl, err);
+    sendOutcome(req, res, 500, outcome([{ severity: 'error', code: 'exception', diagnostics: 'Internal server error' }]));
+  });
+  return app;
+}

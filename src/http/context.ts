@@ -1,0 +1,41 @@
+// What every FHIR interaction handler receives.
+import type { Request, Response } from 'express';
+import type { Config } from '../config.ts';
+import type { Database } from '../store/database.ts';
+import type { Tx } from '../store/resources.ts';
+import { withTenant } from '../store/resources.ts';
+import { badRequest } from '../fhir/outcome.ts';
+
+export interface Ctx {
+  req: Request;
+  res: Response;
+  db: Database;
+  config: Config;
+  orgId: number;
+  /** Absolute FHIR base of this tenant, e.g. http://host/fhir/acme */
+  base: string;
+}
+
+export function inTenant<T>(ctx: Ctx, fn: (tx: Tx) => Promise<T>): Promise<T> {
+  return withTenant(ctx.db.app, ctx.orgId, fn);
+}
+
+/** Query parameters as ordered [name, value] pairs (repeats kept), from the URL. */
+export function queryPairs(req: Request): [string, string][] {
+  const q = req.originalUrl.indexOf('?');
+  return q < 0 ? [] : [...new URLSearchParams(req.originalUrl.slice(q + 1)).entries()];
+}
+
+/** Result-control parameters that are not search criteria. */
+const CONTROL = new Set(['_format', '_pretty', '_count', '_summary', '_elements', '_total', '_page', '_sort', '_since']);
+
+export function criteriaPairs(pairs: [string, string][]): [string, string][] {
+  return pairs.filter(([n]) => !CONTROL.has(n));
+}
+
+export function pageSize(ctx: Ctx, raw: unknown): number {
+  if (raw === undefined) return ctx.config.defaultCount;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0) throw badRequest(`_count must be a non-negative integer, got '${String(raw)}'`, ['_count']);
+  return Math.min(n, ctx.config.maxCount);
+}

@@ -1,0 +1,49 @@
+// Starts Kiln: database (embedded unless DATABASE_URL), validator, HTTP server;
+// stops it cleanly (in-flight requests finish, then the database closes).
+import http from 'node:http';
+import fs from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { loadConfig, type Config } from './config.ts';
+import { openDatabase, type Database } from './store/database.ts';
+import { createApp } from './http/app.ts';
+import { loadDefinitions } from './fhir/validate.ts';
+
+const VERSION: string = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  db: Database;
+  config: Config;
+  stop(): Promise<void>;
+}
+
+export async function startServer(overrides: Partial<Config> = {}): Promise<RunningServer> {
+  const config = { ...loadConfig(), ...overrides };
+  loadDefinitions();
+  const db = await openDatabase(config);
+  const server = http.createServer(createApp(db, config, VERSION));
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  let stopping: Promise<void> | undefined;
+  return {
+    url: `http://127.0.0.1:${port}/fhir`,
+    port,
+    db,
+    config,
+    stop() {
+      stopping ??= (async () => {
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeIdleConnections();
+        });
+        await db.close();
+      })();
+      return stopping;
+    },
+  };
+}

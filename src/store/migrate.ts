@@ -1,0 +1,37 @@
+// Applies sql/NNN_*.sql in order, each once, recorded in schema_migrations.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type pg from 'pg';
+
+const SQL_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../sql');
+const MIGRATION_LOCK = 7_201_001; // advisory lock key: one migrator at a time
+
+export async function migrate(pool: pg.Pool): Promise<string[]> {
+  const client = await pool.connect();
+  const applied: string[] = [];
+  try {
+    await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK]);
+    await client.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
+    const done = new Set((await client.query('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
+    const files = fs.readdirSync(SQL_DIR).filter((f) => /^\d+_.*\.sql$/.test(f)).sort();
+    for (const file of files) {
+      if (done.has(file)) continue;
+      await client.query('BEGIN');
+      try {
+        await client.query(fs.readFileSync(path.join(SQL_DIR, file), 'utf8'));
+        await client.query('INSERT INTO schema_migrations (version) VALUES ($1)', [file]);
+        await client.query('COMMIT');
+        applied.push(file);
+      } catch (e) {
+        await client.query('ROLLBACK');
+        throw new Error(`migration ${file} failed: ${(e as Error).message}`);
+      }
+    }
+  } finally {
+    await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => {});
+    client.release();
+  }
+  return applied;
+}

@@ -1,0 +1,307 @@
+// Versioned resource storage: every write locks the id's locator row, appends a
+// history version and upserts the current row of the type's partitioned table.
+import crypto from 'node:crypto';
+import type pg from 'pg';
+import type { Resource } from '@medplum/fhirtypes';
+import { TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappings/postgres/index.ts';
+import { FhirError, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome.ts';
+
+export type Tx = pg.PoolClient;
+
+/** Runs fn in one transaction bound to a tenant: RLS sees only org rows. */
+export async function withTenant<T>(pool: pg.Pool, orgId: number, fn: (tx: Tx) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query('BEGIN');
+    await client.query("SELECT set_config('app.org_id', $1, true)", [String(orgId)]);
+    const result = await fn(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (e) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw translatePgError(e);
+  } finally {
+    client.release();
+  }
+}
+
+/** Database constraint failures become FHIR errors; anything else stays a bug (500). */
+function translatePgError(e: unknown): unknown {
+  const err = e as { code?: string; constraint?: string; detail?: string };
+  if (err.code === '23503') {
+    return new FhirError(409, 'conflict', `Referential integrity: ${err.detail ?? err.constraint ?? 'a reference does not match'}`);
+  }
+  if (err.code === '23505') return new FhirError(409, 'duplicate', `Duplicate: ${err.detail ?? err.constraint}`);
+  if (err.code === '40001' || err.code === '40P01') return new FhirError(409, 'transient', 'Concurrent update, retry');
+  return e;
+}
+
+export interface VersionInfo {
+  id: string;
+  versionId: number;
+  lastUpdated: string;
+  deleted: boolean;
+}
+
+export interface StoredResource extends VersionInfo {
+  /** The stored JSON text, exactly as kept (meta included). Absent for a delete. */
+  json?: string;
+}
+
+const INSTANT_SQL = `to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+const instant = (col: string) => INSTANT_SQL.replace('%s', col);
+
+function tableOf(type: string): string {
+  const table = TABLES[type];
+  if (!table) throw notFound(`Resource type ${type} is not supported`);
+  return table;
+}
+
+/** Current version of a resource, reading exactly one partition of its table. */
+export async function readCurrent(tx: Tx, type: string, id: string, forUpdate = false): Promise<StoredResource | undefined> {
+  const table = tableOf(type);
+  const timeMatch = TIME_PARTITIONED.has(type) ? 'AND t.clinical_time = l.clinical_time' : '';
+  const { rows } = await tx.query(
+    `SELECT l.version_id, l.deleted, ${instant('l.last_updated')} AS last_updated, t.resource::text AS json
+       FROM resource_ids l
+       LEFT JOIN ${table} t ON t.org_id = l.org_id AND t.id = l.id ${timeMatch}
+      WHERE l.org_id = current_setting('app.org_id')::integer AND l.resource_type = $1 AND l.id = $2 AND l.version_id > 0
+      ${forUpdate ? 'FOR UPDATE OF l' : ''}`,
+    [type, id]);
+  if (!rows[0]) return undefined;
+  const r = rows[0];
+  return { id, versionId: r.version_id, lastUpdated: r.last_updated, deleted: r.deleted, json: r.deleted ? undefined : r.json };
+}
+
+export async function readVersion(tx: Tx, type: string, id: string, versionId: number): Promise<StoredResource | undefined> {
+  const { rows } = await tx.query(
+    `SELECT version_id, method, ${instant('last_updated')} AS last_updated, resource::text AS json
+       FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3`,
+    [type, id, versionId]);
+  const r = rows[0];
+  if (!r) return undefined;
+  return { id, versionId: r.version_id, lastUpdated: r.last_updated, deleted: r.method === 'DELETE', json: r.json ?? undefined };
+}
+
+/** Resolves a read into a resource or the right FHIR error (404 / 410). */
+export function requireLive(stored: StoredResource | undefined, type: string, id: string): StoredResource & { json: string } {
+  if (!stored) throw notFound(`${type}/${id} not found`);
+  if (stored.deleted) throw gone(`${type}/${id} was deleted (version ${stored.versionId})`);
+  return stored as StoredResource & { json: string };
+}
+
+interface Locked {
+  versionId: number; // 0 when the id never existed
+  deleted: boolean;
+  clinicalTime: string | null;
+  now: string; // the transaction's write time, FHIR instant
+}
+
+/** Locks (creating if needed) the locator row of type/id; serializes writers of one resource. */
+async function lockId(tx: Tx, type: string, id: string): Promise<Locked> {
+  const { rows } = await tx.query(
+    `INSERT INTO resource_ids (org_id, resource_type, id, version_id, last_updated, deleted)
+     VALUES (current_setting('app.org_id')::integer, $1, $2, 0, now(), true)
+     ON CONFLICT (org_id, resource_type, id) DO UPDATE SET version_id = resource_ids.version_id
+     RETURNING version_id, deleted, clinical_time, ${instant("date_trunc('milliseconds', clock_timestamp())")} AS now`,
+    [type, id]);
+  const r = rows[0];
+  return { versionId: r.version_id, deleted: r.deleted, clinicalTime: r.clinical_time, now: r.now };
+}
+
+const STORED_TYPES = new Set(Object.keys(TABLES));
+
+/** Local references to stored types must resolve to a live resource (else 422). */
+async function checkReferences(tx: Tx, resource: Resource, selfType: string, selfId: string): Promise<void> {
+  const wanted = new Map<string, { type: string; id: string; ref: string }>();
+  for (const ref of collectReferences(resource)) {
+    const m = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(ref);
+    if (!m || !STORED_TYPES.has(m[1])) continue;
+    if (m[1] === selfType && m[2] === selfId) continue;
+    wanted.set(`${m[1]}/${m[2]}`, { type: m[1], id: m[2], ref });
+  }
+  if (wanted.size === 0) return;
+  const list = [...wanted.values()];
+  const { rows } = await tx.query(
+    `SELECT resource_type || '/' || id AS key FROM resource_ids
+      WHERE org_id = current_setting('app.org_id')::integer AND deleted = false AND version_id > 0
+        AND (resource_type, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
+    [list.map((x) => x.type), list.map((x) => x.id)]);
+  const found = new Set(rows.map((r) => r.key));
+  const missing = list.filter((x) => !found.has(`${x.type}/${x.id}`));
+  if (missing.length) {
+    throw unprocessable(`Reference${missing.length > 1 ? 's' : ''} not found: ${missing.map((x) => x.ref).join(', ')}`);
+  }
+}
+
+export type WriteMethod = 'POST' | 'PUT' | 'PATCH';
+
+export interface WriteRequest {
+  type: string;
+  /** Absent for a create with a server-assigned id. */
+  id?: string;
+  resource: Resource;
+  method: WriteMethod;
+  /** Version the client expects to replace (If-Match); 412 when it differs. */
+  ifMatch?: number;
+  /** PATCH needs an existing live resource. */
+  mustExist?: boolean;
+}
+
+export interface WriteResult {
+  resource: Resource;
+  json: string;
+  versionId: number;
+  lastUpdated: string;
+  created: boolean;
+}
+
+export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteResult> {
+  const type = req.type;
+  const table = tableOf(type);
+  const id = req.id ?? crypto.randomUUID();
+  const lock = await lockId(tx, type, id);
+  const exists = lock.versionId > 0 && !lock.deleted;
+  if (req.ifMatch !== undefined && (lock.versionId === 0 || req.ifMatch !== lock.versionId)) {
+    throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${lock.versionId}, If-Match asked for ${req.ifMatch}`);
+  }
+  if (req.mustExist && !exists) {
+    if (lock.versionId > 0) throw gone(`${type}/${id} was deleted`);
+    throw notFound(`${type}/${id} not found`);
+  }
+  const versionId = lock.versionId + 1;
+  const resource = {
+    ...req.resource,
+    id,
+    meta: { ...req.resource.meta, versionId: String(versionId), lastUpdated: lock.now },
+  } as Resource;
+  await checkReferences(tx, resource, type, id);
+  const row = toRow(resource);
+  const clinicalTime = TIME_PARTITIONED.has(type) ? (row.clinicalTime ?? lock.now) : null;
+  const json = JSON.stringify(resource);
+
+  const cols: Record<string, unknown> = {
+    ...row.columns,
+    version_id: versionId,
+    last_updated: lock.now,
+    resource: json,
+    ...(clinicalTime ? { clinical_time: clinicalTime } : {}),
+  };
+  if (type === 'Encounter') {
+    // The hub row carries the encounter's patient; clinical rows reference it.
+    await tx.query(
+      `INSERT INTO clinical_events (org_id, encounter_id, patient_id) VALUES (current_setting('app.org_id')::integer, $1, $2)
+       ON CONFLICT (org_id, encounter_id) DO UPDATE SET patient_id = EXCLUDED.patient_id`,
+      [id, cols.patient_id ?? null]);
+  }
+  const names = Object.keys(cols);
+  const values = names.map((n) => cols[n]);
+  if (exists) {
+    const assignments = names.map((n, i) => `${n} = $${i + 2}`).join(', ');
+    const timeMatch = lock.clinicalTime ? `AND clinical_time = $${names.length + 2}` : '';
+    await tx.query(
+      `UPDATE ${table} SET ${assignments} WHERE org_id = current_setting('app.org_id')::integer AND id = $1 ${timeMatch}`,
+      [id, ...values, ...(lock.clinicalTime ? [lock.clinicalTime] : [])]);
+  } else {
+    const placeholders = names.map((_, i) => `$${i + 2}`).join(', ');
+    await tx.query(
+      `INSERT INTO ${table} (org_id, id, ${names.join(', ')}) VALUES (current_setting('app.org_id')::integer, $1, ${placeholders})`,
+      [id, ...values]);
+  }
+  await appendHistory(tx, type, id, versionId, lock.now, req.method, json);
+  await tx.query(
+    `UPDATE resource_ids SET version_id = $3, last_updated = $4, deleted = false, clinical_time = $5
+      WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = $2`,
+    [type, id, versionId, lock.now, clinicalTime]);
+  return { resource, json, versionId, lastUpdated: lock.now, created: !exists };
+}
+
+async function appendHistory(tx: Tx, type: string, id: string, versionId: number, at: string, method: string, json: string | null) {
+  await tx.query(
+    `INSERT INTO resource_history (org_id, resource_type, id, version_id, last_updated, method, resource)
+     VALUES (current_setting('app.org_id')::integer, $1, $2, $3, $4, $5, $6)`,
+    [type, id, versionId, at, method, json]);
+}
+
+export interface DeleteResult {
+  /** False when the id never existed. */
+  existed: boolean;
+  versionId?: number;
+}
+
+/** Deletes as a new version; a resource still referenced by clinical rows gives 409. */
+export async function deleteResource(tx: Tx, type: string, id: string, ifMatch?: number): Promise<DeleteResult> {
+  const table = tableOf(type);
+  const lock = await lockId(tx, type, id);
+  if (lock.versionId === 0) {
+    // Undo the placeholder row lockId made: the id never existed.
+    await tx.query(`DELETE FROM resource_ids WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = $2`, [type, id]);
+    return { existed: false };
+  }
+  if (ifMatch !== undefined && ifMatch !== lock.versionId) {
+    throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${lock.versionId}, If-Match asked for ${ifMatch}`);
+  }
+  if (lock.deleted) return { existed: true, versionId: lock.versionId };
+  const versionId = lock.versionId + 1;
+  const timeMatch = lock.clinicalTime ? 'AND clinical_time = $2' : '';
+  await tx.query(`DELETE FROM ${table} WHERE org_id = current_setting('app.org_id')::integer AND id = $1 ${timeMatch}`,
+    lock.clinicalTime ? [id, lock.clinicalTime] : [id]);
+  if (type === 'Encounter') {
+    await tx.query(`DELETE FROM clinical_events WHERE org_id = current_setting('app.org_id')::integer AND encounter_id = $1`, [id]);
+  }
+  await appendHistory(tx, type, id, versionId, lock.now, 'DELETE', null);
+  await tx.query(
+    `UPDATE resource_ids SET version_id = $3, last_updated = $4, deleted = true
+      WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = $2`,
+    [type, id, versionId, lock.now]);
+  return { existed: true, versionId };
+}
+
+/** Serializes conditional writes that use the same criteria, so two racing
+ * conditional creates cannot both see "no match" and both create. */
+export async function lockCriteria(tx: Tx, key: string): Promise<void> {
+  await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [key]);
+}
+
+export interface HistoryEntry extends StoredResource {
+  type: string;
+  method: string;
+}
+
+export interface HistoryQuery {
+  type?: string;
+  id?: string;
+  since?: string;
+  /** Keyset cursor: entries strictly older than this (lastUpdated, type, id, version). */
+  before?: { lastUpdated: string; type: string; id: string; versionId: number };
+  count: number;
+}
+
+/** History newest first, keyset-paged so pages stay stable while others write. */
+export async function history(tx: Tx, q: HistoryQuery): Promise<HistoryEntry[]> {
+  const where = [`org_id = current_setting('app.org_id')::integer`];
+  const params: unknown[] = [];
+  const p = (v: unknown) => { params.push(v); return `$${params.length}`; };
+  if (q.type) where.push(`resource_type = ${p(q.type)}`);
+  if (q.id) where.push(`id = ${p(q.id)}`);
+  if (q.since) where.push(`last_updated >= ${p(q.since)}`);
+  if (q.before) {
+    where.push(`(last_updated, resource_type, id, version_id) < (${p(q.before.lastUpdated)}::timestamptz, ${p(q.before.type)}, ${p(q.before.id)}, ${p(q.before.versionId)}::integer)`);
+  }
+  const { rows } = await tx.query(
+    `SELECT resource_type, id, version_id, method, ${instant('last_updated')} AS last_updated, resource::text AS json
+       FROM resource_history WHERE ${where.join(' AND ')}
+      ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT ${p(q.count)}`,
+    params);
+  return rows.map((r) => ({
+    type: r.resource_type, id: r.id, versionId: r.version_id, lastUpdated: r.last_updated,
+    method: r.method, deleted: r.method === 'DELETE', json: r.json ?? undefined,
+  }));
+}
+
+export async function countHistory(tx: Tx, type: string, id: string): Promise<number> {
+  const { rows } = await tx.query(
+    'SELECT count(*)::integer AS n FROM resource_history WHERE resource_type = $1 AND id = $2', [type, id]);
+  return rows[0].n;
+}
+

@@ -1,0 +1,33 @@
+// Tenants (organizations): creation with their partitions, and slug lookup.
+import type pg from 'pg';
+
+export interface Org { id: number; slug: string; name: string }
+
+// Partitions are made a year back and three months ahead; older or later rows
+// land in the org's DEFAULT partition, so no write ever fails for lack of one.
+const MONTHS_BACK = 12;
+const MONTHS_AHEAD = 3;
+
+export async function ensureOrgPartitions(owner: pg.Pool, orgId: number): Promise<void> {
+  await owner.query('SELECT kiln_ensure_time_partitions($1, $2, $3)', [orgId, MONTHS_BACK, MONTHS_AHEAD]);
+}
+
+export async function ensureAllOrgPartitions(owner: pg.Pool): Promise<void> {
+  const { rows } = await owner.query('SELECT id FROM organizations ORDER BY id');
+  for (const r of rows) await ensureOrgPartitions(owner, r.id);
+}
+
+export async function createOrg(owner: pg.Pool, slug: string, name: string): Promise<Org> {
+  const { rows } = await owner.query(
+    'INSERT INTO organizations (slug, name) VALUES ($1, $2) RETURNING id, slug, name', [slug, name]);
+  await ensureOrgPartitions(owner, rows[0].id);
+  return rows[0];
+}
+
+export async function listOrgs(pool: pg.Pool): Promise<Org[]> {
+  return (await pool.query('SELECT id, slug, name FROM organizations ORDER BY id')).rows;
+}
+
+export async function findOrg(pool: pg.Pool, slug: string): Promise<Org | undefined> {
+  return (await pool.query('SELECT id, slug, name FROM organizations WHERE slug = $1', [slug])).rows[0];
+}
