@@ -45,6 +45,9 @@ async function isRunning(port: number, password: string): Promise<boolean> {
 
 async function startEmbedded(config: Config): Promise<{ url: string; stop: () => Promise<void> }> {
   const dir = path.join(config.dataDir, 'pg');
+  fs.mkdirSync(config.dataDir, { recursive: true });
+  // As root, initdb runs as the 'postgres' OS user, which must be able to enter the data dir.
+  if (process.getuid?.() === 0) fs.chmodSync(config.dataDir, 0o755);
   const password = readOrCreateSecret(path.join(config.dataDir, 'pg-superuser-password'));
   const url = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${config.embeddedPort}/${DB_NAME}`;
   // A running server on this data dir (e.g. the CLI beside `npm start`) is shared, not restarted.
