@@ -22,7 +22,7 @@ export function checkId(id: string): void {
 }
 
 /** Parses and validates a resource body of the given type (400 on any problem). */
-function resourceBody(ctx: Ctx, type: string): Resource {
+function resourceBody(ctx: Ctx, type: string): { body: Resource; text: string } {
   requireBodyType(ctx.req);
   const body = jsonBody(ctx.req) as Resource;
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw badRequest('Body must be a JSON object');
@@ -30,7 +30,7 @@ function resourceBody(ctx: Ctx, type: string): Resource {
     throw badRequest(`resourceType '${String(body.resourceType)}' does not match the URL type ${type}`, ['resourceType']);
   }
   validate(body);
-  return body;
+  return { body, text: (ctx.req.body as Buffer).toString('utf8') };
 }
 
 function setVersionHeaders(ctx: Ctx, type: string, id: string, versionId: number, lastUpdated: string) {
@@ -66,7 +66,7 @@ async function matchCriteria(tx: Tx, type: string, criteria: [string, string][])
 }
 
 export async function create(ctx: Ctx, type: string) {
-  const body = resourceBody(ctx, type);
+  const { body, text } = resourceBody(ctx, type);
   const ifNoneExist = ctx.req.get('if-none-exist');
   const result = await inTenant(ctx, async (tx) => {
     if (ifNoneExist) {
@@ -79,7 +79,7 @@ export async function create(ctx: Ctx, type: string) {
       }
     }
     const { id: _ignored, ...rest } = body; // the server assigns ids on create
-    return writeResource(tx, { type, resource: rest as Resource, method: 'POST' });
+    return writeResource(tx, { type, resource: rest as Resource, text, method: 'POST' });
   });
   sendWrite(ctx, type, result);
 }
@@ -121,16 +121,16 @@ function sendStored(ctx: Ctx, type: string, stored: { id: string; versionId: num
 
 export async function update(ctx: Ctx, type: string, id: string) {
   checkId(id);
-  const body = resourceBody(ctx, type);
+  const { body, text } = resourceBody(ctx, type);
   if (body.id === undefined) throw badRequest('Resource id is required on update', ['id']);
   if (body.id !== id) throw badRequest(`Resource id '${body.id}' does not match the URL id '${id}'`, ['id']);
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  const result = await inTenant(ctx, (tx) => writeResource(tx, { type, id, resource: body, method: 'PUT', ifMatch }));
+  const result = await inTenant(ctx, (tx) => writeResource(tx, { type, id, resource: body, text, method: 'PUT', ifMatch }));
   sendWrite(ctx, type, result);
 }
 
 export async function conditionalUpdate(ctx: Ctx, type: string) {
-  const body = resourceBody(ctx, type);
+  const { body, text } = resourceBody(ctx, type);
   const criteria = criteriaPairs(queryPairs(ctx.req));
   const ifMatch = parseETag(ctx.req.get('if-match'));
   const result = await inTenant(ctx, async (tx) => {
@@ -140,10 +140,10 @@ export async function conditionalUpdate(ctx: Ctx, type: string) {
       if (body.id !== undefined && body.id !== found[0].id) {
         throw badRequest(`Resource id '${body.id}' does not match the matched resource ${type}/${found[0].id}`, ['id']);
       }
-      return writeResource(tx, { type, id: found[0].id, resource: body, method: 'PUT', ifMatch });
+      return writeResource(tx, { type, id: found[0].id, resource: body, text, method: 'PUT', ifMatch });
     }
     if (body.id !== undefined) checkId(body.id);
-    return writeResource(tx, { type, id: body.id, resource: body, method: body.id ? 'PUT' : 'POST', ifMatch });
+    return writeResource(tx, { type, id: body.id, resource: body, text, method: body.id ? 'PUT' : 'POST', ifMatch });
   });
   sendWrite(ctx, type, result);
 }

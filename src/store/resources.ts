@@ -4,6 +4,7 @@ import crypto from 'node:crypto';
 import type pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import { TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappings/postgres/index.ts';
+import { withServerFields } from '../fhir/jsonText.ts';
 import { FhirError, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome.ts';
 
 export type Tx = pg.PoolClient;
@@ -141,6 +142,8 @@ export interface WriteRequest {
   /** Absent for a create with a server-assigned id. */
   id?: string;
   resource: Resource;
+  /** The resource's JSON text as the client sent it; kept verbatim apart from id/meta. */
+  text?: string;
   method: WriteMethod;
   /** Version the client expects to replace (If-Match); 412 when it differs. */
   ifMatch?: number;
@@ -170,15 +173,12 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
     throw notFound(`${type}/${id} not found`);
   }
   const versionId = lock.versionId + 1;
-  const resource = {
-    ...req.resource,
-    id,
-    meta: { ...req.resource.meta, versionId: String(versionId), lastUpdated: lock.now },
-  } as Resource;
+  const meta = { ...req.resource.meta, versionId: String(versionId), lastUpdated: lock.now };
+  const resource = { ...req.resource, id, meta } as Resource;
   await checkReferences(tx, resource, type, id);
   const row = toRow(resource);
   const clinicalTime = TIME_PARTITIONED.has(type) ? (row.clinicalTime ?? lock.now) : null;
-  const json = JSON.stringify(resource);
+  const json = req.text ? withServerFields(req.text, id, meta) : JSON.stringify(resource);
 
   const cols: Record<string, unknown> = {
     ...row.columns,
