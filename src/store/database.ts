@@ -78,6 +78,17 @@ async function startEmbedded(config: Config): Promise<{ url: string; stop: () =>
   return { url, stop: () => server.stop() };
 }
 
+/** The kiln_app password: generated once per database, shared by all Kiln processes on it. */
+async function appPassword(owner: pg.Pool): Promise<string> {
+  const fresh = crypto.randomBytes(24).toString('hex');
+  const { rows } = await owner.query(
+    `WITH ins AS (INSERT INTO kiln_settings (key, value) VALUES ('app_password', $1) ON CONFLICT (key) DO NOTHING RETURNING value)
+     SELECT value FROM ins UNION ALL SELECT value FROM kiln_settings WHERE key = 'app_password'`, [fresh]);
+  const password = rows[0].value as string;
+  if (password === fresh) await owner.query('SELECT kiln_set_app_password($1)', [password]);
+  return password;
+}
+
 export async function openDatabase(config: Config): Promise<Database> {
   const embedded = config.databaseUrl ? undefined : await startEmbedded(config);
   const ownerUrl = config.databaseUrl ?? embedded!.url;
@@ -86,9 +97,7 @@ export async function openDatabase(config: Config): Promise<Database> {
     await migrate(owner);
     let appUrl = config.appDatabaseUrl;
     if (!appUrl) {
-      // A fresh password each start: nothing to store, nothing to leak.
-      const password = crypto.randomBytes(24).toString('hex');
-      await owner.query('SELECT kiln_set_app_password($1)', [password]);
+      const password = await appPassword(owner);
       const u = new URL(ownerUrl);
       u.username = 'kiln_app';
       u.password = password;

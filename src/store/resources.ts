@@ -28,9 +28,17 @@ export async function withTenant<T>(pool: pg.Pool, orgId: number, fn: (tx: Tx) =
 
 /** Database constraint failures become FHIR errors; anything else stays a bug (500). */
 function translatePgError(e: unknown): unknown {
-  const err = e as { code?: string; constraint?: string; detail?: string };
+  const err = e as { code?: string; constraint?: string; detail?: string; message?: string };
   if (err.code === '23503') {
-    return new FhirError(409, 'conflict', `Referential integrity: ${err.detail ?? err.constraint ?? 'a reference does not match'}`);
+    // A write whose references do not fit (e.g. an encounter of another patient) is
+    // unprocessable; a delete or change of something still referenced is a conflict.
+    if (err.message?.startsWith('insert or update')) {
+      const hub = err.constraint?.includes('encounter_id_patient_id');
+      return new FhirError(422, 'processing', hub
+        ? 'The referenced Encounter belongs to a different Patient than this resource\'s subject'
+        : 'A referenced resource does not exist (it may have just been deleted)');
+    }
+    return new FhirError(409, 'conflict', 'The resource is still referenced by other resources (for example Observations of this Patient or Encounter); delete or repoint those first');
   }
   if (err.code === '23505') return new FhirError(409, 'duplicate', `Duplicate: ${err.detail ?? err.constraint}`);
   if (err.code === '40001' || err.code === '40P01') return new FhirError(409, 'transient', 'Concurrent update, retry');
@@ -58,20 +66,28 @@ function tableOf(type: string): string {
   return table;
 }
 
-/** Current version of a resource, reading exactly one partition of its table. */
+/** The statement that fetches a current row: with the locator's clinical time it
+ * prunes to exactly one partition at plan time (see test/storage.test.ts). */
+export function currentRowSql(type: string): string {
+  const timeMatch = TIME_PARTITIONED.has(type) ? 'AND clinical_time = $2' : '';
+  return `SELECT resource::text AS json FROM ${tableOf(type)}
+           WHERE org_id = current_setting('app.org_id')::integer AND id = $1 ${timeMatch}`;
+}
+
+/** Current version of a resource: the locator row, then one partition of its table. */
 export async function readCurrent(tx: Tx, type: string, id: string, forUpdate = false): Promise<StoredResource | undefined> {
-  const table = tableOf(type);
-  const timeMatch = TIME_PARTITIONED.has(type) ? 'AND t.clinical_time = l.clinical_time' : '';
   const { rows } = await tx.query(
-    `SELECT l.version_id, l.deleted, ${instant('l.last_updated')} AS last_updated, t.resource::text AS json
-       FROM resource_ids l
-       LEFT JOIN ${table} t ON t.org_id = l.org_id AND t.id = l.id ${timeMatch}
-      WHERE l.org_id = current_setting('app.org_id')::integer AND l.resource_type = $1 AND l.id = $2 AND l.version_id > 0
-      ${forUpdate ? 'FOR UPDATE OF l' : ''}`,
+    `SELECT version_id, deleted, ${instant('last_updated')} AS last_updated, clinical_time
+       FROM resource_ids
+      WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = $2 AND version_id > 0
+      ${forUpdate ? 'FOR UPDATE' : ''}`,
     [type, id]);
-  if (!rows[0]) return undefined;
-  const r = rows[0];
-  return { id, versionId: r.version_id, lastUpdated: r.last_updated, deleted: r.deleted, json: r.deleted ? undefined : r.json };
+  const l = rows[0];
+  if (!l) return undefined;
+  const found = { id, versionId: l.version_id as number, lastUpdated: l.last_updated as string, deleted: l.deleted as boolean };
+  if (l.deleted) return found;
+  const row = await tx.query(currentRowSql(type), TIME_PARTITIONED.has(type) ? [id, l.clinical_time] : [id]);
+  return { ...found, json: row.rows[0]?.json };
 }
 
 export async function readVersion(tx: Tx, type: string, id: string, versionId: number): Promise<StoredResource | undefined> {

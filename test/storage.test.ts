@@ -1,0 +1,186 @@
+// The storage model: tenants and RLS, partitions, one-partition reads, the
+// hub-and-spoke constraint in the database, migrations, and row movement.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import pg from 'pg';
+import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
+import { migrate } from '../src/store/migrate.ts';
+import { currentRowSql } from '../src/store/resources.ts';
+
+const run = promisify(execFile);
+let srv: TestServer;
+before(async () => { srv = await startTestServer(); });
+after(async () => { await srv.stop(); removeDataDir(srv.dataDir); });
+
+async function createPatient(base: string, family: string) {
+  const r = await fhir(base, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family }] });
+  assert.equal(r.status, 201, r.text);
+  return r.json.id as string;
+}
+
+async function partitionsOf(table: string): Promise<string[]> {
+  const { rows } = await srv.db.owner.query(
+    `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass ORDER BY 1`, [table]);
+  return rows.map((r) => r.relname);
+}
+
+describe('tenants', () => {
+  test('the CLI creates a tenant beside a running server, with its partitions', async () => {
+    const env = { ...process.env, KILN_DATA_DIR: srv.dataDir, KILN_PG_PORT: String(srv.pgPort), DATABASE_URL: '' };
+    const { stdout } = await run('npx', ['tsx', 'src/cli.ts', 'tenant', 'create', 'acme', 'Acme Clinic'], { env });
+    assert.match(stdout, /created tenant acme/);
+    const dup = await run('npx', ['tsx', 'src/cli.ts', 'tenant', 'create', 'acme'], { env }).catch((e) => e);
+    assert.equal(dup.code, 1);
+    assert.match(dup.stderr, /already exists/);
+    const bad = await run('npx', ['tsx', 'src/cli.ts', 'tenant', 'create', 'Not_A_Slug'], { env }).catch((e) => e);
+    assert.equal(bad.code, 2);
+    const { rows } = await srv.db.owner.query(`SELECT id FROM organizations WHERE slug = 'acme'`);
+    const orgId = rows[0].id;
+    assert.ok((await partitionsOf('patients')).includes(`patients_o${orgId}`));
+    const obsMonths = await partitionsOf(`observations_o${orgId}`);
+    assert.ok(obsMonths.includes(`observations_o${orgId}_default`));
+    const thisMonth = new Date().toISOString().slice(0, 7).replace('-', '');
+    assert.ok(obsMonths.includes(`observations_o${orgId}_${thisMonth}01`), obsMonths.join(','));
+    assert.ok(obsMonths.length >= 16, 'a year back, three months ahead, and a default');
+    const auditWeeks = await partitionsOf(`audit_events_o${orgId}`);
+    assert.ok(auditWeeks.length > 60, 'audit events are partitioned by week');
+  });
+
+  test('a resource of one tenant is invisible from another', async () => {
+    const tenantBase = `${srv.url}/acme`;
+    const id = await createPatient(tenantBase, 'Tenant');
+    assert.equal((await fhir(tenantBase, 'GET', `Patient/${id}`)).status, 200);
+    assert.equal((await fhir(srv.url, 'GET', `Patient/${id}`)).status, 404);
+    assert.equal((await fhir(srv.url, 'GET', `Patient?_id=${id}`)).json.entry.length, 0);
+    const loc = (await fhir(tenantBase, 'GET', `Patient/${id}`)).headers.get('etag');
+    assert.equal(loc, 'W/"1"');
+    // A reference across tenants does not resolve.
+    const cross = await fhir(srv.url, 'POST', 'Observation', { resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${id}` } });
+    assert.equal(cross.status, 422);
+    // The same id may exist in both tenants independently.
+    const put = await fhir(srv.url, 'PUT', `Patient/${id}`, { resourceType: 'Patient', id, name: [{ family: 'Default' }] });
+    assert.equal(put.status, 201);
+    assert.equal((await fhir(tenantBase, 'GET', `Patient/${id}`)).json.name[0].family, 'Tenant');
+    const created = await fhir(tenantBase, 'POST', 'Patient', { resourceType: 'Patient' });
+    assert.ok(created.headers.get('location')!.startsWith(`${srv.url}/acme/Patient/`));
+  });
+
+  test('request traffic runs as a role that is neither superuser nor owner, and RLS binds it', async () => {
+    const app = await srv.db.app.connect();
+    try {
+      const { rows } = await app.query(`SELECT current_user AS u, r.rolsuper, r.rolbypassrls,
+        (SELECT count(*) FROM pg_tables WHERE tableowner = current_user)::int AS owned
+        FROM pg_roles r WHERE r.rolname = current_user`);
+      assert.deepEqual(rows[0], { u: 'kiln_app', rolsuper: false, rolbypassrls: false, owned: 0 });
+      // Without app.org_id the role sees no rows at all.
+      const none = await app.query('SELECT count(*)::int AS n FROM patients');
+      assert.equal(none.rows[0].n, 0);
+      const all = await srv.db.owner.query('SELECT count(DISTINCT org_id)::int AS n FROM patients');
+      assert.ok(all.rows[0].n >= 2);
+      // Inside one tenant it cannot write rows of another.
+      await app.query('BEGIN');
+      await app.query(`SELECT set_config('app.org_id', '1', true)`);
+      await assert.rejects(app.query(`INSERT INTO patients (org_id, id, version_id, last_updated, resource) VALUES (2, 'sneaky', 1, now(), '{}')`), /row-level security/);
+      await app.query('ROLLBACK');
+      await assert.rejects(app.query('CREATE TABLE evil (x int)'), /permission denied/);
+    } finally {
+      app.release();
+    }
+  });
+});
+
+describe('partitions', () => {
+  test('a read by id touches exactly one partition', async () => {
+    const pid = await createPatient(srv.url, 'Explain');
+    const obs = await fhir(srv.url, 'POST', 'Observation', {
+      resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${pid}` },
+      effectiveDateTime: new Date().toISOString(),
+    });
+    const client = await srv.db.app.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(`SELECT set_config('app.org_id', '1', true)`);
+      // The statement readCurrent runs, with the clinical time the locator holds.
+      const loc = await client.query(`SELECT clinical_time FROM resource_ids WHERE resource_type = 'Observation' AND id = $1`, [obs.json.id]);
+      const { rows } = await client.query(`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ${currentRowSql('Observation')}`,
+        [obs.json.id, loc.rows[0].clinical_time]);
+      const plan = rows.map((r) => r['QUERY PLAN']).join('\n');
+      const scanned = plan.split('\n').filter((l) => /on observations_o1_\w+/.test(l) && !/never executed/.test(l));
+      assert.equal(scanned.length, 1, plan);
+      assert.match(scanned[0], new RegExp(`observations_o1_${new Date().toISOString().slice(0, 7).replace('-', '')}01`));
+      await client.query('ROLLBACK');
+    } finally {
+      client.release();
+    }
+  });
+
+  test('an update that changes clinical time moves the row; old or future dates land in DEFAULT', async () => {
+    const pid = await createPatient(srv.url, 'Move');
+    const body = (when: string) => ({ resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${pid}` }, period: { start: when } });
+    const now = new Date().toISOString();
+    const c = await fhir(srv.url, 'POST', 'Encounter', body(now));
+    const where = async () => (await srv.db.owner.query(
+      `SELECT tableoid::regclass::text AS part FROM encounters WHERE id = $1`, [c.json.id])).rows.map((r) => r.part);
+    assert.deepEqual(await where(), [`encounters_o1_${now.slice(0, 7).replace('-', '')}01`]);
+    const u = await fhir(srv.url, 'PUT', `Encounter/${c.json.id}`, { ...body('1999-05-06'), id: c.json.id });
+    assert.equal(u.status, 200);
+    assert.deepEqual(await where(), ['encounters_o1_default']);
+    assert.equal((await fhir(srv.url, 'GET', `Encounter/${c.json.id}`)).json.period.start, '1999-05-06');
+  });
+});
+
+describe('hub and spoke', () => {
+  test('the database refuses a clinical row whose encounter belongs to another patient', async () => {
+    const a = await createPatient(srv.url, 'HubA');
+    const b = await createPatient(srv.url, 'HubB');
+    const enc = await fhir(srv.url, 'POST', 'Encounter', { resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${a}` } });
+    // Raw SQL, as the owner (so only constraints, not RLS or code, stand in the way).
+    await assert.rejects(srv.db.owner.query(
+      `INSERT INTO observations (org_id, id, version_id, last_updated, resource, clinical_time, patient_id, encounter_id)
+       VALUES (1, 'raw-obs', 1, now(), '{}', now(), $1, $2)`, [b, enc.json.id]), /violates foreign key constraint/);
+    await srv.db.owner.query(
+      `INSERT INTO observations (org_id, id, version_id, last_updated, resource, clinical_time, patient_id, encounter_id)
+       VALUES (1, 'raw-obs-ok', 1, now(), '{}', now(), $1, $2)`, [a, enc.json.id]);
+    await srv.db.owner.query(`DELETE FROM observations WHERE id = 'raw-obs-ok'`);
+    // Through the API: 422, nothing stored.
+    const obs = (patient: string) => ({ resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${patient}` }, encounter: { reference: `Encounter/${enc.json.id}` } });
+    const bad = await fhir(srv.url, 'POST', 'Observation', obs(b));
+    assert.equal(bad.status, 422);
+    assert.equal(bad.json.resourceType, 'OperationOutcome');
+    const med = await fhir(srv.url, 'POST', 'MedicationStatement', { resourceType: 'MedicationStatement', status: 'active', medicationCodeableConcept: { text: 'x' }, subject: { reference: `Patient/${b}` }, context: { reference: `Encounter/${enc.json.id}` } });
+    assert.equal(med.status, 422);
+    const good = await fhir(srv.url, 'POST', 'Observation', obs(a));
+    assert.equal(good.status, 201);
+    // Moving the encounter to another patient would orphan its observation: refused.
+    const move = await fhir(srv.url, 'PUT', `Encounter/${enc.json.id}`, { resourceType: 'Encounter', id: enc.json.id, status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${b}` } });
+    assert.equal(move.status, 409);
+    assert.equal((await fhir(srv.url, 'GET', `Encounter/${enc.json.id}`)).json.meta.versionId, '1');
+    const del = await fhir(srv.url, 'DELETE', `Encounter/${enc.json.id}`);
+    assert.equal(del.status, 409);
+  });
+});
+
+test('migrations are recorded and re-running them is a no-op', async () => {
+  const { rows } = await srv.db.owner.query('SELECT version FROM schema_migrations ORDER BY version');
+  assert.ok(rows.length >= 2);
+  assert.deepEqual(await migrate(srv.db.owner), []);
+});
+
+test('with DATABASE_URL the server uses that PostgreSQL instead of starting one', async () => {
+  const { startServer } = await import('../src/server.ts');
+  const other = await startServer({ port: 0, host: '127.0.0.1', databaseUrl: srv.db.ownerUrl, dataDir: '/nonexistent-kiln-dir' });
+  try {
+    const id = await createPatient(srv.url, 'Shared');
+    const r = await fhir(other.url, 'GET', `Patient/${id}`);
+    assert.equal(r.status, 200);
+  } finally {
+    await other.stop();
+  }
+  // The first server's pool still works after the second rotated the app password.
+  assert.equal((await fhir(srv.url, 'GET', 'metadata')).status, 200);
+  const c = new pg.Client({ connectionString: srv.db.ownerUrl });
+  await c.connect();
+  await c.end();
+});
