@@ -195,6 +195,107 @@ async function runDirect(fn: () => Promise<void>, seconds: number): Promise<Dire
   };
 }
 
+// ---------------------------------------------------------------- CPU accounting
+
+/** Machine-wide busy/total jiffies from /proc/stat (undefined off Linux). */
+function machineCpu(): { busy: number; total: number } | undefined {
+  try {
+    // user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map((v) => Number(v) || 0);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { busy: total - f[3] - f[4] - f[7], total };
+  } catch {
+    return undefined;
+  }
+}
+
+type ProcSnapshot = Map<number, { ppid: number; jiffies: number }>;
+
+/** CPU jiffies (self + waited-for children) and parent of every process (undefined off Linux). */
+function procSnapshot(): ProcSnapshot | undefined {
+  try {
+    const procs: ProcSnapshot = new Map();
+    for (const d of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(d)) continue;
+      try {
+        const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 (state)
+        procs.set(Number(d), { ppid: Number(f[1]), jiffies: Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]) });
+      } catch { /* exited meanwhile */ }
+    }
+    return procs;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Pids of the tree rooted at `root`: this process, the load generator, the embedded PostgreSQL and its backends. */
+function treeOf(procs: ProcSnapshot, root: number): Set<number> {
+  const children = new Map<number, number[]>();
+  for (const [pid, p] of procs) children.set(p.ppid, [...(children.get(p.ppid) ?? []), pid]);
+  const tree = new Set<number>();
+  const stack = [root];
+  while (stack.length) {
+    const pid = stack.pop()!;
+    tree.add(pid);
+    stack.push(...(children.get(pid) ?? []));
+  }
+  return tree;
+}
+
+function cmdline(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ').slice(0, 100);
+  } catch {
+    return `pid ${pid}`;
+  }
+}
+
+export interface CpuUse {
+  /** CPU of this process (the Kiln server for HTTP runs, the pg client loops for direct runs), % of one core. */
+  benchProcessPct: number;
+  /** All cores, all processes, % of the machine. */
+  machinePct: number | null;
+  /** Machine CPU used by processes outside the bench's tree (other work on the box), % of the machine. */
+  foreignPct: number | null;
+  /** The biggest visible consumers among those (processes that start and exit within the window are not seen). */
+  topForeign: { pct: number; process: string }[];
+}
+
+async function withCpu<T>(fn: () => Promise<T>): Promise<{ result: T; cpu: CpuUse }> {
+  const m0 = machineCpu();
+  const p0 = procSnapshot();
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  const result = await fn();
+  const c1 = process.cpuUsage(c0);
+  const wallMs = performance.now() - t0;
+  const p1 = procSnapshot();
+  const m1 = machineCpu();
+  const span = m0 && m1 ? m1.total - m0.total : 0;
+  const pct = (jiffies: number) => Math.max(0, Math.round((jiffies / span) * 100));
+  const cpu: CpuUse = {
+    benchProcessPct: Math.round(((c1.user + c1.system) / 1000 / wallMs) * 100),
+    machinePct: m0 && m1 && span > 0 ? pct(m1.busy - m0.busy) : null,
+    foreignPct: null,
+    topForeign: [],
+  };
+  if (m0 && m1 && span > 0 && p0 && p1) {
+    const tree = treeOf(p1, process.pid);
+    let mine = 0;
+    const foreign: { pid: number; jiffies: number }[] = [];
+    for (const [pid, p] of p1) {
+      const delta = p.jiffies - (p0.get(pid)?.jiffies ?? 0);
+      if (tree.has(pid)) mine += delta;
+      else if (delta > 0) foreign.push({ pid, jiffies: delta });
+    }
+    cpu.foreignPct = pct(m1.busy - m0.busy - mine);
+    cpu.topForeign = foreign.sort((x, y) => y.jiffies - x.jiffies).slice(0, 3)
+      .filter((f) => pct(f.jiffies) >= 2).map((f) => ({ pct: pct(f.jiffies), process: cmdline(f.pid) }));
+  }
+  return { result, cpu };
+}
+
 // ---------------------------------------------------------------- HTTP (child)
 
 class LoadGenerator {
@@ -274,6 +375,7 @@ function table(rows: { label: string; http: HttpStats; direct: DirectStats }[]):
 
 async function main() {
   const startedAt = new Date();
+  const loadavgAtStart = os.loadavg();
   const tag = `b${startedAt.getTime().toString(36)}${crypto.randomBytes(2).toString('hex')}`;
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-bench-'));
   let server: TestServer | undefined;
@@ -297,6 +399,11 @@ async function main() {
     const estimate = OPS.length * 2 * (SECONDS + WARMUP);
     console.log(`Kiln CRUD bench: ${CONNECTIONS} connections, ${SECONDS}s per measurement (+${WARMUP}s warmup), ` +
       `${SEED} seeded Patients; about ${Math.round(estimate)}s of load. Data dir ${dataDir}`);
+    const idle = await withCpu(() => new Promise((r) => setTimeout(r, 1000)));
+    const backgroundCpuPct = idle.cpu.foreignPct ?? idle.cpu.machinePct;
+    if (backgroundCpuPct !== null && backgroundCpuPct > 15) {
+      console.log(`WARNING: the machine is not idle before the bench (${backgroundCpuPct}% CPU busy); numbers will be low and noisy`);
+    }
     server = await startTestServer({ dataDir });
     load = new LoadGenerator();
     const origin = `http://127.0.0.1:${server.port}`;
@@ -313,17 +420,20 @@ async function main() {
     pool.on('error', () => {});
     const direct = directOps(pool, orgId, ids, tag);
 
-    const results: { op: Op; label: string; http: HttpStats; direct: DirectStats; warmupNon2xx: number; warmupDirectErrors: number }[] = [];
+    const results: {
+      op: Op; label: string; http: HttpStats; direct: DirectStats; httpCpu: CpuUse; directCpu: CpuUse; warmupNon2xx: number; warmupDirectErrors: number;
+    }[] = [];
     for (const { op, label } of OPS) {
       const req = { op, origin, connections: CONNECTIONS, ids, tag };
       let warmupNon2xx = 0;
       let warmupDirectErrors = 0;
       if (WARMUP > 0) warmupNon2xx = (await load.run({ ...req, seconds: WARMUP })).non2xx;
-      const http = await load.run({ ...req, seconds: SECONDS });
+      const { result: http, cpu: httpCpu } = await withCpu(() => load!.run({ ...req, seconds: SECONDS }));
       if (WARMUP > 0) warmupDirectErrors = (await runDirect(direct[op], WARMUP)).errors;
-      const d = await runDirect(direct[op], SECONDS);
-      console.log(`  ${label.padEnd(18)} server ${fmt(http.reqPerSec).padStart(9)} req/s   direct ${fmt(d.opsPerSec).padStart(9)} ops/s`);
-      results.push({ op, label, http, direct: d, warmupNon2xx, warmupDirectErrors });
+      const { result: d, cpu: directCpu } = await withCpu(() => runDirect(direct[op], SECONDS));
+      console.log(`  ${label.padEnd(18)} server ${fmt(http.reqPerSec).padStart(9)} req/s (server process ${httpCpu.benchProcessPct}% of a core; machine ${httpCpu.machinePct ?? '?'}%, other processes ${httpCpu.foreignPct ?? '?'}%)` +
+        `   direct ${fmt(d.opsPerSec).padStart(9)} ops/s (client process ${directCpu.benchProcessPct}%; machine ${directCpu.machinePct ?? '?'}%, other ${directCpu.foreignPct ?? '?'}%)`);
+      results.push({ op, label, http, direct: d, httpCpu, directCpu, warmupNon2xx, warmupDirectErrors });
     }
 
     // Sanity: Observations landed in the current monthly partition, and the server still reads what the baseline wrote.
@@ -346,6 +456,9 @@ async function main() {
     };
 
     const warnings: string[] = [];
+    const stray = partitions.filter((p) => p.partition !== expectedPartition);
+    if (stray.length) warnings.push(`Observations outside ${expectedPartition}: ${JSON.stringify(stray)}`);
+    if (check.status !== 200) warnings.push(`GET Patient/${ids[0]} after the run answered ${check.status}`);
     for (const r of results) {
       if (r.http.non2xx || r.http.errors || r.http.timeouts) {
         warnings.push(`${r.label}: ${r.http.non2xx} non-2xx ${JSON.stringify(r.http.statusCodes)}, ${r.http.errors} errors, ${r.http.timeouts} timeouts` +
@@ -356,9 +469,16 @@ async function main() {
         warnings.push(`${r.label} (direct SQL): ${r.direct.errors + r.warmupDirectErrors} errors; first: ${r.direct.firstError ?? '(warmup)'}`);
       }
     }
-    const stray = partitions.filter((p) => p.partition !== expectedPartition);
-    if (stray.length) warnings.push(`Observations outside ${expectedPartition}: ${JSON.stringify(stray)}`);
-    if (check.status !== 200) warnings.push(`GET Patient/${ids[0]} after the run answered ${check.status}`);
+    const failures = warnings.length; // the ones above are correctness problems; below only measurement quality
+    if (backgroundCpuPct !== null && backgroundCpuPct > 15) warnings.push(`the machine was ${backgroundCpuPct}% busy before the bench started`);
+    for (const r of results) {
+      for (const [what, cpu] of [['server', r.httpCpu], ['direct', r.directCpu]] as const) {
+        if ((cpu.foreignPct ?? 0) > 10) {
+          warnings.push(`${r.label} (${what}): other processes used ${cpu.foreignPct}% of the machine during the measurement; numbers are depressed` +
+            (cpu.topForeign.length ? ` (seen: ${cpu.topForeign.map((f) => `${f.pct}% ${f.process}`).join('; ')})` : ''));
+        }
+      }
+    }
 
     console.log('');
     console.log(table(results));
@@ -378,7 +498,7 @@ async function main() {
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
       config: { seconds: SECONDS, warmupSeconds: WARMUP, connections: CONNECTIONS, seededPatients: SEED, serverPoolSize: server.config.poolSize, directPoolSize: CONNECTIONS },
-      environment: { node: process.version, platform: `${os.platform()} ${os.release()}`, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGiB: Math.round(os.totalmem() / 2 ** 30), postgres: pgVersion },
+      environment: { backgroundCpuPct, loadavgAtStart, node: process.version, platform: `${os.platform()} ${os.release()}`, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGiB: Math.round(os.totalmem() / 2 ** 30), postgres: pgVersion },
       operations: results.map((r) => ({ ...r, serverOverDirect: ratio(r.http.reqPerSec, r.direct.opsPerSec) })),
       medplum,
       sanity: { observationPartitions: partitions, expectedPartition, resourceCounts: counts, readAfterRun: check.status },
@@ -389,7 +509,7 @@ async function main() {
     const file = path.join(dir, `crud-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`);
     fs.writeFileSync(file, JSON.stringify(out, null, 2) + '\n');
     console.log(`results: ${path.relative(ROOT, file)}`);
-    if (warnings.length) process.exitCode = 1;
+    if (failures) process.exitCode = 1;
   } finally {
     await cleanup();
   }

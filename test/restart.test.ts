@@ -1,0 +1,70 @@
+// Data written before a stop is there after starting again on the same data dir,
+// and a stop lets in-flight requests finish.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { startTestServer, removeDataDir, fhir, freePort } from './support/server.ts';
+
+test('restart on the same data dir keeps every acknowledged write', async () => {
+  const first = await startTestServer();
+  const ids: string[] = [];
+  try {
+    for (let i = 0; i < 20; i++) {
+      const r = await fhir(first.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: `Keep${i}` }] });
+      assert.equal(r.status, 201);
+      ids.push(r.json.id);
+    }
+    // Requests in flight when stop() is called still complete.
+    const inflight = Array.from({ length: 10 }, (_, i) => fhir(first.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: `Late${i}` }] }));
+    await new Promise((r) => setTimeout(r, 5));
+    const stopping = first.stop();
+    const late = await Promise.allSettled(inflight);
+    await stopping;
+    for (const r of late) if (r.status === 'fulfilled' && r.value.status === 201) ids.push(r.value.json.id);
+  } catch (e) {
+    await first.stop();
+    throw e;
+  }
+  const second = await startTestServer({ dataDir: first.dataDir, pgPort: first.pgPort });
+  try {
+    for (const id of ids) {
+      const r = await fhir(second.url, 'GET', `Patient/${id}`);
+      assert.equal(r.status, 200, `Patient/${id} lost across restart`);
+    }
+  } finally {
+    await second.stop();
+    removeDataDir(first.dataDir);
+  }
+});
+
+test('the start script serves, and SIGTERM stops the server and its embedded PostgreSQL', async () => {
+  const port = await freePort();
+  const pgPort = await freePort();
+  const dataDir = `/tmp/kiln-start-${process.pid}`;
+  // node itself (not npx) so that the signal reaches the server process.
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    env: { ...process.env, PORT: String(port), KILN_PG_PORT: String(pgPort), KILN_DATA_DIR: dataDir, DATABASE_URL: '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  try {
+    const deadline = Date.now() + 60_000;
+    while (!out.includes('listening') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    assert.match(out, /listening on/);
+    const r = await fhir(`http://127.0.0.1:${port}/fhir`, 'GET', 'metadata');
+    assert.equal(r.status, 200);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, out);
+    // The embedded PostgreSQL is gone with it.
+    await assert.rejects(fetch(`http://127.0.0.1:${port}/fhir/metadata`));
+    const pg = await import('pg');
+    const probe = new pg.default.Client({ host: '127.0.0.1', port: pgPort, user: 'postgres', connectionTimeoutMillis: 1000 });
+    await assert.rejects(probe.connect());
+  } finally {
+    child.kill('SIGKILL');
+    removeDataDir(dataDir);
+  }
+});
