@@ -120,7 +120,7 @@ describe('Patient', () => {
       identifier_tokens: ['urn:oid:1.2.36.146.595.217.0.1|12345', '|12345'],
       profiles: [],
       tags: [],
-      mrn: '12345',
+      mrn: 'urn:oid:1.2.36.146.595.217.0.1|12345',
       family_name: 'Chalmers',
       given_names: 'Peter James',
       birth_date: '1974-12-25',
@@ -144,7 +144,7 @@ describe('Patient', () => {
   it('treats deceasedDateTime as deceased', () => {
     const { columns } = mapPatient(example<Patient>('Patient/patient-example-c.json'));
     assert.equal(columns.deceased, true);
-    assert.equal(columns.mrn, '123457');
+    assert.equal(columns.mrn, 'urn:oid:0.1.2.3.4.5.6.7|123457');
     assert.equal(columns.family_name, 'Notsowell');
   });
 

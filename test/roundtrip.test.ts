@@ -28,18 +28,6 @@ const ALLOWED_REJECTIONS = new Map<string, string>([
   // (none: every official example of the five stored types is valid R4 and, localized, is accepted)
 ]);
 
-/**
- * Examples that fail because of a server bug (not the example): run as `todo`, so the
- * failure is printed (# TODO) without failing the run. Delete an entry once the bug is
- * fixed; these must never be moved to ALLOWED_REJECTIONS.
- */
-const KNOWN_SERVER_BUGS = new Map<string, string>([
-  // Patient MRN uniqueness ignores identifier.system: MR "12345" of urn:oid:1.2.36.146.595.217.0.1
-  // collides with MR "12345" of urn:oid:2.16.840.1.113883.19.5 (patient-example-xcda.json) -> 409.
-  ['Patient/patient-example.json', 'server bug: MRN uniqueness ignores identifier.system (409 duplicate vs patient-example-xcda.json)'],
-  // MR "123456" of http://www.goodhealth.org/identifiers/mrn vs urn:oid:0.1.2.3.4.5.6.7 (patient-example-b.json) -> 409.
-  ['Patient/patient-glossy-example.json', 'server bug: MRN uniqueness ignores identifier.system (409 duplicate vs patient-example-b.json)'],
-]);
 
 let srv: TestServer;
 /** Resources created by the round-trip tests, for the vread test: [type, id, what was sent]. */
@@ -128,14 +116,12 @@ test('official R4 examples round-trip (localized)', async (t) => {
     counts[type] = { files: files.length, roundTripped: 0, rejected: 0 };
 
     for (const { file, json } of ordered) {
-      const knownBug = KNOWN_SERVER_BUGS.get(file);
-      await t.test(file, { todo: knownBug }, async (st) => {
+      await t.test(file, async () => {
         assert.equal(json.resourceType, type, `${file} is not a ${type}`);
         const sent = localizeExample(json, ctx);
         const result = await roundTrip(type, sent);
         const allowed = ALLOWED_REJECTIONS.get(file);
         if (result.status === 201) {
-          if (knownBug && result.problems.length === 0) st.diagnostic(`${file} now round-trips: remove it from KNOWN_SERVER_BUGS`);
           assert.equal(allowed, undefined, `${file} is allow-listed as rejected ("${allowed}") but was accepted: remove it from ALLOWED_REJECTIONS`);
           assert.deepEqual(result.problems, [], `${file}:\n${result.problems.join('\n')}`);
           counts[type].roundTripped++;

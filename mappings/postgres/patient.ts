@@ -3,6 +3,11 @@ import { commonColumns, orNull, type MappedRow } from './common.ts';
 
 const V2_0203 = 'http://terminology.hl7.org/CodeSystem/v2-0203';
 
+// An MRN is unique within its assigning system, so the key is 'system|value'.
+function mrnKey(id: Identifier | undefined): string | null {
+  return id?.value ? `${id.system ?? ''}|${id.value}` : null;
+}
+
 function isMrn(id: Identifier): boolean {
   return !!id.value && !!id.type?.coding?.some((c) => c.code === 'MR' && c.system === V2_0203);
 }
@@ -29,7 +34,7 @@ export function mapPatient(p: Patient): MappedRow {
   return {
     columns: {
       ...commonColumns(p),
-      mrn: orNull(p.identifier?.find(isMrn)?.value),
+      mrn: mrnKey(p.identifier?.find(isMrn)),
       family_name: orNull(name?.family),
       given_names: given.length > 0 ? given.join(' ') : null,
       birth_date: toDate(p.birthDate),

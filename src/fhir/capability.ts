@@ -14,7 +14,7 @@ export function capabilityStatement(base: string, version: string): CapabilitySt
     profilesByType.set(sd.type!, [...(profilesByType.get(sd.type!) ?? []), sd.url!]);
   }
   const resource: CapabilityStatementRestResource[] = Object.keys(TABLES).map((type) => ({
-    type,
+    type: type as CapabilityStatementRestResource['type'],
     profile: `http://hl7.org/fhir/StructureDefinition/${type}`,
     ...(profilesByType.has(type) ? { supportedProfile: profilesByType.get(type) } : {}),
     interaction: TYPE_INTERACTIONS.map((code) => ({ code })),

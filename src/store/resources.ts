@@ -40,7 +40,10 @@ function translatePgError(e: unknown): unknown {
     }
     return new FhirError(409, 'conflict', 'The resource is still referenced by other resources (for example Observations of this Patient or Encounter); delete or repoint those first');
   }
-  if (err.code === '23505') return new FhirError(409, 'duplicate', `Duplicate: ${err.detail ?? err.constraint}`);
+  if (err.code === '23505') {
+    const what = err.constraint?.includes('mrn') ? 'Another Patient in this organization already has this MRN (identifier of type MR in the same system)' : 'A unique value is already taken';
+    return new FhirError(409, 'duplicate', what);
+  }
   if (err.code === '40001' || err.code === '40P01') return new FhirError(409, 'transient', 'Concurrent update, retry');
   return e;
 }
