@@ -10,7 +10,7 @@ import {
 import { FhirError, badRequest, informational, preconditionFailed } from '../fhir/outcome.ts';
 import { validate } from '../fhir/validate.ts';
 import {
-  readCurrent, readVersion, requireLive, writeResource, deleteResource, lockCriteria,
+  readById, readCurrent, readVersion, requireLive, writeResource, deleteResource, lockCriteria,
   type Tx, type WriteResult, type WriteMethod,
 } from '../store/resources.ts';
 import { searchIds, unsupportedParams } from '../store/search.ts';
@@ -86,7 +86,7 @@ export async function create(ctx: Ctx, type: string) {
 
 export async function read(ctx: Ctx, type: string, id: string) {
   checkId(id);
-  const stored = requireLive(await inTenant(ctx, (tx) => readCurrent(tx, type, id)), type, id);
+  const stored = requireLive(await readById(ctx.db.app, ctx.orgId, type, id), type, id);
   sendStored(ctx, type, stored);
 }
 

@@ -69,28 +69,23 @@ function tableOf(type: string): string {
   return table;
 }
 
-/** The statement that fetches a current row: with the locator's clinical time it
- * prunes to exactly one partition at plan time (see test/storage.test.ts). */
-export function currentRowSql(type: string): string {
-  const timeMatch = TIME_PARTITIONED.has(type) ? 'AND clinical_time = $2' : '';
-  return `SELECT resource::text AS json FROM ${tableOf(type)}
-           WHERE org_id = current_setting('app.org_id')::integer AND id = $1 ${timeMatch}`;
+/** Current version of a resource in one round trip (sql/004_read_function.sql):
+ * the locator row, then the row from exactly one partition. */
+export async function readById(pool: pg.Pool | Tx, orgId: number | undefined, type: string, id: string): Promise<StoredResource | undefined> {
+  const org = orgId === undefined ? `current_setting('app.org_id')::integer` : '$4';
+  const { rows } = await pool.query(`SELECT * FROM kiln_read(${org}, $1, $2, $3)`,
+    orgId === undefined ? [type, tableOf(type), id] : [type, tableOf(type), id, orgId]);
+  const r = rows[0];
+  if (!r || r.version_id === null) return undefined;
+  return { id, versionId: r.version_id, lastUpdated: r.last_updated, deleted: r.deleted, json: r.body ?? undefined };
 }
 
-/** Current version of a resource: the locator row, then one partition of its table. */
+/** The current version inside a tenant transaction; forUpdate also locks the id against other writers. */
 export async function readCurrent(tx: Tx, type: string, id: string, forUpdate = false): Promise<StoredResource | undefined> {
-  const { rows } = await tx.query(
-    `SELECT version_id, deleted, ${instant('last_updated')} AS last_updated, clinical_time
-       FROM resource_ids
-      WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = $2 AND version_id > 0
-      ${forUpdate ? 'FOR UPDATE' : ''}`,
-    [type, id]);
-  const l = rows[0];
-  if (!l) return undefined;
-  const found = { id, versionId: l.version_id as number, lastUpdated: l.last_updated as string, deleted: l.deleted as boolean };
-  if (l.deleted) return found;
-  const row = await tx.query(currentRowSql(type), TIME_PARTITIONED.has(type) ? [id, l.clinical_time] : [id]);
-  return { ...found, json: row.rows[0]?.json };
+  if (forUpdate) {
+    await tx.query(`SELECT 1 FROM resource_ids WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = $2 FOR UPDATE`, [type, id]);
+  }
+  return readById(tx, undefined, type, id);
 }
 
 export async function readVersion(tx: Tx, type: string, id: string, versionId: number): Promise<StoredResource | undefined> {
