@@ -112,41 +112,40 @@ interface Locked {
   now: string; // the transaction's write time, FHIR instant
 }
 
-/** Locks (creating if needed) the locator row of type/id; serializes writers of one resource. */
-async function lockId(tx: Tx, type: string, id: string): Promise<Locked> {
-  const { rows } = await tx.query(
-    `INSERT INTO resource_ids (org_id, resource_type, id, version_id, last_updated, deleted)
-     VALUES (current_setting('app.org_id')::integer, $1, $2, 0, now(), true)
-     ON CONFLICT (org_id, resource_type, id) DO UPDATE SET version_id = resource_ids.version_id
-     RETURNING version_id, deleted, clinical_time, ${instant("date_trunc('milliseconds', clock_timestamp())")} AS now`,
-    [type, id]);
-  const r = rows[0];
-  return { versionId: r.version_id, deleted: r.deleted, clinicalTime: r.clinical_time, now: r.now };
-}
-
 const STORED_TYPES = new Set(Object.keys(TABLES));
 
-/** Local references to stored types must resolve to a live resource (else 422). */
-async function checkReferences(tx: Tx, resource: Resource, selfType: string, selfId: string): Promise<void> {
-  const wanted = new Map<string, { type: string; id: string; ref: string }>();
+/** Local references to stored types (Type/id), other than the resource itself. */
+function localReferences(resource: Resource, selfType: string, selfId: string): { type: string; id: string }[] {
+  const wanted = new Map<string, { type: string; id: string }>();
   for (const ref of collectReferences(resource)) {
     const m = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(ref);
     if (!m || !STORED_TYPES.has(m[1])) continue;
     if (m[1] === selfType && m[2] === selfId) continue;
-    wanted.set(`${m[1]}/${m[2]}`, { type: m[1], id: m[2], ref });
+    wanted.set(`${m[1]}/${m[2]}`, { type: m[1], id: m[2] });
   }
-  if (wanted.size === 0) return;
-  const list = [...wanted.values()];
+  return [...wanted.values()];
+}
+
+/**
+ * Locks (creating if needed) the locator row of type/id, which serializes writers of
+ * one resource, and in the same round trip lists which references do not resolve.
+ */
+async function lockId(tx: Tx, type: string, id: string, refs: { type: string; id: string }[] = []): Promise<Locked & { missing: string[] }> {
   const { rows } = await tx.query(
-    `SELECT resource_type || '/' || id AS key FROM resource_ids
-      WHERE org_id = current_setting('app.org_id')::integer AND deleted = false AND version_id > 0
-        AND (resource_type, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
-    [list.map((x) => x.type), list.map((x) => x.id)]);
-  const found = new Set(rows.map((r) => r.key));
-  const missing = list.filter((x) => !found.has(`${x.type}/${x.id}`));
-  if (missing.length) {
-    throw unprocessable(`Reference${missing.length > 1 ? 's' : ''} not found: ${missing.map((x) => x.ref).join(', ')}`);
-  }
+    `WITH lock AS (
+       INSERT INTO resource_ids (org_id, resource_type, id, version_id, last_updated, deleted)
+       VALUES (current_setting('app.org_id')::integer, $1, $2, 0, now(), true)
+       ON CONFLICT (org_id, resource_type, id) DO UPDATE SET version_id = resource_ids.version_id
+       RETURNING version_id, deleted, clinical_time, ${instant("date_trunc('milliseconds', clock_timestamp())")} AS now)
+     SELECT lock.*, ARRAY(
+       SELECT t.type || '/' || t.id FROM unnest($3::text[], $4::text[]) AS t(type, id)
+        WHERE NOT EXISTS (SELECT 1 FROM resource_ids r
+                           WHERE r.org_id = current_setting('app.org_id')::integer AND r.resource_type = t.type
+                             AND r.id = t.id AND NOT r.deleted AND r.version_id > 0)) AS missing
+       FROM lock`,
+    [type, id, refs.map((r) => r.type), refs.map((r) => r.id)]);
+  const r = rows[0];
+  return { versionId: r.version_id, deleted: r.deleted, clinicalTime: r.clinical_time, now: r.now, missing: r.missing };
 }
 
 export type WriteMethod = 'POST' | 'PUT' | 'PATCH';
@@ -173,11 +172,29 @@ export interface WriteResult {
   created: boolean;
 }
 
+/** Collects positional parameters while a statement is being assembled. */
+function params() {
+  const values: unknown[] = [];
+  return { values, p: (v: unknown) => { values.push(v); return `$${values.length}`; } };
+}
+
+/** CTEs that append the history version and move the locator to it, run with the row write. */
+function versionCtes(p: (v: unknown) => string, type: string, id: string, versionId: number, at: string,
+  method: string, json: string | null, clinicalTime: string | null): string {
+  return `WITH history AS (
+      INSERT INTO resource_history (org_id, resource_type, id, version_id, last_updated, method, resource)
+      VALUES (current_setting('app.org_id')::integer, ${p(type)}, ${p(id)}, ${p(versionId)}, ${p(at)}, ${p(method)}, ${p(json)})),
+    locator AS (
+      UPDATE resource_ids SET version_id = ${p(versionId)}, last_updated = ${p(at)}, deleted = ${p(json === null)},
+             clinical_time = coalesce(${p(clinicalTime)}::timestamptz, clinical_time)
+       WHERE org_id = current_setting('app.org_id')::integer AND resource_type = ${p(type)} AND id = ${p(id)})`;
+}
+
 export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteResult> {
   const type = req.type;
   const table = tableOf(type);
   const id = req.id ?? crypto.randomUUID();
-  const lock = await lockId(tx, type, id);
+  const lock = await lockId(tx, type, id, localReferences(req.resource, type, id));
   const exists = lock.versionId > 0 && !lock.deleted;
   if (req.ifMatch !== undefined && (lock.versionId === 0 || req.ifMatch !== lock.versionId)) {
     throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${lock.versionId}, If-Match asked for ${req.ifMatch}`);
@@ -186,10 +203,12 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
     if (lock.versionId > 0) throw gone(`${type}/${id} was deleted`);
     throw notFound(`${type}/${id} not found`);
   }
+  if (lock.missing.length) {
+    throw unprocessable(`Reference${lock.missing.length > 1 ? 's' : ''} not found: ${lock.missing.join(', ')}`);
+  }
   const versionId = lock.versionId + 1;
   const meta = { ...req.resource.meta, versionId: String(versionId), lastUpdated: lock.now };
   const resource = { ...req.resource, id, meta } as Resource;
-  await checkReferences(tx, resource, type, id);
   const row = toRow(resource);
   const clinicalTime = TIME_PARTITIONED.has(type) ? (row.clinicalTime ?? lock.now) : null;
   const json = req.text ? withServerFields(req.text, id, meta) : JSON.stringify(resource);
@@ -209,32 +228,19 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
       [id, cols.patient_id ?? null]);
   }
   const names = Object.keys(cols);
-  const values = names.map((n) => cols[n]);
+  const { values, p } = params();
+  const ctes = versionCtes(p, type, id, versionId, lock.now, req.method, json, clinicalTime);
   if (exists) {
-    const assignments = names.map((n, i) => `${n} = $${i + 2}`).join(', ');
-    const timeMatch = lock.clinicalTime ? `AND clinical_time = $${names.length + 2}` : '';
-    await tx.query(
-      `UPDATE ${table} SET ${assignments} WHERE org_id = current_setting('app.org_id')::integer AND id = $1 ${timeMatch}`,
-      [id, ...values, ...(lock.clinicalTime ? [lock.clinicalTime] : [])]);
+    const assignments = names.map((n) => `${n} = ${p(cols[n])}`).join(', ');
+    const timeMatch = lock.clinicalTime ? `AND clinical_time = ${p(lock.clinicalTime)}` : '';
+    await tx.query(`${ctes} UPDATE ${table} SET ${assignments}
+       WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}`, values);
   } else {
-    const placeholders = names.map((_, i) => `$${i + 2}`).join(', ');
-    await tx.query(
-      `INSERT INTO ${table} (org_id, id, ${names.join(', ')}) VALUES (current_setting('app.org_id')::integer, $1, ${placeholders})`,
-      [id, ...values]);
+    const placeholders = names.map((n) => p(cols[n])).join(', ');
+    await tx.query(`${ctes} INSERT INTO ${table} (org_id, id, ${names.join(', ')})
+       VALUES (current_setting('app.org_id')::integer, ${p(id)}, ${placeholders})`, values);
   }
-  await appendHistory(tx, type, id, versionId, lock.now, req.method, json);
-  await tx.query(
-    `UPDATE resource_ids SET version_id = $3, last_updated = $4, deleted = false, clinical_time = $5
-      WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = $2`,
-    [type, id, versionId, lock.now, clinicalTime]);
   return { resource, json, versionId, lastUpdated: lock.now, created: !exists };
-}
-
-async function appendHistory(tx: Tx, type: string, id: string, versionId: number, at: string, method: string, json: string | null) {
-  await tx.query(
-    `INSERT INTO resource_history (org_id, resource_type, id, version_id, last_updated, method, resource)
-     VALUES (current_setting('app.org_id')::integer, $1, $2, $3, $4, $5, $6)`,
-    [type, id, versionId, at, method, json]);
 }
 
 export interface DeleteResult {
@@ -257,17 +263,13 @@ export async function deleteResource(tx: Tx, type: string, id: string, ifMatch?:
   }
   if (lock.deleted) return { existed: true, versionId: lock.versionId };
   const versionId = lock.versionId + 1;
-  const timeMatch = lock.clinicalTime ? 'AND clinical_time = $2' : '';
-  await tx.query(`DELETE FROM ${table} WHERE org_id = current_setting('app.org_id')::integer AND id = $1 ${timeMatch}`,
-    lock.clinicalTime ? [id, lock.clinicalTime] : [id]);
+  const { values, p } = params();
+  const ctes = versionCtes(p, type, id, versionId, lock.now, 'DELETE', null, null);
+  const timeMatch = lock.clinicalTime ? `AND clinical_time = ${p(lock.clinicalTime)}` : '';
+  await tx.query(`${ctes} DELETE FROM ${table} WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}`, values);
   if (type === 'Encounter') {
     await tx.query(`DELETE FROM clinical_events WHERE org_id = current_setting('app.org_id')::integer AND encounter_id = $1`, [id]);
   }
-  await appendHistory(tx, type, id, versionId, lock.now, 'DELETE', null);
-  await tx.query(
-    `UPDATE resource_ids SET version_id = $3, last_updated = $4, deleted = true
-      WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = $2`,
-    [type, id, versionId, lock.now]);
   return { existed: true, versionId };
 }
 
