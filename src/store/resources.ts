@@ -9,12 +9,21 @@ import { FhirError, gone, notFound, preconditionFailed, unprocessable } from '..
 
 export type Tx = pg.PoolClient;
 
+// Hot statements are prepared once per connection (named by a hash of their text):
+// parsing and planning them on every request cost more than running them. PgBouncer
+// in transaction mode needs max_prepared_statements (1.21+), or KILN_PREPARE=off.
+const PREPARE = process.env.KILN_PREPARE !== 'off';
+function stmt(text: string, values: unknown[]): pg.QueryConfig {
+  if (!PREPARE) return { text, values };
+  return { name: `k${crypto.createHash('sha1').update(text).digest('base64url').slice(0, 20)}`, text, values };
+}
+
 /** Runs fn in one transaction bound to a tenant: RLS sees only org rows. */
 export async function withTenant<T>(pool: pg.Pool, orgId: number, fn: (tx: Tx) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
-    await client.query("SELECT set_config('app.org_id', $1, true)", [String(orgId)]);
+    await client.query(stmt("SELECT set_config('app.org_id', $1, true)", [String(orgId)]));
     const result = await fn(client);
     await client.query('COMMIT');
     return result;
@@ -73,8 +82,8 @@ function tableOf(type: string): string {
  * the locator row, then the row from exactly one partition. */
 export async function readById(pool: pg.Pool | Tx, orgId: number | undefined, type: string, id: string): Promise<StoredResource | undefined> {
   const org = orgId === undefined ? `current_setting('app.org_id')::integer` : '$4';
-  const { rows } = await pool.query(`SELECT * FROM kiln_read(${org}, $1, $2, $3)`,
-    orgId === undefined ? [type, tableOf(type), id] : [type, tableOf(type), id, orgId]);
+  const { rows } = await pool.query(stmt(`SELECT * FROM kiln_read(${org}, $1, $2, $3)`,
+    orgId === undefined ? [type, tableOf(type), id] : [type, tableOf(type), id, orgId]));
   const r = rows[0];
   if (!r || r.version_id === null) return undefined;
   return { id, versionId: r.version_id, lastUpdated: r.last_updated, deleted: r.deleted, json: r.body ?? undefined };
@@ -131,7 +140,7 @@ function localReferences(resource: Resource, selfType: string, selfId: string): 
  * one resource, and in the same round trip lists which references do not resolve.
  */
 async function lockId(tx: Tx, type: string, id: string, refs: { type: string; id: string }[] = []): Promise<Locked & { missing: string[] }> {
-  const { rows } = await tx.query(
+  const { rows } = await tx.query(stmt(
     `WITH lock AS (
        INSERT INTO resource_ids (org_id, resource_type, id, version_id, last_updated, deleted)
        VALUES (current_setting('app.org_id')::integer, $1, $2, 0, now(), true)
@@ -143,7 +152,7 @@ async function lockId(tx: Tx, type: string, id: string, refs: { type: string; id
                            WHERE r.org_id = current_setting('app.org_id')::integer AND r.resource_type = t.type
                              AND r.id = t.id AND NOT r.deleted AND r.version_id > 0)) AS missing
        FROM lock`,
-    [type, id, refs.map((r) => r.type), refs.map((r) => r.id)]);
+    [type, id, refs.map((r) => r.type), refs.map((r) => r.id)]));
   const r = rows[0];
   return { versionId: r.version_id, deleted: r.deleted, clinicalTime: r.clinical_time, now: r.now, missing: r.missing };
 }
@@ -233,12 +242,12 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
   if (exists) {
     const assignments = names.map((n) => `${n} = ${p(cols[n])}`).join(', ');
     const timeMatch = lock.clinicalTime ? `AND clinical_time = ${p(lock.clinicalTime)}` : '';
-    await tx.query(`${ctes} UPDATE ${table} SET ${assignments}
-       WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}`, values);
+    await tx.query(stmt(`${ctes} UPDATE ${table} SET ${assignments}
+       WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}`, values));
   } else {
     const placeholders = names.map((n) => p(cols[n])).join(', ');
-    await tx.query(`${ctes} INSERT INTO ${table} (org_id, id, ${names.join(', ')})
-       VALUES (current_setting('app.org_id')::integer, ${p(id)}, ${placeholders})`, values);
+    await tx.query(stmt(`${ctes} INSERT INTO ${table} (org_id, id, ${names.join(', ')})
+       VALUES (current_setting('app.org_id')::integer, ${p(id)}, ${placeholders})`, values));
   }
   return { resource, json, versionId, lastUpdated: lock.now, created: !exists };
 }
