@@ -101,7 +101,9 @@ CREATE TABLE encounters (
   period_start      timestamptz,
   period_end        timestamptz,
   PRIMARY KEY (org_id, id, clinical_time),
-  FOREIGN KEY (org_id, id, patient_id) REFERENCES clinical_events (org_id, encounter_id, patient_id)
+  -- CASCADE: re-pointing the hub at a new patient carries the encounter row along;
+  -- clinical rows (NO ACTION) still block it while they reference the old pairing.
+  FOREIGN KEY (org_id, id, patient_id) REFERENCES clinical_events (org_id, encounter_id, patient_id) ON UPDATE CASCADE
 ) PARTITION BY LIST (org_id);
 CREATE INDEX encounters_patient ON encounters (org_id, patient_id, clinical_time);
 CREATE INDEX encounters_identifiers ON encounters USING gin (identifier_tokens);

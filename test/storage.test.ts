@@ -163,6 +163,12 @@ describe('hub and spoke', () => {
     assert.equal((await fhir(srv.url, 'GET', `Encounter/${enc.json.id}`)).json.meta.versionId, '1');
     const del = await fhir(srv.url, 'DELETE', `Encounter/${enc.json.id}`);
     assert.equal(del.status, 409);
+    // An encounter nothing hangs off may change patient.
+    const lone = await fhir(srv.url, 'POST', 'Encounter', { resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${a}` } });
+    const moved = await fhir(srv.url, 'PUT', `Encounter/${lone.json.id}`, { resourceType: 'Encounter', id: lone.json.id, status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${b}` } });
+    assert.equal(moved.status, 200, moved.text);
+    const hub = await srv.db.owner.query('SELECT patient_id FROM clinical_events WHERE encounter_id = $1', [lone.json.id]);
+    assert.equal(hub.rows[0].patient_id, b);
   });
 });
 
