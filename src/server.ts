@@ -7,6 +7,10 @@ import { loadConfig, type Config } from './config.ts';
 import { openDatabase, type Database } from './store/database.ts';
 import { createApp } from './http/app.ts';
 import { loadDefinitions } from './fhir/validate.ts';
+import { ensureAllOrgPartitions } from './store/tenants.ts';
+
+// Partitions are made months ahead at start; a long-running server tops them up daily.
+const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
 
 const VERSION: string = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
 
@@ -29,6 +33,10 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
     server.listen(config.port, config.host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
+  const maintenance = setInterval(() => {
+    ensureAllOrgPartitions(db.owner).catch((e) => console.error('partition maintenance failed', e));
+  }, PARTITION_MAINTENANCE_MS);
+  maintenance.unref();
   let stopping: Promise<void> | undefined;
   return {
     url: `http://127.0.0.1:${port}/fhir`,
@@ -37,6 +45,7 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
     config,
     stop() {
       stopping ??= (async () => {
+        clearInterval(maintenance);
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           server.closeIdleConnections();
