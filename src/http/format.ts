@@ -2,6 +2,7 @@
 import type { Request, Response } from 'express';
 import type { OperationOutcome } from '@medplum/fhirtypes';
 import { FhirError } from '../fhir/outcome.ts';
+import { findDuplicate } from '../fhir/duplicateKeys.ts';
 
 export const FHIR_JSON = 'application/fhir+json';
 const JSON_TYPES = new Set(['application/fhir+json', 'application/json', 'application/json+fhir']);
@@ -34,15 +35,21 @@ export function requireBodyType(req: Request, allowPatch = false): 'resource' | 
     `Unsupported Content-Type '${ct || '(none)'}'; send application/fhir+json${allowPatch ? ' or application/json-patch+json' : ''}`);
 }
 
-/** The parsed JSON body; malformed JSON is a 400. */
+/** The parsed JSON body; malformed JSON, or an object with a key given twice, is a 400. */
 export function jsonBody(req: Request): unknown {
   const raw = req.body;
   if (!Buffer.isBuffer(raw) || raw.length === 0) throw new FhirError(400, 'invalid', 'Request body is empty');
+  const text = raw.toString('utf8');
+  let parsed: unknown;
   try {
-    return JSON.parse(raw.toString('utf8'));
+    parsed = JSON.parse(text);
   } catch (e) {
     throw new FhirError(400, 'invalid', `Malformed JSON: ${(e as Error).message}`);
   }
+  // JSON.parse keeps the last duplicate silently, but the text is stored as written.
+  const dup = findDuplicate(text);
+  if (dup) throw new FhirError(400, 'invalid', `Duplicate JSON key '${dup.key}' at ${dup.location}`, [dup.location]);
+  return parsed;
 }
 
 function pretty(req: Request): boolean {

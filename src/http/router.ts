@@ -21,6 +21,14 @@ const DEFAULT_SLUG = 'default';
 const methodNotAllowed = (method: string, path: string) =>
   new FhirError(405, 'not-supported', `${method} is not supported on ${path || 'the base'}`);
 
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new FhirError(400, 'invalid', `Malformed percent-encoding in path segment '${segment}'`);
+  }
+}
+
 export function fhirRouter(db: Database, config: Config, version: string) {
   const orgIds = new Map<string, number>(); // slug -> id; tenants are never renamed
 
@@ -37,7 +45,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
 
   return async function dispatch(req: Request, res: Response): Promise<void> {
     responseType(req); // 406 before any work
-    const segments = req.path.split('/').filter((s) => s !== '').map(decodeURIComponent);
+    const segments = req.path.split('/').filter((s) => s !== '').map(decodeSegment);
     let slug = DEFAULT_SLUG;
     if (segments.length && TENANT_SLUG.test(segments[0]) && !RESERVED.has(segments[0])) slug = segments.shift()!;
     const origin = config.baseUrl ?? `${req.protocol}://${req.get('host')}/fhir`;

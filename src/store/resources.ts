@@ -127,8 +127,12 @@ const STORED_TYPES = new Set(Object.keys(TABLES));
 function localReferences(resource: Resource, selfType: string, selfId: string): { type: string; id: string }[] {
   const wanted = new Map<string, { type: string; id: string }>();
   for (const ref of collectReferences(resource)) {
-    const m = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(ref);
-    if (!m || !STORED_TYPES.has(m[1])) continue;
+    const type = /^([A-Z][A-Za-z]+)[/?]/.exec(ref)?.[1];
+    if (!type || !STORED_TYPES.has(type)) continue;
+    const m = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/\d+)?$/.exec(ref);
+    // A reference to a stored type must be a resolvable Type/id (conditional
+    // references belong in transactions, where they are resolved first).
+    if (!m) throw unprocessable(`Reference '${ref}' is not a valid ${type}/[id] reference`);
     if (m[1] === selfType && m[2] === selfId) continue;
     wanted.set(`${m[1]}/${m[2]}`, { type: m[1], id: m[2] });
   }
