@@ -1,5 +1,6 @@
 // Unit tests of the pure resource -> row mappings, on the official R4 examples.
 import assert from 'node:assert/strict';
+import { EXAMPLES_DIR } from './support/data.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -16,7 +17,7 @@ import { mapPatient } from '../mappings/postgres/patient.ts';
 import { collectReferences, referenceId, TABLES, TIME_PARTITIONED, toRow } from '../mappings/postgres/index.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const EXAMPLES = '/work/shared/data/fhir-r4-examples';
+const EXAMPLES = EXAMPLES_DIR;
 
 function example<T extends Resource>(rel: string): T {
   return JSON.parse(fs.readFileSync(path.join(EXAMPLES, rel), 'utf8')) as T;

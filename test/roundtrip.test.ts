@@ -5,6 +5,7 @@
 // their literal text), so decimal precision (1.00 vs 1.0) is part of the round trip.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { SHARED_DATA } from './support/data.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
@@ -13,7 +14,7 @@ import {
   storedReferenceKeys, stringifyLossless, subjectPatientId, type ExampleContext,
 } from './support/localize.ts';
 
-const DATA = '/work/shared/data';
+const DATA = SHARED_DATA;
 const EXAMPLES = path.join(DATA, 'fhir-r4-examples');
 const SYNTHEA = path.join(DATA, 'synthea-r4');
 /** Creation order: a type may only reference types before it (hub-and-spoke, integrity). */

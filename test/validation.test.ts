@@ -3,6 +3,7 @@
 // (src/fhir/duplicateKeys.ts), as units and over HTTP.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
+import { EXAMPLES_DIR } from './support/data.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
@@ -15,7 +16,7 @@ import { loadDefinitions, validate } from '../src/fhir/validate.ts';
 import { FhirError } from '../src/fhir/outcome.ts';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
 
-const EXAMPLES = '/work/shared/data/fhir-r4-examples';
+const EXAMPLES = EXAMPLES_DIR;
 
 /** The issues validate() throws (empty if it accepts), with the status. */
 function validationIssues(resource: unknown): { status: number; issues: OperationOutcomeIssue[] } {

@@ -1,5 +1,5 @@
 // Test-only helpers that make third-party FHIR examples loadable into a server that
-// enforces referential integrity (see /work/shared/data/README.md, "The references
+// enforces referential integrity (see ../shared/data/README.md, "The references
 // are not resolvable"), and compare what was written with what is read back.
 //
 // JSON here is parsed and written losslessly: a number keeps its literal text
