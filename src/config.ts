@@ -16,6 +16,7 @@ export interface Config {
   defaultCount: number;
   maxCount: number;
   poolSize: number;
+  maxBundleEntries: number;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -31,5 +32,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     defaultCount: Number(env.KILN_DEFAULT_COUNT ?? 50),
     maxCount: Number(env.KILN_MAX_COUNT ?? 1000),
     poolSize: Number(env.KILN_POOL_SIZE ?? 16),
+    maxBundleEntries: Number(env.KILN_MAX_BUNDLE_ENTRIES ?? 10000),
   };
 }

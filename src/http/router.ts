@@ -13,6 +13,7 @@ import { findOrg } from '../store/tenants.ts';
 import * as crud from './crud.ts';
 import { historyInteraction } from './history.ts';
 import { searchInteraction } from './search.ts';
+import { bundleInteraction } from './bundles.ts';
 
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const RESERVED = new Set(['metadata']);
@@ -55,7 +56,10 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     const [first, second, third, fourth] = segments;
     const path = segments.join('/');
 
-    if (segments.length === 0) throw methodNotAllowed(m, '');
+    if (segments.length === 0) {
+      if (m === 'POST') return bundleInteraction(ctx);
+      throw methodNotAllowed(m, '');
+    }
     if (first === 'metadata' && segments.length === 1) {
       if (m !== 'GET' && m !== 'HEAD') throw methodNotAllowed(m, path);
       return sendJson(req, res, 200, capabilityStatement(base, version));

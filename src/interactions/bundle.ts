@@ -1,0 +1,299 @@
+// Batch and transaction Bundles (bundle.html, http.html#transaction). A transaction
+// runs in one database transaction: ids are settled first (conditional creates and
+// updates, urn:uuid fullUrls), references are rewritten, then entries run in the
+// spec's order (DELETE, POST, PUT/PATCH, GET) with POST/PUT sorted so that a
+// referenced resource is written before the one that references it. A batch runs
+// every entry on its own.
+import crypto from 'node:crypto';
+import type { Bundle, BundleEntry, OperationOutcome, Resource } from '@medplum/fhirtypes';
+import { FhirError, badRequest, outcome } from '../fhir/outcome.ts';
+import { TABLES } from '../../mappings/postgres/index.ts';
+import { readCurrent, readVersion, requireLive, type Tx } from '../store/resources.ts';
+import { searchIds } from '../store/search.ts';
+import * as write from './write.ts';
+
+export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+const ORDER: Record<Method, number> = { DELETE: 0, POST: 1, PUT: 2, PATCH: 2, GET: 3, HEAD: 3 };
+
+export interface EntryResult {
+  status: string;
+  location?: string;
+  etag?: string;
+  lastModified?: string;
+  /** Resource JSON text (or a searchset Bundle) to return in the response entry. */
+  json?: string;
+  outcome?: OperationOutcome;
+}
+
+interface Parsed {
+  index: number;
+  method: Method;
+  type: string;
+  id?: string;
+  vid?: string;
+  query: [string, string][];
+  fullUrl?: string;
+  resource?: Resource;
+  /** For PATCH: the JSON Patch operations (from a Binary or Parameters-free body). */
+  patch?: unknown;
+  ifMatch?: number;
+  ifNoneExist?: [string, string][];
+}
+
+/** Marks an error with the entry it came from, so the OperationOutcome can say which. */
+function atEntry(index: number, e: unknown): FhirError {
+  if (!(e instanceof FhirError)) throw e;
+  const issues = e.issues.map((i) => ({
+    ...i,
+    diagnostics: `Bundle.entry[${index}]: ${i.diagnostics ?? i.details?.text ?? ''}`,
+    expression: (i.expression ?? []).map((x) => `Bundle.entry[${index}].resource.${x.replace(/^[A-Za-z]+\./, '')}`),
+  }));
+  return FhirError.withIssues(e.status, issues, `Bundle.entry[${index}] failed`);
+}
+
+function parseETagValue(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const m = /^(?:W\/)?"(\d+)"$/.exec(v.trim());
+  if (!m) throw badRequest(`Malformed ifMatch '${v}'`);
+  return Number(m[1]);
+}
+
+/** Parses one entry's request; the URL is relative to the base (an absolute URL on this base is accepted). */
+function parseEntry(entry: BundleEntry, index: number, base: string): Parsed {
+  const method = entry.request?.method as Method | undefined;
+  if (!method || !(method in ORDER)) throw badRequest(`Bundle.entry[${index}].request.method is missing or not supported`);
+  let url = entry.request?.url;
+  if (!url) throw badRequest(`Bundle.entry[${index}].request.url is missing`);
+  if (url.startsWith(base + '/')) url = url.slice(base.length + 1);
+  const [path, query = ''] = url.split('?', 2);
+  const segments = path.split('/').filter(Boolean);
+  const [type, id, history, vid] = segments;
+  if (!type || !TABLES[type]) throw new FhirError(404, 'not-supported', `Bundle.entry[${index}]: resource type '${type ?? ''}' is not supported`);
+  if (segments.length > 4 || (history !== undefined && history !== '_history')) throw badRequest(`Bundle.entry[${index}].request.url '${url}' is not a resource URL`);
+  if (id) write.checkId(id);
+  const parsed: Parsed = {
+    index, method, type, id, vid, query: [...new URLSearchParams(query).entries()], fullUrl: entry.fullUrl,
+    ifMatch: parseETagValue(entry.request?.ifMatch),
+    ifNoneExist: entry.request?.ifNoneExist !== undefined ? [...new URLSearchParams(entry.request.ifNoneExist.replace(/^[^?]*\?/, '')).entries()] : undefined,
+  };
+  if (method === 'POST' || method === 'PUT') {
+    if (!entry.resource) throw badRequest(`Bundle.entry[${index}] (${method}) has no resource`);
+    if (method === 'POST' && (id || parsed.query.length)) throw badRequest(`Bundle.entry[${index}]: POST goes to the type URL`);
+    if (method === 'PUT' && !id && parsed.query.length === 0) throw badRequest(`Bundle.entry[${index}]: PUT needs an id or search criteria`);
+    try {
+      parsed.resource = write.checkResource(entry.resource, type);
+    } catch (e) {
+      throw atEntry(index, e);
+    }
+  }
+  if (method === 'PATCH') {
+    if (!id) throw badRequest(`Bundle.entry[${index}]: PATCH needs an id`);
+    // JSON Patch travels as a Binary whose data is the base64 patch document.
+    const binary = entry.resource as { resourceType?: string; data?: string } | undefined;
+    if (binary?.resourceType !== 'Binary' || !binary.data) throw badRequest(`Bundle.entry[${index}]: PATCH needs a Binary resource holding a JSON Patch`);
+    try {
+      parsed.patch = JSON.parse(Buffer.from(binary.data, 'base64').toString('utf8'));
+    } catch {
+      throw badRequest(`Bundle.entry[${index}]: the Binary does not hold JSON`);
+    }
+  }
+  if (method === 'DELETE' && !id && parsed.query.length === 0) throw badRequest(`Bundle.entry[${index}]: DELETE needs an id or search criteria`);
+  return parsed;
+}
+
+/** Replaces references found in `map` (and conditional references) throughout a resource. */
+async function rewriteReferences(tx: Tx, node: unknown, map: Map<string, string>): Promise<void> {
+  if (Array.isArray(node)) {
+    for (const item of node) await rewriteReferences(tx, item, map);
+    return;
+  }
+  if (!node || typeof node !== 'object') return;
+  const obj = node as Record<string, unknown>;
+  for (const [key, value] of Object.entries(obj)) {
+    if (key === 'reference' && typeof value === 'string') {
+      const mapped = map.get(value);
+      if (mapped) obj.reference = mapped;
+      else {
+        const cond = /^([A-Z][A-Za-z]+)\?(.+)$/.exec(value);
+        if (cond && TABLES[cond[1]]) {
+          const id = await write.matchOne(tx, cond[1], [...new URLSearchParams(cond[2]).entries()], `Conditional reference ${value}:`);
+          if (!id) throw new FhirError(412, 'not-found', `Conditional reference '${value}' matched no resource`);
+          obj.reference = `${cond[1]}/${id}`;
+          map.set(value, obj.reference as string);
+        }
+      }
+    } else if (typeof value === 'object') {
+      await rewriteReferences(tx, value, map);
+    }
+  }
+}
+
+/** Orders entries (already in spec order) so that a POST/PUT referenced by another in the bundle goes first. */
+function dependencyOrder(entries: Parsed[], target: Map<Parsed, string>): Parsed[] {
+  const byTarget = new Map<string, Parsed>();
+  for (const [e, t] of target) byTarget.set(t, e);
+  const done = new Set<Parsed>();
+  const visiting = new Set<Parsed>();
+  const out: Parsed[] = [];
+  const visit = (e: Parsed) => {
+    if (done.has(e) || visiting.has(e)) return; // a cycle is left in bundle order
+    visiting.add(e);
+    if (e.method === 'POST' || e.method === 'PUT') {
+      for (const ref of referencesOf(e.resource)) {
+        const dep = byTarget.get(ref);
+        if (dep && dep !== e && ORDER[dep.method] === ORDER[e.method]) visit(dep);
+      }
+    }
+    visiting.delete(e);
+    done.add(e);
+    out.push(e);
+  };
+  for (const e of entries) visit(e);
+  return out;
+}
+
+function referencesOf(node: unknown, acc: string[] = []): string[] {
+  if (Array.isArray(node)) node.forEach((n) => referencesOf(n, acc));
+  else if (node && typeof node === 'object') {
+    for (const [k, v] of Object.entries(node)) {
+      if (k === 'reference' && typeof v === 'string') acc.push(v.replace(/\/_history\/.*$/, ''));
+      else if (typeof v === 'object') referencesOf(v, acc);
+    }
+  }
+  return acc;
+}
+
+const statusText: Record<number, string> = { 200: '200 OK', 201: '201 Created', 204: '204 No Content' };
+
+function writtenResult(type: string, w: write.Written): EntryResult {
+  return {
+    status: statusText[w.created ? 201 : 200],
+    location: `${type}/${w.id}/_history/${w.versionId}`,
+    etag: `W/"${w.versionId}"`,
+    lastModified: w.lastUpdated,
+    json: w.json,
+  };
+}
+
+/** Runs one entry whose ids and references are settled. */
+async function runEntry(tx: Tx, e: Parsed, assignedId: string | undefined, base: string, maxCount: number): Promise<EntryResult> {
+  switch (e.method) {
+    case 'POST':
+      return writtenResult(e.type, await write.create(tx, e.type, e.resource!, undefined, { ifNoneExist: e.ifNoneExist, id: assignedId }));
+    case 'PUT':
+      if (e.id) return writtenResult(e.type, await write.update(tx, e.type, e.id, e.resource!, undefined, e.ifMatch));
+      return writtenResult(e.type, await write.conditionalUpdate(tx, e.type, e.query, { ...e.resource!, ...(assignedId && !e.resource!.id ? { id: assignedId } : {}) } as Resource, undefined, e.ifMatch));
+    case 'PATCH':
+      return writtenResult(e.type, await write.patch(tx, e.type, e.id!, e.patch, e.ifMatch));
+    case 'DELETE': {
+      const v = e.id ? await write.remove(tx, e.type, e.id, e.ifMatch) : await write.conditionalDelete(tx, e.type, e.query);
+      return { status: statusText[204], ...(v ? { etag: `W/"${v}"` } : {}) };
+    }
+    default: {
+      if (e.id && e.vid) {
+        const v = await readVersion(tx, e.type, e.id, Number(e.vid));
+        if (!v || v.deleted) throw new FhirError(v ? 410 : 404, v ? 'deleted' : 'not-found', `${e.type}/${e.id}/_history/${e.vid} not available`);
+        return { status: statusText[200], etag: `W/"${v.versionId}"`, lastModified: v.lastUpdated, json: v.json };
+      }
+      if (e.id) {
+        const r = requireLive(await readCurrent(tx, e.type, e.id), e.type, e.id);
+        return { status: statusText[200], etag: `W/"${r.versionId}"`, lastModified: r.lastUpdated, json: r.json };
+      }
+      const rows = await searchIds(tx, { type: e.type, params: e.query.filter(([n]) => n !== '_count'), count: maxCount });
+      const entries = rows.map((r) => `{"fullUrl":${JSON.stringify(`${base}/${e.type}/${r.id}`)},"resource":${r.json},"search":{"mode":"match"}}`);
+      return { status: statusText[200], json: `{"resourceType":"Bundle","type":"searchset","entry":[${entries.join(',')}]}` };
+    }
+  }
+}
+
+export interface BundleOptions {
+  base: string;
+  maxEntries: number;
+  maxCount: number;
+  inTenant: <T>(fn: (tx: Tx) => Promise<T>) => Promise<T>;
+}
+
+function checkBundle(body: unknown, maxEntries: number): Bundle {
+  const bundle = body as Bundle;
+  if (!bundle || typeof bundle !== 'object' || bundle.resourceType !== 'Bundle') throw badRequest('POST to the base takes a Bundle');
+  if (bundle.type !== 'batch' && bundle.type !== 'transaction') {
+    throw badRequest(`Bundle.type must be batch or transaction, not '${String(bundle.type)}'`, ['Bundle.type']);
+  }
+  if (bundle.entry !== undefined && !Array.isArray(bundle.entry)) throw badRequest('Bundle.entry must be an array', ['Bundle.entry']);
+  if ((bundle.entry?.length ?? 0) > maxEntries) {
+    throw new FhirError(413, 'too-costly', `Bundle has ${bundle.entry!.length} entries; the limit is ${maxEntries}`);
+  }
+  return bundle;
+}
+
+/** A transaction: all entries or nothing. Returns results in the request's entry order. */
+export async function transaction(body: unknown, opts: BundleOptions): Promise<EntryResult[]> {
+  const bundle = checkBundle(body, opts.maxEntries);
+  if (bundle.type !== 'transaction') throw badRequest('not a transaction');
+  const parsed = (bundle.entry ?? []).map((e, i) => parseEntry(e, i, opts.base));
+  const seenFullUrls = new Set<string>();
+  for (const e of parsed) {
+    if (e.fullUrl && seenFullUrls.has(e.fullUrl)) throw badRequest(`Bundle.entry[${e.index}]: fullUrl ${e.fullUrl} appears twice`);
+    if (e.fullUrl) seenFullUrls.add(e.fullUrl);
+  }
+  return opts.inTenant(async (tx) => {
+    // 1. Settle identities: fullUrl -> Type/id for everything this transaction writes.
+    const map = new Map<string, string>();
+    const assigned = new Map<Parsed, string>();
+    const target = new Map<Parsed, string>();
+    for (const e of parsed) {
+      try {
+        let id: string | undefined;
+        if (e.method === 'POST') {
+          id = (e.ifNoneExist && await write.matchOne(tx, e.type, e.ifNoneExist, 'ifNoneExist')) || crypto.randomUUID();
+          assigned.set(e, id);
+        } else if (e.method === 'PUT') {
+          id = e.id ?? (await write.matchOne(tx, e.type, e.query, 'Conditional update')) ?? e.resource!.id ?? crypto.randomUUID();
+          if (!e.id) assigned.set(e, id);
+        }
+        if (id) {
+          target.set(e, `${e.type}/${id}`);
+          if (e.fullUrl) map.set(e.fullUrl, `${e.type}/${id}`);
+          map.set(`${opts.base}/${e.type}/${id}`, `${e.type}/${id}`);
+        }
+      } catch (err) {
+        throw atEntry(e.index, err);
+      }
+    }
+    // 2. Rewrite references to bundle entries and conditional references.
+    for (const e of parsed) {
+      try {
+        if (e.resource) await rewriteReferences(tx, e.resource, map);
+      } catch (err) {
+        throw atEntry(e.index, err);
+      }
+    }
+    // 3. Run in the spec's order, dependencies first.
+    const ordered = dependencyOrder([...parsed].sort((a, b) => ORDER[a.method] - ORDER[b.method] || a.index - b.index), target);
+    const results: EntryResult[] = new Array(parsed.length);
+    for (const e of ordered) {
+      try {
+        results[e.index] = await runEntry(tx, e, assigned.get(e), opts.base, opts.maxCount);
+      } catch (err) {
+        throw atEntry(e.index, err);
+      }
+    }
+    return results;
+  });
+}
+
+/** A batch: every entry on its own; failures become that entry's response. */
+export async function batch(body: unknown, opts: BundleOptions): Promise<EntryResult[]> {
+  const bundle = checkBundle(body, opts.maxEntries);
+  const results: EntryResult[] = [];
+  for (const [i, entry] of (bundle.entry ?? []).entries()) {
+    try {
+      const e = parseEntry(entry, i, opts.base);
+      results.push(await opts.inTenant((tx) => runEntry(tx, e, undefined, opts.base, opts.maxCount)));
+    } catch (err) {
+      if (!(err instanceof FhirError)) throw err;
+      results.push({ status: `${err.status}`, outcome: outcome(err.issues) });
+    }
+  }
+  return results;
+}

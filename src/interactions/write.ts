@@ -1,0 +1,137 @@
+// Write interactions inside a tenant transaction, shared by the REST handlers and
+// by batch/transaction Bundle entries: create, update, patch, delete and their
+// conditional forms, with the spec's 0/1/many outcomes.
+import type { Resource } from '@medplum/fhirtypes';
+import { applyPatch, type Operation } from 'rfc6902';
+import { FhirError, badRequest, notFound, preconditionFailed } from '../fhir/outcome.ts';
+import { validate } from '../fhir/validate.ts';
+import {
+  readCurrent, requireLive, writeResource, deleteResource, lockCriteria, type Tx,
+} from '../store/resources.ts';
+import { searchIds, unsupportedParams } from '../store/search.ts';
+
+export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+
+export function checkId(id: string): void {
+  if (!ID_PATTERN.test(id)) throw badRequest(`Invalid id '${id}': 1-64 of A-Z a-z 0-9 - .`);
+}
+
+/** A parsed body must be a valid resource of the given type (400 otherwise). */
+export function checkResource(body: unknown, type: string): Resource {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw badRequest('A resource must be a JSON object');
+  const resource = body as Resource;
+  if (resource.resourceType !== type) {
+    throw badRequest(`resourceType '${String(resource.resourceType)}' does not match the type ${type}`, ['resourceType']);
+  }
+  validate(resource);
+  return resource;
+}
+
+/** The state of a resource after a write. */
+export interface Written {
+  id: string;
+  versionId: number;
+  lastUpdated: string;
+  json: string;
+  created: boolean;
+}
+
+/** Resources matching conditional criteria (at most 2: enough to tell 0/1/many). */
+export async function matchCriteria(tx: Tx, type: string, criteria: [string, string][]): Promise<{ id: string; json: string }[]> {
+  if (criteria.length === 0) throw badRequest('Conditional interaction without search criteria');
+  const empty = criteria.filter(([, v]) => v.trim() === '').map(([n]) => n);
+  if (empty.length) throw badRequest(`Conditional criteria need a value: ${empty.join(', ')}`);
+  // Criteria Kiln cannot evaluate are refused rather than guessed.
+  const unknown = unsupportedParams(type, criteria);
+  if (unknown.length) throw badRequest(`Unsupported search parameter(s) in conditional criteria: ${unknown.join(', ')}`);
+  await lockCriteria(tx, `${type}?${criteria.map(([n, v]) => `${n}=${v}`).sort().join('&')}`);
+  return searchIds(tx, { type, params: criteria, count: 2 });
+}
+
+/** The one resource criteria match, or undefined for none; 412 for several. */
+export async function matchOne(tx: Tx, type: string, criteria: [string, string][], what: string): Promise<string | undefined> {
+  const found = await matchCriteria(tx, type, criteria);
+  if (found.length > 1) throw preconditionFailed(`${what} criteria matched more than one ${type}`);
+  return found[0]?.id;
+}
+
+const written = (r: { resource: Resource; versionId: number; lastUpdated: string; json: string; created: boolean }): Written =>
+  ({ id: r.resource.id!, versionId: r.versionId, lastUpdated: r.lastUpdated, json: r.json, created: r.created });
+
+/**
+ * Create; with ifNoneExist criteria an existing match is returned instead (created
+ * false). `id` pre-assigns the new id (transactions rewrite references to it first).
+ */
+export async function create(tx: Tx, type: string, resource: Resource, text: string | undefined,
+  opts: { ifNoneExist?: [string, string][]; id?: string } = {}): Promise<Written> {
+  if (opts.ifNoneExist) {
+    const existing = await matchOne(tx, type, opts.ifNoneExist, 'If-None-Exist');
+    if (existing) {
+      const stored = requireLive(await readCurrent(tx, type, existing), type, existing);
+      return { id: existing, versionId: stored.versionId, lastUpdated: stored.lastUpdated, json: stored.json, created: false };
+    }
+  }
+  const { id: _ignored, ...rest } = resource; // the server assigns ids on create
+  return written(await writeResource(tx, { type, id: opts.id, resource: rest as Resource, text, method: 'POST' }));
+}
+
+export async function update(tx: Tx, type: string, id: string, resource: Resource, text: string | undefined, ifMatch?: number): Promise<Written> {
+  checkId(id);
+  if (resource.id === undefined) throw badRequest('Resource id is required on update', ['id']);
+  if (resource.id !== id) throw badRequest(`Resource id '${resource.id}' does not match the URL id '${id}'`, ['id']);
+  return written(await writeResource(tx, { type, id, resource, text, method: 'PUT', ifMatch }));
+}
+
+export async function conditionalUpdate(tx: Tx, type: string, criteria: [string, string][], resource: Resource,
+  text: string | undefined, ifMatch?: number): Promise<Written> {
+  const match = await matchOne(tx, type, criteria, 'Conditional update');
+  if (match) {
+    if (resource.id !== undefined && resource.id !== match) {
+      throw badRequest(`Resource id '${resource.id}' does not match the matched resource ${type}/${match}`, ['id']);
+    }
+    return written(await writeResource(tx, { type, id: match, resource, text, method: 'PUT', ifMatch }));
+  }
+  if (resource.id !== undefined) checkId(resource.id);
+  return written(await writeResource(tx, { type, id: resource.id, resource, text, method: resource.id ? 'PUT' : 'POST', ifMatch }));
+}
+
+export async function patch(tx: Tx, type: string, id: string, ops: unknown, ifMatch?: number): Promise<Written> {
+  checkId(id);
+  if (!Array.isArray(ops)) throw badRequest('A JSON Patch document is an array of operations');
+  const current = requireLive(await readCurrent(tx, type, id, true), type, id);
+  const patched = applyJsonPatch(JSON.parse(current.json), ops as Operation[]);
+  if (patched.resourceType !== type || patched.id !== id) throw badRequest('A patch may not change resourceType or id');
+  validate(patched);
+  return written(await writeResource(tx, { type, id, resource: patched, method: 'PATCH', ifMatch, mustExist: true }));
+}
+
+function applyJsonPatch(doc: Resource, ops: Operation[]): Resource {
+  for (const op of ops) {
+    if (typeof op !== 'object' || op === null || typeof op.op !== 'string' || typeof op.path !== 'string') {
+      throw badRequest('Each JSON Patch operation needs "op" and "path"');
+    }
+  }
+  const errors = applyPatch(doc, ops);
+  const failed = errors.findIndex((e) => e !== null);
+  if (failed >= 0) {
+    const err = errors[failed] as Error;
+    // A failed "test" op is a precondition, anything else a bad patch.
+    const status = ops[failed].op === 'test' ? 422 : 400;
+    throw new FhirError(status, 'processing', `JSON Patch operation ${failed} (${ops[failed].op} ${ops[failed].path}) failed: ${err.name}`);
+  }
+  return doc;
+}
+
+/** Delete: the version id of the delete (the existing one if already deleted); 404 when it never existed. */
+export async function remove(tx: Tx, type: string, id: string, ifMatch?: number): Promise<number | undefined> {
+  checkId(id);
+  const result = await deleteResource(tx, type, id, ifMatch);
+  if (!result.existed) throw notFound(`${type}/${id} not found`);
+  return result.versionId;
+}
+
+/** Conditional delete: one match is deleted, none is a no-op (undefined), several 412. */
+export async function conditionalDelete(tx: Tx, type: string, criteria: [string, string][]): Promise<number | undefined> {
+  const match = await matchOne(tx, type, criteria, 'Conditional delete');
+  return match ? (await deleteResource(tx, type, match)).versionId : undefined;
+}

@@ -1,0 +1,172 @@
+// Batch and transaction Bundles over HTTP: atomicity, urn:uuid resolution,
+// dependency order, conditional entries, and Synthea bundles loaded as transactions.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
+import { SHARED_DATA } from './support/data.ts';
+
+let srv: TestServer;
+before(async () => { srv = await startTestServer(); });
+after(async () => { await srv.stop(); removeDataDir(srv.dataDir); });
+
+const STORED = new Set(['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent']);
+const historyCount = async () => (await srv.db.owner.query('SELECT count(*)::int AS n FROM resource_history')).rows[0].n;
+
+describe('transaction', () => {
+  test('every Synthea bundle (stored types only) loads as one transaction, references resolved', async (t) => {
+    const dir = path.join(SHARED_DATA, 'synthea-r4');
+    const files = fs.readdirSync(dir).filter((f) => !/^(hospital|practitioner)Information/.test(f)).sort();
+    assert.ok(files.length >= 30);
+    let total = 0;
+    const started = Date.now();
+    for (const file of files) {
+      const bundle = JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8'));
+      // Kiln does not store Claim, Practitioner, ...: the loader leaves them out, and
+      // references to them stay as given (urn:uuid strings that point outside Kiln).
+      bundle.entry = bundle.entry.filter((e: any) => STORED.has(e.resource.resourceType));
+      const r = await fhir(srv.url, 'POST', '', bundle);
+      assert.equal(r.status, 200, `${file}: ${r.text.slice(0, 500)}`);
+      assert.equal(r.json.type, 'transaction-response');
+      assert.equal(r.json.entry.length, bundle.entry.length);
+      assert.ok(r.json.entry.every((e: any) => e.response.status === '201 Created' && /^\w+\/[\w-]+\/_history\/1$/.test(e.response.location)));
+      total += bundle.entry.length;
+      if (file === files[0]) {
+        // The first Observation now points at the created Patient and Encounter.
+        const i = bundle.entry.findIndex((e: any) => e.resource.resourceType === 'Observation');
+        const obs = await fhir(srv.url, 'GET', r.json.entry[i].response.location.replace(/\/_history\/1$/, ''));
+        const patientLoc = r.json.entry[bundle.entry.findIndex((e: any) => e.resource.resourceType === 'Patient')].response.location;
+        assert.equal(obs.json.subject.reference, patientLoc.replace(/\/_history\/1$/, ''));
+        assert.match(obs.json.encounter.reference, /^Encounter\/[0-9a-f-]{36}$/);
+        assert.equal((await fhir(srv.url, 'GET', obs.json.encounter.reference)).status, 200);
+      }
+    }
+    t.diagnostic(`loaded ${total} resources from ${files.length} bundles in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  });
+
+  test('entries run dependencies first, whatever their order in the bundle', async () => {
+    const bundle = {
+      resourceType: 'Bundle', type: 'transaction', entry: [
+        { fullUrl: 'urn:uuid:obs-1', resource: { resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: 'urn:uuid:pat-1' }, encounter: { reference: 'urn:uuid:enc-1' } }, request: { method: 'POST', url: 'Observation' } },
+        { fullUrl: 'urn:uuid:enc-1', resource: { resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, subject: { reference: 'urn:uuid:pat-1' } }, request: { method: 'POST', url: 'Encounter' } },
+        { fullUrl: 'urn:uuid:pat-1', resource: { resourceType: 'Patient', name: [{ family: 'Order' }] }, request: { method: 'POST', url: 'Patient' } },
+      ],
+    };
+    const r = await fhir(srv.url, 'POST', '', bundle, { prefer: 'return=representation' });
+    assert.equal(r.status, 200, r.text);
+    const [obs, enc, pat] = r.json.entry.map((e: any) => e.resource);
+    assert.equal(obs.subject.reference, `Patient/${pat.id}`);
+    assert.equal(obs.encounter.reference, `Encounter/${enc.id}`);
+    assert.equal(enc.subject.reference, `Patient/${pat.id}`);
+  });
+
+  test('a failing entry rolls back the whole transaction and is named in the outcome', async () => {
+    const before = await historyCount();
+    const good = { resource: { resourceType: 'Patient', name: [{ family: 'Rollback' }] }, request: { method: 'POST', url: 'Patient' } };
+    const invalid = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [good, good, { resource: { resourceType: 'Patient', birthDate: 'soon' }, request: { method: 'POST', url: 'Patient' } }] });
+    assert.equal(invalid.status, 400);
+    assert.equal(invalid.json.resourceType, 'OperationOutcome');
+    assert.match(invalid.json.issue[0].diagnostics, /Bundle\.entry\[2\]/);
+    assert.deepEqual(invalid.json.issue[0].expression, ['Bundle.entry[2].resource.birthDate']);
+    const dangling = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [good, { resource: { resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/nobody' } }, request: { method: 'POST', url: 'Observation' } }] });
+    assert.equal(dangling.status, 422);
+    assert.match(dangling.json.issue[0].diagnostics, /Bundle\.entry\[1\]/);
+    const conflict = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [good, { request: { method: 'DELETE', url: 'Patient/never-existed' } }] });
+    assert.equal(conflict.status, 404);
+    assert.equal(await historyCount(), before, 'no version of any entry was kept');
+  });
+
+  test('conditional create, conditional update, conditional references and If-Match', async () => {
+    const value = `tx-${Date.now()}`;
+    const pat = { resourceType: 'Patient', identifier: [{ system: 'urn:tx', value }], name: [{ family: 'Cond' }] };
+    const bundle = () => ({
+      resourceType: 'Bundle', type: 'transaction', entry: [
+        { fullUrl: 'urn:uuid:p', resource: pat, request: { method: 'POST', url: 'Patient', ifNoneExist: `identifier=urn:tx|${value}` } },
+        { resource: { resourceType: 'Observation', status: 'final', code: { text: 'cond' }, subject: { reference: `Patient?identifier=urn:tx|${value}` } }, request: { method: 'POST', url: 'Observation' } },
+      ],
+    });
+    // The conditional reference cannot resolve before the Patient exists.
+    const early = await fhir(srv.url, 'POST', '', bundle());
+    assert.equal(early.status, 412, early.text);
+    const first = await fhir(srv.url, 'POST', '', { ...bundle(), entry: [bundle().entry[0]] });
+    assert.equal(first.json.entry[0].response.status, '201 Created');
+    const second = await fhir(srv.url, 'POST', '', bundle(), { prefer: 'return=representation' });
+    assert.equal(second.status, 200, second.text);
+    assert.equal(second.json.entry[0].response.status, '200 OK', 'ifNoneExist matched the existing Patient');
+    assert.equal(second.json.entry[0].response.location, first.json.entry[0].response.location);
+    const patientId = first.json.entry[0].response.location.split('/')[1];
+    assert.equal(second.json.entry[1].resource.subject.reference, `Patient/${patientId}`);
+    const upd = await fhir(srv.url, 'POST', '', {
+      resourceType: 'Bundle', type: 'transaction', entry: [
+        { resource: { ...pat, gender: 'other' }, request: { method: 'PUT', url: `Patient?identifier=urn:tx|${value}` } },
+      ],
+    });
+    assert.equal(upd.json.entry[0].response.location, `Patient/${patientId}/_history/2`);
+    const stale = await fhir(srv.url, 'POST', '', {
+      resourceType: 'Bundle', type: 'transaction', entry: [
+        { resource: { ...pat, id: patientId }, request: { method: 'PUT', url: `Patient/${patientId}`, ifMatch: 'W/"1"' } },
+      ],
+    });
+    assert.equal(stale.status, 412);
+  });
+
+  test('DELETE runs before POST and GET after writes; PATCH takes a Binary', async () => {
+    const a = (await fhir(srv.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Old' }] })).json.id;
+    const patchDoc = Buffer.from(JSON.stringify([{ op: 'add', path: '/active', value: true }])).toString('base64');
+    const r = await fhir(srv.url, 'POST', '', {
+      resourceType: 'Bundle', type: 'transaction', entry: [
+        { request: { method: 'GET', url: `Patient/${a}` } },
+        { resource: { resourceType: 'Binary', contentType: 'application/json-patch+json', data: patchDoc }, request: { method: 'PATCH', url: `Patient/${a}` } },
+        { request: { method: 'GET', url: `Patient?_id=${a}` } },
+      ],
+    });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.entry[0].resource.active, true, 'GET ran after the PATCH');
+    assert.equal(r.json.entry[0].resource.meta.versionId, '2');
+    assert.equal(r.json.entry[2].resource.type, 'searchset');
+    assert.equal(r.json.entry[2].resource.entry.length, 1);
+    const del = await fhir(srv.url, 'POST', '', {
+      resourceType: 'Bundle', type: 'transaction', entry: [
+        { resource: { resourceType: 'Patient', name: [{ family: 'New' }] }, request: { method: 'POST', url: 'Patient' } },
+        { request: { method: 'DELETE', url: `Patient/${a}` } },
+      ],
+    });
+    assert.equal(del.json.entry[1].response.status, '204 No Content');
+    assert.equal((await fhir(srv.url, 'GET', `Patient/${a}`)).status, 410);
+  });
+
+  test('limits and malformed bundles are 4xx', async () => {
+    const many = { resourceType: 'Bundle', type: 'batch', entry: Array.from({ length: 10_001 }, () => ({ request: { method: 'GET', url: 'Patient/x' } })) };
+    assert.equal((await fhir(srv.url, 'POST', '', many)).status, 413);
+    assert.equal((await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'collection' })).status, 400);
+    assert.equal((await fhir(srv.url, 'POST', '', { resourceType: 'Patient' })).status, 400);
+    const noUrl = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [{ request: { method: 'POST' }, resource: { resourceType: 'Patient' } }] });
+    assert.equal(noUrl.status, 400);
+    const wrongType = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [{ request: { method: 'POST', url: 'Claim' }, resource: { resourceType: 'Claim' } }] });
+    assert.equal(wrongType.status, 404);
+    const dupFullUrl = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [
+      { fullUrl: 'urn:uuid:same', request: { method: 'POST', url: 'Patient' }, resource: { resourceType: 'Patient' } },
+      { fullUrl: 'urn:uuid:same', request: { method: 'POST', url: 'Patient' }, resource: { resourceType: 'Patient' } }] });
+    assert.equal(dupFullUrl.status, 400);
+  });
+});
+
+describe('batch', () => {
+  test('entries succeed or fail on their own', async () => {
+    const before = await historyCount();
+    const r = await fhir(srv.url, 'POST', '', {
+      resourceType: 'Bundle', type: 'batch', entry: [
+        { resource: { resourceType: 'Patient', name: [{ family: 'Batch' }] }, request: { method: 'POST', url: 'Patient' } },
+        { resource: { resourceType: 'Patient', gender: 'robot' }, request: { method: 'POST', url: 'Patient' } },
+        { request: { method: 'GET', url: 'Patient/missing' } },
+        { request: { method: 'GET', url: 'Claim/1' } },
+      ],
+    });
+    assert.equal(r.status, 200);
+    assert.equal(r.json.type, 'batch-response');
+    assert.deepEqual(r.json.entry.map((e: any) => e.response.status.slice(0, 3)), ['201', '400', '404', '404']);
+    assert.equal(r.json.entry[1].response.outcome.resourceType, 'OperationOutcome');
+    assert.equal(await historyCount(), before + 1);
+  });
+});
