@@ -3,11 +3,20 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client } from 'fhir-kit-client';
+import { searchParamsFor } from '../mappings/search/definitions.ts';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
 
 let srv: TestServer;
 before(async () => { srv = await startTestServer({ bodyLimit: '200kb' }); });
 after(async () => { await srv.stop(); removeDataDir(srv.dataDir); });
+
+const SAMPLE: Record<string, string> = { token: 'x', string: 'x', reference: 'Patient/x', date: '2000', number: '1', quantity: '1', uri: 'http://x' };
+/** A well-formed value for a search parameter of the given type. */
+function sampleValue(type: string, sp: { name: string; type: string }): string {
+  if (sp.type !== 'composite') return SAMPLE[sp.type];
+  const def = searchParamsFor(type).find((d) => d.code === sp.name)!;
+  return def.components!.map((c) => SAMPLE[c.type]).join('$');
+}
 
 const patient = (family: string, extra: object = {}) => ({ resourceType: 'Patient', name: [{ family, given: ['Test'] }], gender: 'female', birthDate: '1980-02-03', ...extra });
 
@@ -316,8 +325,9 @@ describe('Prefer, formats and errors', () => {
       if (codes.includes('history-type')) assert.ok((await fhir(srv.url, 'GET', `${r.type}/_history`)).json.entry.length >= 3);
       if (codes.includes('search-type')) {
         for (const sp of r.searchParam) {
-          const s = await fhir(srv.url, 'GET', `${r.type}?${sp.name}=${sp.type === 'date' ? '2000' : 'x'}`, undefined, { prefer: 'handling=strict' });
+          const s = await fhir(srv.url, 'GET', `${r.type}?${sp.name}=${encodeURIComponent(sampleValue(r.type, sp))}`, undefined, { prefer: 'handling=strict' });
           assert.equal(s.status, 200, `${r.type}?${sp.name}: ${s.text}`);
+          assert.equal(s.json.type, 'searchset');
         }
         const s = await fhir(srv.url, 'GET', `${r.type}?_id=${id}`);
         assert.equal(s.json.entry.length, 1);

@@ -3,7 +3,7 @@
 // evaluates and the profiles the validator enforces.
 import type { CapabilityStatement, CapabilityStatementRestResource } from '@medplum/fhirtypes';
 import { TABLES } from '../../mappings/postgres/index.ts';
-import { SEARCH_PARAMS, SEARCH_PARAM_TYPES } from '../store/search.ts';
+import { searchParamsFor } from '../../mappings/search/definitions.ts';
 import { knownProfiles } from './validate.ts';
 
 export const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'] as const;
@@ -26,7 +26,9 @@ export function capabilityStatement(base: string, version: string): CapabilitySt
     conditionalUpdate: true,
     conditionalDelete: 'single',
     referencePolicy: ['literal', 'enforced', 'local'],
-    searchParam: Object.keys(SEARCH_PARAMS[type]).map((name) => ({ name, type: SEARCH_PARAM_TYPES[name] as 'token' })),
+    searchParam: searchParamsFor(type).map((d) => ({ name: d.code, definition: d.url, type: d.type as 'token' })),
+    searchInclude: [...searchParamsFor(type).filter((d) => d.type === 'reference').map((d) => `${type}:${d.code}`), '*'],
+    searchRevInclude: Object.keys(TABLES).flatMap((t) => searchParamsFor(t).filter((d) => d.type === 'reference' && (d.target ?? []).includes(type)).map((d) => `${t}:${d.code}`)),
   }));
   return {
     resourceType: 'CapabilityStatement',

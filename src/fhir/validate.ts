@@ -9,6 +9,7 @@ import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } fro
 import { FhirError } from './outcome.ts';
 import { checkCalendarDates } from './calendarDates.ts';
 import { checkRequiredBindings, loadBindings } from './bindings.ts';
+import { loadSummaries } from './subset.ts';
 
 const PROFILE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../profiles');
 const profiles = new Map<string, StructureDefinition>();
@@ -21,6 +22,7 @@ export function loadDefinitions(): void {
   const resources = readJson('fhir/r4/profiles-resources.json') as Bundle;
   indexStructureDefinitionBundle(resources);
   loadBindings(resources); // required code bindings (bindings.ts), from the same parsed bundle
+  loadSummaries(resources); // summary/mandatory elements for _summary and _elements
   for (const file of fs.readdirSync(PROFILE_DIR).filter((f) => f.endsWith('.json')).sort()) {
     const sd = JSON.parse(fs.readFileSync(path.join(PROFILE_DIR, file), 'utf8')) as StructureDefinition;
     if (sd.resourceType !== 'StructureDefinition' || !sd.url) continue;

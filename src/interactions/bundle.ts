@@ -9,7 +9,8 @@ import type { Bundle, BundleEntry, OperationOutcome, Resource } from '@medplum/f
 import { FhirError, badRequest, outcome } from '../fhir/outcome.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { readCurrent, readVersion, requireLive, type Tx } from '../store/resources.ts';
-import { searchIds } from '../store/search.ts';
+import { parseSearch } from '../search/query.ts';
+import { runSearch } from '../store/searchRun.ts';
 import * as write from './write.ts';
 
 export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -199,7 +200,9 @@ async function runEntry(tx: Tx, e: Parsed, assignedId: string | undefined, base:
         const r = requireLive(await readCurrent(tx, e.type, e.id), e.type, e.id);
         return { status: statusText[200], etag: `W/"${r.versionId}"`, lastModified: r.lastUpdated, json: r.json };
       }
-      const rows = await searchIds(tx, { type: e.type, params: e.query.filter(([n]) => n !== '_count'), count: maxCount });
+      const q = parseSearch(e.type, e.query);
+      if (q.unknown.length) throw badRequest(`Unsupported search parameter(s): ${q.unknown.join(', ')}`);
+      const { rows } = await runSearch(tx, { type: e.type, criteria: q.criteria, sort: q.sort, count: Math.min(Number(q.count ?? maxCount) || maxCount, maxCount), total: 'none' });
       const entries = rows.map((r) => `{"fullUrl":${JSON.stringify(`${base}/${e.type}/${r.id}`)},"resource":${r.json},"search":{"mode":"match"}}`);
       return { status: statusText[200], json: `{"resourceType":"Bundle","type":"searchset","entry":[${entries.join(',')}]}` };
     }

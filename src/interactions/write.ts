@@ -8,7 +8,8 @@ import { validate } from '../fhir/validate.ts';
 import {
   readCurrent, requireLive, writeResource, deleteResource, lockCriteria, type Tx,
 } from '../store/resources.ts';
-import { searchIds, unsupportedParams } from '../store/search.ts';
+import { parseSearch } from '../search/query.ts';
+import { runSearch } from '../store/searchRun.ts';
 
 export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 
@@ -41,11 +42,11 @@ export async function matchCriteria(tx: Tx, type: string, criteria: [string, str
   if (criteria.length === 0) throw badRequest('Conditional interaction without search criteria');
   const empty = criteria.filter(([, v]) => v.trim() === '').map(([n]) => n);
   if (empty.length) throw badRequest(`Conditional criteria need a value: ${empty.join(', ')}`);
+  const q = parseSearch(type, criteria);
   // Criteria Kiln cannot evaluate are refused rather than guessed.
-  const unknown = unsupportedParams(type, criteria);
-  if (unknown.length) throw badRequest(`Unsupported search parameter(s) in conditional criteria: ${unknown.join(', ')}`);
+  if (q.unknown.length) throw badRequest(`Unsupported search parameter(s) in conditional criteria: ${q.unknown.join(', ')}`);
   await lockCriteria(tx, `${type}?${criteria.map(([n, v]) => `${n}=${v}`).sort().join('&')}`);
-  return searchIds(tx, { type, params: criteria, count: 2 });
+  return (await runSearch(tx, { type, criteria: q.criteria, sort: [], count: 2, total: 'none' })).rows;
 }
 
 /** The one resource criteria match, or undefined for none; 412 for several. */

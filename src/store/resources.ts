@@ -5,6 +5,8 @@ import type pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import { TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappings/postgres/index.ts';
 import { withServerFields } from '../fhir/jsonText.ts';
+import { extractIndex } from '../../mappings/search/extract.ts';
+import { indexCtes } from './searchIndex.ts';
 import { FhirError, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome.ts';
 
 export type Tx = pg.PoolClient;
@@ -242,7 +244,8 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
   }
   const names = Object.keys(cols);
   const { values, p } = params();
-  const ctes = versionCtes(p, type, id, versionId, lock.now, req.method, json, clinicalTime);
+  const ctes = versionCtes(p, type, id, versionId, lock.now, req.method, json, clinicalTime)
+    + indexCtes(p, type, id, extractIndex(resource), exists);
   if (exists) {
     const assignments = names.map((n) => `${n} = ${p(cols[n])}`).join(', ');
     const timeMatch = lock.clinicalTime ? `AND clinical_time = ${p(lock.clinicalTime)}` : '';
@@ -277,7 +280,7 @@ export async function deleteResource(tx: Tx, type: string, id: string, ifMatch?:
   if (lock.deleted) return { existed: true, versionId: lock.versionId };
   const versionId = lock.versionId + 1;
   const { values, p } = params();
-  const ctes = versionCtes(p, type, id, versionId, lock.now, 'DELETE', null, null);
+  const ctes = versionCtes(p, type, id, versionId, lock.now, 'DELETE', null, null) + indexCtes(p, type, id, undefined, true);
   const timeMatch = lock.clinicalTime ? `AND clinical_time = ${p(lock.clinicalTime)}` : '';
   await tx.query(`${ctes} DELETE FROM ${table} WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}`, values);
   if (type === 'Encounter') {

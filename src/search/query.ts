@@ -1,0 +1,78 @@
+// Splits a search request's parameters into criteria and result control
+// (search.html: _sort, _count, _total, _summary, _elements, _include, _revinclude).
+import { badRequest } from '../fhir/outcome.ts';
+import { parseCriterion, paramDef, STORED_TYPES, type Criterion } from './criteria.ts';
+import type { IncludeSpec, SortSpec } from '../store/searchRun.ts';
+
+export interface ParsedSearch {
+  criteria: Criterion[];
+  /** Parameter names this server does not know (reported or refused by the caller). */
+  unknown: string[];
+  sort: SortSpec[];
+  count?: string;
+  page?: string;
+  total: 'none' | 'estimate' | 'accurate';
+  summary?: 'true' | 'text' | 'data' | 'count' | 'false';
+  elements?: string[];
+  include: IncludeSpec[];
+  revinclude: IncludeSpec[];
+}
+
+const IGNORED = new Set(['_format', '_pretty']);
+
+function includeSpec(value: string, iterate: boolean, name: string): IncludeSpec {
+  if (value === '*') return { sourceType: '*', param: '*', iterate };
+  const [sourceType, param, targetType] = value.split(':');
+  if (!STORED_TYPES.includes(sourceType) || !param) throw badRequest(`${name} takes Type:parameter[:targetType], got '${value}'`, [name]);
+  if (param !== '*') {
+    const def = paramDef(sourceType, param);
+    if (!def || def.type !== 'reference') throw badRequest(`${name}: '${param}' is not a reference parameter of ${sourceType}`, [name]);
+  }
+  if (targetType && !STORED_TYPES.includes(targetType)) throw badRequest(`${name}: target type ${targetType} is not stored`, [name]);
+  return { sourceType, param, targetType, iterate };
+}
+
+export function parseSearch(type: string, pairs: [string, string][]): ParsedSearch {
+  const q: ParsedSearch = { criteria: [], unknown: [], sort: [], total: 'accurate', include: [], revinclude: [] };
+  for (const [name, value] of pairs) {
+    if (IGNORED.has(name)) continue;
+    switch (name) {
+      case '_count': q.count = value; continue;
+      case '_page': q.page = value; continue;
+      case '_total':
+        if (!['none', 'estimate', 'accurate'].includes(value)) throw badRequest(`_total takes none, estimate or accurate`, ['_total']);
+        q.total = value as ParsedSearch['total'];
+        continue;
+      case '_summary':
+        if (!['true', 'text', 'data', 'count', 'false'].includes(value)) throw badRequest(`_summary takes true, text, data, count or false`, ['_summary']);
+        q.summary = value as ParsedSearch['summary'];
+        continue;
+      case '_elements':
+        q.elements = value.split(',').map((e) => e.trim()).filter(Boolean);
+        continue;
+      case '_sort':
+        for (const key of value.split(',').filter(Boolean)) {
+          const desc = key.startsWith('-');
+          const def = paramDef(type, desc ? key.slice(1) : key);
+          if (!def) throw badRequest(`Cannot sort by unknown parameter '${key}'`, ['_sort']);
+          q.sort.push({ def, desc });
+        }
+        continue;
+    }
+    if (name === '_include' || name === '_include:iterate') {
+      const spec = includeSpec(value, name.endsWith(':iterate'), name);
+      q.include.push(spec.sourceType === '*' ? { ...spec, sourceType: type } : spec);
+      continue;
+    }
+    if (name === '_revinclude' || name === '_revinclude:iterate') {
+      const spec = includeSpec(value, name.endsWith(':iterate'), name);
+      if (spec.sourceType === '*') throw badRequest('_revinclude=* is not supported; name Type:parameter', [name]);
+      q.revinclude.push(spec);
+      continue;
+    }
+    const criterion = parseCriterion(type, name, value);
+    if (criterion) q.criteria.push(criterion);
+    else q.unknown.push(name);
+  }
+  return q;
+}

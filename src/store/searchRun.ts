@@ -1,0 +1,112 @@
+// Runs a search: matches in a stable order with a keyset cursor (so walking pages
+// returns each match once even while others write), totals, and included resources.
+import type { Tx } from './resources.ts';
+import { TABLES } from '../../mappings/postgres/index.ts';
+import { criterionSql, sortKey } from './searchSql.ts';
+import type { Criterion } from '../search/criteria.ts';
+import type { SearchParamDef } from '../../mappings/search/definitions.ts';
+
+export interface SortSpec { def: SearchParamDef; desc: boolean }
+
+export interface SearchRequest {
+  type: string;
+  criteria: Criterion[];
+  sort: SortSpec[];
+  count: number;
+  /** Sort-key values and id of the last row of the previous page. */
+  after?: string[];
+  total: 'none' | 'accurate';
+}
+
+export interface SearchPage {
+  rows: { id: string; json: string }[];
+  /** Cursor for the next page, when there is one. */
+  next?: string[];
+  total?: number;
+}
+
+function params() {
+  const values: unknown[] = [];
+  return { values, p: (v: unknown) => { values.push(v); return `$${values.length}`; } };
+}
+
+export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
+  const table = TABLES[q.type];
+  const { values, p } = params();
+  const where = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))];
+  const keys = q.sort.map((s) => ({ ...sortKey(s.def, q.type, s.desc, p), desc: s.desc }));
+  const cols = keys.map((k, i) => `${k.expr} AS k${i}`);
+  const order = [...keys.map((k, i) => `k${i} ${k.desc ? 'DESC' : 'ASC'}`), 'id ASC'].join(', ');
+  let keyset = '';
+  if (q.after) {
+    if (q.after.length !== keys.length + 1) throw new Error('cursor does not fit the sort');
+    // (k0 > v0) OR (k0 = v0 AND k1 > v1) OR ... OR (all equal AND id > last id)
+    const terms: string[] = [];
+    const all = [...keys.map((k, i) => ({ col: `k${i}`, cast: k.cast, desc: k.desc })), { col: 'id', cast: 'text', desc: false }];
+    all.forEach((k, i) => {
+      const eq = all.slice(0, i).map((e, j) => `${e.col} = ${p(q.after![j])}::${e.cast}`);
+      terms.push(`(${[...eq, `${k.col} ${k.desc ? '<' : '>'} ${p(q.after![i])}::${k.cast}`].join(' AND ')})`);
+    });
+    keyset = `WHERE ${terms.join(' OR ')}`;
+  }
+  const sql = `SELECT * FROM (SELECT r.id, r.resource::text AS json${cols.length ? ', ' + cols.join(', ') : ''}
+      FROM ${table} r WHERE ${where.join(' AND ')}) q ${keyset} ORDER BY ${order} LIMIT ${p(q.count + 1)}`;
+  const { rows } = await tx.query(sql, values);
+  const page = rows.slice(0, q.count);
+  const last = page[page.length - 1];
+  const next = rows.length > q.count && last ? [...keys.map((_, i) => String(last[`k${i}`])), last.id] : undefined;
+  let total: number | undefined;
+  if (q.total === 'accurate') {
+    const c = params();
+    const countWhere = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
+    total = (await tx.query(`SELECT count(*)::integer AS n FROM ${table} r WHERE ${countWhere.join(' AND ')}`, c.values)).rows[0].n;
+  }
+  return { rows: page.map((r) => ({ id: r.id, json: r.json })), next, total };
+}
+
+export interface IncludeSpec { sourceType: string; param: string; targetType?: string; iterate: boolean }
+
+/** Resources the page references (_include) or that reference it (_revinclude), de-duplicated. */
+export async function fetchIncludes(tx: Tx, type: string, ids: string[], includes: IncludeSpec[], revincludes: IncludeSpec[],
+  limit: number): Promise<{ type: string; id: string; json: string }[]> {
+  const seen = new Set(ids.map((id) => `${type}/${id}`));
+  const out: { type: string; id: string; json: string }[] = [];
+  let frontier = new Map<string, string[]>([[type, ids]]);
+  for (let round = 0; round < 2 && out.length < limit; round++) {
+    const found: { type: string; id: string }[] = [];
+    for (const inc of includes) {
+      if (round > 0 && !inc.iterate) continue;
+      const sources = frontier.get(inc.sourceType);
+      if (!sources?.length) continue;
+      const { rows } = await tx.query(
+        `SELECT DISTINCT target_type, target_id FROM search_references
+          WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = ANY($2::text[])
+            AND ($3::text = '*' OR param = $3) AND target_id IS NOT NULL AND ($4::text IS NULL OR target_type = $4)`,
+        [inc.sourceType, sources, inc.param, inc.targetType ?? null]);
+      for (const r of rows) if (TABLES[r.target_type]) found.push({ type: r.target_type, id: r.target_id });
+    }
+    for (const inc of revincludes) {
+      if (round > 0 && !inc.iterate) continue;
+      for (const [targetType, targets] of frontier) {
+        if (inc.targetType && inc.targetType !== targetType) continue;
+        const { rows } = await tx.query(
+          `SELECT DISTINCT id FROM search_references
+            WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND ($2::text = '*' OR param = $2)
+              AND target_type = $3 AND target_id = ANY($4::text[])`,
+          [inc.sourceType, inc.param, targetType, targets]);
+        for (const r of rows) found.push({ type: inc.sourceType, id: r.id });
+      }
+    }
+    const fresh = found.filter((f) => !seen.has(`${f.type}/${f.id}`) && seen.add(`${f.type}/${f.id}`));
+    if (!fresh.length) break;
+    frontier = new Map();
+    for (const f of fresh) frontier.set(f.type, [...(frontier.get(f.type) ?? []), f.id]);
+    for (const [t, list] of frontier) {
+      const { rows } = await tx.query(
+        `SELECT id, resource::text AS json FROM ${TABLES[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`,
+        [list.slice(0, limit)]);
+      out.push(...rows.map((r) => ({ type: t, id: r.id, json: r.json })));
+    }
+  }
+  return out.slice(0, limit);
+}

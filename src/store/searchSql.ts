@@ -1,0 +1,240 @@
+// Turns parsed search criteria into SQL over the resource tables and the search
+// index side tables (sql/005_search_index.sql), and runs paged searches with
+// stable keyset cursors, _sort, totals, _include and _revinclude.
+import type { Tx } from './resources.ts';
+import { TABLES } from '../../mappings/postgres/index.ts';
+import { normalizeString, dateRange, decimalRange } from '../../mappings/search/extract.ts';
+import { prefixed, type Criterion, type Prefix } from '../search/criteria.ts';
+import type { SearchParamDef } from '../../mappings/search/definitions.ts';
+import { badRequest } from '../fhir/outcome.ts';
+
+type P = (v: unknown) => string;
+
+const INDEX_TABLE: Record<string, string> = {
+  token: 'search_tokens', string: 'search_strings', date: 'search_dates', reference: 'search_references',
+  quantity: 'search_quantities', number: 'search_numbers', uri: 'search_uris', composite: 'search_composites',
+};
+
+/** [lo, hi) of a date search value at its precision (400 when it is not a real date). */
+function searchDateRange(value: string): [string, string] {
+  const r = dateRange(value);
+  if (!r) throw badRequest(`Invalid date '${value}'`);
+  return [r.lo, r.hi];
+}
+
+/** The implicit range of a decimal search value at its precision: 5.4 -> [5.35, 5.45). */
+function searchNumberRange(value: string): [number, number] {
+  const r = decimalRange(Number(value), value);
+  if (!r) throw badRequest(`Invalid number '${value}'`);
+  return [r.lo, r.hi];
+}
+
+function dateCond(prefix: Prefix, lo: string, hi: string, loCol: string, hiCol: string, p: P): string {
+  // Parameters are registered only when used: PostgreSQL cannot type an unused one.
+  const L = () => `${p(lo)}::timestamptz`;
+  const H = () => `${p(hi)}::timestamptz`;
+  switch (prefix) {
+    case 'eq': return `(${loCol} >= ${L()} AND ${hiCol} <= ${H()})`;
+    case 'ne': return `NOT (${loCol} >= ${L()} AND ${hiCol} <= ${H()})`;
+    case 'gt': return `${hiCol} > ${H()}`;
+    case 'lt': return `${loCol} < ${L()}`;
+    case 'ge': { const l = L(); const h = H(); return `(${hiCol} > ${h} OR (${loCol} >= ${l} AND ${hiCol} <= ${h}))`; }
+    case 'le': { const l = L(); const h = H(); return `(${loCol} < ${l} OR (${loCol} >= ${l} AND ${hiCol} <= ${h}))`; }
+    case 'sa': return `${loCol} >= ${H()}`;
+    case 'eb': return `${hiCol} <= ${L()}`;
+    case 'ap': {
+      // Approximately: within 10% of the distance from now, at least a day.
+      const span = Math.max(86_400_000, Math.abs(Date.now() - Date.parse(lo)) * 0.1);
+      return `(${loCol} < ${p(new Date(Date.parse(hi) + span).toISOString())}::timestamptz AND ${hiCol} > ${p(new Date(Date.parse(lo) - span).toISOString())}::timestamptz)`;
+    }
+  }
+}
+
+function numberCond(prefix: Prefix, raw: string, col: string, p: P): string {
+  const n = Number(raw);
+  const [lo, hi] = searchNumberRange(raw);
+  switch (prefix) {
+    case 'eq': return `(${col} >= ${p(lo)}::numeric AND ${col} < ${p(hi)}::numeric)`;
+    case 'ne': return `NOT (${col} >= ${p(lo)}::numeric AND ${col} < ${p(hi)}::numeric)`;
+    case 'gt': case 'sa': return `${col} > ${p(n)}::numeric`;
+    case 'lt': case 'eb': return `${col} < ${p(n)}::numeric`;
+    case 'ge': return `${col} >= ${p(n)}::numeric`;
+    case 'le': return `${col} <= ${p(n)}::numeric`;
+    case 'ap': return `(${col} >= ${p(n - Math.abs(n) * 0.1)}::numeric AND ${col} <= ${p(n + Math.abs(n) * 0.1)}::numeric)`;
+  }
+}
+
+function tokenCond(value: string, s: string, p: P): string {
+  const bar = value.indexOf('|');
+  if (bar < 0) return `${s}.code = ${p(value)}`;
+  const system = value.slice(0, bar);
+  const code = value.slice(bar + 1);
+  if (system === '') return `(${s}.system IS NULL AND ${s}.code = ${p(code)})`;
+  if (code === '') return `${s}.system = ${p(system)}`;
+  return `(${s}.system = ${p(system)} AND ${s}.code = ${p(code)})`;
+}
+
+function referenceTarget(value: string, modifier: string | undefined): { type?: string; id?: string; url?: string } {
+  const m = /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/\d+)?$/.exec(value);
+  if (m) return { type: m[1], id: m[2] };
+  if (/^[A-Za-z0-9\-.]{1,64}$/.test(value)) return { type: modifier, id: value };
+  return { url: value };
+}
+
+/** The condition one value of a parameter puts on index rows aliased `s`. */
+function valueCond(def: SearchParamDef, modifier: string | undefined, value: string, s: string, p: P): string {
+  switch (def.type) {
+    case 'token':
+      if (modifier === 'text') return `lower(${s}.text) LIKE ${p(normalizeString(value).replace(/[\\%_]/g, '\\$&') + '%')}`;
+      return tokenCond(value, s, p);
+    case 'string': {
+      if (modifier === 'exact') return `${s}.raw = ${p(value)}`;
+      const v = normalizeString(value).replace(/[\\%_]/g, '\\$&');
+      return `${s}.value LIKE ${p(modifier === 'contains' ? `%${v}%` : `${v}%`)}`;
+    }
+    case 'date': {
+      const { prefix, rest } = prefixed(value);
+      const [lo, hi] = searchDateRange(rest);
+      return dateCond(prefix, lo, hi, `${s}.lo`, `${s}.hi`, p);
+    }
+    case 'reference': {
+      const t = referenceTarget(value, modifier);
+      if (t.url) return `${s}.reference = ${p(t.url)}`;
+      return `(${s}.target_id = ${p(t.id)}${t.type ? ` AND ${s}.target_type = ${p(t.type)}` : ''})`;
+    }
+    case 'number': {
+      const { prefix, rest } = prefixed(value);
+      return numberCond(prefix, rest, `${s}.value`, p);
+    }
+    case 'quantity': {
+      const { prefix, rest } = prefixed(value);
+      const [num, system, code] = rest.split('|');
+      const conds = [numberCond(prefix, num, `${s}.value`, p)];
+      if (system) conds.push(`${s}.system = ${p(system)}`);
+      if (code) conds.push(system ? `${s}.code = ${p(code)}` : `(${s}.code = ${p(code)} OR ${s}.unit = ${p(code)})`);
+      return `(${conds.join(' AND ')})`;
+    }
+    case 'uri':
+      if (modifier === 'below') return `${s}.value LIKE ${p(value.replace(/[\\%_]/g, '\\$&') + '%')}`;
+      if (modifier === 'above') return `${p(value)} LIKE replace(replace(${s}.value, '%', '\\%'), '_', '\\_') || '%'`;
+      return `${s}.value = ${p(value)}`;
+    case 'composite': {
+      const parts = value.split('$');
+      return `(${(def.components ?? []).map((c, i) => compositePartCond(c.type, parts[i], `${s}.parts->${i}`, p)).join(' AND ')})`;
+    }
+    default:
+      throw badRequest(`Search parameter '${def.code}' of type ${def.type} is not supported`);
+  }
+}
+
+function compositePartCond(type: string, value: string, part: string, p: P): string {
+  switch (type) {
+    case 'token': {
+      const bar = value.indexOf('|');
+      if (bar < 0) return `${part}->>'code' = ${p(value)}`;
+      return `(${part}->>'system' = ${p(value.slice(0, bar))} AND ${part}->>'code' = ${p(value.slice(bar + 1))})`;
+    }
+    case 'quantity': {
+      const { prefix, rest } = prefixed(value);
+      const [num, system, code] = rest.split('|');
+      const conds = [numberCond(prefix, num, `(${part}->>'value')::numeric`, p)];
+      if (system) conds.push(`${part}->>'system' = ${p(system)}`);
+      if (code) conds.push(`(${part}->>'code' = ${p(code)} OR ${part}->>'unit' = ${p(code)})`);
+      return `(${conds.join(' AND ')})`;
+    }
+    case 'date': {
+      const { prefix, rest } = prefixed(value);
+      const [lo, hi] = searchDateRange(rest);
+      return dateCond(prefix, lo, hi, `(${part}->>'lo')::timestamptz`, `(${part}->>'hi')::timestamptz`, p);
+    }
+    case 'string':
+      return `${part}->>'value' LIKE ${p(normalizeString(value).replace(/[\\%_]/g, '\\$&') + '%')}`;
+    default:
+      throw badRequest(`Composite part of type ${type} is not supported`);
+  }
+}
+
+/** SQL condition for one criterion on the resource row aliased `r` of `type`. */
+export function criterionSql(c: Criterion, type: string, r: string, p: P, depth = 0): string {
+  if (depth > 3) throw badRequest('Search nests chains too deeply');
+  const def = c.def;
+  const rowsOf = (param: string, cond?: string) => {
+    const s = `s${depth}`;
+    return `EXISTS (SELECT 1 FROM ${INDEX_TABLE[def.type]} ${s} WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(type)}
+      AND ${s}.id = ${r}.id AND ${s}.param = ${p(param)}${cond ? ` AND ${cond.replaceAll('§', s)}` : ''})`;
+  };
+  if (c.has) {
+    const { sourceType, refParam, criterion } = c.has;
+    const s = `h${depth}`;
+    const t = `ht${depth}`;
+    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.id
+      WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(sourceType)} AND ${s}.param = ${p(refParam.code)}
+        AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)})`;
+  }
+  if (c.chain) {
+    const s = `c${depth}`;
+    const t = `ct${depth}`;
+    const { targetType, criterion } = c.chain;
+    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
+      WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(type)} AND ${s}.id = ${r}.id AND ${s}.param = ${p(def.code)}
+        AND ${s}.target_type = ${p(targetType)} AND ${criterionSql(criterion, targetType, t, p, depth + 1)})`;
+  }
+  // Parameters on the row itself.
+  if (def.code === '_id') {
+    if (c.missing !== undefined) return c.missing ? 'false' : 'true';
+    return `${r}.id = ANY(${p(c.values)}::text[])`;
+  }
+  if (def.code === '_lastUpdated') {
+    if (c.missing !== undefined) return c.missing ? 'false' : 'true';
+    return `(${c.values.map((v) => {
+      const { prefix, rest } = prefixed(v);
+      const [lo, hi] = searchDateRange(rest);
+      return dateCond(prefix, lo, hi, `${r}.last_updated`, `(${r}.last_updated + interval '1 millisecond')`, p);
+    }).join(' OR ')})`;
+  }
+  if (c.missing !== undefined) return `${c.missing ? 'NOT ' : ''}${rowsOf(def.code)}`;
+  if (def.type === 'token' && c.modifier === 'not') {
+    return `NOT ${rowsOf(def.code, `(${c.values.map((v) => tokenCond(v, '§', p)).join(' OR ')})`)}`;
+  }
+  const param = def.type === 'token' && c.modifier === 'of-type' ? `${def.code}:of-type`
+    : def.type === 'reference' && c.modifier === 'identifier' ? `${def.code}:identifier` : def.code;
+  if (param !== def.code) {
+    // These live in search_tokens whatever the parameter's own type.
+    const s = `s${depth}`;
+    const conds = c.values.map((v) => (c.modifier === 'of-type' ? ofTypeCond(v, s, p) : tokenCond(v, s, p)));
+    return `EXISTS (SELECT 1 FROM search_tokens ${s} WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(type)}
+      AND ${s}.id = ${r}.id AND ${s}.param = ${p(param)} AND (${conds.join(' OR ')}))`;
+  }
+  return rowsOf(def.code, `(${c.values.map((v) => valueCond(def, c.modifier, v, '§', p)).join(' OR ')})`);
+}
+
+function ofTypeCond(value: string, s: string, p: P): string {
+  const [system, code, val] = value.split('|');
+  if (val === undefined) throw badRequest(`:of-type takes system|code|value, got '${value}'`);
+  return `(${s}.system = ${p(system)} AND ${s}.code = ${p(`${code}|${val}`)})`;
+}
+
+/** A sort key expression for a parameter, never NULL (missing values sort last). */
+export function sortKey(def: SearchParamDef, type: string, desc: boolean, p: P): { expr: string; cast: string } {
+  if (def.code === '_id') return { expr: 'r.id', cast: 'text' };
+  if (def.code === '_lastUpdated') return { expr: 'r.last_updated', cast: 'timestamptz' };
+  const agg = desc ? 'max' : 'min';
+  const col: Record<string, [string, string, string, string]> = {
+    // type: [column, cast, sentinel when ascending, sentinel when descending]
+    date: [desc ? 'hi' : 'lo', 'timestamptz', `'infinity'::timestamptz`, `'-infinity'::timestamptz`],
+    string: ['value', 'text', `chr(1114111)`, `''`],
+    token: ['code', 'text', `chr(1114111)`, `''`],
+    reference: ['target_id', 'text', `chr(1114111)`, `''`],
+    number: ['value', 'numeric', `'Infinity'::numeric`, `'-Infinity'::numeric`],
+    quantity: ['value', 'numeric', `'Infinity'::numeric`, `'-Infinity'::numeric`],
+    uri: ['value', 'text', `chr(1114111)`, `''`],
+  };
+  const spec = col[def.type];
+  if (!spec) throw badRequest(`Cannot sort by ${def.type} parameter '${def.code}'`);
+  const [column, cast, ascSentinel, descSentinel] = spec;
+  return {
+    expr: `coalesce((SELECT ${agg}(k.${column}) FROM ${INDEX_TABLE[def.type]} k WHERE k.org_id = r.org_id AND k.resource_type = ${p(type)}
+      AND k.id = r.id AND k.param = ${p(def.code)}), ${desc ? descSentinel : ascSentinel})`,
+    cast,
+  };
+}
