@@ -205,3 +205,27 @@ describe('result control', () => {
     assert.deepEqual(await found('Patient?family=renamed'), []);
   });
 });
+
+describe('Patient/$everything', () => {
+  test('returns the compartment, honours _type, start/end and pages', async () => {
+    const all = await fhir(srv.url, 'GET', `Patient/${ids.zoe}/$everything`);
+    assert.equal(all.status, 200, all.text);
+    const got = all.json.entry.map((e: any) => `${e.resource.resourceType}/${e.resource.id}`).sort();
+    assert.deepEqual(got, [`Encounter/${ids.enc}`, `MedicationStatement/${ids.med}`, `Observation/${ids.hr1}`, `Observation/${ids.hr2}`, `Patient/${ids.zoe}`].sort());
+    const obsOnly = await fhir(srv.url, 'GET', `Patient/${ids.zoe}/$everything?_type=Observation&start=2024-04-01`);
+    assert.deepEqual(obsOnly.json.entry.map((e: any) => e.resource.id), [ids.hr2]);
+    let url: string | undefined = `${srv.url}/Patient/${ids.zoe}/$everything?_count=2`;
+    const seen: string[] = [];
+    while (url) {
+      const page: any = await (await fetch(url)).json();
+      seen.push(...page.entry.map((e: any) => e.resource.id));
+      url = page.link.find((l: any) => l.relation === 'next')?.url;
+    }
+    assert.equal(seen.length, 5);
+    assert.equal(new Set(seen).size, 5);
+    assert.equal((await fhir(srv.url, 'GET', 'Patient/nobody/$everything')).status, 404);
+    assert.equal((await fhir(srv.url, 'GET', `Patient/${ids.zoe}/$everything?_type=Claim`)).status, 400);
+    const every = await fhir(srv.url, 'GET', 'Patient/$everything?_type=Patient&_count=1000');
+    assert.ok(every.json.entry.length >= 2);
+  });
+});

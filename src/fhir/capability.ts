@@ -26,6 +26,7 @@ export function capabilityStatement(base: string, version: string): CapabilitySt
     conditionalUpdate: true,
     conditionalDelete: 'single',
     referencePolicy: ['literal', 'enforced', 'local'],
+    ...(type === 'Patient' ? { operation: [{ name: 'everything', definition: 'http://hl7.org/fhir/OperationDefinition/Patient-everything' }] } : {}),
     searchParam: searchParamsFor(type).map((d) => ({ name: d.code, definition: d.url, type: d.type as 'token' })),
     searchInclude: [...searchParamsFor(type).filter((d) => d.type === 'reference').map((d) => `${type}:${d.code}`), '*'],
     searchRevInclude: Object.keys(TABLES).flatMap((t) => searchParamsFor(t).filter((d) => d.type === 'reference' && (d.target ?? []).includes(type)).map((d) => `${t}:${d.code}`)),

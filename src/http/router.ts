@@ -14,6 +14,7 @@ import * as crud from './crud.ts';
 import { historyInteraction } from './history.ts';
 import { searchInteraction } from './search.ts';
 import { bundleInteraction } from './bundles.ts';
+import { everythingInteraction } from './everything.ts';
 
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const RESERVED = new Set(['metadata']);
@@ -84,6 +85,11 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       if (m !== 'POST') throw methodNotAllowed(m, path);
       const form = Buffer.isBuffer(req.body) && /x-www-form-urlencoded/.test(req.get('content-type') ?? '') ? req.body.toString('utf8') : '';
       return searchInteraction(ctx, type, [...queryPairs(req), ...new URLSearchParams(form).entries()]);
+    }
+    if (type === 'Patient' && (second === '$everything' || (segments.length === 3 && third === '$everything'))) {
+      if (m !== 'GET') throw methodNotAllowed(m, path);
+      if (segments.length === 2) return everythingInteraction(ctx);
+      return everythingInteraction(ctx, second);
     }
     if (segments.length === 2 && second === '_history') {
       if (m !== 'GET') throw methodNotAllowed(m, path);

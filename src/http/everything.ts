@@ -1,0 +1,52 @@
+// GET [base]/Patient/[id]/$everything and [base]/Patient/$everything: the patient
+// compartment as a searchset Bundle, with start, end, _since, _type and _count, paged.
+import type { BundleLink } from '@medplum/fhirtypes';
+import type { Ctx } from './context.ts';
+import { inTenant, pageSize, queryPairs } from './context.ts';
+import { sendJson } from './format.ts';
+import { bundleJson } from './bundle.ts';
+import { badRequest } from '../fhir/outcome.ts';
+import { TABLES } from '../../mappings/postgres/index.ts';
+import { dateRange } from '../../mappings/search/extract.ts';
+import { readCurrent, requireLive } from '../store/resources.ts';
+import { everything } from '../store/everything.ts';
+import { checkId } from './crud.ts';
+
+function instantParam(name: string, raw: unknown, end: boolean): string | undefined {
+  if (raw === undefined) return undefined;
+  const range = typeof raw === 'string' ? dateRange(raw) : undefined;
+  if (!range) throw badRequest(`${name} must be a FHIR date or dateTime`, [name]);
+  return end ? range.hi : range.lo;
+}
+
+export async function everythingInteraction(ctx: Ctx, patientId?: string) {
+  if (patientId) checkId(patientId);
+  const query = ctx.req.query;
+  const count = pageSize(ctx, query._count);
+  const types = typeof query._type === 'string' ? query._type.split(',').filter(Boolean) : Object.keys(TABLES);
+  const unknown = types.filter((t) => !TABLES[t]);
+  if (unknown.length) throw badRequest(`_type names types Kiln does not store: ${unknown.join(', ')}`, ['_type']);
+  let after: { type: string; id: string } | undefined;
+  if (typeof query._page === 'string') {
+    const [type, id] = query._page.split('/');
+    if (!type || !id) throw badRequest('Invalid _page cursor', ['_page']);
+    after = { type, id };
+  }
+  const rows = await inTenant(ctx, async (tx) => {
+    if (patientId) requireLive(await readCurrent(tx, 'Patient', patientId), 'Patient', patientId);
+    return everything(tx, {
+      patientIds: patientId ? [patientId] : undefined, types, count: count + 1, after,
+      start: instantParam('start', query.start, false), end: instantParam('end', query.end, true),
+      since: instantParam('_since', query._since, false),
+    });
+  });
+  const page = rows.slice(0, count);
+  const path = patientId ? `Patient/${patientId}/$everything` : 'Patient/$everything';
+  const keep = queryPairs(ctx.req).filter(([n]) => n !== '_page');
+  const link = (extra: [string, string][]) => `${ctx.base}/${path}?${new URLSearchParams([...keep, ...extra]).toString()}`;
+  const links: BundleLink[] = [{ relation: 'self', url: link(after ? [['_page', `${after.type}/${after.id}`]] : []) }];
+  const last = page[page.length - 1];
+  if (rows.length > count && last) links.push({ relation: 'next', url: link([['_page', `${last.type}/${last.id}`]]) });
+  sendJson(ctx.req, ctx.res, 200, bundleJson('searchset',
+    page.map((r) => ({ fullUrl: `${ctx.base}/${r.type}/${r.id}`, resourceJson: r.json, search: { mode: 'match' } })), links));
+}

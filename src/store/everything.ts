@@ -1,0 +1,50 @@
+// Patient/$everything: the patient compartment (compartmentdefinition-patient) across
+// the stored types, in a stable (type, id) order so it pages with a keyset cursor.
+import type { Tx } from './resources.ts';
+import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
+
+/** Search parameters that put a resource in a patient's compartment (R4 CompartmentDefinition). */
+const COMPARTMENT: Record<string, string[]> = {
+  Encounter: ['subject'],
+  Observation: ['subject', 'performer'],
+  MedicationStatement: ['subject'],
+  AuditEvent: ['patient'],
+};
+
+export interface EverythingQuery {
+  /** Patients whose compartments are wanted; undefined = every patient of the tenant. */
+  patientIds?: string[];
+  types: string[];
+  start?: string;
+  end?: string;
+  since?: string;
+  count: number;
+  after?: { type: string; id: string };
+}
+
+export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: string; id: string; json: string }[]> {
+  const values: unknown[] = [];
+  const p = (v: unknown) => { values.push(v); return `$${values.length}`; };
+  const org = `current_setting('app.org_id')::integer`;
+  const parts: string[] = [];
+  for (const type of q.types) {
+    const conds = [`r.org_id = ${org}`];
+    if (q.since) conds.push(`r.last_updated >= ${p(q.since)}::timestamptz`);
+    if (TIME_PARTITIONED.has(type)) {
+      if (q.start) conds.push(`r.clinical_time >= ${p(q.start)}::timestamptz`);
+      if (q.end) conds.push(`r.clinical_time < ${p(q.end)}::timestamptz`);
+    }
+    if (type === 'Patient') {
+      if (q.patientIds) conds.push(`r.id = ANY(${p(q.patientIds)}::text[])`);
+    } else {
+      conds.push(`EXISTS (SELECT 1 FROM search_references s WHERE s.org_id = r.org_id AND s.resource_type = ${p(type)} AND s.id = r.id
+        AND s.param = ANY(${p(COMPARTMENT[type])}::text[]) AND s.target_type = 'Patient'
+        ${q.patientIds ? `AND s.target_id = ANY(${p(q.patientIds)}::text[])` : ''})`);
+    }
+    parts.push(`SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${TABLES[type]} r WHERE ${conds.join(' AND ')}`);
+  }
+  if (!parts.length) return [];
+  const keyset = q.after ? `WHERE (type, id) > (${p(q.after.type)}::text, ${p(q.after.id)}::text)` : '';
+  const { rows } = await tx.query(`SELECT * FROM (${parts.join(' UNION ALL ')}) u ${keyset} ORDER BY type, id LIMIT ${p(q.count)}`, values);
+  return rows;
+}
