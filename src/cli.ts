@@ -1,37 +1,88 @@
 #!/usr/bin/env -S npx tsx
 // `npm run kiln -- <command>`: operator commands that work beside a running server
 // (the embedded PostgreSQL is shared when it is already up) or against DATABASE_URL.
+import cliProgress from 'cli-progress';
 import { loadConfig } from './config.ts';
-import { openDatabase } from './store/database.ts';
-import { createOrg, listOrgs } from './store/tenants.ts';
+import { openDatabase, type Database } from './store/database.ts';
+import { createOrg, findOrg, listOrgs } from './store/tenants.ts';
+import { importFiles } from './importer.ts';
+import { loadDefinitions } from './fhir/validate.ts';
 
 const USAGE = `usage:
-  kiln tenant create <slug> [name]   create a tenant (organization) and its partitions
-  kiln tenant list                   list tenants`;
+  kiln tenant create <slug> [name]              create a tenant (organization) and its partitions
+  kiln tenant list                              list tenants
+  kiln import [--tenant <slug>] <file>...       load FHIR Bundles (.json) and NDJSON (.ndjson) files`;
 
-async function main(argv: string[]): Promise<number> {
-  const [group, command, ...rest] = argv;
-  if (group !== 'tenant' || !['create', 'list'].includes(command ?? '')) {
-    console.error(USAGE);
-    return 2;
+const SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+async function tenantCommand(db: Database, command: string, rest: string[]): Promise<number> {
+  if (command === 'list') {
+    for (const org of await listOrgs(db.owner)) console.log(`${org.id}\t${org.slug}\t${org.name}`);
+    return 0;
   }
-  if (command === 'create' && !/^[a-z0-9][a-z0-9-]{0,62}$/.test(rest[0] ?? '')) {
-    console.error('A tenant slug is 1-63 lowercase letters, digits or hyphens, starting with a letter or digit.');
-    return 2;
-  }
-  const db = await openDatabase(loadConfig());
   try {
-    if (command === 'list') {
-      for (const org of await listOrgs(db.owner)) console.log(`${org.id}\t${org.slug}\t${org.name}`);
-    } else {
-      const org = await createOrg(db.owner, rest[0], rest.slice(1).join(' ') || rest[0]);
-      console.log(`created tenant ${org.slug} (id ${org.id}); its FHIR base is /fhir/${org.slug}`);
-    }
+    const org = await createOrg(db.owner, rest[0], rest.slice(1).join(' ') || rest[0]);
+    console.log(`created tenant ${org.slug} (id ${org.id}); its FHIR base is /fhir/${org.slug}`);
     return 0;
   } catch (e) {
     const err = e as { code?: string; message: string };
     console.error(err.code === '23505' ? `tenant '${rest[0]}' already exists` : err.message);
     return 1;
+  }
+}
+
+async function importCommand(db: Database, args: string[]): Promise<number> {
+  let slug = 'default';
+  const files: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--tenant') slug = args[++i] ?? '';
+    else files.push(args[i]);
+  }
+  const org = await findOrg(db.owner, slug);
+  if (!org) {
+    console.error(`unknown tenant '${slug}'`);
+    return 2;
+  }
+  loadDefinitions();
+  const config = loadConfig();
+  const bar = new cliProgress.SingleBar({
+    format: 'import [{bar}] {value}/{total} files | {resources} resources | {file}',
+    stream: process.stderr,
+    noTTYOutput: false,
+  }, cliProgress.Presets.shades_classic);
+  bar.start(files.length, 0, { resources: 0, file: '' });
+  let lastFile = '';
+  const summary = await importFiles(files, {
+    db, orgId: org.id, base: config.baseUrl ?? `http://localhost:${config.port}/fhir${slug === 'default' ? '' : `/${slug}`}`,
+    maxEntries: Number.MAX_SAFE_INTEGER, maxCount: config.maxCount,
+    onProgress: (resources, file) => {
+      if (file !== lastFile) { lastFile = file; bar.increment(1, { resources, file }); } else bar.update({ resources, file });
+    },
+  });
+  bar.update(files.length, { resources: summary.resources, file: 'done' });
+  bar.stop();
+  const rate = summary.seconds > 0 ? Math.round(summary.resources / summary.seconds) : summary.resources;
+  console.log(`imported ${summary.resources} resources from ${summary.files} files into '${slug}' in ${summary.seconds.toFixed(1)} s (${rate} resources/s); ` +
+    `skipped ${summary.skipped} of types Kiln does not store; ${summary.failures.length} failures`);
+  for (const f of summary.failures) console.log(`  failed: ${f.file} ${f.what}: ${f.reason}`);
+  return summary.failures.length ? 1 : 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [group, command, ...rest] = argv;
+  const isTenant = group === 'tenant' && (command === 'list' || (command === 'create' && SLUG.test(rest[0] ?? '')));
+  const isImport = group === 'import' && argv.length > 1;
+  if (group === 'tenant' && command === 'create' && !SLUG.test(rest[0] ?? '')) {
+    console.error('A tenant slug is 1-63 lowercase letters, digits or hyphens, starting with a letter or digit.');
+    return 2;
+  }
+  if (!isTenant && !isImport) {
+    console.error(USAGE);
+    return 2;
+  }
+  const db = await openDatabase(loadConfig());
+  try {
+    return isImport ? await importCommand(db, argv.slice(1)) : await tenantCommand(db, command, rest);
   } finally {
     await db.close();
   }
