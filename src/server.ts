@@ -48,6 +48,10 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
         clearInterval(maintenance);
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
+          // Connections busy now become idle when their request ends; close them then,
+          // rather than after the keep-alive timeout.
+          const sweep = setInterval(() => server.closeIdleConnections(), 50);
+          server.once('close', () => clearInterval(sweep));
           server.closeIdleConnections();
         });
         await db.close();
