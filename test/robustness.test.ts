@@ -37,7 +37,6 @@ const cases: [string, string, unknown?, Record<string, string>?][] = [
   ['PATCH', 'Patient/abc', '{"op":"add"}', { 'content-type': 'application/json-patch+json' }],
   ['PATCH', 'Patient/abc', '[{"op":"move","from":"/a"}]', { 'content-type': 'application/json-patch+json' }],
   ['OPTIONS', 'Patient'],
-  ['GET', ''],
   ['GET', '$export'],
   ['GET', 'patient/1'],
 ];

@@ -229,3 +229,24 @@ describe('Patient/$everything', () => {
     assert.ok(every.json.entry.length >= 2);
   });
 });
+
+describe('system-level search', () => {
+  test('GET [base]?_type= with common parameters, paged across types', async () => {
+    const r = await fhir(srv.url, 'GET', `?_type=Patient,Encounter&_id=${ids.zoe},${ids.enc},${ids.hr1}`);
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(r.json.entry.map((e: any) => `${e.resource.resourceType}/${e.resource.id}`).sort(), [`Encounter/${ids.enc}`, `Patient/${ids.zoe}`].sort());
+    assert.equal(r.json.total, 2);
+    let url: string | undefined = `${srv.url}?_type=Patient,Observation&_lastUpdated=gt2000-01-01&_count=2`;
+    const seen: string[] = [];
+    while (url) {
+      const page: any = await (await fetch(url)).json();
+      seen.push(...page.entry.filter((e: any) => e.search.mode === 'match').map((e: any) => `${e.resource.resourceType}/${e.resource.id}`));
+      url = page.link.find((l: any) => l.relation === 'next')?.url;
+    }
+    assert.equal(new Set(seen).size, seen.length);
+    assert.ok(seen.includes(`Observation/${ids.bp}`) && seen.includes(`Patient/${ids.bob}`));
+    assert.equal((await fhir(srv.url, 'GET', '?_type=Claim')).status, 400);
+    assert.equal((await fhir(srv.url, 'GET', '?_type=Patient&family=x', undefined, { prefer: 'handling=strict' })).status, 200, 'family is common when only Patient is listed');
+    assert.equal((await fhir(srv.url, 'GET', '?_type=Patient,Observation&family=x', undefined, { prefer: 'handling=strict' })).status, 400);
+  });
+});

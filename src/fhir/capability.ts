@@ -41,6 +41,11 @@ export function capabilityStatement(base: string, version: string): CapabilitySt
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'application/json'],
     patchFormat: ['application/json-patch+json'],
-    rest: [{ mode: 'server', resource, interaction: [{ code: 'history-system' }] }],
+    rest: [{
+      mode: 'server',
+      resource,
+      interaction: [{ code: 'history-system' }, { code: 'search-system' }, { code: 'transaction' }, { code: 'batch' }],
+      searchParam: ['_id', '_lastUpdated', '_tag', '_profile', '_security', '_source'].map((name) => ({ name, type: name === '_lastUpdated' ? 'date' : name === '_profile' || name === '_source' ? 'uri' : 'token' })),
+    }],
   };
 }

@@ -12,7 +12,7 @@ import { TABLES } from '../../mappings/postgres/index.ts';
 import { findOrg } from '../store/tenants.ts';
 import * as crud from './crud.ts';
 import { historyInteraction } from './history.ts';
-import { searchInteraction } from './search.ts';
+import { searchInteraction, systemSearchInteraction } from './search.ts';
 import { bundleInteraction } from './bundles.ts';
 import { everythingInteraction } from './everything.ts';
 
@@ -59,6 +59,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
 
     if (segments.length === 0) {
       if (m === 'POST') return bundleInteraction(ctx);
+      if (m === 'GET') return systemSearchInteraction(ctx, queryPairs(req));
       throw methodNotAllowed(m, '');
     }
     if (first === 'metadata' && segments.length === 1) {

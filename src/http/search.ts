@@ -9,7 +9,8 @@ import { bundleJson, type EntryParts } from './bundle.ts';
 import { badRequest, outcome } from '../fhir/outcome.ts';
 import { subset, type SummaryMode } from '../fhir/subset.ts';
 import { parseSearch } from '../search/query.ts';
-import { runSearch, fetchIncludes } from '../store/searchRun.ts';
+import { runSearch, runSystemSearch, fetchIncludes } from '../store/searchRun.ts';
+import { TABLES } from '../../mappings/postgres/index.ts';
 
 const encodeCursor = (c: string[]) => Buffer.from(JSON.stringify(c)).toString('base64url');
 
@@ -53,4 +54,48 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
   const links: BundleLink[] = [{ relation: 'self', url: link(q.page ? [['_page', q.page]] : []) }];
   if (result.page.next) links.push({ relation: 'next', url: link([['_page', encodeCursor(result.page.next)]]) });
   sendJson(ctx.req, ctx.res, 200, bundleJson('searchset', countOnly ? [] : entries, links, result.page.total));
+}
+
+/** GET [base]?_type=A,B&...: parameters common to the listed types (all stored types by default). */
+export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][]) {
+  const typeParam = pairs.find(([n]) => n === '_type')?.[1];
+  const types = typeParam ? typeParam.split(',').filter(Boolean) : Object.keys(TABLES);
+  const bad = types.filter((t) => !TABLES[t]);
+  if (bad.length) throw badRequest(`_type names types Kiln does not store: ${bad.join(', ')}`, ['_type']);
+  const rest = pairs.filter(([n]) => n !== '_type');
+  const parsed = types.map((type) => ({ type, q: parseSearch(type, rest) }));
+  const first = parsed[0].q;
+  if (first.sort.length || first.include.length || first.revinclude.length) {
+    throw badRequest('_sort, _include and _revinclude need a single resource type');
+  }
+  // A parameter is usable only if every listed type knows it.
+  const unknown = [...new Set(parsed.flatMap(({ q }) => q.unknown))];
+  if (unknown.length && preferStrict(ctx.req)) throw badRequest(`Unsupported search parameter(s) for ${types.join(', ')}: ${unknown.join(', ')}`);
+  const usable = rest.filter(([n]) => !unknown.includes(n));
+  const count = pageSize(ctx, first.count);
+  let after: { type: string; id: string } | undefined;
+  if (first.page) {
+    const [type, id] = decodeCursor(first.page);
+    if (!type || !id) throw badRequest('Invalid _page cursor', ['_page']);
+    after = { type, id };
+  }
+  const countOnly = first.summary === 'count';
+  const result = await inTenant(ctx, (tx) => runSystemSearch(tx, {
+    types: types.map((type) => ({ type, criteria: parseSearch(type, usable).criteria })),
+    count: countOnly ? 0 : count, after, total: countOnly || first.total !== 'none' ? 'accurate' : 'none',
+  }));
+  const entries: EntryParts[] = countOnly ? [] : result.rows.map((r) => ({
+    fullUrl: `${ctx.base}/${r.type}/${r.id}`, resourceJson: subset(r.json, first.summary as SummaryMode | undefined, first.elements), search: { mode: 'match' },
+  }));
+  if (unknown.length) {
+    entries.push({
+      resourceJson: JSON.stringify(outcome([{ severity: 'warning', code: 'not-supported', diagnostics: `Ignored parameter(s) not common to ${types.join(', ')}: ${unknown.join(', ')}` }])),
+      search: { mode: 'outcome' },
+    });
+  }
+  const keep = pairs.filter(([n]) => n !== '_page' && n !== '_count' && !unknown.includes(n));
+  const link = (extra: [string, string][]) => `${ctx.base}?${new URLSearchParams([...keep, ['_count', String(count)], ...extra]).toString()}`;
+  const links: BundleLink[] = [{ relation: 'self', url: link(first.page ? [['_page', first.page]] : []) }];
+  if (result.next) links.push({ relation: 'next', url: link([['_page', encodeCursor([result.next.type, result.next.id])]]) });
+  sendJson(ctx.req, ctx.res, 200, bundleJson('searchset', entries, links, result.total));
 }

@@ -110,3 +110,35 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
   }
   return out.slice(0, limit);
 }
+
+export interface SystemSearchRequest {
+  /** Criteria per type (the same parameters, parsed against each type). */
+  types: { type: string; criteria: Criterion[] }[];
+  count: number;
+  after?: { type: string; id: string };
+  total: 'none' | 'accurate';
+}
+
+/** Search across types (GET [base]?_type=...), in (type, id) order with a keyset cursor. */
+export async function runSystemSearch(tx: Tx, q: SystemSearchRequest): Promise<{ rows: { type: string; id: string; json: string }[]; next?: { type: string; id: string }; total?: number }> {
+  const { values, p } = params();
+  const selects = q.types.map(({ type, criteria }) => {
+    const where = [`r.org_id = current_setting('app.org_id')::integer`, ...criteria.map((c) => criterionSql(c, type, 'r', p))];
+    return `SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${TABLES[type]} r WHERE ${where.join(' AND ')}`;
+  });
+  const union = selects.join(' UNION ALL ');
+  const keyset = q.after ? `WHERE (type, id) > (${p(q.after.type)}::text, ${p(q.after.id)}::text)` : '';
+  const { rows } = await tx.query(`SELECT * FROM (${union}) u ${keyset} ORDER BY type, id LIMIT ${p(q.count + 1)}`, values);
+  const page = rows.slice(0, q.count);
+  const last = page[page.length - 1];
+  let total: number | undefined;
+  if (q.total === 'accurate') {
+    const c = params();
+    const counts = q.types.map(({ type, criteria }) => {
+      const where = [`r.org_id = current_setting('app.org_id')::integer`, ...criteria.map((cr) => criterionSql(cr, type, 'r', c.p))];
+      return `(SELECT count(*) FROM ${TABLES[type]} r WHERE ${where.join(' AND ')})`;
+    });
+    total = (await tx.query(`SELECT (${counts.join(' + ')})::integer AS n`, c.values)).rows[0].n;
+  }
+  return { rows: page, next: rows.length > q.count && last ? { type: last.type, id: last.id } : undefined, total };
+}
