@@ -131,7 +131,7 @@ describe('result control', () => {
   });
 
   test('_count paging visits every match exactly once, with links that keep the query', async () => {
-    let url: string | undefined = `${srv.url}/Observation?_sort=-date&_count=1`;
+    let url: string | undefined = `${srv.url}/Observation?_sort=-date&_count=1&_total=accurate`;
     const seen: string[] = [];
     while (url) {
       const page: any = await (await fetch(url)).json();
@@ -232,7 +232,7 @@ describe('Patient/$everything', () => {
 
 describe('system-level search', () => {
   test('GET [base]?_type= with common parameters, paged across types', async () => {
-    const r = await fhir(srv.url, 'GET', `?_type=Patient,Encounter&_id=${ids.zoe},${ids.enc},${ids.hr1}`);
+    const r = await fhir(srv.url, 'GET', `?_type=Patient,Encounter&_id=${ids.zoe},${ids.enc},${ids.hr1}&_total=accurate`);
     assert.equal(r.status, 200, r.text);
     assert.deepEqual(r.json.entry.map((e: any) => `${e.resource.resourceType}/${e.resource.id}`).sort(), [`Encounter/${ids.enc}`, `Patient/${ids.zoe}`].sort());
     assert.equal(r.json.total, 2);

@@ -1,0 +1,271 @@
+// Synthetic clinical data for bench/search.ts, bulk-loaded straight into the tables
+// with exactly the rows the server would store: each resource is built in JS, then
+// toRow (mappings/postgres) gives its typed-table row and extractIndex
+// (mappings/search/extract.ts) its search index rows. Inserted in batches with
+// INSERT ... SELECT FROM unnest(...) on the owner pool.
+import type pg from 'pg';
+import type { Resource } from '@medplum/fhirtypes';
+import { TABLES, TIME_PARTITIONED, toRow } from '../mappings/postgres/index.ts';
+import { extractIndex, type IndexRows } from '../mappings/search/extract.ts';
+
+// ------------------------------------------------------------ deterministic PRNG
+export function rng(seed: number) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// US census surname frequency (top names, roughly weighted by frequency per 100k).
+const FAMILY: [string, number][] = [
+  ['Smith', 828], ['Johnson', 655], ['Williams', 550], ['Brown', 487], ['Jones', 483], ['Garcia', 395], ['Miller', 394],
+  ['Davis', 378], ['Rodriguez', 366], ['Martinez', 355], ['Hernandez', 346], ['Lopez', 291], ['Gonzalez', 282],
+  ['Wilson', 276], ['Anderson', 263], ['Thomas', 257], ['Taylor', 250], ['Moore', 240], ['Jackson', 235], ['Martin', 233],
+  ['Lee', 229], ['Perez', 228], ['Thompson', 225], ['White', 224], ['Harris', 206], ['Sanchez', 205], ['Clark', 184],
+  ['Ramirez', 183], ['Lewis', 177], ['Robinson', 176], ['Walker', 167], ['Young', 161], ['Allen', 160], ['King', 158],
+  ['Wright', 155], ['Scott', 146], ['Torres', 144], ['Nguyen', 143], ['Hill', 142], ['Flores', 141], ['Green', 141],
+  ['Adams', 140], ['Nelson', 139], ['Baker', 138], ['Hall', 134], ['Rivera', 132], ['Campbell', 131], ['Mitchell', 130],
+  ['Carter', 126], ['Roberts', 125], ['Smithson', 8], ['Smithers', 5], ['Smiley', 12], ['Kowalski', 20], ['Müller', 15],
+  ['O\'Brien', 40], ['Van der Berg', 10], ['Nakamura', 18], ['Okafor', 14], ['Ivanova', 12],
+];
+const FAMILY_TOTAL = FAMILY.reduce((a, [, w]) => a + w, 0);
+const GIVEN_F = ['Mary', 'Patricia', 'Jennifer', 'Linda', 'Elizabeth', 'Barbara', 'Susan', 'Jessica', 'Sarah', 'Karen', 'Maria', 'Aisha'];
+const GIVEN_M = ['James', 'Robert', 'John', 'Michael', 'David', 'William', 'Richard', 'Joseph', 'Thomas', 'Charles', 'José', 'Wei'];
+
+function pickFamily(r: () => number): string {
+  let x = r() * FAMILY_TOTAL;
+  for (const [name, w] of FAMILY) { x -= w; if (x < 0) return name; }
+  return FAMILY[0][0];
+}
+
+export const MRN_SYSTEM = 'http://hospital.example.org/mrn';
+const V2_0203 = 'http://terminology.hl7.org/CodeSystem/v2-0203';
+const LOINC = 'http://loinc.org';
+const UCUM = 'http://unitsofmeasure.org';
+const OBS_CAT = 'http://terminology.hl7.org/CodeSystem/observation-category';
+const DAY = 86_400_000;
+const SPAN = 730 * DAY; // 24 months back from now
+
+export const patientId = (tag: string, i: number) => `pat-${tag}-${i}`;
+export const encounterId = (tag: string, p: number, k: number) => `enc-${tag}-${p}-${k}`;
+export const mrnOf = (tag: string, i: number) => `MRN-${tag}-${String(i).padStart(7, '0')}`;
+
+function cc(system: string, code: string, display: string) {
+  return { coding: [{ system, code, display }], text: display };
+}
+
+export function patient(tag: string, i: number): Resource {
+  const r = rng(i * 7919 + tag.length);
+  const female = r() < 0.5;
+  const given = (female ? GIVEN_F : GIVEN_M)[Math.floor(r() * 12)];
+  const year = 1930 + Math.floor(r() * 90);
+  return {
+    resourceType: 'Patient',
+    id: patientId(tag, i),
+    identifier: [
+      { use: 'usual', type: { coding: [{ system: V2_0203, code: 'MR' }] }, system: MRN_SYSTEM, value: mrnOf(tag, i) },
+      { system: 'http://hl7.org/fhir/sid/us-ssn', value: `${100 + (i % 800)}-${10 + (i % 89)}-${1000 + (i % 8999)}` },
+    ],
+    active: true,
+    name: [{ use: 'official', family: pickFamily(r), given: [given, String.fromCharCode(65 + Math.floor(r() * 26))] }],
+    gender: female ? 'female' : 'male',
+    birthDate: `${year}-${String(1 + Math.floor(r() * 12)).padStart(2, '0')}-${String(1 + Math.floor(r() * 28)).padStart(2, '0')}`,
+    telecom: [{ system: 'phone', value: `555-${String(i % 10000).padStart(4, '0')}`, use: 'home' }],
+    address: [{ line: [`${1 + (i % 999)} Main St`], city: 'Springfield', state: 'IL', postalCode: '62701' }],
+  } as Resource;
+}
+
+export const ENCOUNTERS_PER_PATIENT = 4;
+
+function encStart(tag: string, p: number, k: number, now: number): number {
+  // Encounter k of a patient lies in the k-th quarter... of the 24 months, jittered.
+  const r = rng(p * 131 + k * 17 + tag.length * 3);
+  return now - SPAN + (k + r() * 0.9) * (SPAN / ENCOUNTERS_PER_PATIENT);
+}
+
+export function encounter(tag: string, p: number, k: number, now: number): Resource {
+  const start = encStart(tag, p, k, now);
+  return {
+    resourceType: 'Encounter',
+    id: encounterId(tag, p, k),
+    status: 'finished',
+    class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: k % 3 === 0 ? 'IMP' : 'AMB', display: k % 3 === 0 ? 'inpatient encounter' : 'ambulatory' },
+    type: [cc('http://snomed.info/sct', '185349003', 'Encounter for check up')],
+    subject: { reference: `Patient/${patientId(tag, p)}` },
+    period: { start: new Date(start).toISOString(), end: new Date(start + 3_600_000).toISOString() },
+  } as Resource;
+}
+
+export function medicationStatement(tag: string, p: number, k: number, now: number): Resource {
+  const meds = [['197361', 'Amlodipine 5 MG Oral Tablet'], ['860975', 'Metformin 500 MG Oral Tablet'], ['314076', 'Lisinopril 10 MG Oral Tablet'], ['617312', 'Atorvastatin 20 MG Oral Tablet']];
+  const [code, display] = meds[(p + k) % meds.length];
+  const start = encStart(tag, p, k, now);
+  return {
+    resourceType: 'MedicationStatement',
+    id: `med-${tag}-${p}-${k}`,
+    status: 'active',
+    medicationCodeableConcept: cc('http://www.nlm.nih.gov/research/umls/rxnorm', code, display),
+    subject: { reference: `Patient/${patientId(tag, p)}` },
+    context: { reference: `Encounter/${encounterId(tag, p, k)}` },
+    effectiveDateTime: new Date(start).toISOString(),
+    dateAsserted: new Date(start).toISOString(),
+  } as Resource;
+}
+
+/** Observation j (global index within the tenant) of patient p. */
+export function observation(tag: string, j: number, p: number, now: number): Resource {
+  const r = rng(j * 2654435761 + tag.length);
+  const t = now - r() * SPAN;
+  const k = Math.min(ENCOUNTERS_PER_PATIENT - 1, Math.floor((t - (now - SPAN)) / (SPAN / ENCOUNTERS_PER_PATIENT)));
+  const kind = r();
+  const vital = { category: [cc(OBS_CAT, 'vital-signs', 'Vital Signs')] };
+  const lab = { category: [cc(OBS_CAT, 'laboratory', 'Laboratory')] };
+  const base = {
+    resourceType: 'Observation',
+    id: `obs-${tag}-${j}`,
+    status: 'final',
+    subject: { reference: `Patient/${patientId(tag, p)}` },
+    encounter: { reference: `Encounter/${encounterId(tag, p, k)}` },
+    effectiveDateTime: new Date(t).toISOString(),
+    issued: new Date(t + 600_000).toISOString(),
+  };
+  const q = (value: number, unit: string, code: string) => ({ value: Math.round(value * 10) / 10, unit, system: UCUM, code });
+  if (kind < 0.35) {
+    return { ...base, ...vital, code: cc(LOINC, '8867-4', 'Heart rate'), valueQuantity: q(55 + r() * 60, 'beats/minute', '/min') } as Resource;
+  }
+  if (kind < 0.55) {
+    return { ...base, ...vital, code: cc(LOINC, '29463-7', 'Body weight'), valueQuantity: q(45 + r() * 80, 'kg', 'kg') } as Resource;
+  }
+  if (kind < 0.8) {
+    return {
+      ...base, ...vital, code: cc(LOINC, '85354-9', 'Blood pressure panel with all children optional'),
+      component: [
+        { code: cc(LOINC, '8480-6', 'Systolic blood pressure'), valueQuantity: q(100 + r() * 60, 'mmHg', 'mm[Hg]') },
+        { code: cc(LOINC, '8462-4', 'Diastolic blood pressure'), valueQuantity: q(60 + r() * 35, 'mmHg', 'mm[Hg]') },
+      ],
+    } as Resource;
+  }
+  return { ...base, ...lab, code: cc(LOINC, '2339-0', 'Glucose [Mass/volume] in Blood'), valueQuantity: q(70 + r() * 120, 'mg/dL', 'mg/dL') } as Resource;
+}
+
+// ------------------------------------------------------------ bulk insert
+
+const INDEX_SPECS: { table: string; key: keyof IndexRows; columns: [string, string, (row: any) => unknown][] }[] = [
+  // Same column order and types as src/store/searchIndex.ts SPECS.
+  { table: 'search_tokens', key: 'tokens', columns: [['param', 'text', (r) => r.param], ['system', 'text', (r) => r.system], ['code', 'text', (r) => r.code], ['text', 'text', (r) => r.text]] },
+  { table: 'search_strings', key: 'strings', columns: [['param', 'text', (r) => r.param], ['value', 'text', (r) => r.value], ['raw', 'text', (r) => r.raw]] },
+  { table: 'search_dates', key: 'dates', columns: [['param', 'text', (r) => r.param], ['lo', 'timestamptz', (r) => r.lo], ['hi', 'timestamptz', (r) => r.hi]] },
+  { table: 'search_references', key: 'references', columns: [['param', 'text', (r) => r.param], ['target_type', 'text', (r) => r.targetType], ['target_id', 'text', (r) => r.targetId], ['reference', 'text', (r) => r.reference]] },
+  { table: 'search_quantities', key: 'quantities', columns: [['param', 'text', (r) => r.param], ['value', 'numeric', (r) => r.value], ['lo', 'numeric', (r) => r.lo], ['hi', 'numeric', (r) => r.hi], ['system', 'text', (r) => r.system], ['code', 'text', (r) => r.code], ['unit', 'text', (r) => r.unit]] },
+  { table: 'search_numbers', key: 'numbers', columns: [['param', 'text', (r) => r.param], ['value', 'numeric', (r) => r.value], ['lo', 'numeric', (r) => r.lo], ['hi', 'numeric', (r) => r.hi]] },
+  { table: 'search_uris', key: 'uris', columns: [['param', 'text', (r) => r.param], ['value', 'text', (r) => r.value]] },
+  { table: 'search_composites', key: 'composites', columns: [['param', 'text', (r) => r.param], ['parts', 'jsonb', (r) => JSON.stringify(r.parts)]] },
+];
+
+/** Column SQL types of a table (array types noted), read once from the catalog. */
+async function columnTypes(owner: pg.Pool, table: string): Promise<Map<string, string>> {
+  const { rows } = await owner.query(
+    `SELECT attname, format_type(atttypid, atttypmod) AS t FROM pg_attribute
+      WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, [table]);
+  return new Map(rows.map((r) => [r.attname, r.t]));
+}
+
+const toText = (v: unknown): string | null =>
+  v === null || v === undefined ? null : Array.isArray(v) || typeof v === 'object' ? JSON.stringify(v) : String(v);
+
+/** INSERT INTO table (cols) SELECT ... FROM unnest($1::text[], ...): every value travels as text and is cast. */
+function unnestInsert(table: string, cols: string[], types: Map<string, string>): string {
+  const sel = cols.map((c, i) => {
+    const t = types.get(c);
+    if (!t) throw new Error(`${table}.${c}: no such column`);
+    if (t.endsWith('[]')) return `coalesce(ARRAY(SELECT jsonb_array_elements_text(u.c${i}::jsonb)), '{}')::${t}`;
+    return `u.c${i}::${t}`;
+  });
+  return `INSERT INTO ${table} (${cols.join(', ')}) SELECT ${sel.join(', ')}
+    FROM unnest(${cols.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS u(${cols.map((_, i) => `c${i}`).join(', ')})`;
+}
+
+export interface LoadCounters { resources: number; indexRows: number; byTable: Record<string, number> }
+
+export class BulkLoader {
+  private types = new Map<string, Map<string, string>>();
+  private pending: Promise<unknown> = Promise.resolve();
+  counters: LoadCounters = { resources: 0, indexRows: 0, byTable: {} };
+  private seq = 0;
+
+  constructor(private owner: pg.Pool, private orgId: number, private loadTime: number) {}
+
+  async init() {
+    for (const t of [...Object.values(TABLES), 'resource_ids', 'resource_history', 'clinical_events', ...INDEX_SPECS.map((s) => s.table)]) {
+      this.types.set(t, await columnTypes(this.owner, t));
+    }
+  }
+
+  /** Builds every row of a batch of resources of one type, then inserts (after the previous batch finished). */
+  async add(resources: Resource[]) {
+    if (!resources.length) return;
+    const type = resources[0].resourceType;
+    const table = TABLES[type];
+    const org = String(this.orgId);
+    const typed: Record<string, (string | null)[]> = {};
+    let typedCols: string[] | undefined;
+    const ids: (string | null)[][] = [[], [], [], [], [], [], []]; // resource_ids
+    const hist: (string | null)[][] = [[], [], [], [], [], [], []];
+    const hub: (string | null)[][] = [[], [], []];
+    const idx = INDEX_SPECS.map((s) => ({ spec: s, cols: [[], [], [], ...s.columns.map(() => [])] as (string | null)[][] }));
+    for (const res0 of resources) {
+      const at = new Date(this.loadTime + this.seq++).toISOString();
+      const resource = { ...res0, meta: { ...res0.meta, versionId: '1', lastUpdated: at } } as Resource;
+      const row = toRow(resource);
+      const clinicalTime = TIME_PARTITIONED.has(type) ? (row.clinicalTime ?? at) : null;
+      const json = JSON.stringify(resource);
+      const cols: Record<string, unknown> = {
+        org_id: org, id: resource.id, ...row.columns, version_id: 1, last_updated: at, resource: json,
+        ...(clinicalTime ? { clinical_time: clinicalTime } : {}),
+      };
+      if (!typedCols) { typedCols = Object.keys(cols); for (const c of typedCols) typed[c] = []; }
+      for (const c of typedCols) typed[c].push(toText(cols[c]));
+      [org, type, resource.id!, '1', at, 'false', clinicalTime].forEach((v, i) => ids[i].push(v));
+      [org, type, resource.id!, '1', at, 'POST', json].forEach((v, i) => hist[i].push(v));
+      if (type === 'Encounter') [org, resource.id!, toText(row.columns.patient_id)].forEach((v, i) => hub[i].push(v));
+      const index = extractIndex(resource);
+      for (const { spec, cols: ic } of idx) {
+        for (const r of index[spec.key] as unknown[]) {
+          ic[0].push(org); ic[1].push(type); ic[2].push(resource.id!);
+          spec.columns.forEach(([, , get], k) => ic[3 + k].push(toText(get(r))));
+        }
+      }
+    }
+    const T = (t: string) => this.types.get(t)!;
+    const stmts: [string, string, (string | null)[][]][] = [
+      ['resource_ids', unnestInsert('resource_ids', ['org_id', 'resource_type', 'id', 'version_id', 'last_updated', 'deleted', 'clinical_time'], T('resource_ids')), ids],
+      ['resource_history', unnestInsert('resource_history', ['org_id', 'resource_type', 'id', 'version_id', 'last_updated', 'method', 'resource'], T('resource_history')), hist],
+    ];
+    for (const { spec, cols } of idx) {
+      if (!cols[0].length) continue;
+      stmts.push([spec.table, unnestInsert(spec.table, ['org_id', 'resource_type', 'id', ...spec.columns.map(([c]) => c)], T(spec.table)), cols]);
+    }
+    const typedStmt: [string, string, (string | null)[][]] = [table, unnestInsert(table, typedCols!, T(table)), typedCols!.map((c) => typed[c])];
+    const hubStmt: [string, string, (string | null)[][]] | undefined = type === 'Encounter'
+      ? ['clinical_events', unnestInsert('clinical_events', ['org_id', 'encounter_id', 'patient_id'], T('clinical_events')), hub] : undefined;
+    await this.pending; // at most one batch in flight while the next one is built
+    const run = async ([t, sql, arrays]: [string, string, (string | null)[][]]) => {
+      await this.owner.query(sql, arrays);
+      this.counters.byTable[t] = (this.counters.byTable[t] ?? 0) + arrays[0].length;
+      if (t.startsWith('search_')) this.counters.indexRows += arrays[0].length;
+    };
+    this.counters.resources += resources.length;
+    // The hub row first (the typed encounter row references it), then everything else in parallel.
+    this.pending = (async () => {
+      if (hubStmt) await run(hubStmt);
+      await Promise.all([run(typedStmt), ...stmts.map(run)]);
+    })();
+    this.pending.catch(() => {});
+  }
+
+  async flush() { await this.pending; }
+}
