@@ -7,6 +7,7 @@ import type pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import { TABLES, TIME_PARTITIONED, toRow } from '../mappings/postgres/index.ts';
 import { extractIndex, type IndexRows } from '../mappings/search/extract.ts';
+import { SPECS } from '../src/store/searchIndex.ts';
 
 // ------------------------------------------------------------ deterministic PRNG
 export function rng(seed: number) {
@@ -154,17 +155,8 @@ export function observation(tag: string, j: number, p: number, now: number): Res
 
 // ------------------------------------------------------------ bulk insert
 
-const INDEX_SPECS: { table: string; key: keyof IndexRows; columns: [string, string, (row: any) => unknown][] }[] = [
-  // Same column order and types as src/store/searchIndex.ts SPECS.
-  { table: 'search_tokens', key: 'tokens', columns: [['param', 'text', (r) => r.param], ['system', 'text', (r) => r.system], ['code', 'text', (r) => r.code], ['text', 'text', (r) => r.text]] },
-  { table: 'search_strings', key: 'strings', columns: [['param', 'text', (r) => r.param], ['value', 'text', (r) => r.value], ['raw', 'text', (r) => r.raw]] },
-  { table: 'search_dates', key: 'dates', columns: [['param', 'text', (r) => r.param], ['lo', 'timestamptz', (r) => r.lo], ['hi', 'timestamptz', (r) => r.hi]] },
-  { table: 'search_references', key: 'references', columns: [['param', 'text', (r) => r.param], ['target_type', 'text', (r) => r.targetType], ['target_id', 'text', (r) => r.targetId], ['reference', 'text', (r) => r.reference]] },
-  { table: 'search_quantities', key: 'quantities', columns: [['param', 'text', (r) => r.param], ['value', 'numeric', (r) => r.value], ['lo', 'numeric', (r) => r.lo], ['hi', 'numeric', (r) => r.hi], ['system', 'text', (r) => r.system], ['code', 'text', (r) => r.code], ['unit', 'text', (r) => r.unit]] },
-  { table: 'search_numbers', key: 'numbers', columns: [['param', 'text', (r) => r.param], ['value', 'numeric', (r) => r.value], ['lo', 'numeric', (r) => r.lo], ['hi', 'numeric', (r) => r.hi]] },
-  { table: 'search_uris', key: 'uris', columns: [['param', 'text', (r) => r.param], ['value', 'text', (r) => r.value]] },
-  { table: 'search_composites', key: 'composites', columns: [['param', 'text', (r) => r.param], ['parts', 'jsonb', (r) => JSON.stringify(r.parts)]] },
-];
+// The server's own description of the index tables, so the load writes what a write would.
+const INDEX_SPECS = SPECS;
 
 /** Column SQL types of a table (array types noted), read once from the catalog. */
 async function columnTypes(owner: pg.Pool, table: string): Promise<Map<string, string>> {

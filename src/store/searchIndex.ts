@@ -4,14 +4,15 @@ import type { IndexRows } from '../../mappings/search/extract.ts';
 
 type P = (v: unknown) => string;
 
-interface TableSpec {
+export interface TableSpec {
   table: string;
   key: keyof IndexRows;
   /** column -> [SQL array type, value of a row] */
   columns: [string, string, (row: any) => unknown][];
 }
 
-const SPECS: TableSpec[] = [
+/** The index tables, their columns and where each value comes from (also used by bench/search-data.ts). */
+export const SPECS: TableSpec[] = [
   { table: 'search_tokens', key: 'tokens', columns: [['param', 'text', (r) => r.param], ['system', 'text', (r) => r.system], ['code', 'text', (r) => r.code], ['text', 'text', (r) => r.text]] },
   { table: 'search_strings', key: 'strings', columns: [['param', 'text', (r) => r.param], ['value', 'text', (r) => r.value], ['raw', 'text', (r) => r.raw]] },
   { table: 'search_dates', key: 'dates', columns: [['param', 'text', (r) => r.param], ['lo', 'timestamptz', (r) => r.lo], ['hi', 'timestamptz', (r) => r.hi]] },
