@@ -44,15 +44,9 @@ function sendDeleted(ctx: Ctx, type: string, versionId: number | undefined) {
   }
 }
 
-/** Criteria of an If-None-Exist header ("identifier=x" or "Patient?identifier=x"). */
-export function ifNoneExistCriteria(header: string | undefined): [string, string][] | undefined {
-  if (header === undefined) return undefined;
-  return [...new URLSearchParams(header.replace(/^[^?]*\?/, '')).entries()];
-}
-
 export async function create(ctx: Ctx, type: string) {
   const { body, text } = resourceBody(ctx, type);
-  const ifNoneExist = ifNoneExistCriteria(ctx.req.get('if-none-exist'));
+  const ifNoneExist = write.ifNoneExistCriteria(ctx.req.get('if-none-exist'));
   sendWrite(ctx, type, await inTenant(ctx, (tx) => write.create(tx, type, body, text, { ifNoneExist })));
 }
 

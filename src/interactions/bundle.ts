@@ -75,7 +75,7 @@ function parseEntry(entry: BundleEntry, index: number, base: string): Parsed {
   const parsed: Parsed = {
     index, method, type, id, vid, query: [...new URLSearchParams(query).entries()], fullUrl: entry.fullUrl,
     ifMatch: parseETagValue(entry.request?.ifMatch),
-    ifNoneExist: entry.request?.ifNoneExist !== undefined ? [...new URLSearchParams(entry.request.ifNoneExist.replace(/^[^?]*\?/, '')).entries()] : undefined,
+    ifNoneExist: write.ifNoneExistCriteria(entry.request?.ifNoneExist),
   };
   if (method === 'POST' || method === 'PUT') {
     if (!entry.resource) throw badRequest(`Bundle.entry[${index}] (${method}) has no resource`);

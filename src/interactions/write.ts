@@ -28,6 +28,12 @@ export function checkResource(body: unknown, type: string): Resource {
   return resource;
 }
 
+/** Criteria of an If-None-Exist header or Bundle ifNoneExist ("identifier=x" or "Patient?identifier=x"). */
+export function ifNoneExistCriteria(value: string | undefined): [string, string][] | undefined {
+  if (value === undefined) return undefined;
+  return [...new URLSearchParams(value.replace(/^[^?]*\?/, '')).entries()];
+}
+
 /** The state of a resource after a write. */
 export interface Written {
   id: string;
