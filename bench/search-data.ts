@@ -208,7 +208,7 @@ export class BulkLoader {
     const ids: (string | null)[][] = [[], [], [], [], [], [], []]; // resource_ids
     const hist: (string | null)[][] = [[], [], [], [], [], [], []];
     const hub: (string | null)[][] = [[], [], []];
-    const idx = INDEX_SPECS.map((s) => ({ spec: s, cols: [[], [], [], ...s.columns.map(() => [])] as (string | null)[][] }));
+    const idx = INDEX_SPECS.map((s) => ({ spec: s, cols: [[], [], [], [], ...s.columns.map(() => [])] as (string | null)[][] }));
     for (const res0 of resources) {
       const at = new Date(this.loadTime + this.seq++).toISOString();
       const resource = { ...res0, meta: { ...res0.meta, versionId: '1', lastUpdated: at } } as Resource;
@@ -227,8 +227,8 @@ export class BulkLoader {
       const index = extractIndex(resource);
       for (const { spec, cols: ic } of idx) {
         for (const r of index[spec.key] as unknown[]) {
-          ic[0].push(org); ic[1].push(type); ic[2].push(resource.id!);
-          spec.columns.forEach(([, , get], k) => ic[3 + k].push(toText(get(r))));
+          ic[0].push(org); ic[1].push(type); ic[2].push(resource.id!); ic[3].push(clinicalTime);
+          spec.columns.forEach(([, , get], k) => ic[4 + k].push(toText(get(r))));
         }
       }
     }
@@ -239,7 +239,7 @@ export class BulkLoader {
     ];
     for (const { spec, cols } of idx) {
       if (!cols[0].length) continue;
-      stmts.push([spec.table, unnestInsert(spec.table, ['org_id', 'resource_type', 'id', ...spec.columns.map(([c]) => c)], T(spec.table)), cols]);
+      stmts.push([spec.table, unnestInsert(spec.table, ['org_id', 'resource_type', 'id', 'clinical_time', ...spec.columns.map(([c]) => c)], T(spec.table)), cols]);
     }
     const typedStmt: [string, string, (string | null)[][]] = [table, unnestInsert(table, typedCols!, T(table)), typedCols!.map((c) => typed[c])];
     const hubStmt: [string, string, (string | null)[][]] | undefined = type === 'Encounter'

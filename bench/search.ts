@@ -11,8 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { startTestServer, removeDataDir, type TestServer } from '../test/support/server.ts';
 import { createOrg } from '../src/store/tenants.ts';
 import { parseSearch } from '../src/search/query.ts';
-import { criterionSql, sortKey } from '../src/store/searchSql.ts';
-import { TABLES } from '../mappings/postgres/index.ts';
+import { searchStatements } from '../src/store/searchRun.ts';
 import { BulkLoader, ENCOUNTERS_PER_PATIENT, MRN_SYSTEM, encounter, medicationStatement, mrnOf, observation, patient, patientId } from './search-data.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -92,15 +91,14 @@ interface QCtx { patient: string; mrn: string }
 
 const QUERIES: QueryDef[] = [
   { name: 'Patient family prefix', path: () => 'Patient?family=smi&_count=20' },
-  { name: 'Patient family prefix _total=none', path: () => 'Patient?family=smi&_count=20&_total=none' },
   { name: 'Patient identifier', path: (c) => `Patient?identifier=${encodeURIComponent(`${MRN_SYSTEM}|${c.mrn}`)}` },
   { name: 'Obs patient+code', path: (c) => `Observation?patient=${c.patient}&code=${encodeURIComponent('http://loinc.org|8867-4')}` },
   { name: 'Obs patient+category+date sort', path: (c) => `Observation?patient=${c.patient}&category=vital-signs&date=ge2025-01-01&date=lt2025-07-01&_sort=date` },
   { name: 'Obs code+value-quantity', path: () => `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt100&_count=20` },
-  { name: 'Obs code+value-quantity _total=none', path: () => `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt100&_count=20&_total=none` },
+  { name: 'Obs code+value-quantity _total=estimate', path: () => `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt100&_count=20&_total=estimate` },
+  { name: 'Obs code+value-quantity _total=accurate', path: () => `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt100&_count=20&_total=accurate` },
   { name: 'Encounter patient _revinclude', path: (c) => `Encounter?patient=${c.patient}&_revinclude=Observation:encounter` },
   { name: '10-page walk -date', path: (c) => `Observation?patient=${c.patient}&_count=10&_sort=-date`, walk: 10 },
-  { name: '10-page walk -date _total=none', path: (c) => `Observation?patient=${c.patient}&_count=10&_sort=-date&_total=none`, walk: 10 },
 ];
 
 interface Measure { p50: number; p95: number; reqPerSec: number; n: number; resultEntries: number; total?: number; errors: number; firstError?: string }
@@ -152,23 +150,12 @@ async function pickPatient(server: TestServer, orgId: number, target: number): P
   return { id, count: rows[0].n, index: Number(id.split('-').pop()) };
 }
 
-// ------------------------------------------------------------ EXPLAIN (copy of runSearch's SQL assembly)
+// ------------------------------------------------------------ EXPLAIN (the server's own SQL)
 
 function searchSql(type: string, pairs: [string, string][], count: number) {
   const q = parseSearch(type, pairs.filter(([n]) => !['_count', '_total'].includes(n)));
-  const values: unknown[] = [];
-  const p = (v: unknown) => { values.push(v); return `$${values.length}`; };
-  const where = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((c) => criterionSql(c, type, 'r', p))];
-  const keys = q.sort.map((s) => ({ ...sortKey(s.def, type, s.desc, p), desc: s.desc }));
-  const cols = keys.map((k, i) => `${k.expr} AS k${i}`);
-  const order = [...keys.map((k, i) => `k${i} ${k.desc ? 'DESC' : 'ASC'}`), 'id ASC'].join(', ');
-  const sql = `SELECT * FROM (SELECT r.id, r.resource::text AS json${cols.length ? ', ' + cols.join(', ') : ''}
-      FROM ${TABLES[type]} r WHERE ${where.join(' AND ')}) q ORDER BY ${order} LIMIT ${p(count + 1)}`;
-  const cv: unknown[] = [];
-  const cp = (v: unknown) => { cv.push(v); return `$${cv.length}`; };
-  const countWhere = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((c) => criterionSql(c, type, 'r', cp))];
-  const countSql = `SELECT count(*)::integer AS n FROM ${TABLES[type]} r WHERE ${countWhere.join(' AND ')}`;
-  return { sql, values, countSql, countValues: cv };
+  const st = searchStatements({ type, criteria: q.criteria, sort: q.sort, count, total: 'none' });
+  return { sql: st.page.sql, values: st.page.values, countSql: st.count.sql, countValues: st.count.values };
 }
 
 function inline(sql: string, values: unknown[]): string {
@@ -184,7 +171,7 @@ async function explainAll(server: TestServer, orgId: number, ctx: QCtx): Promise
     const explain = async (sql: string, values: unknown[]) =>
       (await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${inline(sql, values)}`)).rows.map((r) => r['QUERY PLAN']).join('\n');
     for (const q of QUERIES) {
-      if (q.name.endsWith('_total=none')) continue;
+      if (q.name.includes('_total=')) continue;
       const rel = q.path(ctx);
       const [type, qs] = rel.split('?');
       const pairs = [...new URLSearchParams(qs).entries()] as [string, string][];

@@ -2,6 +2,7 @@
 // the stored types, in a stable (type, id) order so it pages with a keyset cursor.
 import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
+import { indexRowOf } from './searchSql.ts';
 
 /** Search parameters that put a resource in a patient's compartment (R4 CompartmentDefinition). */
 const COMPARTMENT: Record<string, string[]> = {
@@ -37,7 +38,7 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
     if (type === 'Patient') {
       if (q.patientIds) conds.push(`r.id = ANY(${p(q.patientIds)}::text[])`);
     } else {
-      conds.push(`EXISTS (SELECT 1 FROM search_references s WHERE s.org_id = r.org_id AND s.resource_type = ${p(type)} AND s.id = r.id
+      conds.push(`EXISTS (SELECT 1 FROM search_references s WHERE ${indexRowOf('s', 'r', type, p)}
         AND s.param = ANY(${p(COMPARTMENT[type])}::text[]) AND s.target_type = 'Patient'
         ${q.patientIds ? `AND s.target_id = ANY(${p(q.patientIds)}::text[])` : ''})`);
     }

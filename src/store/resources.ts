@@ -245,7 +245,7 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
   const names = Object.keys(cols);
   const { values, p } = params();
   const ctes = versionCtes(p, type, id, versionId, lock.now, req.method, json, clinicalTime)
-    + indexCtes(p, type, id, extractIndex(resource), exists);
+    + indexCtes(p, type, id, extractIndex(resource), exists, clinicalTime);
   if (exists) {
     const assignments = names.map((n) => `${n} = ${p(cols[n])}`).join(', ');
     const timeMatch = lock.clinicalTime ? `AND clinical_time = ${p(lock.clinicalTime)}` : '';

@@ -25,9 +25,10 @@ export const SPECS: TableSpec[] = [
 
 /**
  * CTE fragments (each starting with a comma) that drop the resource's old index rows
- * (when `replace`) and insert `rows` (none for a delete).
+ * (when `replace`) and insert `rows` (none for a delete), each carrying the resource's
+ * partition key so that searches joining back to the resource table prune to one partition.
  */
-export function indexCtes(p: P, type: string, id: string, rows: IndexRows | undefined, replace: boolean): string {
+export function indexCtes(p: P, type: string, id: string, rows: IndexRows | undefined, replace: boolean, clinicalTime: string | null = null): string {
   const parts: string[] = [];
   SPECS.forEach((spec, i) => {
     if (replace) {
@@ -37,8 +38,8 @@ export function indexCtes(p: P, type: string, id: string, rows: IndexRows | unde
     if (rows) {
       const list = rows[spec.key] as unknown[];
       const arrays = spec.columns.map(([, sqlType, get]) => `${p(list.map(get))}::${sqlType}[]`);
-      parts.push(`, idx_ins_${i} AS (INSERT INTO ${spec.table} (org_id, resource_type, id, ${spec.columns.map(([c]) => c).join(', ')})
-        SELECT current_setting('app.org_id')::integer, ${p(type)}, ${p(id)}, u.* FROM unnest(${arrays.join(', ')}) AS u)`);
+      parts.push(`, idx_ins_${i} AS (INSERT INTO ${spec.table} (org_id, resource_type, id, clinical_time, ${spec.columns.map(([c]) => c).join(', ')})
+        SELECT current_setting('app.org_id')::integer, ${p(type)}, ${p(id)}, ${p(clinicalTime)}::timestamptz, u.* FROM unnest(${arrays.join(', ')}) AS u)`);
     }
   });
   return parts.join('\n');

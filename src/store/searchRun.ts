@@ -1,7 +1,7 @@
 // Runs a search: matches in a stable order with a keyset cursor (so walking pages
 // returns each match once even while others write), totals, and included resources.
 import type { Tx } from './resources.ts';
-import { TABLES } from '../../mappings/postgres/index.ts';
+import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { criterionSql, sortKey } from './searchSql.ts';
 import type { Criterion } from '../search/criteria.ts';
 import type { SearchParamDef } from '../../mappings/search/definitions.ts';
@@ -15,7 +15,7 @@ export interface SearchRequest {
   count: number;
   /** Sort-key values and id of the last row of the previous page. */
   after?: string[];
-  total: 'none' | 'accurate';
+  total: 'none' | 'estimate' | 'accurate';
 }
 
 export interface SearchPage {
@@ -30,7 +30,14 @@ function params() {
   return { values, p: (v: unknown) => { values.push(v); return `$${values.length}`; } };
 }
 
-export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
+export interface SearchStatements {
+  page: { sql: string; values: unknown[] };
+  count: { sql: string; values: unknown[] };
+  keys: number;
+}
+
+/** The SQL of one page of a search (with its keyset cursor) and of its total. */
+export function searchStatements(q: SearchRequest): SearchStatements {
   const table = TABLES[q.type];
   const { values, p } = params();
   const where = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))];
@@ -51,17 +58,30 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   }
   const sql = `SELECT * FROM (SELECT r.id, r.resource::text AS json${cols.length ? ', ' + cols.join(', ') : ''}
       FROM ${table} r WHERE ${where.join(' AND ')}) q ${keyset} ORDER BY ${order} LIMIT ${p(q.count + 1)}`;
-  const { rows } = await tx.query(sql, values);
+  const c = params();
+  const countWhere = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
+  const count = { sql: `SELECT count(*)::integer AS n FROM ${table} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
+  return { page: { sql, values }, count, keys: keys.length };
+}
+
+export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
+  const st = searchStatements(q);
+  const { rows } = await tx.query(st.page.sql, st.page.values);
   const page = rows.slice(0, q.count);
   const last = page[page.length - 1];
-  const next = rows.length > q.count && last ? [...keys.map((_, i) => String(last[`k${i}`])), last.id] : undefined;
+  const next = rows.length > q.count && last ? [...Array.from({ length: st.keys }, (_, i) => String(last[`k${i}`])), last.id] : undefined;
   let total: number | undefined;
-  if (q.total === 'accurate') {
-    const c = params();
-    const countWhere = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
-    total = (await tx.query(`SELECT count(*)::integer AS n FROM ${table} r WHERE ${countWhere.join(' AND ')}`, c.values)).rows[0].n;
-  }
+  if (q.total === 'accurate') total = (await tx.query(st.count.sql, st.count.values)).rows[0].n;
+  else if (q.total === 'estimate') total = await estimateRows(tx, st.count.sql, st.count.values);
   return { rows: page.map((r) => ({ id: r.id, json: r.json })), next, total };
+}
+
+/** The planner's row estimate for a count query (`_total=estimate`): no rows are read. */
+async function estimateRows(tx: Tx, countSql: string, values: unknown[]): Promise<number> {
+  const from = countSql.replace(/^SELECT count\(\*\)::integer AS n /, 'SELECT 1 ');
+  const { rows } = await tx.query(`EXPLAIN (FORMAT JSON) ${from}`, values);
+  const plan = rows[0]['QUERY PLAN'];
+  return Math.max(0, Math.round((Array.isArray(plan) ? plan : JSON.parse(plan))[0].Plan['Plan Rows']));
 }
 
 export interface IncludeSpec { sourceType: string; param: string; targetType?: string; iterate: boolean }
@@ -102,9 +122,13 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
     frontier = new Map();
     for (const f of fresh) frontier.set(f.type, [...(frontier.get(f.type) ?? []), f.id]);
     for (const [t, list] of frontier) {
-      const { rows } = await tx.query(
-        `SELECT id, resource::text AS json FROM ${TABLES[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`,
-        [list.slice(0, limit)]);
+      // Through the id locator, so each resource is read from its one time partition.
+      const ids = list.slice(0, limit);
+      const { rows } = TIME_PARTITIONED.has(t)
+        ? await tx.query(`SELECT r.id, r.resource::text AS json FROM resource_ids i
+             JOIN ${TABLES[t]} r ON r.org_id = i.org_id AND r.id = i.id AND r.clinical_time = i.clinical_time
+            WHERE i.org_id = current_setting('app.org_id')::integer AND i.resource_type = $2 AND i.id = ANY($1::text[])`, [ids, t])
+        : await tx.query(`SELECT id, resource::text AS json FROM ${TABLES[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [ids]);
       out.push(...rows.map((r) => ({ type: t, id: r.id, json: r.json })));
     }
   }

@@ -2,7 +2,7 @@
 // index side tables (sql/005_search_index.sql), and runs paged searches with
 // stable keyset cursors, _sort, totals, _include and _revinclude.
 import type { Tx } from './resources.ts';
-import { TABLES } from '../../mappings/postgres/index.ts';
+import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { normalizeString, dateRange, decimalRange } from '../../mappings/search/extract.ts';
 import { prefixed, type Criterion, type Prefix } from '../search/criteria.ts';
 import type { SearchParamDef } from '../../mappings/search/definitions.ts';
@@ -154,20 +154,29 @@ function compositePartCond(type: string, value: string, part: string, p: P): str
   }
 }
 
+/**
+ * Index rows aliased `s` that belong to the resource row `r` of `type`. Index rows carry
+ * the row's partition key, so the join probes one time partition, not all of them.
+ */
+export function indexRowOf(s: string, r: string, type: string, p: P): string {
+  return `${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(type)} AND ${s}.id = ${r}.id`
+    + (TIME_PARTITIONED.has(type) ? ` AND ${s}.clinical_time = ${r}.clinical_time` : '');
+}
+
 /** SQL condition for one criterion on the resource row aliased `r` of `type`. */
 export function criterionSql(c: Criterion, type: string, r: string, p: P, depth = 0): string {
   if (depth > 3) throw badRequest('Search nests chains too deeply');
   const def = c.def;
   const rowsOf = (param: string, cond?: string) => {
     const s = `s${depth}`;
-    return `EXISTS (SELECT 1 FROM ${INDEX_TABLE[def.type]} ${s} WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(type)}
-      AND ${s}.id = ${r}.id AND ${s}.param = ${p(param)}${cond ? ` AND ${cond.replaceAll('§', s)}` : ''})`;
+    return `EXISTS (SELECT 1 FROM ${INDEX_TABLE[def.type]} ${s} WHERE ${indexRowOf(s, r, type, p)}
+      AND ${s}.param = ${p(param)}${cond ? ` AND ${cond.replaceAll('§', s)}` : ''})`;
   };
   if (c.has) {
     const { sourceType, refParam, criterion } = c.has;
     const s = `h${depth}`;
     const t = `ht${depth}`;
-    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.id
+    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
       WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(sourceType)} AND ${s}.param = ${p(refParam.code)}
         AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)})`;
   }
@@ -176,7 +185,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const t = `ct${depth}`;
     const { targetType, criterion } = c.chain;
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
-      WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(type)} AND ${s}.id = ${r}.id AND ${s}.param = ${p(def.code)}
+      WHERE ${indexRowOf(s, r, type, p)} AND ${s}.param = ${p(def.code)}
         AND ${s}.target_type = ${p(targetType)} AND ${criterionSql(criterion, targetType, t, p, depth + 1)})`;
   }
   // Parameters on the row itself.
@@ -202,8 +211,8 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     // These live in search_tokens whatever the parameter's own type.
     const s = `s${depth}`;
     const conds = c.values.map((v) => (c.modifier === 'of-type' ? ofTypeCond(v, s, p) : tokenCond(v, s, p)));
-    return `EXISTS (SELECT 1 FROM search_tokens ${s} WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(type)}
-      AND ${s}.id = ${r}.id AND ${s}.param = ${p(param)} AND (${conds.join(' OR ')}))`;
+    return `EXISTS (SELECT 1 FROM search_tokens ${s} WHERE ${indexRowOf(s, r, type, p)}
+      AND ${s}.param = ${p(param)} AND (${conds.join(' OR ')}))`;
   }
   return rowsOf(def.code, `(${c.values.map((v) => valueCond(def, c.modifier, v, '§', p)).join(' OR ')})`);
 }
@@ -233,8 +242,8 @@ export function sortKey(def: SearchParamDef, type: string, desc: boolean, p: P):
   if (!spec) throw badRequest(`Cannot sort by ${def.type} parameter '${def.code}'`);
   const [column, cast, ascSentinel, descSentinel] = spec;
   return {
-    expr: `coalesce((SELECT ${agg}(k.${column}) FROM ${INDEX_TABLE[def.type]} k WHERE k.org_id = r.org_id AND k.resource_type = ${p(type)}
-      AND k.id = r.id AND k.param = ${p(def.code)}), ${desc ? descSentinel : ascSentinel})`,
+    expr: `coalesce((SELECT ${agg}(k.${column}) FROM ${INDEX_TABLE[def.type]} k WHERE ${indexRowOf('k', 'r', type, p)}
+      AND k.param = ${p(def.code)}), ${desc ? descSentinel : ascSentinel})`,
     cast,
   };
 }

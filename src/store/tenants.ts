@@ -3,13 +3,15 @@ import type pg from 'pg';
 
 export interface Org { id: number; slug: string; name: string }
 
-// Partitions are made a year back and three months ahead; older or later rows
-// land in the org's DEFAULT partition, so no write ever fails for lack of one.
-const MONTHS_BACK = 12;
+// Partitions are made a year back (KILN_PARTITION_MONTHS_BACK) and three months ahead;
+// older or later rows land in the org's DEFAULT partition, so no write ever fails for
+// lack of one, and the daily top-up then gives the months found there their own.
+const MONTHS_BACK = Number(process.env.KILN_PARTITION_MONTHS_BACK ?? 12);
 const MONTHS_AHEAD = 3;
 
-export async function ensureOrgPartitions(owner: pg.Pool, orgId: number): Promise<void> {
-  await owner.query('SELECT kiln_ensure_time_partitions($1, $2, $3)', [orgId, MONTHS_BACK, MONTHS_AHEAD]);
+export async function ensureOrgPartitions(owner: pg.Pool, orgId: number, monthsBack = MONTHS_BACK): Promise<void> {
+  await owner.query('SELECT kiln_ensure_time_partitions($1, $2, $3)', [orgId, monthsBack, MONTHS_AHEAD]);
+  await owner.query('SELECT kiln_split_default_partitions($1)', [orgId]);
 }
 
 export async function ensureAllOrgPartitions(owner: pg.Pool): Promise<void> {
