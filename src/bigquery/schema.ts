@@ -136,7 +136,7 @@ function fieldsOf(sd: StructureDefinition, path: string, depth: number, defs: De
     const name = el.path!.slice(path.length + 1);
     const repeated = el.max !== '1';
     if (name === 'extension' || name === 'modifierExtension') {
-      nodes.push(depth === 1 ? extensionNode(name, depth, defs) : jsonNode(name, repeated, 'Extension'));
+      nodes.push(depth === 1 ? extensionNode(name, depth, defs, true) : jsonNode(name, repeated, 'Extension'));
       continue;
     }
     if (el.contentReference) {
