@@ -109,7 +109,9 @@ export interface AppointmentInputs {
  */
 export function encounterToAppointmentInputs(e: Encounter, maps: HealthieMaps, clientId: string, healthieId?: string): AppointmentInputs | undefined {
   if (isExternalEncounter(e)) return undefined;
-  const contactType = extValue(e.extension, EXT.contactType) ?? maps.classToContactType(e.class?.code ?? '') ?? undefined;
+  // A Healthie appointment with no contact type keeps none; a FHIR-made one gets the ConceptMap's.
+  const fromHealthie = e.identifier?.some((i) => i.system === SYSTEM.appointment);
+  const contactType = extValue(e.extension, EXT.contactType) ?? (fromHealthie ? undefined : maps.classToContactType(e.class?.code ?? ''));
   // A kept pm_status goes back while the FHIR status still agrees with it (No-Show and
   // Late Cancellation are both "cancelled"); a changed status goes through the ConceptMap.
   const keptPm = extValue(e.extension, EXT.pmStatus);

@@ -105,7 +105,8 @@ export function patientToClientInputs(p: Patient, healthieId?: string): ClientIn
   const phone = p.telecom?.find((t) => t.system === 'phone')?.value;
   const rawGender = extValue(p.extension, EXT.gender);
   const gender = rawGender ?? (p.gender ? GENDER_TO_HEALTHIE[p.gender] : undefined);
-  const primary = p.address?.find((a) => a.use === 'home') ?? p.address?.[0];
+  // Only a home address is Healthie's primary location; others are just locations.
+  const primary = p.address?.find((a) => a.use === 'home');
   const mrn = p.identifier?.find((i) => i.system === SYSTEM.recordIdentifier)
     ?? p.identifier?.find((i) => i.type?.coding?.some((c) => c.system === V2_0203 && c.code === 'MR'));
   const identity = p.extension?.find((e) => e.url === EXT.genderIdentity)?.valueCodeableConcept?.text;
