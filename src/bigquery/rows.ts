@@ -141,12 +141,14 @@ export function resourceToRow(resource: Json, meta: LoadMeta): Row {
   return row;
 }
 
-/** The row recording that a resource was deleted (a version without content). */
-export function deletionRow(resourceType: string, id: string, versionId: string | undefined, lastUpdated: string, meta: LoadMeta): Row {
+/**
+ * The row recording that a resource was deleted. Bulk export reports a deletion without its
+ * version or time, so only the id and the export's transactionTime say when.
+ */
+export function deletionRow(resourceType: string, id: string, meta: LoadMeta): Row {
   return {
     resourceType,
     id,
-    meta: { ...(versionId ? { versionId } : {}), lastUpdated: timestamp(lastUpdated) ?? lastUpdated },
     [LOAD_COLUMNS.tenant]: meta.tenant,
     [LOAD_COLUMNS.transactionTime]: timestamp(meta.transactionTime) ?? meta.transactionTime,
     [LOAD_COLUMNS.deleted]: true,
