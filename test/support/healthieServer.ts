@@ -48,7 +48,7 @@ export class FakeHealthie {
   failureRate = 0;
   delayMs = 0;
   /** Logical clock for updated_at, one second per change, so ordering is exact. */
-  clock = Date.parse('2025-01-01T00:00:00Z');
+  clock = Date.parse('2025-06-01T00:00:00Z');
   private nextId = 900_000_000;
   private server?: http.Server;
   private documents = new Map<string, { doc?: DocumentNode; errors: string[] }>();
@@ -61,6 +61,12 @@ export class FakeHealthie {
 
   put(kind: 'users' | 'appointments' | 'entries' | 'medications', obj: Obj, touch = true): Obj {
     const stored: Obj = { ...obj, cursor: cursorOf(obj.id) };
+    // Non-null list fields of the schema that the examples leave out.
+    if (kind === 'appointments') {
+      stored.providers ??= stored.provider ? [stored.provider] : [];
+      stored.attendees ??= stored.user ? [stored.user] : [];
+    }
+    if (kind === 'medications') stored.mirrored ??= false;
     if (touch || !stored.updated_at) stored.updated_at = this.tick();
     stored.created_at ??= stored.updated_at;
     this[kind].set(obj.id, stored);

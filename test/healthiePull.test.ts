@@ -1,0 +1,121 @@
+// Pull from a local Healthie server into a real Kiln: idempotent conditional updates,
+// watermarks, archival, many pages under injected rate limits, and an interrupted pull.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
+import { FakeHealthie } from './support/healthieServer.ts';
+import { createOrg } from '../src/store/tenants.ts';
+import { HealthieClient } from '../src/healthie/client.ts';
+import { pull } from '../src/healthie/pull.ts';
+import { SYSTEM } from '../mappings/healthie/index.ts';
+
+let srv: TestServer;
+before(async () => { srv = await startTestServer(); });
+after(async () => { await srv.stop(); removeDataDir(srv.dataDir); });
+
+async function tenant(slug: string) {
+  const org = await createOrg(srv.db.owner, slug, slug);
+  return { orgId: org.id, base: `${srv.url}/${slug}` };
+}
+async function versions(orgId: number): Promise<number> {
+  return (await srv.db.owner.query('SELECT count(*)::integer AS n FROM resource_history WHERE org_id = $1', [orgId])).rows[0].n;
+}
+async function counts(orgId: number): Promise<Record<string, number>> {
+  const { rows } = await srv.db.owner.query(
+    'SELECT resource_type, count(*)::integer AS n FROM resource_ids WHERE org_id = $1 AND NOT deleted GROUP BY resource_type', [orgId]);
+  return Object.fromEntries(rows.map((r) => [r.resource_type, r.n]));
+}
+
+describe('healthie pull', () => {
+  const fake = new FakeHealthie('k');
+  let client: HealthieClient;
+  before(async () => { await fake.start(); fake.seedExamples(); client = new HealthieClient({ url: fake.url, apiKey: 'k', baseDelayMs: 2, maxDelayMs: 10 }); });
+  after(() => fake.stop());
+
+  test('imports the examples; a second pull creates no new versions; changes and archival come through', async () => {
+    const { orgId, base } = await tenant('pull-examples');
+    const first = await pull({ db: srv.db, orgId, client });
+    assert.equal(first.phases.users.created, 1);
+    assert.equal(first.phases.appointments.created, 3, 'video, in person, no-show');
+    assert.equal(first.phases.appointments.skipped, 1, 'the calendar blocker');
+    assert.equal(first.phases.entries.created, 4);
+    assert.equal(first.phases.medications.created, 2);
+    assert.deepEqual(first.failures, []);
+    assert.deepEqual(await counts(orgId), { Patient: 1, Encounter: 3, Observation: 4, MedicationStatement: 2 });
+
+    const p = await fhir(base, 'GET', `Patient?identifier=${encodeURIComponent(`${SYSTEM.user}|1204417`)}`);
+    assert.equal(p.json.entry.length, 1);
+    const patient = p.json.entry[0].resource;
+    const enc = await fhir(base, 'GET', `Encounter?identifier=${encodeURIComponent(`${SYSTEM.appointment}|330145982`)}`);
+    assert.equal(enc.json.entry[0].resource.subject.reference, `Patient/${patient.id}`);
+    assert.equal(enc.json.entry[0].resource.class.code, 'VR');
+
+    const v = await versions(orgId);
+    const again = await pull({ db: srv.db, orgId, client });
+    assert.equal(await versions(orgId), v, 'no new versions');
+    assert.equal(again.phases.users.created + again.phases.users.updated, 0);
+    const full = await pull({ db: srv.db, orgId, client, full: true });
+    assert.equal(full.phases.users.unchanged, 1);
+    assert.equal(full.phases.entries.unchanged, 4);
+    assert.equal(await versions(orgId), v, 'a full re-pull writes nothing either');
+
+    // Healthie-side change and archival.
+    fake.put('users', { ...fake.users.get('1204417')!, phone_number: '555-999-0000', active: false });
+    const changed = await pull({ db: srv.db, orgId, client });
+    assert.equal(changed.phases.users.updated, 1);
+    assert.equal(await versions(orgId), v + 1);
+    const read = await fhir(base, 'GET', `Patient/${patient.id}`);
+    assert.equal(read.json.active, false);
+    assert.equal(read.json.telecom.find((t: any) => t.system === 'phone').value, '555-999-0000');
+    assert.equal(read.json.meta.versionId, '2');
+    const hist = await fhir(base, 'GET', `Patient/${patient.id}/_history`);
+    assert.equal(hist.json.entry.length, 2, 'the previous version stays in history');
+    // Pulled writes are not queued for push (no echo).
+    const out = await srv.db.owner.query('SELECT count(*)::integer AS n FROM healthie_outbox WHERE org_id = $1', [orgId]);
+    assert.equal(out.rows[0].n, 0);
+  });
+});
+
+describe('healthie pull at scale', () => {
+  const N = Number(process.env.KILN_HEALTHIE_PULL_N ?? 300);
+  const fake = new FakeHealthie('k');
+  let client: HealthieClient;
+  before(async () => { await fake.start(); fake.seedMany(N); client = new HealthieClient({ url: fake.url, apiKey: 'k', baseDelayMs: 2, maxDelayMs: 10, maxRetries: 10 }); });
+  after(() => fake.stop());
+
+  test(`${N} patients with appointments, entries and medications across many pages under injected rate limits and 5xx`, async () => {
+    const { orgId } = await tenant('pull-scale');
+    fake.failures.push('rate', 429, 503, 'rate');
+    fake.failureRate = 0.05;
+    const s = await pull({ db: srv.db, orgId, client, pageSize: 50 });
+    fake.failureRate = 0;
+    assert.ok(s.retries > 0, 'failures were injected and retried');
+    assert.deepEqual(s.failures, []);
+    assert.deepEqual(await counts(orgId), { Patient: N, Encounter: N, Observation: 2 * N, MedicationStatement: N });
+    const dup = await srv.db.owner.query(
+      `SELECT count(*)::integer AS n FROM resource_history WHERE org_id = $1 AND version_id > 1`, [orgId]);
+    assert.equal(dup.rows[0].n, 0, 'every object written once');
+    console.log(`pull: ${s.objects} objects in ${s.seconds.toFixed(1)} s = ${Math.round(s.objects / s.seconds)} objects/s; ${s.requests} requests, ${s.retries} retries`);
+    const v = await versions(orgId);
+    await pull({ db: srv.db, orgId, client, pageSize: 50 });
+    assert.equal(await versions(orgId), v, 'second pull: no new versions');
+  });
+
+  test('a pull that dies part-way is completed by the next one, nothing lost or duplicated', async () => {
+    const { orgId } = await tenant('pull-killed');
+    const impatient = new HealthieClient({ url: fake.url, apiKey: 'k', baseDelayMs: 1, maxRetries: 1 });
+    let seen = 0;
+    await assert.rejects(pull({
+      db: srv.db, orgId, client: impatient, pageSize: 50,
+      onProgress: (phase) => { if (phase === 'appointments' && ++seen === Math.min(60, Math.floor(N / 2))) fake.failureRate = 1; },
+    }), /HTTP|Too many/);
+    fake.failureRate = 0;
+    const partial = await counts(orgId);
+    assert.equal(partial.Patient, N);
+    assert.ok((partial.Encounter ?? 0) + (partial.Observation ?? 0) + (partial.MedicationStatement ?? 0) < 4 * N, 'the pull stopped part-way');
+    await pull({ db: srv.db, orgId, client, pageSize: 50 });
+    assert.deepEqual(await counts(orgId), { Patient: N, Encounter: N, Observation: 2 * N, MedicationStatement: N });
+    const dup = await srv.db.owner.query(`SELECT count(*)::integer AS n FROM resource_history WHERE org_id = $1 AND version_id > 1`, [orgId]);
+    assert.equal(dup.rows[0].n, 0);
+  });
+});
