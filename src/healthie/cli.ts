@@ -1,0 +1,71 @@
+// `kiln healthie ...`: pull a tenant from Healthie (progress bar + summary), push the
+// outbox once, show outbox/webhook status.
+import cliProgress from 'cli-progress';
+import { loadConfig } from '../config.ts';
+import { openDatabase } from '../store/database.ts';
+import { findOrg } from '../store/tenants.ts';
+import { withTenant } from '../store/resources.ts';
+import { listOutbox, countWebhooks } from '../store/healthieSync.ts';
+import { loadDefinitions } from '../fhir/validate.ts';
+import { healthieSettings, clientFor } from './settings.ts';
+import { pull, PHASES } from './pull.ts';
+
+const USAGE = `usage:
+  kiln healthie pull --tenant <slug> [--full]    import Healthie patients, appointments, metric entries, medications
+  kiln healthie status --tenant <slug>           outbox (push) and webhook queue status`;
+
+export async function healthieCommand(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  let slug = 'default';
+  let full = false;
+  for (let i = 0; i < rest.length; i++) {
+    if (rest[i] === '--tenant') slug = rest[++i] ?? '';
+    else if (rest[i] === '--full') full = true;
+  }
+  if (command !== 'pull' && command !== 'status') {
+    console.error(USAGE);
+    return 2;
+  }
+  const db = await openDatabase(loadConfig());
+  try {
+    const org = await findOrg(db.owner, slug);
+    if (!org) {
+      console.error(`unknown tenant '${slug}'`);
+      return 2;
+    }
+    if (command === 'status') {
+      const rows = await withTenant(db.app, org.id, (tx) => listOutbox(tx, 50));
+      for (const r of rows) console.log(`${r.id}\t${r.status}\t${r.resourceType}/${r.resourceId}\tattempts ${r.attempts}${r.lastError ? `\t${r.lastError}` : ''}`);
+      console.log('webhooks:', JSON.stringify(await withTenant(db.app, org.id, countWebhooks)));
+      return 0;
+    }
+    const settings = healthieSettings(slug);
+    if (!settings.apiKey) {
+      console.error(`no Healthie API key for '${slug}': set HEALTHIE_API_KEY_${slug.toUpperCase().replace(/-/g, '_')} or HEALTHIE_API_KEY_FILE`);
+      return 2;
+    }
+    loadDefinitions();
+    const bar = new cliProgress.MultiBar({ format: 'healthie {phase} | {value} seen | {created} new {updated} changed {unchanged} same {failed} failed', stream: process.stderr, noTTYOutput: false, clearOnComplete: false },
+      cliProgress.Presets.shades_classic);
+    const bars = new Map<string, cliProgress.SingleBar>();
+    const summary = await pull({
+      db, orgId: org.id, client: clientFor(settings), full,
+      onProgress: (phase, c) => {
+        let b = bars.get(phase);
+        if (!b) { b = bar.create(0, 0, { phase }); bars.set(phase, b); }
+        b.update(c.seen, { phase, ...c });
+      },
+    });
+    bar.stop();
+    const rate = summary.seconds > 0 ? Math.round(summary.objects / summary.seconds) : summary.objects;
+    console.log(`pulled ${summary.objects} Healthie objects into '${slug}' in ${summary.seconds.toFixed(1)} s (${rate} objects/s; ${summary.requests} requests, ${summary.retries} retries)`);
+    for (const p of PHASES) {
+      const c = summary.phases[p];
+      console.log(`  ${p}: ${c.created} created, ${c.updated} updated, ${c.unchanged} unchanged, ${c.keptFhir} kept (newer FHIR change), ${c.skipped} skipped, ${c.failed} failed`);
+    }
+    for (const f of summary.failures) console.log(`  failed: ${f.phase} ${f.healthieId}: ${f.reason}`);
+    return summary.failures.length ? 1 : 0;
+  } finally {
+    await db.close();
+  }
+}
