@@ -73,6 +73,25 @@ describe('healthie pull', () => {
     // Pulled writes are not queued for push (no echo).
     const out = await srv.db.owner.query('SELECT count(*)::integer AS n FROM healthie_outbox WHERE org_id = $1', [orgId]);
     assert.equal(out.rows[0].n, 0);
+
+    // A FHIR-side update of the linked patient (and a new Observation for it) is queued
+    // for push in the same transaction; a patient not linked to Healthie is not.
+    const upd = await fhir(base, 'PUT', `Patient/${patient.id}`, { ...read.json, birthDate: '1987-04-20' });
+    assert.equal(upd.status, 200);
+    const obs = await fhir(base, 'POST', 'Observation', { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '29463-7' }] },
+      subject: { reference: `Patient/${patient.id}` }, valueQuantity: { value: 80, unit: 'kg', system: 'http://unitsofmeasure.org', code: 'kg' } });
+    assert.equal(obs.status, 201);
+    const other = await fhir(base, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Unlinked' }] });
+    assert.equal(other.status, 201);
+    const queued = await srv.db.owner.query('SELECT resource_type, resource_id, version_id, status FROM healthie_outbox WHERE org_id = $1 ORDER BY id', [orgId]);
+    assert.deepEqual(queued.rows, [
+      { resource_type: 'Patient', resource_id: patient.id, version_id: 3, status: 'pending' },
+      { resource_type: 'Observation', resource_id: obs.json.id, version_id: 1, status: 'pending' },
+    ]);
+    // Conflict rule: the pending FHIR change is newer than Healthie's copy, so a pull keeps it.
+    const kept = await pull({ db: srv.db, orgId, client, full: true });
+    assert.equal(kept.phases.users.keptFhir, 1);
+    assert.equal((await fhir(base, 'GET', `Patient/${patient.id}`)).json.birthDate, '1987-04-20');
   });
 });
 
