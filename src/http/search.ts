@@ -30,6 +30,7 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
   const countOnly = q.summary === 'count';
   const result = await inTenant(ctx, async (tx) => {
     const page = await runSearch(tx, {
+      orgId: ctx.orgId,
       type, criteria: q.criteria, sort: q.sort, count: countOnly ? 0 : count, after,
       total: countOnly && q.total === 'none' ? 'accurate' : q.total,
     });

@@ -16,6 +16,9 @@ export interface SearchRequest {
   /** Sort-key values and id of the last row of the previous page. */
   after?: string[];
   total: 'none' | 'estimate' | 'accurate';
+  /** The transaction's tenant (read from it when not given). As a plain value it lets
+   * the planner prune other tenants' partitions, which halves planning time or better. */
+  orgId?: number;
 }
 
 export interface SearchPage {
@@ -37,10 +40,10 @@ export interface SearchStatements {
 }
 
 /** The SQL of one page of a search (with its keyset cursor) and of its total. */
-export function searchStatements(q: SearchRequest): SearchStatements {
+export function searchStatements(q: SearchRequest & { orgId: number }): SearchStatements {
   const table = TABLES[q.type];
   const { values, p } = params();
-  const where = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))];
+  const where = [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))];
   const keys = q.sort.map((s) => ({ ...sortKey(s.def, q.type, s.desc, p), desc: s.desc }));
   const cols = keys.map((k, i) => `${k.expr} AS k${i}`);
   const order = [...keys.map((k, i) => `k${i} ${k.desc ? 'DESC' : 'ASC'}`), 'id ASC'].join(', ');
@@ -59,13 +62,18 @@ export function searchStatements(q: SearchRequest): SearchStatements {
   const sql = `SELECT * FROM (SELECT r.id, r.resource::text AS json${cols.length ? ', ' + cols.join(', ') : ''}
       FROM ${table} r WHERE ${where.join(' AND ')}) q ${keyset} ORDER BY ${order} LIMIT ${p(q.count + 1)}`;
   const c = params();
-  const countWhere = [`r.org_id = current_setting('app.org_id')::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
+  const countWhere = [`r.org_id = ${c.p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
   const count = { sql: `SELECT count(*)::integer AS n FROM ${table} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
   return { page: { sql, values }, count, keys: keys.length };
 }
 
+/** The tenant the transaction is bound to (withTenant set it). */
+export async function txOrgId(tx: Tx): Promise<number> {
+  return Number((await tx.query(`SELECT current_setting('app.org_id') AS o`)).rows[0].o);
+}
+
 export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
-  const st = searchStatements(q);
+  const st = searchStatements({ ...q, orgId: q.orgId ?? await txOrgId(tx) });
   const { rows } = await tx.query(st.page.sql, st.page.values);
   const page = rows.slice(0, q.count);
   const last = page[page.length - 1];
@@ -122,11 +130,14 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
     frontier = new Map();
     for (const f of fresh) frontier.set(f.type, [...(frontier.get(f.type) ?? []), f.id]);
     for (const [t, list] of frontier) {
-      // Through the id locator, so each resource is read from its one time partition.
+      // Through the id locator, so each resource is read from its one time partition. The
+      // LIMIT keeps the lookup a per-id probe: given an id array the planner cannot size,
+      // it chose to hash-join the whole table.
       const ids = list.slice(0, limit);
       const { rows } = TIME_PARTITIONED.has(t)
-        ? await tx.query(`SELECT r.id, r.resource::text AS json FROM resource_ids i
-             JOIN ${TABLES[t]} r ON r.org_id = i.org_id AND r.id = i.id AND r.clinical_time = i.clinical_time
+        ? await tx.query(`SELECT r.id, r.json FROM resource_ids i CROSS JOIN LATERAL (
+              SELECT x.id, x.resource::text AS json FROM ${TABLES[t]} x
+               WHERE x.org_id = i.org_id AND x.id = i.id AND x.clinical_time = i.clinical_time LIMIT 1) r
             WHERE i.org_id = current_setting('app.org_id')::integer AND i.resource_type = $2 AND i.id = ANY($1::text[])`, [ids, t])
         : await tx.query(`SELECT id, resource::text AS json FROM ${TABLES[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [ids]);
       out.push(...rows.map((r) => ({ type: t, id: r.id, json: r.json })));
