@@ -58,6 +58,18 @@ CREATE INDEX search_uris_resource ON search_uris (org_id, resource_type, id);
 CREATE INDEX search_composites_value ON search_composites USING gin (parts jsonb_path_ops);
 CREATE INDEX search_composites_resource ON search_composites (org_id, resource_type, id);
 
+-- Tenant isolation for a table: RLS on app.org_id, and the request role's privileges.
+-- (001 and 005 spelled this out per table; later migrations call this instead.)
+CREATE FUNCTION kiln_tenant_table(p_table text, p_privileges text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', p_table);
+  EXECUTE format($p$CREATE POLICY tenant_isolation ON %I TO kiln_app
+                    USING (org_id = nullif(current_setting('app.org_id', true), '')::integer)
+                    WITH CHECK (org_id = nullif(current_setting('app.org_id', true), '')::integer)$p$, p_table);
+  EXECUTE format('GRANT %s ON %I TO kiln_app', p_privileges, p_table);
+END $$;
+
 DO $$
 DECLARE
   t text;
@@ -65,11 +77,7 @@ DECLARE
 BEGIN
   FOREACH t IN ARRAY ARRAY['search_tokens', 'search_strings', 'search_dates', 'search_references',
                            'search_quantities', 'search_numbers', 'search_uris', 'search_composites'] LOOP
-    EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-    EXECUTE format($p$CREATE POLICY tenant_isolation ON %I TO kiln_app
-                      USING (org_id = nullif(current_setting('app.org_id', true), '')::integer)
-                      WITH CHECK (org_id = nullif(current_setting('app.org_id', true), '')::integer)$p$, t);
-    EXECUTE format('GRANT SELECT, INSERT, DELETE ON %I TO kiln_app', t);
+    PERFORM kiln_tenant_table(t, 'SELECT, INSERT, DELETE');
   END LOOP;
   FOR o IN SELECT id FROM organizations LOOP
     PERFORM kiln_create_org_index_partitions(o);
