@@ -17,6 +17,14 @@ export interface Config {
   maxCount: number;
   poolSize: number;
   maxBundleEntries: number;
+  /** Bulk $export: where job files go, how long they live, lines per file, worker lease, and
+   * whether this process runs the export worker ('inline') or leaves it to `kiln export-worker` ('off'). */
+  /** Unset: <dataDir>/exports. */
+  exportDir?: string;
+  exportTtlSeconds: number;
+  exportMaxLines: number;
+  exportLeaseSeconds: number;
+  exportWorker: 'inline' | 'off';
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -33,5 +41,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxCount: Number(env.KILN_MAX_COUNT ?? 1000),
     poolSize: Number(env.KILN_POOL_SIZE ?? 16),
     maxBundleEntries: Number(env.KILN_MAX_BUNDLE_ENTRIES ?? 10000),
+    exportDir: env.KILN_EXPORT_DIR ? path.resolve(env.KILN_EXPORT_DIR) : undefined,
+    exportTtlSeconds: Number(env.KILN_EXPORT_TTL ?? 86400),
+    exportMaxLines: Number(env.KILN_EXPORT_MAX_LINES ?? 100000),
+    exportLeaseSeconds: Number(env.KILN_EXPORT_LEASE ?? 30),
+    exportWorker: env.KILN_EXPORT_WORKER === 'off' ? 'off' : 'inline',
   };
 }

@@ -301,7 +301,7 @@ describe('Prefer, formats and errors', () => {
     assert.equal(cs.status, 200);
     assert.equal(cs.json.fhirVersion, '4.0.1');
     const types = cs.json.rest[0].resource.map((r: any) => r.type).sort();
-    assert.deepEqual(types, ['AuditEvent', 'Encounter', 'MedicationStatement', 'Observation', 'Patient']);
+    assert.deepEqual(types, ['AuditEvent', 'Encounter', 'Group', 'MedicationStatement', 'Observation', 'Patient']);
     const obs = cs.json.rest[0].resource.find((r: any) => r.type === 'Observation');
     assert.ok(obs.supportedProfile.includes('http://hl7.org/fhir/StructureDefinition/vitalsigns'));
     // Exercise each advertised interaction on every type once.
@@ -310,6 +310,7 @@ describe('Prefer, formats and errors', () => {
       Encounter: { resourceType: 'Encounter', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' } },
       Observation: { resourceType: 'Observation', status: 'final', code: { text: 'cap' } },
       MedicationStatement: { resourceType: 'MedicationStatement', status: 'active', medicationCodeableConcept: { text: 'aspirin' }, subject: { reference: `Patient/${(await fhir(srv.url, 'POST', 'Patient', patient('CapSubject'))).json.id}` } },
+      Group: { resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${(await fhir(srv.url, 'POST', 'Patient', patient('CapMember'))).json.id}` } }] },
       AuditEvent: { resourceType: 'AuditEvent', type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110110' }, recorded: new Date().toISOString(), agent: [{ requestor: true, who: { display: 'tester' } }], source: { observer: { display: 'kiln' } } },
     };
     for (const r of cs.json.rest[0].resource) {

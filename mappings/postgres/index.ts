@@ -3,6 +3,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import { mapAuditEvent } from './auditEvent.ts';
 import type { MappedRow } from './common.ts';
 import { mapEncounter } from './encounter.ts';
+import { mapGroup } from './group.ts';
 import { mapMedicationStatement } from './medicationStatement.ts';
 import { mapObservation } from './observation.ts';
 import { mapPatient } from './patient.ts';
@@ -17,6 +18,7 @@ export const TABLES: Record<string, string> = {
   Observation: 'observations',
   MedicationStatement: 'medication_statements',
   AuditEvent: 'audit_events',
+  Group: 'groups',
 };
 
 /** Types whose tables are RANGE-partitioned on clinical_time. */
@@ -39,6 +41,7 @@ function mapByType(r: Resource): MappedRow {
     case 'Observation': return mapObservation(r);
     case 'MedicationStatement': return mapMedicationStatement(r);
     case 'AuditEvent': return mapAuditEvent(r);
+    case 'Group': return mapGroup(r);
     default: throw new Error(`no mapping for resource type ${r.resourceType}`);
   }
 }

@@ -170,7 +170,7 @@ export function loadBindings(resourceProfiles?: Bundle): void {
   const terms: Terminology = new Map();
   indexBundle(terms, readJson('fhir/r4/valuesets.json') as Bundle);
   const resolver = new Resolver(terms);
-  const wanted = new Set<string>(BOUND_RESOURCE_TYPES);
+  const wanted = new Set<string>([...BOUND_RESOURCE_TYPES, 'Group']);
   for (const e of profilesBundle.entry ?? []) {
     const sd = e.resource as StructureDefinition | undefined;
     if (sd?.resourceType !== 'StructureDefinition' || !sd.type || !wanted.has(sd.type) || sd.derivation === 'constraint') continue;

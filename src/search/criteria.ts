@@ -19,7 +19,7 @@ export interface Criterion {
   missing?: boolean;
 }
 
-export const STORED_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent'];
+export const STORED_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent', 'Group'];
 
 const MODIFIERS: Record<string, string[]> = {
   string: ['exact', 'contains', 'missing'],
