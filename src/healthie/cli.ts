@@ -1,5 +1,5 @@
 // `kiln healthie ...`: pull a tenant from Healthie (progress bar + summary), push the
-// outbox once, show outbox/webhook status.
+// outbox once, process the webhook queue once, show outbox/webhook status.
 import cliProgress from 'cli-progress';
 import { loadConfig } from '../config.ts';
 import { openDatabase } from '../store/database.ts';
@@ -9,9 +9,13 @@ import { listOutbox, countWebhooks } from '../store/healthieSync.ts';
 import { loadDefinitions } from '../fhir/validate.ts';
 import { healthieSettings, clientFor } from './settings.ts';
 import { pull, PHASES } from './pull.ts';
+import { pushOutbox } from './push.ts';
+import { processWebhooks } from './webhooks.ts';
 
 const USAGE = `usage:
   kiln healthie pull --tenant <slug> [--full]    import Healthie patients, appointments, metric entries, medications
+  kiln healthie push --tenant <slug>             send the due outbox rows (FHIR changes) to Healthie once
+  kiln healthie webhooks --tenant <slug>         process the queued webhook deliveries once
   kiln healthie status --tenant <slug>           outbox (push) and webhook queue status`;
 
 export async function healthieCommand(args: string[]): Promise<number> {
@@ -22,7 +26,7 @@ export async function healthieCommand(args: string[]): Promise<number> {
     if (rest[i] === '--tenant') slug = rest[++i] ?? '';
     else if (rest[i] === '--full') full = true;
   }
-  if (command !== 'pull' && command !== 'status') {
+  if (!['pull', 'push', 'webhooks', 'status'].includes(command)) {
     console.error(USAGE);
     return 2;
   }
@@ -45,6 +49,17 @@ export async function healthieCommand(args: string[]): Promise<number> {
       return 2;
     }
     loadDefinitions();
+    if (command === 'push') {
+      const s = await pushOutbox({ db, orgId: org.id, client: clientFor(settings) });
+      console.log(`pushed '${slug}': ${s.claimed} claimed, ${s.done} sent, ${s.skipped} skipped, ${s.superseded} superseded (Healthie newer), ${s.retried} to retry, ${s.failed} failed`);
+      for (const e of s.errors) console.log(`  ${e}`);
+      return s.failed ? 1 : 0;
+    }
+    if (command === 'webhooks') {
+      const s = await processWebhooks({ db, orgId: org.id, client: clientFor(settings) });
+      console.log(`webhooks '${slug}': ${s.claimed} claimed, ${s.done} processed ${JSON.stringify(s.outcomes)}, ${s.ignored} ignored, ${s.retried} to retry, ${s.failed} failed`);
+      return s.failed ? 1 : 0;
+    }
     const bar = new cliProgress.MultiBar({ format: 'healthie {phase} | {value} seen | {created} new {updated} changed {unchanged} same {failed} failed', stream: process.stderr, noTTYOutput: false, clearOnComplete: false },
       cliProgress.Presets.shades_classic);
     const bars = new Map<string, cliProgress.SingleBar>();

@@ -5,6 +5,7 @@ import helmet from 'helmet';
 import type { Config } from '../config.ts';
 import type { Database } from '../store/database.ts';
 import { fhirRouter } from './router.ts';
+import { healthieWebhook, WEBHOOK_ROUTE } from '../healthie/webhooks.ts';
 import { sendOutcome } from './format.ts';
 import { FhirError, outcome } from '../fhir/outcome.ts';
 
@@ -23,6 +24,8 @@ export function createApp(db: Database, config: Config, version: string) {
   });
   // Bodies are parsed by the handlers so malformed JSON gets a FHIR answer.
   app.use('/fhir', express.raw({ type: () => true, limit: config.bodyLimit }));
+  // Healthie deliveries: signature checked over the raw bytes kept by express.raw above.
+  app.post(WEBHOOK_ROUTE, healthieWebhook(db));
   const dispatch = fhirRouter(db, config, version);
   app.use('/fhir', (req, res, next) => { dispatch(req, res).catch(next); });
   app.use((req, res) => {

@@ -1,0 +1,174 @@
+// Push worker: sends queued FHIR changes (healthie_outbox, filled by the sql/009 trigger)
+// to Healthie as create/update mutations. Rows are claimed with FOR UPDATE SKIP LOCKED in
+// a transaction that stays open while they are sent, so a crash leaves them pending (the
+// next run sends them again; a create whose Healthie id was already written back becomes
+// an update). Conflict rule: when Healthie's updated_at is newer than the FHIR version,
+// the row is `superseded` and Healthie's copy is mirrored into FHIR instead.
+import type { Resource, Encounter, Observation, MedicationStatement, Patient } from '@medplum/fhirtypes';
+import type { Database } from '../store/database.ts';
+import { withTenant, readCurrent, type Tx } from '../store/resources.ts';
+import { claimOutbox, finishOutbox, retryOutbox, markSyncWrite, type OutboxItem } from '../store/healthieSync.ts';
+import { listOrgs } from '../store/tenants.ts';
+import { update } from '../interactions/write.ts';
+import { FhirError } from '../fhir/outcome.ts';
+import { HealthieError, HealthieMutationError, type HealthieClient } from './client.ts';
+import { MUTATIONS } from './queries.ts';
+import { healthieSettings, clientFor } from './settings.ts';
+import { KINDS, kindOfFhirType, fetchObject, mirrorObject, type MirrorContext } from './refetch.ts';
+import { processWebhooks } from './webhooks.ts';
+import {
+  loadMaps, patientToClientInputs, encounterToAppointmentInputs, observationToEntryInputs, statementToMedicationInputs,
+  isExternalEncounter, isMirroredStatement, UnmappableObservation, epochMs, SYSTEM, type HealthieMaps,
+} from '../../mappings/healthie/index.ts';
+import { identifierValue, patientIdOf } from '../../mappings/healthie/common.ts';
+
+export interface PushOptions {
+  db: Database;
+  orgId: number;
+  client: HealthieClient;
+  maps?: HealthieMaps;
+  batchSize?: number;
+  /** Delay before retry number `attempts` (1-based), in seconds. */
+  backoffSeconds?: (attempts: number) => number;
+  /** After this many failed attempts a row is `failed` for good. */
+  maxAttempts?: number;
+}
+
+export interface PushSummary { claimed: number; done: number; skipped: number; superseded: number; failed: number; retried: number; errors: string[] }
+
+type Outcome = { status: 'done' | 'skipped' | 'superseded' | 'failed'; note?: string; healthieId?: string };
+
+export const defaultBackoff = (attempts: number) => Math.min(6 * 3600, 30 * 2 ** (attempts - 1));
+
+/** Sends every due outbox row of the tenant once (rows put back for retry wait their turn). */
+export async function pushOutbox(opts: PushOptions): Promise<PushSummary> {
+  const { db, orgId } = opts;
+  const maps = opts.maps ?? loadMaps();
+  const summary: PushSummary = { claimed: 0, done: 0, skipped: 0, superseded: 0, failed: 0, retried: 0, errors: [] };
+  const seen = new Set<number>();
+  for (;;) {
+    const fresh = await withTenant(db.app, orgId, async (tx) => {
+      const items = (await claimOutbox(tx, opts.batchSize ?? 20)).filter((i) => !seen.has(i.id));
+      for (const item of items) {
+        seen.add(item.id);
+        summary.claimed++;
+        let result: Outcome;
+        try {
+          result = await pushOne(tx, item, { ...opts, maps });
+        } catch (e) {
+          const message = (e as Error).message;
+          const permanent = e instanceof HealthieMutationError || e instanceof UnmappableObservation || e instanceof FhirError
+            || (e instanceof HealthieError && !e.retryable && e.code !== 'UNAUTHORIZED');
+          if (!permanent && item.attempts + 1 < (opts.maxAttempts ?? 10)) {
+            await retryOutbox(tx, item.id, message, (opts.backoffSeconds ?? defaultBackoff)(item.attempts + 1));
+            summary.retried++;
+            summary.errors.push(`${item.resourceType}/${item.resourceId}: ${message}`);
+            continue;
+          }
+          result = { status: 'failed', note: message };
+          summary.errors.push(`${item.resourceType}/${item.resourceId}: ${message}`);
+        }
+        await finishOutbox(tx, item.id, result.status, result.note, result.healthieId);
+        summary[result.status]++;
+      }
+      return items.length;
+    });
+    if (fresh === 0) return summary;
+  }
+}
+
+async function pushOne(tx: Tx, item: OutboxItem, opts: PushOptions & { maps: HealthieMaps }): Promise<Outcome> {
+  const { client, maps } = opts;
+  if (!item.json) return { status: 'skipped', note: 'deletes are not sent to Healthie' };
+  const kind = kindOfFhirType(item.resourceType);
+  if (!kind) return { status: 'skipped', note: `${item.resourceType} is not synced` };
+  const { system } = KINDS[kind];
+  const resource = JSON.parse(item.json) as Resource;
+  if (item.resourceType === 'Encounter' && isExternalEncounter(resource as Encounter)) return { status: 'skipped', note: 'external care is never written to Healthie' };
+  if (item.resourceType === 'MedicationStatement' && isMirroredStatement(resource as MedicationStatement)) return { status: 'skipped', note: 'e-Rx medications are read-only in Healthie' };
+
+  // The Healthie id may have been written back after this version (an earlier create).
+  const current = await readCurrent(tx, item.resourceType, item.resourceId);
+  if (!current?.json) return { status: 'skipped', note: 'deleted since' };
+  const currentRes = JSON.parse(current.json) as Resource & { identifier?: Patient['identifier'] };
+  let healthieId = identifierValue(currentRes.identifier, system) ?? identifierValue((resource as Patient).identifier, system);
+
+  let patientId = item.resourceId;
+  let clientId = healthieId;
+  if (kind !== 'user') {
+    patientId = patientIdOf((resource as Observation).subject?.reference) ?? '';
+    const patient = patientId ? await readCurrent(tx, 'Patient', patientId) : undefined;
+    clientId = patient?.json ? identifierValue((JSON.parse(patient.json) as Patient).identifier, SYSTEM.user) : undefined;
+  }
+  if (!clientId) return { status: 'skipped', note: 'patient not linked to Healthie' };
+
+  const inputs = kind === 'user' ? patientToClientInputs(resource as Patient, healthieId)
+    : kind === 'appointment' ? encounterToAppointmentInputs(resource as Encounter, maps, clientId, healthieId)
+    : kind === 'entry' ? observationToEntryInputs(resource as Observation, maps, clientId, healthieId)
+    : statementToMedicationInputs(resource as MedicationStatement, clientId, healthieId);
+  if (!inputs) return { status: 'skipped', note: 'not representable in Healthie' };
+  const m = MUTATIONS[item.resourceType as keyof typeof MUTATIONS];
+
+  if (healthieId) {
+    const theirs = await fetchObject<{ updated_at?: string | null }>(client, kind, healthieId);
+    if (!theirs) return { status: 'failed', note: `Healthie ${kind} ${healthieId} not found`, healthieId };
+    const theirsAt = epochMs(theirs.updated_at);
+    if (Number.isFinite(theirsAt) && theirsAt > Date.parse(item.lastUpdated)) {
+      const ctx: MirrorContext = { db: opts.db, orgId: opts.orgId, client, maps };
+      await mirrorObject(ctx, kind, healthieId, theirs);
+      return { status: 'superseded', note: `Healthie changed it later (${theirs.updated_at}); Healthie's copy kept`, healthieId };
+    }
+    await client.mutate(m.update, { input: { ...inputs.update, id: healthieId } }, m.updateField, m.object);
+    return { status: 'done', healthieId };
+  }
+  const created = await client.mutate<{ id: string }>(m.create, { input: inputs.create }, m.createField, m.object);
+  healthieId = String(created.id);
+  await writeBackId(opts.db, opts.orgId, item.resourceType, item.resourceId, system, healthieId);
+  return { status: 'done', healthieId };
+}
+
+/** Adds the new Healthie id as an identifier, as a sync write (not queued again). */
+async function writeBackId(db: Database, orgId: number, type: string, id: string, system: string, value: string): Promise<void> {
+  await withTenant(db.app, orgId, async (tx) => {
+    await markSyncWrite(tx);
+    const cur = await readCurrent(tx, type, id, true);
+    if (!cur?.json) return;
+    const r = JSON.parse(cur.json) as Resource & { identifier?: { system?: string; value?: string }[] };
+    if (r.identifier?.some((i) => i.system === system)) return;
+    r.identifier = [...(r.identifier ?? []), { system, value }];
+    await update(tx, type, id, r, undefined);
+  });
+}
+
+/**
+ * The in-process sync loop: every `intervalMs`, for each tenant with a Healthie API key,
+ * processes the webhook queue and pushes the outbox. Returns a stop function.
+ */
+export function startHealthieLoop(db: Database, intervalMs: number, log: (msg: string) => void = console.error): () => Promise<void> {
+  let running: Promise<void> | undefined;
+  let stopped = false;
+  const maps = loadMaps();
+  const tick = async () => {
+    for (const org of await listOrgs(db.owner)) {
+      if (stopped) return;
+      const settings = healthieSettings(org.slug);
+      if (!settings.apiKey) continue;
+      const client = clientFor(settings, { maxRetries: 2 });
+      try {
+        await processWebhooks({ db, orgId: org.id, client, maps });
+        const s = await pushOutbox({ db, orgId: org.id, client, maps });
+        if (s.errors.length) log(`healthie push '${org.slug}': ${s.errors.length} errors, first: ${s.errors[0]}`);
+      } catch (e) {
+        log(`healthie sync '${org.slug}' failed: ${(e as Error).message}`);
+      }
+    }
+  };
+  const timer = setInterval(() => { running ??= tick().finally(() => { running = undefined; }); }, intervalMs);
+  timer.unref();
+  return async () => { stopped = true; clearInterval(timer); await running; };
+}
+
+/** Whether any tenant has Healthie settings (an API key), so the loop is worth starting. */
+export async function anyHealthieTenant(db: Database): Promise<boolean> {
+  return (await listOrgs(db.owner)).some((o) => !!healthieSettings(o.slug).apiKey);
+}

@@ -1,0 +1,155 @@
+// Healthie webhooks: `POST /fhir/{tenant}/$healthie-webhook`. The delivery's HMAC
+// signature (HEALTHIE_API.md §4) is checked against the raw bytes in constant time; an
+// unsigned or wrongly signed delivery gets 401 and stores nothing. A good one is stored in
+// healthie_webhook_events and acknowledged with 202 at once; processWebhooks() later
+// re-fetches the object from Healthie and mirrors it with upsert(), so replays write nothing.
+import crypto from 'node:crypto';
+import type { Request, Response } from 'express';
+import type { Database } from '../store/database.ts';
+import { withTenant } from '../store/resources.ts';
+import { findOrg } from '../store/tenants.ts';
+import { enqueueWebhook, claimWebhooks, finishWebhook, retryWebhook } from '../store/healthieSync.ts';
+import { outcome, informational } from '../fhir/outcome.ts';
+import { FhirError } from '../fhir/outcome.ts';
+import { HealthieError, type HealthieClient } from './client.ts';
+import { healthieSettings } from './settings.ts';
+import { fetchObject, mirrorObject, type HealthieKind } from './refetch.ts';
+import { loadMaps, type HealthieMaps } from '../../mappings/healthie/index.ts';
+
+/** /fhir/$healthie-webhook (default tenant) or /fhir/{tenant}/$healthie-webhook. */
+export const WEBHOOK_ROUTE = /^\/fhir(?:\/([a-z0-9][a-z0-9-]{0,62}))?\/\$healthie-webhook$/;
+
+const afterFirstEquals = (v: string) => { const i = v.indexOf('='); return i < 0 ? undefined : v.slice(i + 1).trim(); };
+
+/** The string Healthie signs: method, path, query, Content-Digest value, content type, body length. */
+export function signingString(method: string, path: string, query: string, digestValue: string, contentLength: number): string {
+  return `${method.toLowerCase()} ${path} ${query} ${digestValue} application/json ${contentLength}`;
+}
+
+/** Whether the Content-Digest value is the body's SHA-256, as hex or RFC 9530 `:base64:`. */
+function digestMatches(value: string, body: Buffer): boolean {
+  const hash = crypto.createHash('sha256').update(body).digest();
+  const given = /^:[A-Za-z0-9+/=]+:$/.test(value) ? Buffer.from(value.slice(1, -1), 'base64')
+    : /^[0-9a-fA-F]{64}$/.test(value) ? Buffer.from(value, 'hex') : undefined;
+  return !!given && given.length === hash.length && crypto.timingSafeEqual(given, hash);
+}
+
+export interface SignedRequest { method: string; path: string; query: string; contentDigest?: string; signature?: string; body: Buffer }
+
+/** Why a delivery is refused, or undefined when its signature is good. */
+export function checkSignature(r: SignedRequest, secret: string): string | undefined {
+  if (!r.signature || !r.contentDigest) return 'Missing Signature or Content-Digest header';
+  const digest = /^sha-256=/i.test(r.contentDigest.trim()) ? afterFirstEquals(r.contentDigest) : undefined;
+  if (!digest || !digestMatches(digest, r.body)) return 'Content-Digest does not match the body';
+  const given = afterFirstEquals(r.signature) ?? '';
+  const expected = crypto.createHmac('sha256', secret).update(signingString(r.method, r.path, r.query, digest, r.body.length)).digest();
+  const givenBytes = /^[0-9a-fA-F]+$/.test(given) ? Buffer.from(given, 'hex') : Buffer.alloc(0);
+  if (givenBytes.length !== expected.length || !crypto.timingSafeEqual(givenBytes, expected)) return 'Signature does not match';
+  return undefined;
+}
+
+/** Headers Healthie would send for `body` (used by tests and for replaying deliveries). */
+export function signDelivery(secret: string, path: string, body: Buffer | string, query = ''): { 'content-digest': string; signature: string } {
+  const bytes = typeof body === 'string' ? Buffer.from(body) : body;
+  const digest = crypto.createHash('sha256').update(bytes).digest('hex');
+  const sig = crypto.createHmac('sha256', secret).update(signingString('POST', path, query, digest, bytes.length)).digest('hex');
+  return { 'content-digest': `sha-256=${digest}`, signature: `sig1=${sig}` };
+}
+
+function send(res: Response, status: number, oo: unknown): void {
+  res.status(status).type('application/fhir+json').send(JSON.stringify(oo));
+}
+const refuse = (res: Response, status: number, code: 'security' | 'invalid' | 'not-found', msg: string) =>
+  send(res, status, outcome([{ severity: 'error', code, diagnostics: msg }]));
+
+/** Express handler for WEBHOOK_ROUTE; needs the raw body (express.raw) as req.body. */
+export function healthieWebhook(db: Database, onQueued?: (orgId: number) => void) {
+  return async (req: Request, res: Response): Promise<void> => {
+    const slug = (req.params as Record<string, string | undefined>)[0] ?? 'default';
+    const org = await findOrg(db.app, slug);
+    if (!org) return refuse(res, 404, 'not-found', `Unknown tenant '${slug}'`);
+    const secret = healthieSettings(slug).webhookSecret;
+    if (!secret) return refuse(res, 401, 'security', 'No Healthie webhook secret is configured for this tenant');
+    const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+    const [path, query = ''] = req.originalUrl.split(/\?(.*)/s);
+    const reason = checkSignature({ method: req.method, path, query, contentDigest: req.get('content-digest'), signature: req.get('signature'), body }, secret);
+    if (reason) return refuse(res, 401, 'security', reason);
+    let event: { resource_id?: unknown; resource_id_type?: unknown; event_type?: unknown };
+    try { event = JSON.parse(body.toString('utf8')); } catch { return refuse(res, 400, 'invalid', 'Webhook body is not JSON'); }
+    const str = (v: unknown) => (typeof v === 'string' || typeof v === 'number') && String(v) !== '' ? String(v) : undefined;
+    const eventType = str(event?.event_type);
+    const resourceId = str(event?.resource_id);
+    const resourceType = str(event?.resource_id_type);
+    if (!eventType || !resourceId || !resourceType) return refuse(res, 400, 'invalid', 'Webhook body needs event_type, resource_id and resource_id_type');
+    const bodyHash = crypto.createHash('sha256').update(body).digest('hex');
+    const queued = await withTenant(db.app, org.id, (tx) => enqueueWebhook(tx, { eventType, resourceType, resourceId, body: body.toString('utf8'), bodyHash }));
+    onQueued?.(org.id);
+    send(res, 202, informational(queued ? `Queued ${eventType} ${resourceType} ${resourceId}` : 'Identical delivery already queued'));
+  };
+}
+
+const BY_EVENT: Record<string, HealthieKind> = { patient: 'user', appointment: 'appointment', metric_entry: 'entry', entry: 'entry', medication: 'medication' };
+const BY_TYPE: Record<string, HealthieKind> = { User: 'user', Patient: 'user', Appointment: 'appointment', Entry: 'entry', MetricEntry: 'entry', Medication: 'medication', MedicationType: 'medication' };
+
+/** The Healthie object kind a delivery is about, or undefined when Kiln does not mirror it. */
+export function kindOfEvent(eventType: string, resourceType: string): HealthieKind | undefined {
+  return BY_EVENT[eventType.split('.')[0]] ?? BY_TYPE[resourceType];
+}
+
+export interface WebhookOptions {
+  db: Database;
+  orgId: number;
+  client: HealthieClient;
+  maps?: HealthieMaps;
+  batchSize?: number;
+  backoffSeconds?: (attempts: number) => number;
+  maxAttempts?: number;
+}
+export interface WebhookSummary { claimed: number; done: number; ignored: number; failed: number; retried: number; outcomes: Record<string, number> }
+
+/** Processes the tenant's due webhook deliveries once. */
+export async function processWebhooks(opts: WebhookOptions): Promise<WebhookSummary> {
+  const { db, orgId, client } = opts;
+  const maps = opts.maps ?? loadMaps();
+  const summary: WebhookSummary = { claimed: 0, done: 0, ignored: 0, failed: 0, retried: 0, outcomes: {} };
+  const seen = new Set<number>();
+  for (;;) {
+    const fresh = await withTenant(db.app, orgId, async (tx) => {
+      const items = (await claimWebhooks(tx, opts.batchSize ?? 20)).filter((i) => !seen.has(i.id));
+      for (const w of items) {
+        seen.add(w.id);
+        summary.claimed++;
+        const kind = kindOfEvent(w.eventType, w.resourceType);
+        if (!kind) {
+          await finishWebhook(tx, w.id, 'ignored', `${w.eventType} is not mirrored`);
+          summary.ignored++;
+          continue;
+        }
+        try {
+          const obj = await fetchObject(client, kind, w.resourceId);
+          if (!obj && !w.eventType.endsWith('.deleted')) {
+            await finishWebhook(tx, w.id, 'ignored', `Healthie ${kind} ${w.resourceId} not found`);
+            summary.ignored++;
+            continue;
+          }
+          const r = await mirrorObject({ db, orgId, client, maps }, kind, w.resourceId, obj);
+          summary.outcomes[r.outcome] = (summary.outcomes[r.outcome] ?? 0) + 1;
+          await finishWebhook(tx, w.id, 'done', r.reason);
+          summary.done++;
+        } catch (e) {
+          const message = (e as Error).message;
+          const permanent = e instanceof FhirError || e instanceof TypeError || (e instanceof HealthieError && !e.retryable && e.code !== 'UNAUTHORIZED');
+          if (!permanent && w.attempts + 1 < (opts.maxAttempts ?? 10)) {
+            await retryWebhook(tx, w.id, message, (opts.backoffSeconds ?? ((n) => Math.min(3600, 15 * 2 ** (n - 1))))(w.attempts + 1));
+            summary.retried++;
+          } else {
+            await finishWebhook(tx, w.id, 'failed', message);
+            summary.failed++;
+          }
+        }
+      }
+      return items.length;
+    });
+    if (fresh === 0) return summary;
+  }
+}
