@@ -37,6 +37,10 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
     ensureAllOrgPartitions(db.owner).catch((e) => console.error('partition maintenance failed', e));
   }, PARTITION_MAINTENANCE_MS);
   maintenance.unref();
+  // Healthie push + webhook queue loop: opt-in (KILN_HEALTHIE_SYNC_SECONDS) and only when a tenant has Healthie settings.
+  const healthieEvery = Number(process.env.KILN_HEALTHIE_SYNC_SECONDS ?? 0);
+  const healthie = healthieEvery > 0 ? await import('./healthie/push.ts') : undefined;
+  const stopHealthie = healthie && await healthie.anyHealthieTenant(db) ? healthie.startHealthieLoop(db, healthieEvery * 1000) : undefined;
   let stopping: Promise<void> | undefined;
   return {
     url: `http://127.0.0.1:${port}/fhir`,
@@ -46,6 +50,7 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
     stop() {
       stopping ??= (async () => {
         clearInterval(maintenance);
+        await stopHealthie?.();
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           // Connections busy now become idle when their request ends; close them then,
