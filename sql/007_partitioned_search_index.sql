@@ -5,7 +5,9 @@
 --   so a join from index rows to a time-partitioned table probes one monthly
 --   partition per match instead of every one of the tenant's partitions.
 -- * Value indexes INCLUDE (id, clinical_time): the side of a search that finds the
---   matches is an index-only scan.
+--   matches is an index-only scan. Token and reference indexes have id as the key
+--   after the code / target, so one code's or one target's rows come out in id order
+--   and an unsorted page can stop after _count matches (src/store/searchRun.ts).
 
 CREATE FUNCTION kiln_create_org_index_partitions(p_org integer)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -40,13 +42,13 @@ BEGIN
   END LOOP;
 END $$;
 
-CREATE INDEX search_tokens_value ON search_tokens (param, org_id, resource_type, code, system) INCLUDE (id, clinical_time);
+CREATE INDEX search_tokens_value ON search_tokens (param, org_id, resource_type, code, id) INCLUDE (system, clinical_time);
 CREATE INDEX search_tokens_resource ON search_tokens (org_id, resource_type, id);
 CREATE INDEX search_strings_value ON search_strings (param, org_id, resource_type, value text_pattern_ops) INCLUDE (id, clinical_time);
 CREATE INDEX search_strings_resource ON search_strings (org_id, resource_type, id);
 CREATE INDEX search_dates_value ON search_dates (param, org_id, resource_type, lo, hi) INCLUDE (id, clinical_time);
 CREATE INDEX search_dates_resource ON search_dates (org_id, resource_type, id);
-CREATE INDEX search_references_value ON search_references (param, org_id, resource_type, target_id) INCLUDE (target_type, id, clinical_time);
+CREATE INDEX search_references_value ON search_references (param, org_id, resource_type, target_id, id) INCLUDE (target_type, clinical_time);
 CREATE INDEX search_references_target ON search_references (target_id, org_id, target_type);
 CREATE INDEX search_references_resource ON search_references (org_id, resource_type, id);
 CREATE INDEX search_quantities_value ON search_quantities (param, org_id, resource_type, value) INCLUDE (id, clinical_time, system, code);

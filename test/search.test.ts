@@ -130,6 +130,29 @@ describe('result control', () => {
     assert.equal((await fhir(srv.url, 'GET', 'Observation?_sort=nonsense')).status, 400);
   });
 
+  test('unsorted pages walked from an index in id order match the sorted plan, page by page', async () => {
+    // Without _sort a single code or reference target drives the page from its index rows
+    // in id order (stopping at _count); _sort=_id goes through the general plan.
+    const queries = [
+      'Observation?code=8867-4', `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt80`,
+      `Observation?patient=${ids.zoe}&code=8867-4`, `Observation?subject=Patient/${ids.bob}`, `Patient?identifier=${encodeURIComponent('urn:mrn|A1')}`,
+      'Observation?category=vital-signs&date=ge2024', `Encounter?patient=${ids.zoe}`, 'Observation?code=8867-4&subject:Patient.name=emile',
+      `Patient?_has:Observation:patient:code=8867-4`, 'Observation?code=8867-4&code:not=8867-4',
+    ];
+    for (const q of queries) {
+      const expected = (await fhir(srv.url, 'GET', `${q}&_sort=_id&_count=100`)).json.entry.map((e: any) => e.resource.id);
+      const walked: string[] = [];
+      let url: string | undefined = `${srv.url}/${q}&_count=1`;
+      while (url) {
+        const page: any = await (await fetch(url)).json();
+        walked.push(...page.entry.filter((e: any) => e.search.mode === 'match').map((e: any) => e.resource.id));
+        url = page.link.find((l: any) => l.relation === 'next')?.url;
+      }
+      assert.deepEqual(walked, expected, q);
+    }
+    assert.deepEqual(await found(`Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt80`), sorted('hr2'));
+  });
+
   test('_count paging visits every match exactly once, with links that keep the query', async () => {
     let url: string | undefined = `${srv.url}/Observation?_sort=-date&_count=1&_total=accurate`;
     const seen: string[] = [];

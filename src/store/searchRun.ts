@@ -2,7 +2,7 @@
 // returns each match once even while others write), totals, and included resources.
 import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
-import { criterionSql, sortKey } from './searchSql.ts';
+import { criterionSql, driverCond, driverRank, indexTableOf, sortKey } from './searchSql.ts';
 import type { Criterion } from '../search/criteria.ts';
 import type { SearchParamDef } from '../../mappings/search/definitions.ts';
 
@@ -41,6 +41,44 @@ export interface SearchStatements {
 
 /** The SQL of one page of a search (with its keyset cursor) and of its total. */
 export function searchStatements(q: SearchRequest & { orgId: number }): SearchStatements {
+  const c = params();
+  const countWhere = [`r.org_id = ${c.p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
+  const count = { sql: `SELECT count(*)::integer AS n FROM ${TABLES[q.type]} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
+  const driven = q.sort.length ? undefined : drivenPage(q);
+  return { page: driven ?? sortedPage(q), count, keys: driven ? 0 : q.sort.length };
+}
+
+/**
+ * An unsorted page (id order) walked from the best driving criterion's index rows in
+ * id order, the other criteria checked per row: the walk stops at `_count` matches, so
+ * a page costs about the same at any table size. Undefined when no criterion can drive.
+ */
+function drivenPage(q: SearchRequest & { orgId: number }): { sql: string; values: unknown[] } | undefined {
+  // _lastUpdated lives on the resource row, which the walk reaches only at the end.
+  if (q.criteria.some((c) => c.def.code === '_lastUpdated')) return undefined;
+  let best = -1;
+  q.criteria.forEach((c, i) => {
+    const rank = driverRank(c);
+    if (rank !== undefined && (best < 0 || rank < driverRank(q.criteria[best])!)) best = i;
+  });
+  if (best < 0) return undefined;
+  const { values, p } = params();
+  const driver = q.criteria[best];
+  const others = q.criteria.filter((_, i) => i !== best).map((c) => ` AND ${criterionSql(c, q.type, 'd', p)}`).join('');
+  const after = q.after ? ` AND d.id > ${p(q.after[0])}::text` : '';
+  const samePartition = TIME_PARTITIONED.has(q.type) ? ' AND x.clinical_time = m.clinical_time' : '';
+  const sql = `SELECT r.id, r.json FROM (
+      SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${indexTableOf(driver)} d
+       WHERE d.org_id = ${p(q.orgId)}::integer AND d.resource_type = ${p(q.type)} AND ${driverCond(driver, 'd', p)}${after}${others}
+       ORDER BY d.id LIMIT ${p(q.count + 1)}) m
+    CROSS JOIN LATERAL (SELECT x.id, x.resource::text AS json FROM ${TABLES[q.type]} x
+       WHERE x.org_id = m.org_id AND x.id = m.id${samePartition} LIMIT 1) r
+    ORDER BY r.id`;
+  return { sql, values };
+}
+
+/** A page in _sort order (then id), from the resource table with the criteria as EXISTS. */
+function sortedPage(q: SearchRequest & { orgId: number }): { sql: string; values: unknown[] } {
   const table = TABLES[q.type];
   const { values, p } = params();
   const where = [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))];
@@ -61,10 +99,7 @@ export function searchStatements(q: SearchRequest & { orgId: number }): SearchSt
   }
   const sql = `SELECT * FROM (SELECT r.id, r.resource::text AS json${cols.length ? ', ' + cols.join(', ') : ''}
       FROM ${table} r WHERE ${where.join(' AND ')}) q ${keyset} ORDER BY ${order} LIMIT ${p(q.count + 1)}`;
-  const c = params();
-  const countWhere = [`r.org_id = ${c.p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
-  const count = { sql: `SELECT count(*)::integer AS n FROM ${table} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
-  return { page: { sql, values }, count, keys: keys.length };
+  return { sql, values };
 }
 
 /** The tenant the transaction is bound to (withTenant set it). */

@@ -163,6 +163,33 @@ export function indexRowOf(s: string, r: string, type: string, p: P): string {
     + (TIME_PARTITIONED.has(type) ? ` AND ${s}.clinical_time = ${r}.clinical_time` : '');
 }
 
+/**
+ * How well a criterion can drive an unsorted search: its index rows come out of the
+ * value index in id order (one token code or one reference target), so a page can stop
+ * after `_count` matches instead of collecting and sorting them all. Lower is better
+ * (references and identifiers are usually selective); undefined when it cannot drive.
+ */
+export function driverRank(c: Criterion): number | undefined {
+  if (c.chain || c.has || c.missing !== undefined || c.values.length !== 1 || c.def.code === '_id') return undefined;
+  const value = c.values[0];
+  if (c.def.type === 'token' && !c.modifier) {
+    const bar = value.indexOf('|');
+    if (bar >= 0 && value.slice(bar + 1) === '') return undefined; // `system|` names no code
+    return c.def.code.includes('identifier') ? 1 : 2;
+  }
+  if (c.def.type === 'reference' && (!c.modifier || TABLES[c.modifier])) {
+    return referenceTarget(value, c.modifier).id ? 0 : undefined;
+  }
+  return undefined;
+}
+
+/** The driving criterion's condition on index rows aliased `d` (see driverRank). */
+export function driverCond(c: Criterion, d: string, p: P): string {
+  return `${d}.param = ${p(c.def.code)} AND ${valueCond(c.def, c.modifier, c.values[0], d, p)}`;
+}
+
+export const indexTableOf = (c: Criterion) => INDEX_TABLE[c.def.type];
+
 /** SQL condition for one criterion on the resource row aliased `r` of `type`. */
 export function criterionSql(c: Criterion, type: string, r: string, p: P, depth = 0): string {
   if (depth > 3) throw badRequest('Search nests chains too deeply');
