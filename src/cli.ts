@@ -70,6 +70,7 @@ async function importCommand(db: Database, args: string[]): Promise<number> {
 
 async function main(argv: string[]): Promise<number> {
   const [group, command, ...rest] = argv;
+  if (group === 'bigquery') return (await import('./bigquery/cli.ts')).bigqueryCommand(argv.slice(1));
   if (group === 'healthie') return (await import('./healthie/cli.ts')).healthieCommand(argv.slice(1));
   const isTenant = group === 'tenant' && (command === 'list' || (command === 'create' && SLUG.test(rest[0] ?? '')));
   const isImport = group === 'import' && argv.length > 1;
