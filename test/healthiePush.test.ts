@@ -164,19 +164,28 @@ describe('healthie push', () => {
 });
 
 describe('healthie push across a restart', () => {
-  test('a queued change survives a server restart and is sent afterwards', async () => {
+  test('a queued change survives a server restart and is sent by the in-process loop of the restarted server', async () => {
     fake.put('users', fake.users.get(JO)!); // back on the fake's past clock after the conflict test
     const { orgId, base, patient } = await linkedTenant('push-restart');
     const upd = await fhir(base, 'PUT', `Patient/${patient.id}`, { ...patient, birthDate: '1987-06-06' });
     assert.equal(upd.status, 200);
     const { dataDir, pgPort } = srv;
     await srv.stop();
-    srv = await startTestServer({ dataDir, pgPort });
-    const rows = await outbox(orgId);
-    assert.equal(rows[0].status, 'pending');
-    const s = await pushOutbox({ db: srv.db, orgId, client });
-    assert.equal(s.done, 1, JSON.stringify(s));
-    assert.equal(fake.users.get(JO)!.dob, '1987-06-06');
-    assert.equal(fake.mutations().at(-1)!.operation, 'UpdateClient');
+    const env = { KILN_HEALTHIE_SYNC_SECONDS: '1', HEALTHIE_API_KEY_PUSH_RESTART: 'k', HEALTHIE_API_URL_PUSH_RESTART: fake.url };
+    Object.assign(process.env, env);
+    try {
+      srv = await startTestServer({ dataDir, pgPort });
+      const deadline = Date.now() + 20_000;
+      let rows = await outbox(orgId);
+      while (rows[0].status === 'pending' && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 200));
+        rows = await outbox(orgId);
+      }
+      assert.equal(rows[0].status, 'done', JSON.stringify(rows));
+      assert.equal(fake.users.get(JO)!.dob, '1987-06-06');
+      assert.equal(fake.mutations().at(-1)!.operation, 'UpdateClient');
+    } finally {
+      for (const k of Object.keys(env)) delete process.env[k];
+    }
   });
 });
