@@ -162,7 +162,7 @@ describe('kiln bigquery sync', () => {
   });
 
   test('the CLI syncs, and reports missing settings, credentials and dataset clearly', async () => {
-    const base = { ...process.env, KILN_DATA_DIR: server.dataDir, KILN_PG_PORT: String(server.pgPort), CLOUDSDK_CONFIG: gcloud };
+    const base: NodeJS.ProcessEnv = { ...process.env, KILN_DATA_DIR: server.dataDir, KILN_PG_PORT: String(server.pgPort), CLOUDSDK_CONFIG: gcloud };
     delete base.GOOGLE_APPLICATION_CREDENTIALS;
     const kiln = (env: NodeJS.ProcessEnv) => run(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'bigquery', 'sync'], { cwd: REPO, env })
       .then((r) => ({ code: 0, ...r }), (e) => ({ code: e.code as number, stdout: e.stdout as string, stderr: e.stderr as string }));
