@@ -4,6 +4,8 @@
 // queued rows survive a restart.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
 import { FakeHealthie } from './support/healthieServer.ts';
 import { createOrg } from '../src/store/tenants.ts';
@@ -12,6 +14,7 @@ import { pull } from '../src/healthie/pull.ts';
 import { pushOutbox } from '../src/healthie/push.ts';
 import { SYSTEM, EXTERNAL_TAG } from '../mappings/healthie/index.ts';
 
+const run = promisify(execFile);
 let srv: TestServer;
 const fake = new FakeHealthie('k');
 let client: HealthieClient;
@@ -160,6 +163,23 @@ describe('healthie push', () => {
     const hist = await fhir(base, 'GET', `Patient/${patient.id}/_history`);
     assert.ok(hist.json.entry.some((e: any) => e.resource.birthDate === '1990-01-01'), 'the losing FHIR version stays in history');
     assert.equal((await outbox(orgId)).length, 1, 'mirroring is not queued for push');
+  });
+});
+
+describe('kiln healthie push', () => {
+  test('the command sends the due outbox rows and status lists them', async () => {
+    fake.put('users', fake.users.get(JO)!); // back on the fake's past clock after the conflict test
+    const { orgId, base, patient } = await linkedTenant('push-cli');
+    const upd = await fhir(base, 'PUT', `Patient/${patient.id}`, { ...patient, birthDate: '1987-07-07' });
+    assert.equal(upd.status, 200);
+    const env = { ...process.env, KILN_DATA_DIR: srv.dataDir, KILN_PG_PORT: String(srv.pgPort), DATABASE_URL: '',
+      HEALTHIE_API_KEY_PUSH_CLI: 'k', HEALTHIE_API_URL_PUSH_CLI: fake.url };
+    const push = await run(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'healthie', 'push', '--tenant', 'push-cli'], { env });
+    assert.match(push.stdout, /1 claimed, 1 sent/);
+    assert.equal(fake.users.get(JO)!.dob, '1987-07-07');
+    assert.equal((await outbox(orgId))[0].status, 'done');
+    const status = await run(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'healthie', 'status', '--tenant', 'push-cli'], { env });
+    assert.match(status.stdout, new RegExp(`done\tPatient/${patient.id}/_history/\\d+\\tattempts 1`));
   });
 });
 
