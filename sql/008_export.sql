@@ -61,15 +61,6 @@ CREATE TABLE export_files (
   FOREIGN KEY (org_id, job_id) REFERENCES export_jobs (org_id, id) ON DELETE CASCADE
 );
 
-DO $$
-DECLARE
-  t text;
-BEGIN
-  FOREACH t IN ARRAY ARRAY['groups', 'export_jobs', 'export_files'] LOOP
-    EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-    EXECUTE format($p$CREATE POLICY tenant_isolation ON %I TO kiln_app
-                      USING (org_id = nullif(current_setting('app.org_id', true), '')::integer)
-                      WITH CHECK (org_id = nullif(current_setting('app.org_id', true), '')::integer)$p$, t);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO kiln_app', t);
-  END LOOP;
-END $$;
+SELECT kiln_tenant_table('groups', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT kiln_tenant_table('export_jobs', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT kiln_tenant_table('export_files', 'SELECT, INSERT, UPDATE, DELETE');

@@ -7,11 +7,13 @@ import { openDatabase, type Database } from './store/database.ts';
 import { createOrg, findOrg, listOrgs } from './store/tenants.ts';
 import { importFiles } from './importer.ts';
 import { loadDefinitions } from './fhir/validate.ts';
+import { EXPORT_USAGE, exportCli } from './export/cli.ts';
 
 const USAGE = `usage:
   kiln tenant create <slug> [name]              create a tenant (organization) and its partitions
   kiln tenant list                              list tenants
-  kiln import [--tenant <slug>] <file>...       load FHIR Bundles (.json) and NDJSON (.ndjson) files`;
+  kiln import [--tenant <slug>] <file>...       load FHIR Bundles (.json) and NDJSON (.ndjson) files
+${EXPORT_USAGE}`;
 
 const SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
@@ -72,6 +74,7 @@ async function main(argv: string[]): Promise<number> {
   const [group, command, ...rest] = argv;
   if (group === 'bigquery') return (await import('./bigquery/cli.ts')).bigqueryCommand(argv.slice(1));
   if (group === 'healthie') return (await import('./healthie/cli.ts')).healthieCommand(argv.slice(1));
+  if (group === 'export' || group === 'export-worker') return exportCli(argv);
   const isTenant = group === 'tenant' && (command === 'list' || (command === 'create' && SLUG.test(rest[0] ?? '')));
   const isImport = group === 'import' && argv.length > 1;
   if (group === 'tenant' && command === 'create' && !SLUG.test(rest[0] ?? '')) {

@@ -8,6 +8,7 @@ import { openDatabase, type Database } from './store/database.ts';
 import { createApp } from './http/app.ts';
 import { loadDefinitions } from './fhir/validate.ts';
 import { ensureAllOrgPartitions } from './store/tenants.ts';
+import { ExportWorker } from './export/worker.ts';
 
 // Partitions are made months ahead at start; a long-running server tops them up daily.
 const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
@@ -41,6 +42,9 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   const healthieEvery = Number(process.env.KILN_HEALTHIE_SYNC_SECONDS ?? 0);
   const healthie = healthieEvery > 0 ? await import('./healthie/push.ts') : undefined;
   const stopHealthie = healthie && await healthie.anyHealthieTenant(db) ? healthie.startHealthieLoop(db, healthieEvery * 1000) : undefined;
+  // Bulk $export jobs run here unless a separate `kiln export-worker` process runs them.
+  const exportWorker = config.exportWorker === 'inline' ? new ExportWorker(db, config) : undefined;
+  exportWorker?.start();
   let stopping: Promise<void> | undefined;
   return {
     url: `http://127.0.0.1:${port}/fhir`,
@@ -51,6 +55,7 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
       stopping ??= (async () => {
         clearInterval(maintenance);
         await stopHealthie?.();
+        await exportWorker?.stop();
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           // Connections busy now become idle when their request ends; close them then,

@@ -16,7 +16,7 @@ import {
   type ExportFile, type ExportJob, type ExportProgress,
 } from '../store/exportJobs.ts';
 import {
-  backendPid, bindScope, cancelBackend, committedTransactionTime, copyDeleted, copyRows, countRows, type RowScope,
+  backendPid, bindScope, cancelBackend, committedTransactionTime, copyDeleted, copyRows, type RowScope,
 } from '../store/exportRows.ts';
 import { runSearch } from '../store/searchRun.ts';
 import { parseSearch } from '../search/query.ts';
@@ -82,15 +82,8 @@ export async function runJob(opts: RunOptions, job: ExportJob): Promise<RunResul
     let until = job.transactionTime;
     if (!until) {
       until = await committedTransactionTime(db.app);
-      const scope = rowScope(p);
-      const unfiltered = p.types.filter((t) => !p.typeFilters[t]);
-      const counts = await withTenant(db.app, job.orgId, async (tx) => {
-        await bindScope(tx, { until: until!, since: p.since, patients: p.patients, types: p.types });
-        let n = 0;
-        for (const t of unfiltered) n += await countRows(tx, t, scope);
-        return n;
-      });
-      progress = { total: unfiltered.length === p.types.length ? counts : null, exported: 0, unitsTotal: unitsOf(p).length, unitsDone: 0 };
+      // No up-front count: it would cost a scan of every type; progress counts what was written.
+      progress = { exported: 0, unitsTotal: unitsOf(p).length, unitsDone: 0 };
       if (!await setTransactionTime(db.owner, job, worker, until, progress)) return 'aborted';
       job.transactionTime = until;
     }
@@ -106,6 +99,7 @@ export async function runJob(opts: RunOptions, job: ExportJob): Promise<RunResul
       if (job.doneUnits.includes(unit)) continue;
       if (stop.signal.aborted) return 'aborted';
       progress.current = unit === 'deleted' ? 'deleted resources' : unit.slice('output:'.length);
+      if (!await renewLease(db.owner, job, worker, config.exportLeaseSeconds, progress)) return 'aborted';
       const files = await runUnit(opts, job, unit, until, dir, stop.signal, (n) => {
         if (unit !== 'deleted') progress.exported = (progress.exported ?? 0) + n;
         report();

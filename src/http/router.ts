@@ -15,6 +15,7 @@ import { historyInteraction } from './history.ts';
 import { searchInteraction, systemSearchInteraction } from './search.ts';
 import { bundleInteraction } from './bundles.ts';
 import { everythingInteraction } from './everything.ts';
+import { exportInteraction, isExportFilePath, isExportPath } from './export.ts';
 
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const RESERVED = new Set(['metadata']);
@@ -46,7 +47,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
   }
 
   return async function dispatch(req: Request, res: Response): Promise<void> {
-    responseType(req); // 406 before any work
+    if (!isExportFilePath(req.path)) responseType(req); // 406 before any work (export files are NDJSON)
     const segments = req.path.split('/').filter((s) => s !== '').map(decodeSegment);
     let slug = DEFAULT_SLUG;
     if (segments.length && TENANT_SLUG.test(segments[0]) && !RESERVED.has(segments[0])) slug = segments.shift()!;
@@ -62,6 +63,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       if (m === 'GET') return systemSearchInteraction(ctx, queryPairs(req));
       throw methodNotAllowed(m, '');
     }
+    if (isExportPath(segments)) return exportInteraction(ctx, segments);
     if (first === 'metadata' && segments.length === 1) {
       if (m !== 'GET' && m !== 'HEAD') throw methodNotAllowed(m, path);
       return sendJson(req, res, 200, capabilityStatement(base, version));

@@ -1,0 +1,222 @@
+// `npm run bench:export`: bulk $export at scale. Fills one tenant with
+// BENCH_EXPORT_ROWS resources (default 1,000,000: ~90% Observations, the rest Patients
+// and Encounters) straight into the type tables with generate_series, then measures in
+// the same run:
+//   - the full export through the server's HTTP kick-off and status polling,
+//   - a raw `COPY (SELECT resource::text ...) TO STDOUT` of the same rows,
+//   - their ratio (goal: export >= 0.5 of raw COPY), and
+//   - the server process's RSS during the export (goal: peak < 300 MB), sampled from
+//     /proc/<pid>/status (the server runs as a child process).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import net from 'node:net';
+import pg from 'pg';
+import { to as copyTo } from 'pg-copy-streams';
+import { createOrg } from '../src/store/tenants.ts';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..');
+const ROWS = Number(process.env.BENCH_EXPORT_ROWS ?? 1_000_000);
+const PATIENTS = Math.max(1, Math.round(ROWS * 0.05));
+const ENCOUNTERS = Math.max(1, Math.round(ROWS * 0.05));
+const OBSERVATIONS = ROWS - PATIENTS - ENCOUNTERS;
+const BATCH = 100_000;
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function rssKb(pid: number): { rss: number; hwm: number } {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const get = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
+  return { rss: get('VmRSS'), hwm: get('VmHWM') };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Rows generated in SQL, the JSON text shaped like what the server stores (id and meta first). */
+async function fill(pool: pg.Pool, org: number, lastUpdated: string): Promise<void> {
+  const t0 = performance.now();
+  await pool.query(
+    `WITH p AS (SELECT g, 'bp' || g AS id FROM generate_series(1, $2::integer) g)
+     INSERT INTO patients (org_id, id, version_id, last_updated, resource, mrn, family_name, given_names, birth_date, sex, active)
+     SELECT $1, id, 1, $3::timestamptz,
+            format('{"resourceType":"Patient","id":"%s","meta":{"versionId":"1","lastUpdated":"%s"},"identifier":[{"use":"usual","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR"}]},"system":"http://hospital.example.org/mrn","value":"MRN%s"}],"active":true,"name":[{"use":"official","family":"Family%s","given":["Given%s","Q"]}],"telecom":[{"system":"phone","value":"555-%s","use":"home"}],"gender":"%s","birthDate":"%s","address":[{"line":["%s Main St"],"city":"Springfield","state":"IL","postalCode":"62701"}]}',
+                   id, $3::text, g, g % 997, g % 113, lpad((g % 10000)::text, 4, '0'), CASE WHEN g % 2 = 0 THEN 'female' ELSE 'male' END,
+                   to_char(date '1930-01-01' + (g % 30000), 'YYYY-MM-DD'), g % 999)::json,
+            'http://hospital.example.org/mrn|MRN' || g, 'Family' || (g % 997), 'Given' || (g % 113) || ' Q',
+            date '1930-01-01' + (g % 30000), CASE WHEN g % 2 = 0 THEN 'female' ELSE 'male' END, true
+       FROM p`, [org, PATIENTS, lastUpdated]);
+  await pool.query(
+    `INSERT INTO clinical_events (org_id, encounter_id, patient_id)
+     SELECT $1, 'be' || g, 'bp' || (g % $3::integer + 1) FROM generate_series(1, $2::integer) g`, [org, ENCOUNTERS, PATIENTS]);
+  await pool.query(
+    `WITH e AS (SELECT g, 'be' || g AS id, 'bp' || (g % $3::integer + 1) AS patient,
+                       date_trunc('second', now()) - make_interval(days => g % 340, secs => g % 86400) AS t
+                  FROM generate_series(1, $2::integer) g)
+     INSERT INTO encounters (org_id, id, version_id, last_updated, resource, clinical_time, patient_id, status, class_code, period_start, period_end)
+     SELECT $1, id, 1, $4::timestamptz,
+            format('{"resourceType":"Encounter","id":"%s","meta":{"versionId":"1","lastUpdated":"%s"},"status":"finished","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"AMB"},"type":[{"coding":[{"system":"http://snomed.info/sct","code":"185349003","display":"Encounter for check up"}],"text":"Encounter for check up"}],"subject":{"reference":"Patient/%s"},"period":{"start":"%s","end":"%s"}}',
+                   id, $4::text, patient, to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), to_char((t + interval '30 minutes') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))::json,
+            t, patient, 'finished', 'AMB', t, t + interval '30 minutes'
+       FROM e`, [org, ENCOUNTERS, PATIENTS, lastUpdated]);
+  const codes = [['8302-2', 'Body Height', 'cm', 170.2], ['29463-7', 'Body Weight', 'kg', 70.5], ['8867-4', 'Heart rate', '/min', 72],
+    ['9279-1', 'Respiratory rate', '/min', 14], ['2339-0', 'Glucose [Mass/volume] in Blood', 'mg/dL', 95.25]];
+  for (let from = 1; from <= OBSERVATIONS; from += BATCH) {
+    const to = Math.min(OBSERVATIONS, from + BATCH - 1);
+    await pool.query(
+      `WITH c AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::numeric[]) WITH ORDINALITY AS c(code, display, unit, base, n)),
+            o AS (SELECT g, 'bo' || g AS id, 'be' || (g % $4::integer + 1) AS enc, 'bp' || ((g % $4::integer + 1) % $5::integer + 1) AS patient,
+                         date_trunc('second', now()) - make_interval(days => g % 340, secs => g % 86400) AS t, (g % 5) + 1 AS n
+                    FROM generate_series($2::integer, $3::integer) g)
+       INSERT INTO observations (org_id, id, version_id, last_updated, resource, clinical_time, patient_id, encounter_id, status,
+                                 category_tokens, code_tokens, effective_start, effective_end, issued, value_quantity, value_unit)
+       SELECT $1, o.id, 1, $10::timestamptz,
+              format('{"resourceType":"Observation","id":"%s","meta":{"versionId":"1","lastUpdated":"%s"},"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs","display":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"%s","display":"%s"}],"text":"%s"},"subject":{"reference":"Patient/%s"},"encounter":{"reference":"Encounter/%s"},"effectiveDateTime":"%s","issued":"%s","valueQuantity":{"value":%s,"unit":"%s","system":"http://unitsofmeasure.org","code":"%s"}}',
+                     o.id, $10::text, c.code, c.display, c.display, o.patient, o.enc, to_char(o.t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                     to_char(o.t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), c.base + (o.g % 100) / 10.0, c.unit, c.unit)::json,
+              o.t, o.patient, o.enc, 'final', ARRAY['http://terminology.hl7.org/CodeSystem/observation-category|vital-signs', '|vital-signs'],
+              ARRAY['http://loinc.org|' || c.code, '|' || c.code], o.t, o.t, o.t, c.base + (o.g % 100) / 10.0, c.unit
+         FROM o JOIN c ON c.n = o.n`,
+      [org, from, to, ENCOUNTERS, PATIENTS, codes.map((c) => c[0]), codes.map((c) => c[1]), codes.map((c) => c[2]), codes.map((c) => c[3]), lastUpdated]);
+    process.stderr.write(`\r  observations ${to}/${OBSERVATIONS}`);
+  }
+  process.stderr.write('\n');
+  // The locator, so reads (and the spot check below) work like for API-written rows.
+  for (const [type, table] of [['Patient', 'patients'], ['Encounter', 'encounters'], ['Observation', 'observations']]) {
+    await pool.query(
+      `INSERT INTO resource_ids (org_id, resource_type, id, version_id, last_updated, deleted, clinical_time)
+       SELECT org_id, $2, id, 1, last_updated, false, ${table === 'patients' ? 'NULL' : 'clinical_time'} FROM ${table} WHERE org_id = $1`, [org, type]);
+  }
+  await pool.query('VACUUM (ANALYZE) patients, encounters, observations, resource_ids, clinical_events');
+  console.log(`filled ${ROWS} resources (${PATIENTS} Patient, ${ENCOUNTERS} Encounter, ${OBSERVATIONS} Observation) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+/** Raw COPY of the stored JSON, read and discarded by this process. */
+async function rawCopy(pool: pg.Pool, org: number): Promise<{ rows: number; bytes: number; seconds: number }> {
+  const client = await pool.connect();
+  const t0 = performance.now();
+  let bytes = 0;
+  let rows = 0;
+  try {
+    for (const table of ['patients', 'encounters', 'observations']) {
+      // COPY takes no bind parameters: the org is bound with set_config, as the server does.
+      await client.query(`SELECT set_config('app.org_id', $1, false)`, [String(org)]);
+      const stream = client.query(copyTo(`COPY (SELECT resource::text FROM ${table} WHERE org_id = current_setting('app.org_id')::integer) TO STDOUT`));
+      await pipeline(stream, new Writable({
+        write(chunk: Buffer, _e, done) {
+          bytes += chunk.length;
+          for (let i = chunk.indexOf(10); i >= 0; i = chunk.indexOf(10, i + 1)) rows++;
+          done();
+        },
+      }));
+    }
+  } finally {
+    client.release();
+  }
+  return { rows, bytes, seconds: (performance.now() - t0) / 1000 };
+}
+
+async function main() {
+  const port = await freePort();
+  const pgPort = await freePort();
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-bench-export-'));
+  const base = `http://127.0.0.1:${port}/fhir`;
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: String(port), KILN_PG_PORT: String(pgPort), KILN_DATA_DIR: dataDir, DATABASE_URL: '', HOST: '127.0.0.1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  let pool: pg.Pool | undefined;
+  try {
+    const deadline = Date.now() + 120_000;
+    while (!out.includes('listening') && Date.now() < deadline) await sleep(200);
+    if (!out.includes('listening')) throw new Error(`server did not start:\n${out}`);
+    const password = fs.readFileSync(path.join(dataDir, 'pg-superuser-password'), 'utf8').trim();
+    pool = new pg.Pool({ host: '127.0.0.1', port: pgPort, user: 'postgres', password, database: 'kiln', max: 2 });
+    const org = await createOrg(pool, 'bench', 'Export bench');
+    const lastUpdated = new Date(Date.now() - 60_000).toISOString();
+    await fill(pool, org.id, lastUpdated);
+
+    await rawCopy(pool, org.id); // warm-up: both runs then read from the same cache state
+    const raw = await rawCopy(pool, org.id);
+
+    const idle = rssKb(child.pid!);
+    const t0 = performance.now();
+    const k = await fetch(`${base}/bench/$export`, { headers: { accept: 'application/fhir+json', prefer: 'respond-async' } });
+    if (k.status !== 202) throw new Error(`kick-off ${k.status}: ${await k.text()}`);
+    const statusUrl = k.headers.get('content-location')!;
+    let peakRss = idle.rss;
+    let manifest: any;
+    for (;;) {
+      peakRss = Math.max(peakRss, rssKb(child.pid!).rss);
+      const s = await fetch(statusUrl);
+      if (s.status === 200) {
+        manifest = await s.json();
+        break;
+      }
+      await s.arrayBuffer();
+      if (s.status !== 202) throw new Error(`status ${s.status}`);
+      await sleep(50);
+    }
+    const exportSeconds = (performance.now() - t0) / 1000;
+    const end = rssKb(child.pid!);
+    const id = statusUrl.split('/').pop()!;
+    const dir = path.join(dataDir, 'exports', id);
+    const exportBytes = fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+    const exportRows = manifest.output.reduce((n: number, o: any) => n + o.count, 0);
+    if (exportRows !== raw.rows) throw new Error(`export has ${exportRows} resources, raw COPY ${raw.rows}`);
+    // Spot check: a line equals the read of its resource.
+    const first = manifest.output.find((o: any) => o.type === 'Observation');
+    const line = fs.readFileSync(path.join(dir, first.url.split('/').pop()), 'utf8').split('\n')[0];
+    const read = await (await fetch(`${base}/bench/Observation/${JSON.parse(line).id}`)).text();
+    if (read !== line) throw new Error('an exported line differs from the read body');
+
+    const mb = (b: number) => b / 1024 / 1024;
+    const rows = [
+      ['raw COPY (stored json)', raw.rows, raw.seconds, raw.rows / raw.seconds, mb(raw.bytes) / raw.seconds],
+      ['$export over HTTP', exportRows, exportSeconds, exportRows / exportSeconds, mb(exportBytes) / exportSeconds],
+    ] as const;
+    const ratio = (exportRows / exportSeconds) / (raw.rows / raw.seconds);
+    console.log('');
+    console.log(`| measure | resources | seconds | resources/s | MB/s |`);
+    console.log(`| --- | ---: | ---: | ---: | ---: |`);
+    for (const r of rows) console.log(`| ${r[0]} | ${r[1]} | ${r[2].toFixed(2)} | ${Math.round(r[3])} | ${r[4].toFixed(1)} |`);
+    console.log('');
+    console.log(`export / raw COPY: ${ratio.toFixed(2)} (goal >= 0.5)`);
+    console.log(`server RSS: idle before export ${(idle.rss / 1024).toFixed(0)} MB; peak sampled during export ${(peakRss / 1024).toFixed(0)} MB (goal < 300 MB); ` +
+      `VmHWM since start ${(end.hwm / 1024).toFixed(0)} MB`);
+    console.log(`files: ${manifest.output.length} (${mb(exportBytes).toFixed(0)} MB); machine: ${os.cpus().length} cores`);
+    const results = {
+      date: new Date().toISOString(), rows: ROWS, raw, export: { rows: exportRows, bytes: exportBytes, seconds: exportSeconds, files: manifest.output.length },
+      ratio, rssKb: { idle: idle.rss, peakDuringExport: peakRss, hwm: end.hwm },
+    };
+    const resultsDir = path.join(HERE, 'results');
+    fs.mkdirSync(resultsDir, { recursive: true });
+    const file = path.join(resultsDir, `export-${results.date.replace(/[:.]/g, '-')}.json`);
+    fs.writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+    console.log(`results: ${path.relative(ROOT, file)}`);
+  } finally {
+    await pool?.end();
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await Promise.race([exited, sleep(30_000)]);
+    if (!process.env.KILN_BENCH_KEEP) fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,159 @@
+// Bulk Data Access IG v2 over HTTP: $export kick-off (system, Patient, Group), the
+// status URL (poll, DELETE to cancel) and the output files.
+// Files need no token while Kiln has no SMART authorization (requiresAccessToken: false).
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Ctx } from './context.ts';
+import { inTenant, queryPairs } from './context.ts';
+import { jsonBody, sendOutcome } from './format.ts';
+import { FhirError, badRequest, informational, notFound, outcome } from '../fhir/outcome.ts';
+import { TABLES } from '../../mappings/postgres/index.ts';
+import { mapGroup } from '../../mappings/postgres/group.ts';
+import { readCurrent, requireLive } from '../store/resources.ts';
+import { deleteJob, findJob, listFiles, type ExportJob } from '../store/exportJobs.ts';
+import { parseKickoff, parametersToPairs, type ExportLevel } from '../export/params.ts';
+import { createJob } from '../export/run.ts';
+import { jobDir } from '../export/runner.ts';
+import { checkId } from './crud.ts';
+
+const NDJSON = 'application/fhir+ndjson';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const FILE_NAME = /^[A-Za-z]+-\d+\.\d+\.ndjson$/;
+const RETRY_AFTER_SECONDS = 2;
+
+/** Paths this module serves, relative to the tenant base. */
+export function isExportPath(segments: string[]): boolean {
+  const [first, second, third] = segments;
+  return (first === '$export' && segments.length === 1)
+    || (first === '$export-status' && segments.length === 2)
+    || (first === '$export-file' && segments.length === 3)
+    || (first === 'Patient' && second === '$export' && segments.length === 2)
+    || (first === 'Group' && third === '$export' && segments.length === 3);
+}
+
+/** A file download may ask for NDJSON, which the router's JSON negotiation would refuse. */
+export function isExportFilePath(urlPath: string): boolean {
+  return /\/\$export-file\/[^/]+\/[^/]+$/.test(urlPath);
+}
+
+export async function exportInteraction(ctx: Ctx, segments: string[]): Promise<void> {
+  const m = ctx.req.method;
+  const [first, second, third] = segments;
+  const allow = (...methods: string[]) => {
+    if (!methods.includes(m)) throw new FhirError(405, 'not-supported', `${m} is not supported on ${segments.join('/')}`);
+  };
+  if (first === '$export-status') {
+    allow('GET', 'DELETE');
+    return m === 'GET' ? status(ctx, second) : cancel(ctx, second);
+  }
+  if (first === '$export-file') {
+    allow('GET');
+    return file(ctx, second, third);
+  }
+  allow('GET', 'POST');
+  if (first === '$export') return kickoff(ctx, 'system', '$export');
+  if (first === 'Patient') return kickoff(ctx, 'patient', 'Patient/$export');
+  checkId(second);
+  return kickoff(ctx, 'group', `Group/${second}/$export`, second);
+}
+
+async function kickoff(ctx: Ctx, level: ExportLevel, path: string, groupId?: string): Promise<void> {
+  const { req } = ctx;
+  const accept = (req.get('accept') ?? '').split(',').map((a) => a.split(';')[0].trim().toLowerCase());
+  if (!accept.includes('application/fhir+json')) {
+    throw badRequest('$export needs Accept: application/fhir+json (Bulk Data kick-off request)');
+  }
+  const prefer = req.get('prefer') ?? '';
+  if (!/(^|[\s,;])respond-async($|[\s,;])/i.test(prefer)) {
+    throw badRequest('$export runs asynchronously: send Prefer: respond-async');
+  }
+  const lenient = /handling\s*=\s*lenient/i.test(prefer);
+  let pairs = queryPairs(req).filter(([n]) => n !== '_format' && n !== '_pretty');
+  if (req.method === 'POST' && Buffer.isBuffer(req.body) && req.body.length > 0) {
+    pairs = [...pairs, ...parametersToPairs(jsonBody(req))];
+  }
+  const { params, ignored } = parseKickoff(level, pairs, { lenient, storedTypes: Object.keys(TABLES), groupId });
+  if (groupId) {
+    const members = await inTenant(ctx, async (tx) => {
+      const group = requireLive(await readCurrent(tx, 'Group', groupId), 'Group', groupId);
+      return mapGroup(JSON.parse(group.json)).columns.member_ids as string[];
+    });
+    params.patients = params.patients ? params.patients.filter((p) => members.includes(p)) : members;
+  }
+  const url = new URL(req.originalUrl, 'http://x');
+  const id = await createJob(ctx.db, ctx.orgId, `${ctx.base}/${path}${url.search}`, params);
+  ctx.res.set('Content-Location', `${ctx.base}/$export-status/${id}`);
+  sendOutcome(req, ctx.res, 202, informational(`Export ${id} accepted${ignored.length ? `; ignored (Prefer: handling=lenient): ${ignored.join(', ')}` : ''}`));
+}
+
+async function loadJob(ctx: Ctx, id: string): Promise<ExportJob> {
+  if (!UUID.test(id)) throw notFound(`No export job ${id}`);
+  const job = await inTenant(ctx, (tx) => findJob(tx, id));
+  if (!job) throw notFound(`No export job ${id} (it may have been cancelled or have expired)`);
+  return job;
+}
+
+function progressText(job: ExportJob): string {
+  const p = job.progress;
+  if (job.status === 'queued') return 'queued';
+  const unit = p.current ? `; exporting ${p.current} (${(p.unitsDone ?? 0) + 1} of ${p.unitsTotal ?? '?'})` : '';
+  return `${p.exported ?? 0} resources written${unit}`.slice(0, 100);
+}
+
+async function status(ctx: Ctx, id: string): Promise<void> {
+  const job = await loadJob(ctx, id);
+  const res = ctx.res;
+  if (job.status === 'queued' || job.status === 'running') {
+    res.set('X-Progress', progressText(job));
+    res.set('Retry-After', String(RETRY_AFTER_SECONDS));
+    res.status(202).end();
+    return;
+  }
+  if (job.status === 'failed') {
+    sendOutcome(ctx.req, res, 500, outcome([{ severity: 'error', code: 'exception', diagnostics: `Export ${id} failed: ${job.error ?? 'unknown error'}` }]));
+    return;
+  }
+  const files = await inTenant(ctx, (tx) => listFiles(tx, ctx.orgId, id));
+  const entry = (f: { type: string; name: string; count: number }) => ({ type: f.type, url: `${ctx.base}/$export-file/${id}/${f.name}`, count: f.count });
+  const manifest = {
+    transactionTime: job.transactionTime,
+    request: job.request,
+    // Kiln has no SMART authorization yet; once it does, files will need the kick-off's token.
+    requiresAccessToken: false,
+    output: files.filter((f) => f.kind === 'output').map(entry),
+    ...(job.params.since ? { deleted: files.filter((f) => f.kind === 'deleted').map(entry) } : {}),
+    error: files.filter((f) => f.kind === 'error').map(entry),
+  };
+  if (job.expiresAt) res.set('Expires', new Date(job.expiresAt).toUTCString());
+  res.status(200).type('application/json; charset=utf-8').send(JSON.stringify(manifest));
+}
+
+async function cancel(ctx: Ctx, id: string): Promise<void> {
+  if (!UUID.test(id)) throw notFound(`No export job ${id}`);
+  const existed = await inTenant(ctx, (tx) => deleteJob(tx, id));
+  if (!existed) throw notFound(`No export job ${id}`);
+  // A worker still running it notices at its next lease renewal and stops.
+  fs.rmSync(jobDir(ctx.config, id), { recursive: true, force: true });
+  sendOutcome(ctx.req, ctx.res, 202, informational(`Export ${id} cancelled; its files are removed`));
+}
+
+async function file(ctx: Ctx, id: string, name: string): Promise<void> {
+  const job = await loadJob(ctx, id);
+  if (!FILE_NAME.test(name) || job.status !== 'completed') throw notFound(`No file ${name} in export ${id}`);
+  const files = await inTenant(ctx, (tx) => listFiles(tx, ctx.orgId, id));
+  const f = files.find((x) => x.name === name);
+  if (!f) throw notFound(`No file ${name} in export ${id}`);
+  const full = path.join(jobDir(ctx.config, id), name);
+  const stream = fs.createReadStream(full);
+  await new Promise<void>((resolve, reject) => {
+    stream.once('open', () => {
+      ctx.res.status(200).type(NDJSON).set('Content-Length', String(f.bytes));
+      stream.pipe(ctx.res);
+      ctx.res.once('finish', resolve);
+      ctx.res.once('close', resolve);
+    });
+    stream.once('error', (e) => {
+      if (ctx.res.headersSent) { ctx.res.destroy(); resolve(); } else reject(notFound(`File ${name} of export ${id} is gone (${(e as Error).message})`));
+    });
+  });
+}
