@@ -100,28 +100,38 @@ function exact(node: SchemaNode, x: unknown, v: Json): boolean {
  * of the wrong JSON type, decimals beyond BIGNUMERIC or in exponent form, instants finer than microseconds), so the row is always loadable
  * and the resource can be rebuilt exactly (rowToResource).
  */
+const columnMaps = new WeakMap<SchemaNode[], Map<string, SchemaNode>>();
+
+function columnsOf(nodes: SchemaNode[]): Map<string, SchemaNode> {
+  let map = columnMaps.get(nodes);
+  if (!map) {
+    map = new Map(nodes.filter((n) => n.kind !== 'unmapped' && n.fhirType !== 'kiln').map((n) => [n.name, n]));
+    columnMaps.set(nodes, map);
+  }
+  return map;
+}
+
 function record(obj: Record<string, Json>, nodes: SchemaNode[]): Row {
   const row: Row = {};
-  const unmapped: Record<string, Json> = {};
-  const columns = new Set<string>();
-  for (const node of nodes) {
-    if (node.kind === 'unmapped' || node.fhirType === 'kiln') continue;
-    columns.add(node.name);
-    if (!(node.name in obj)) continue;
-    const v = obj[node.name];
+  let unmapped: Record<string, Json> | undefined;
+  const columns = columnsOf(nodes);
+  // Walk the members (few) rather than the columns (many).
+  for (const key of Object.keys(obj)) {
+    const v = obj[key];
+    const node = columns.get(key);
+    if (!node) { (unmapped ??= {})[key] = v; continue; }
     if (node.repeated) {
       const items = Array.isArray(v) ? v.map((x) => single(node, x)) : [];
       const kept = items.filter((x) => x !== undefined);
-      if (kept.length) row[node.name] = kept;
-      if (!Array.isArray(v) || !v.every((x, i) => exact(node, items[i], x))) unmapped[node.name] = v;
+      if (kept.length) row[key] = kept;
+      if (!Array.isArray(v) || !v.every((x, i) => exact(node, items[i], x))) (unmapped ??= {})[key] = v;
     } else {
       const x = Array.isArray(v) ? undefined : single(node, v);
-      if (x !== undefined) row[node.name] = x;
-      if (!exact(node, x, v)) unmapped[node.name] = v;
+      if (x !== undefined) row[key] = x;
+      if (!exact(node, x, v)) (unmapped ??= {})[key] = v;
     }
   }
-  for (const key of Object.keys(obj)) if (!columns.has(key)) unmapped[key] = obj[key];
-  if (Object.keys(unmapped).length) row[UNMAPPED] = stringifyLossless(unmapped);
+  if (unmapped) row[UNMAPPED] = stringifyLossless(unmapped);
   return row;
 }
 
