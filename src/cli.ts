@@ -13,6 +13,7 @@ const USAGE = `usage:
   kiln tenant create <slug> [name]              create a tenant (organization) and its partitions
   kiln tenant list                              list tenants
   kiln import [--tenant <slug>] <file>...       load FHIR Bundles (.json) and NDJSON (.ndjson) files
+  kiln auth ...                                 SMART clients, users, tokens, launches, key rotation (kiln auth: help)
 ${EXPORT_USAGE}`;
 
 const SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -74,6 +75,7 @@ async function main(argv: string[]): Promise<number> {
   const [group, command, ...rest] = argv;
   if (group === 'bigquery') return (await import('./bigquery/cli.ts')).bigqueryCommand(argv.slice(1));
   if (group === 'healthie') return (await import('./healthie/cli.ts')).healthieCommand(argv.slice(1));
+  if (group === 'auth') return (await import('./auth/cli.ts')).authCommand(argv.slice(1));
   if (group === 'export' || group === 'export-worker') return exportCli(argv);
   const isTenant = group === 'tenant' && (command === 'list' || (command === 'create' && SLUG.test(rest[0] ?? '')));
   const isImport = group === 'import' && argv.length > 1;

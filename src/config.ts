@@ -1,5 +1,6 @@
 // Runtime settings, all from the environment so the same build runs everywhere.
 import path from 'node:path';
+import { loadAuthSettings, type AuthSettings } from './auth/settings.ts';
 
 export interface Config {
   port: number;
@@ -25,6 +26,8 @@ export interface Config {
   exportMaxLines: number;
   exportLeaseSeconds: number;
   exportWorker: 'inline' | 'off';
+  /** SMART auth: token lifetimes and an optional external issuer (src/auth/settings.ts). */
+  auth: AuthSettings;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -46,5 +49,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     exportMaxLines: Number(env.KILN_EXPORT_MAX_LINES ?? 100000),
     exportLeaseSeconds: Number(env.KILN_EXPORT_LEASE ?? 30),
     exportWorker: env.KILN_EXPORT_WORKER === 'off' ? 'off' : 'inline',
+    auth: loadAuthSettings(env),
   };
 }

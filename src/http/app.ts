@@ -7,6 +7,7 @@ import type { Database } from '../store/database.ts';
 import { fhirRouter } from './router.ts';
 import { healthieWebhook, WEBHOOK_ROUTE } from '../healthie/webhooks.ts';
 import { sendOutcome } from './format.ts';
+import { authRoutes } from '../auth/routes.ts';
 import { FhirError, outcome } from '../fhir/outcome.ts';
 
 export function createApp(db: Database, config: Config, version: string) {
@@ -26,6 +27,8 @@ export function createApp(db: Database, config: Config, version: string) {
   app.use('/fhir', express.raw({ type: () => true, limit: config.bodyLimit }));
   // Healthie deliveries: signature checked over the raw bytes kept by express.raw above.
   app.post(WEBHOOK_ROUTE, healthieWebhook(db));
+  // SMART discovery and the built-in authorization server (src/auth/routes.ts).
+  app.use('/fhir', authRoutes(db, config));
   const dispatch = fhirRouter(db, config, version);
   app.use('/fhir', (req, res, next) => { dispatch(req, res).catch(next); });
   app.use((req, res) => {

@@ -1,0 +1,206 @@
+// The authorization endpoint and its pages (SMART App Launch 2.x, RFC 6749 4.1, PKCE
+// RFC 7636): authorize (GET or POST) validates the request and shows the login page;
+// login, the patient picker (standalone launch/patient) and consent follow as form
+// posts; consent ends with a redirect carrying the code and state. Until redirect_uri is
+// known to be registered, errors are shown as a page, never redirected.
+import type { Tx } from '../store/resources.ts';
+import { findClient, type ClientRow } from '../store/authClients.ts';
+import { findUser } from '../store/authUsers.ts';
+import { deleteRequest, findLaunch, findRequest, insertCode, insertRequest, updateRequest, type RequestRow } from '../store/authFlow.ts';
+import { patientExists, searchPatientsByName } from '../store/authPatients.ts';
+import { inOrg, type AuthCtx } from './context.ts';
+import { grantScopes, parseClinicalScope, splitScope } from './scopeGrant.ts';
+import { randomToken, sha256, verifyPassword } from './secrets.ts';
+import { consentPage, errorPage, loginPage, OPTIONAL_SCOPE, pickerPage } from './pages.ts';
+import { noStore } from './oauthError.ts';
+
+const REQUEST_SECONDS = 15 * 60;
+export const CODE_SECONDS = 120;
+const PICKER_LIMIT = 20;
+const BROWSER_COOKIE = 'kiln_authz';
+const CHALLENGE = /^[A-Za-z0-9\-._~]{43,128}$/;
+
+/** The validated authorize parameters kept with the pending request. */
+export interface PendingAuthorization {
+  redirectUri: string;
+  scopes: string[];
+  state?: string;
+  nonce?: string;
+  codeChallenge: string;
+  /** A patient must be picked (launch/patient or patient/ scopes, no EHR launch context). */
+  needsPatient: boolean;
+}
+
+type Outcome =
+  | { kind: 'page'; status: number; html: string }
+  | { kind: 'redirect'; url: string };
+
+const page = (status: number, html: string): Outcome => ({ kind: 'page', status, html });
+
+function redirectWith(redirectUri: string, params: Record<string, string | undefined>): Outcome {
+  const url = new URL(redirectUri);
+  for (const [k, v] of Object.entries(params)) if (v !== undefined) url.searchParams.set(k, v);
+  return { kind: 'redirect', url: url.toString() };
+}
+
+function cookies(header: string | undefined): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const part of (header ?? '').split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0) out.set(part.slice(0, eq).trim(), part.slice(eq + 1).trim());
+  }
+  return out;
+}
+
+function send(a: AuthCtx, outcome: Outcome, browser?: string): void {
+  noStore(a.res);
+  if (browser) {
+    a.res.append('Set-Cookie', `${BROWSER_COOKIE}=${browser}; Path=/; HttpOnly; SameSite=Lax${a.req.protocol === 'https' ? '; Secure' : ''}`);
+  }
+  if (outcome.kind === 'redirect') {
+    // 303 after a form post, so the browser GETs the redirect_uri.
+    a.res.redirect(a.req.method === 'POST' ? 303 : 302, outcome.url);
+    return;
+  }
+  a.res.status(outcome.status).type('html').send(outcome.html);
+}
+
+const trimSlash = (s: string) => s.replace(/\/+$/, '');
+
+export async function authorize(a: AuthCtx, params: Map<string, string>): Promise<void> {
+  const existing = cookies(a.req.get('cookie')).get(BROWSER_COOKIE);
+  const browser = existing && /^[A-Za-z0-9_-]{43}$/.test(existing) ? existing : randomToken();
+  const outcome = await inOrg(a, async (tx): Promise<Outcome> => {
+    const clientId = params.get('client_id');
+    if (!clientId) return page(400, errorPage('Invalid request', 'client_id is missing.'));
+    const client = await findClient(tx, clientId);
+    if (!client || client.revokedAt) return page(400, errorPage('Unknown application', `No active client '${clientId}' is registered here.`));
+    if (client.redirectUris.length === 0) return page(400, errorPage('Invalid request', 'This client has no redirect URIs: it cannot use the authorization code flow.'));
+    const redirectUri = params.get('redirect_uri') ?? (client.redirectUris.length === 1 ? client.redirectUris[0] : undefined);
+    if (!redirectUri || !client.redirectUris.includes(redirectUri)) {
+      return page(400, errorPage('Invalid request', 'redirect_uri is missing or not registered for this client.'));
+    }
+    const state = params.get('state');
+    const fail = (error: string, description: string) => redirectWith(redirectUri, { error, error_description: description, state });
+
+    if (params.get('response_type') !== 'code') return fail('unsupported_response_type', 'response_type must be code');
+    const method = params.get('code_challenge_method');
+    if (method !== 'S256') return fail('invalid_request', method ? `code_challenge_method ${method} is not supported; use S256` : 'PKCE is required: code_challenge_method=S256');
+    const codeChallenge = params.get('code_challenge') ?? '';
+    if (!CHALLENGE.test(codeChallenge)) return fail('invalid_request', 'code_challenge is missing or malformed');
+    const aud = params.get('aud');
+    if (!aud || trimSlash(aud) !== a.base) return fail('invalid_request', `aud must be this FHIR server's base URL, ${a.base}`);
+
+    let requested = splitScope(params.get('scope'));
+    const launchParam = params.get('launch');
+    let launch: { patient?: string; encounter?: string } | undefined;
+    if (launchParam !== undefined) {
+      launch = await findLaunch(tx, sha256(launchParam));
+      if (!launch) return fail('invalid_request', 'The launch parameter is unknown or expired');
+    } else {
+      requested = requested.filter((s) => s !== 'launch'); // EHR launch scope without a launch: nothing to resolve
+    }
+    const { granted } = grantScopes(requested, client.scopes, 'app');
+    if (!granted.some((s) => parseClinicalScope(s) || s === 'openid')) return fail('invalid_scope', 'None of the requested scopes is allowed for this client');
+
+    const usesLaunchPatient = launch && (granted.includes('launch') || granted.includes('launch/patient')) ? launch.patient : undefined;
+    const wantsPatient = granted.includes('launch/patient') || granted.some((s) => parseClinicalScope(s)?.context === 'patient');
+    const pending: PendingAuthorization = {
+      redirectUri, scopes: granted, state, nonce: params.get('nonce'), codeChallenge,
+      needsPatient: wantsPatient && !usesLaunchPatient,
+    };
+    const requestId = randomToken();
+    await insertRequest<PendingAuthorization>(tx, {
+      requestHash: sha256(requestId), browserHash: sha256(browser), clientId, params: pending,
+      patient: usesLaunchPatient, encounter: launch && granted.includes('launch') ? launch.encounter : undefined,
+    }, REQUEST_SECONDS);
+    return page(200, loginPage({ request: requestId, clientName: client.name, tenant: a.org.name }));
+  });
+  send(a, outcome, browser === existing ? undefined : browser);
+}
+
+interface Loaded { request: RequestRow<PendingAuthorization>; client: ClientRow; requestId: string }
+
+/** The pending request a page posts back, checked against the browser that started it. */
+async function loadRequest(tx: Tx, a: AuthCtx, form: URLSearchParams): Promise<Loaded | Outcome> {
+  const requestId = form.get('request') ?? '';
+  const request = requestId ? await findRequest<PendingAuthorization>(tx, sha256(requestId)) : undefined;
+  const browser = cookies(a.req.get('cookie')).get(BROWSER_COOKIE);
+  if (!request || !browser || sha256(browser) !== request.browserHash) {
+    return page(400, errorPage('Sign-in expired', 'This authorization request is unknown or expired. Start again from the application.'));
+  }
+  const client = await findClient(tx, request.clientId);
+  if (!client || client.revokedAt) return page(400, errorPage('Unknown application', 'The client of this request was revoked.'));
+  return { request, client, requestId };
+}
+
+async function nextStep(tx: Tx, a: AuthCtx, l: Loaded): Promise<Outcome> {
+  if (l.request.params.needsPatient && !l.request.patient) {
+    const patients = await searchPatientsByName(tx, a.org.id, '', PICKER_LIMIT);
+    return page(200, pickerPage({ request: l.requestId, clientName: l.client.name, name: '', patients, limit: PICKER_LIMIT }));
+  }
+  return page(200, consentPage({ request: l.requestId, clientName: l.client.name, username: l.request.username!, scopes: l.request.params.scopes, patient: l.request.patient }));
+}
+
+export async function login(a: AuthCtx, form: URLSearchParams): Promise<void> {
+  const outcome = await inOrg(a, async (tx): Promise<Outcome> => {
+    const l = await loadRequest(tx, a, form);
+    if ('kind' in l) return l;
+    const username = form.get('username') ?? '';
+    const user = username ? await findUser(tx, username) : undefined;
+    const ok = await verifyPassword(form.get('password') ?? '', user?.passwordHash);
+    if (!ok || !user || user.disabledAt) {
+      return page(401, loginPage({ request: l.requestId, clientName: l.client.name, tenant: a.org.name, username, error: 'Wrong username or password.' }));
+    }
+    // A patient signing in is the patient context: no picker.
+    const own = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(user.fhirUser ?? '')?.[1];
+    const patient = l.request.params.needsPatient && !l.request.patient && own && await patientExists(tx, own) ? own : undefined;
+    await updateRequest(tx, l.request.requestHash, { username: user.username, fhirUser: user.fhirUser, patient });
+    return nextStep(tx, a, { ...l, request: { ...l.request, username: user.username, fhirUser: user.fhirUser, patient: patient ?? l.request.patient } });
+  });
+  send(a, outcome);
+}
+
+export async function pick(a: AuthCtx, form: URLSearchParams): Promise<void> {
+  const outcome = await inOrg(a, async (tx): Promise<Outcome> => {
+    const l = await loadRequest(tx, a, form);
+    if ('kind' in l) return l;
+    if (!l.request.username) return page(400, errorPage('Not signed in', 'Sign in first.'));
+    if (!l.request.params.needsPatient) return nextStep(tx, a, l);
+    const chosen = form.get('patient');
+    if (chosen && await patientExists(tx, chosen)) {
+      await updateRequest(tx, l.request.requestHash, { patient: chosen });
+      return nextStep(tx, a, { ...l, request: { ...l.request, patient: chosen } });
+    }
+    const name = (form.get('name') ?? '').trim().slice(0, 100);
+    const patients = await searchPatientsByName(tx, a.org.id, name, PICKER_LIMIT);
+    return page(chosen ? 400 : 200, pickerPage({ request: l.requestId, clientName: l.client.name, name, patients, limit: PICKER_LIMIT }));
+  });
+  send(a, outcome);
+}
+
+export async function consent(a: AuthCtx, form: URLSearchParams): Promise<void> {
+  const outcome = await inOrg(a, async (tx): Promise<Outcome> => {
+    const l = await loadRequest(tx, a, form);
+    if ('kind' in l) return l;
+    const p = l.request.params;
+    if (!l.request.username || (p.needsPatient && !l.request.patient)) return page(400, errorPage('Not ready', 'Sign in and choose a patient first.'));
+    await deleteRequest(tx, l.request.requestHash);
+    if (form.get('decision') !== 'approve') {
+      return redirectWith(p.redirectUri, { error: 'access_denied', error_description: 'The user denied access', state: p.state });
+    }
+    // Unticked data scopes are dropped; context and identity scopes stay.
+    const ticked = new Set(form.getAll('scope'));
+    const scopes = p.scopes.filter((s) => !OPTIONAL_SCOPE(s) || ticked.has(s));
+    if (!scopes.some((s) => parseClinicalScope(s) || s === 'openid')) {
+      return redirectWith(p.redirectUri, { error: 'access_denied', error_description: 'No access was allowed', state: p.state });
+    }
+    const code = randomToken();
+    await insertCode(tx, {
+      codeHash: sha256(code), clientId: l.client.clientId, redirectUri: p.redirectUri, codeChallenge: p.codeChallenge, scopes,
+      username: l.request.username, fhirUser: l.request.fhirUser, patient: l.request.patient, encounter: l.request.encounter, nonce: p.nonce,
+    }, CODE_SECONDS);
+    return redirectWith(p.redirectUri, { code, state: p.state });
+  });
+  send(a, outcome);
+}

@@ -1,0 +1,237 @@
+// `kiln auth ...`: register clients and users, list and revoke them, mint a local admin
+// token or an EHR launch, rotate the signing keys. Works beside a running server.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import readline from 'node:readline';
+import { importJWK, type JSONWebKeySet, type JWK } from 'jose';
+import { loadConfig } from '../config.ts';
+import { openDatabase, type Database } from '../store/database.ts';
+import { findOrg } from '../store/tenants.ts';
+import { insertClient, listClients, revokeClient, type ClientAuthMethod } from '../store/authClients.ts';
+import { insertUser, listUsers } from '../store/authUsers.ts';
+import { insertLaunch } from '../store/authFlow.ts';
+import { keyRingFor } from './keys.ts';
+import { mintAdminToken } from './tokens.ts';
+import { hashPassword, randomToken, sha256 } from './secrets.ts';
+import { parseClinicalScope } from './scopeGrant.ts';
+
+const USAGE = `usage:
+  kiln auth client add --tenant <slug> --name <name> --scope "<scopes>" one of:
+        --jwks <file|https-url> [--redirect-uri <uri>]...   private_key_jwt (Backend Services, or an asymmetric app)
+        --secret [--redirect-uri <uri>]...                   client_secret_basic (the secret is printed once)
+        --public --redirect-uri <uri>...                     public app (PKCE, no secret)
+  kiln auth client list [--tenant <slug>]
+  kiln auth client revoke <client_id>
+  kiln auth user add --tenant <slug> <username> [--fhir-user Practitioner/123]   password from KILN_AUTH_PASSWORD or a prompt
+  kiln auth user list [--tenant <slug>]
+  kiln auth token [--tenant default] [--scope "system/*.cruds"] [--minutes 15] [--patient <id>] [--fhir-user <ref>] [--aud <fhir-base>]
+  kiln auth launch --tenant <slug> --patient <id> [--encounter <id>] [--minutes 60]   EHR launch id for the authorize request
+  kiln auth rotate-keys                                   new signing key; the old one stays published until its tokens expire`;
+
+const FLAGS_WITHOUT_VALUE = new Set(['--public', '--secret']);
+
+interface Args { positional: string[]; flags: Map<string, string[]> }
+
+function parseArgs(argv: string[]): Args {
+  const positional: string[] = [];
+  const flags = new Map<string, string[]>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) { positional.push(a); continue; }
+    const value = FLAGS_WITHOUT_VALUE.has(a) ? 'true' : argv[++i];
+    if (value === undefined) throw new UsageError(`${a} needs a value`);
+    flags.set(a, [...(flags.get(a) ?? []), value]);
+  }
+  return { positional, flags };
+}
+
+class UsageError extends Error {}
+
+const one = (args: Args, flag: string) => args.flags.get(flag)?.at(-1);
+const many = (args: Args, flag: string) => (args.flags.get(flag) ?? []).flatMap((v) => v.split(/\s+/)).filter(Boolean);
+
+async function orgOf(db: Database, slug: string | undefined) {
+  if (!slug) throw new UsageError('--tenant is required');
+  const org = await findOrg(db.owner, slug);
+  if (!org) throw new UsageError(`unknown tenant '${slug}'`);
+  return org;
+}
+
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k', 'oth'];
+
+/** A JWKS (or single JWK) file of public keys, each importable as RS384 or ES384. */
+async function readJwksFile(file: string): Promise<JSONWebKeySet> {
+  const parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
+  const keys: JWK[] = Array.isArray(parsed.keys) ? parsed.keys : [parsed];
+  if (keys.length === 0) throw new UsageError(`${file} holds no keys`);
+  for (const k of keys) {
+    if (PRIVATE_MEMBERS.some((m) => m in k)) throw new UsageError(`${file} holds a private key; register the public key only`);
+    if (k.kty !== 'RSA' && k.kty !== 'EC') throw new UsageError(`${file}: key type ${String(k.kty)} is not RSA or EC`);
+    await importJWK(k, k.alg ?? (k.kty === 'RSA' ? 'RS384' : 'ES384'));
+  }
+  return { keys };
+}
+
+async function clientAdd(db: Database, args: Args): Promise<number> {
+  const org = await orgOf(db, one(args, '--tenant'));
+  const name = one(args, '--name');
+  if (!name) throw new UsageError('--name is required');
+  const scopes = many(args, '--scope');
+  if (scopes.length === 0) throw new UsageError('--scope is required, e.g. --scope "system/*.rs"');
+  const unknown = scopes.filter((s) => !parseClinicalScope(s) && !['openid', 'fhirUser', 'profile', 'launch', 'launch/patient', 'launch/encounter', 'offline_access', 'online_access'].includes(s));
+  if (unknown.length) throw new UsageError(`not SMART scopes: ${unknown.join(' ')}`);
+  const redirectUris = many(args, '--redirect-uri');
+  for (const uri of redirectUris) {
+    let u: URL;
+    try { u = new URL(uri); } catch { throw new UsageError(`--redirect-uri ${uri} is not an absolute URL`); }
+    if (u.hash) throw new UsageError('a redirect URI has no fragment');
+  }
+  const jwks = one(args, '--jwks');
+  const kinds = [jwks !== undefined, args.flags.has('--secret'), args.flags.has('--public')].filter(Boolean).length;
+  if (kinds !== 1) throw new UsageError('give exactly one of --jwks, --secret, --public');
+  let authMethod: ClientAuthMethod;
+  let secret: string | undefined;
+  const extra: { jwks?: JSONWebKeySet; jwksUri?: string; secretHash?: string } = {};
+  if (jwks !== undefined) {
+    authMethod = 'private_key_jwt';
+    if (/^https?:\/\//.test(jwks)) extra.jwksUri = jwks;
+    else extra.jwks = await readJwksFile(jwks);
+  } else if (args.flags.has('--secret')) {
+    authMethod = 'client_secret_basic';
+    secret = randomToken();
+    extra.secretHash = sha256(secret);
+  } else {
+    authMethod = 'none';
+    if (redirectUris.length === 0) throw new UsageError('a public client needs --redirect-uri');
+  }
+  const client = await insertClient(db.owner, { orgId: org.id, clientId: crypto.randomUUID(), name, authMethod, redirectUris, scopes, ...extra });
+  console.log(`client_id: ${client.clientId}`);
+  if (secret) console.log(`client_secret: ${secret}   (shown once; Kiln keeps only its hash)`);
+  console.log(`tenant ${org.slug}, ${authMethod}, scopes: ${scopes.join(' ')}${redirectUris.length ? `, redirect URIs: ${redirectUris.join(' ')}` : ''}`);
+  return 0;
+}
+
+async function clientList(db: Database, args: Args): Promise<number> {
+  const slug = one(args, '--tenant');
+  const org = slug ? await orgOf(db, slug) : undefined;
+  for (const c of await listClients(db.owner, org?.id)) {
+    console.log([c.clientId, c.tenant, c.authMethod, c.revokedAt ? `revoked ${c.revokedAt}` : 'active', c.name, c.scopes.join(' '), c.redirectUris.join(' ')].join('\t'));
+  }
+  return 0;
+}
+
+/** A password from KILN_AUTH_PASSWORD, a hidden prompt on a terminal, or a line of stdin. */
+async function readPassword(): Promise<string> {
+  if (process.env.KILN_AUTH_PASSWORD) return process.env.KILN_AUTH_PASSWORD;
+  const rl = readline.createInterface({ input: process.stdin, output: process.stderr, terminal: process.stdin.isTTY });
+  if (process.stdin.isTTY) {
+    // Echo nothing while the password is typed.
+    (rl as unknown as { _writeToOutput: (s: string) => void })._writeToOutput = (s: string) => {
+      if (s.includes('Password')) process.stderr.write(s);
+    };
+  }
+  const password = await new Promise<string>((resolve) => rl.question('Password: ', resolve));
+  rl.close();
+  if (process.stdin.isTTY) process.stderr.write('\n');
+  return password;
+}
+
+async function userAdd(db: Database, args: Args): Promise<number> {
+  const org = await orgOf(db, one(args, '--tenant'));
+  const username = args.positional[0];
+  if (!username || !/^[A-Za-z0-9._@-]{1,100}$/.test(username)) throw new UsageError('a username (letters, digits, . _ @ -) is required');
+  const fhirUser = one(args, '--fhir-user');
+  if (fhirUser && !/^(Patient|Practitioner|PractitionerRole|RelatedPerson|Person)\/[A-Za-z0-9\-.]{1,64}$/.test(fhirUser)) {
+    throw new UsageError('--fhir-user is Type/id, e.g. Practitioner/123 or Patient/456');
+  }
+  const password = await readPassword();
+  if (password.length < 8) throw new UsageError('the password needs at least 8 characters');
+  try {
+    await insertUser(db.owner, { orgId: org.id, username, passwordHash: await hashPassword(password), fhirUser });
+  } catch (e) {
+    if ((e as { code?: string }).code === '23505') throw new UsageError(`user '${username}' already exists in ${org.slug}`);
+    throw e;
+  }
+  console.log(`user ${username} added to ${org.slug}${fhirUser ? ` as ${fhirUser}` : ''}`);
+  return 0;
+}
+
+async function userList(db: Database, args: Args): Promise<number> {
+  const slug = one(args, '--tenant');
+  const org = slug ? await orgOf(db, slug) : undefined;
+  for (const u of await listUsers(db.owner, org?.id)) {
+    console.log([u.username, u.tenant, u.fhirUser ?? '-', u.disabledAt ? 'disabled' : 'active', u.createdAt].join('\t'));
+  }
+  return 0;
+}
+
+async function token(db: Database, args: Args): Promise<number> {
+  const minutes = Number(one(args, '--minutes') ?? 15);
+  const t = await mintAdminToken(db, {
+    tenant: one(args, '--tenant') ?? 'default', audience: one(args, '--aud'), scopes: many(args, '--scope'), minutes,
+    patient: one(args, '--patient'), fhirUser: one(args, '--fhir-user'),
+  });
+  console.error(`token for ${t.audience}, scope "${t.scope}", expires ${new Date(t.expiresAt * 1000).toISOString()}`);
+  console.log(t.accessToken);
+  return 0;
+}
+
+async function launch(db: Database, args: Args): Promise<number> {
+  const org = await orgOf(db, one(args, '--tenant'));
+  const patient = one(args, '--patient');
+  if (!patient) throw new UsageError('--patient is required');
+  const id = randomToken();
+  await insertLaunch(db.owner, { orgId: org.id, launchHash: sha256(id), patient, encounter: one(args, '--encounter'), minutes: Number(one(args, '--minutes') ?? 60) });
+  console.error(`launch for Patient/${patient} in ${org.slug}; pass it as launch=... to the authorize endpoint`);
+  console.log(id);
+  return 0;
+}
+
+async function rotateKeys(db: Database): Promise<number> {
+  const ring = keyRingFor(db.owner);
+  await ring.keys(); // a first key exists before there is one to retire
+  const r = await ring.rotate();
+  console.log(`new signing key ${r.kid}; retired ${r.retired.join(', ') || 'none'} (published until their tokens expire); dropped ${r.dropped} expired keys`);
+  return 0;
+}
+
+export async function authCommand(argv: string[]): Promise<number> {
+  const [group, command, ...rest] = argv;
+  let args: Args;
+  try {
+    args = parseArgs(group === 'client' || group === 'user' ? rest : argv.slice(1));
+  } catch (e) {
+    console.error((e as Error).message);
+    return 2;
+  }
+  const run: ((db: Database) => Promise<number>) | undefined =
+    group === 'client' && command === 'add' ? (db) => clientAdd(db, args)
+      : group === 'client' && command === 'list' ? (db) => clientList(db, args)
+      : group === 'client' && command === 'revoke' && args.positional[0] ? async (db) => {
+        if (!await revokeClient(db.owner, args.positional[0])) { console.error(`no active client '${args.positional[0]}'`); return 1; }
+        console.log(`revoked ${args.positional[0]}; its refresh tokens are revoked and its access tokens refused`);
+        return 0;
+      }
+      : group === 'user' && command === 'add' ? (db) => userAdd(db, args)
+      : group === 'user' && command === 'list' ? (db) => userList(db, args)
+      : group === 'token' ? (db) => token(db, args)
+      : group === 'launch' ? (db) => launch(db, args)
+      : group === 'rotate-keys' ? (db) => rotateKeys(db)
+      : undefined;
+  if (!run) {
+    console.error(USAGE);
+    return 2;
+  }
+  const db = await openDatabase(loadConfig());
+  try {
+    return await run(db);
+  } catch (e) {
+    if (e instanceof UsageError || /^unknown tenant|^minutes must/.test((e as Error).message)) {
+      console.error((e as Error).message);
+      return 2;
+    }
+    throw e;
+  } finally {
+    await db.close();
+  }
+}

@@ -1,0 +1,142 @@
+// The authorization server's HTTP routes, mounted under /fhir ahead of the FHIR router:
+//   {base}/.well-known/smart-configuration and openid-configuration
+//   {base}/auth/{jwks,authorize,login,pick,consent,token,introspect,revoke}
+// where {base} is /fhir (default tenant) or /fhir/{tenant}.
+import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Config } from '../config.ts';
+import type { Database } from '../store/database.ts';
+import { findOrg, type Org } from '../store/tenants.ts';
+import { keyRingFor } from './keys.ts';
+import { configureExternalIssuer } from './verify.ts';
+import type { AuthCtx } from './context.ts';
+import { openidConfiguration, smartConfiguration } from './discovery.ts';
+import { formParams, noStore, OAuthError, queryParams, sendOAuthError } from './oauthError.ts';
+import { authorize, consent, login, pick } from './authorize.ts';
+import { introspect, revoke, tokenRequest } from './tokenEndpoint.ts';
+import { errorPage } from './pages.ts';
+import { DEFAULT_TENANT, fhirRoot, tenantBase } from './urls.ts';
+
+const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const PAGES = new Set(['authorize', 'login', 'pick', 'consent']);
+const METHODS: Record<string, string[]> = {
+  jwks: ['GET'], authorize: ['GET', 'POST'], login: ['POST'], pick: ['POST'], consent: ['POST'],
+  token: ['POST'], introspect: ['POST'], revoke: ['POST'],
+};
+
+/** Apps running in a browser call discovery, the JWKS and the token endpoints cross-origin. */
+function cors(res: Response): void {
+  res.set('Access-Control-Allow-Origin', '*');
+  res.set('Access-Control-Allow-Headers', 'Authorization, Content-Type');
+  res.set('Access-Control-Allow-Methods', 'GET, POST, OPTIONS');
+}
+
+/** URL-encoded form of a page post, repeats kept (consent checkboxes share a name). */
+function pageForm(req: Request): URLSearchParams {
+  const text = Buffer.isBuffer(req.body) ? req.body.toString('utf8') : '';
+  return new URLSearchParams(/^application\/x-www-form-urlencoded\b/i.test(req.get('content-type') ?? '') ? text : '');
+}
+
+export function authRoutes(db: Database, config: Config): express.Router {
+  const ring = keyRingFor(db.owner);
+  configureExternalIssuer(config.auth.external);
+  // First start generates the signing key; a failure here is retried on first use.
+  ring.keys().catch((e) => console.error('loading the token signing keys failed', e));
+  const orgs = new Map<string, Org>(); // tenants are never renamed
+
+  async function ctxFor(req: Request, res: Response): Promise<AuthCtx | undefined> {
+    const slug = (req.params.tenant as string | undefined) ?? DEFAULT_TENANT;
+    if (!TENANT_SLUG.test(slug)) return undefined;
+    let org = orgs.get(slug);
+    if (!org) {
+      org = await findOrg(db.app, slug);
+      if (!org) return undefined;
+      orgs.set(slug, org);
+    }
+    return { req, res, db, config, ring, org, base: tenantBase(fhirRoot(req, config), slug) };
+  }
+
+  const router = express.Router();
+
+  router.options(['/.well-known/:doc', '/:tenant/.well-known/:doc', '/auth/:endpoint', '/:tenant/auth/:endpoint'], (_req, res) => {
+    cors(res);
+    res.status(204).end();
+  });
+
+  router.get(['/.well-known/:doc', '/:tenant/.well-known/:doc'], (req: Request, res: Response, next: NextFunction) => {
+    const doc = req.params.doc;
+    if (doc !== 'smart-configuration' && doc !== 'openid-configuration') return next();
+    ctxFor(req, res).then((a) => {
+      if (!a) return next();
+      cors(res);
+      res.json(doc === 'smart-configuration' ? smartConfiguration(a.base) : openidConfiguration(a.base));
+    }).catch(next);
+  });
+
+  router.all(['/auth/:endpoint', '/:tenant/auth/:endpoint'], (req: Request, res: Response, next: NextFunction) => {
+    const endpoint = req.params.endpoint as string;
+    const allowed = METHODS[endpoint];
+    if (!allowed) return next();
+    handle(req, res, endpoint, allowed).then((handled) => { if (!handled) next(); }).catch((e) => {
+      if (!(e instanceof OAuthError)) return next(e);
+      if (PAGES.has(endpoint)) {
+        noStore(res);
+        res.status(e.status).type('html').send(errorPage('Invalid request', e.message));
+      } else {
+        cors(res);
+        sendOAuthError(req, res, e);
+      }
+    });
+  });
+
+  async function handle(req: Request, res: Response, endpoint: string, allowed: string[]): Promise<boolean> {
+    const a = await ctxFor(req, res);
+    if (!a) return false;
+    if (!allowed.includes(req.method)) {
+      res.set('Allow', allowed.join(', '));
+      throw new OAuthError(405, 'invalid_request', `${req.method} is not allowed on ${endpoint}`);
+    }
+    switch (endpoint) {
+      case 'jwks':
+        cors(res);
+        res.set('Cache-Control', 'max-age=60');
+        res.json(await a.ring.jwks());
+        return true;
+      case 'authorize':
+        await authorize(a, req.method === 'POST' ? formParams(req) : queryParams(req));
+        return true;
+      case 'login':
+        await login(a, pageForm(req));
+        return true;
+      case 'pick':
+        await pick(a, pageForm(req));
+        return true;
+      case 'consent':
+        await consent(a, pageForm(req));
+        return true;
+      case 'token': {
+        cors(res);
+        const body = await tokenRequest(a, formParams(req));
+        noStore(res);
+        res.json(body);
+        return true;
+      }
+      case 'introspect': {
+        cors(res);
+        const body = await introspect(a, formParams(req));
+        noStore(res);
+        res.json(body);
+        return true;
+      }
+      case 'revoke':
+        cors(res);
+        await revoke(a, formParams(req));
+        noStore(res);
+        res.status(200).end();
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  return router;
+}

@@ -1,0 +1,176 @@
+// The token endpoint (client_credentials, authorization_code + PKCE, refresh_token),
+// token introspection (RFC 7662) and revocation (RFC 7009).
+import type { Tx } from '../store/resources.ts';
+import { consumeCode, findRefreshToken, insertRefreshToken, revokeFamily, useRefreshToken, type GrantContext } from '../store/authFlow.ts';
+import type { ClientRow } from '../store/authClients.ts';
+import { inOrg, type AuthCtx } from './context.ts';
+import { authenticateClient } from './clientAuth.ts';
+import { invalidGrant, invalidRequest, invalidScope, OAuthError, unauthorizedClient } from './oauthError.ts';
+import { grantScopes, splitScope } from './scopeGrant.ts';
+import { randomToken, s256, sha256 } from './secrets.ts';
+import { signAccessToken, signIdToken } from './tokens.ts';
+import { absoluteFhirUser, authUrl } from './urls.ts';
+import { verifyAccessToken } from './verify.ts';
+
+const OFFLINE_SECONDS = 90 * 24 * 3600;
+const ONLINE_SECONDS = 8 * 3600;
+const VERIFIER = /^[A-Za-z0-9\-._~]{43,128}$/;
+
+/** What a token request answers: a body, or an error to send after the transaction commits
+ *  (a replayed code or refresh token revokes its family, and that must stick). */
+type Answer = { body: Record<string, unknown> } | { error: OAuthError };
+
+export async function tokenRequest(a: AuthCtx, params: Map<string, string>): Promise<Record<string, unknown>> {
+  const grantType = params.get('grant_type');
+  if (!grantType) throw invalidRequest('grant_type is missing');
+  const answer = await inOrg(a, async (tx): Promise<Answer> => {
+    if (grantType === 'client_credentials') return clientCredentials(a, tx, params);
+    if (grantType === 'authorization_code') return authorizationCode(a, tx, params);
+    if (grantType === 'refresh_token') return refreshToken(a, tx, params);
+    throw new OAuthError(400, 'unsupported_grant_type', `grant_type ${grantType} is not supported`);
+  });
+  if ('error' in answer) throw answer.error;
+  return answer.body;
+}
+
+async function clientCredentials(a: AuthCtx, tx: Tx, params: Map<string, string>): Promise<Answer> {
+  const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), false);
+  const requested = splitScope(params.get('scope'));
+  if (requested.length === 0) throw invalidScope('scope is required (for example system/*.rs)');
+  const { granted } = grantScopes(requested, client.scopes, 'backend');
+  if (granted.length === 0) throw invalidScope(`None of the requested scopes is registered for client '${client.clientId}'`);
+  const seconds = a.config.auth.backendTokenSeconds;
+  const signed = await signAccessToken(a.ring, {
+    tenant: a.org.slug, audience: a.base, clientId: client.clientId, subject: client.clientId, scopes: granted,
+  }, seconds);
+  return { body: { access_token: signed.token, token_type: 'Bearer', expires_in: signed.expiresAt - Math.floor(Date.now() / 1000), scope: granted.join(' ') } };
+}
+
+/** Access token (and id_token, refresh token) for a user grant. */
+async function issueUserTokens(a: AuthCtx, tx: Tx, client: ClientRow, g: GrantContext & { scopes: string[]; nonce?: string; family: string; refreshExpiresAt?: number }, withIdToken: boolean): Promise<Record<string, unknown>> {
+  const fhirUser = absoluteFhirUser(a.base, g.fhirUser);
+  const subject = g.username ?? client.clientId;
+  const signed = await signAccessToken(a.ring, {
+    tenant: a.org.slug, audience: a.base, clientId: client.clientId, subject, scopes: g.scopes,
+    patient: g.patient, encounter: g.encounter, fhirUser: g.scopes.includes('fhirUser') ? fhirUser : undefined,
+  }, a.config.auth.accessTokenSeconds);
+  const body: Record<string, unknown> = {
+    access_token: signed.token,
+    token_type: 'Bearer',
+    expires_in: signed.expiresAt - Math.floor(Date.now() / 1000),
+    scope: g.scopes.join(' '),
+  };
+  if (g.patient) {
+    body.patient = g.patient;
+    body.need_patient_banner = true;
+  }
+  if (g.encounter) body.encounter = g.encounter;
+  if (withIdToken && g.scopes.includes('openid') && g.username) {
+    body.id_token = await signIdToken(a.ring, {
+      issuer: a.base, clientId: client.clientId, subject: g.username, nonce: g.nonce, seconds: a.config.auth.accessTokenSeconds,
+      fhirUser: g.scopes.includes('fhirUser') ? fhirUser : undefined,
+    });
+  }
+  const offline = g.scopes.includes('offline_access');
+  if (offline || g.scopes.includes('online_access')) {
+    const refresh = randomToken();
+    const now = Math.floor(Date.now() / 1000);
+    await insertRefreshToken(tx, {
+      tokenHash: sha256(refresh), family: g.family, clientId: client.clientId, scopes: g.scopes,
+      username: g.username, fhirUser: g.fhirUser, patient: g.patient, encounter: g.encounter,
+      // Offline access slides with use; online access ends when the first token's time is up.
+      expiresAt: offline ? now + OFFLINE_SECONDS : g.refreshExpiresAt ?? now + ONLINE_SECONDS,
+    });
+    body.refresh_token = refresh;
+  }
+  return body;
+}
+
+async function authorizationCode(a: AuthCtx, tx: Tx, params: Map<string, string>): Promise<Answer> {
+  const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), true);
+  const code = params.get('code');
+  const redirectUri = params.get('redirect_uri');
+  const verifier = params.get('code_verifier');
+  if (!code) throw invalidRequest('code is missing');
+  if (!redirectUri) throw invalidRequest('redirect_uri is missing');
+  if (!verifier) throw invalidRequest('code_verifier is missing: PKCE is required');
+  if (!VERIFIER.test(verifier)) throw invalidRequest('code_verifier must be 43-128 characters of [A-Za-z0-9-._~]');
+  const codeHash = sha256(code);
+  const found = await consumeCode(tx, codeHash);
+  if (!found) throw invalidGrant('The authorization code is unknown');
+  if (found.status === 'reused') {
+    // RFC 6749 4.1.2: a second use revokes what the first one issued.
+    await revokeFamily(tx, codeHash);
+    return { error: invalidGrant('The authorization code was already used') };
+  }
+  if (found.status === 'expired') throw invalidGrant('The authorization code expired');
+  const c = found.code;
+  if (c.clientId !== client.clientId) throw invalidGrant('The authorization code was issued to another client');
+  if (c.redirectUri !== redirectUri) throw invalidGrant('redirect_uri does not match the authorization request');
+  if (s256(verifier) !== c.codeChallenge) throw invalidGrant('code_verifier does not match the code_challenge');
+  return { body: await issueUserTokens(a, tx, client, { ...c, family: codeHash }, true) };
+}
+
+async function refreshToken(a: AuthCtx, tx: Tx, params: Map<string, string>): Promise<Answer> {
+  const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), true);
+  const presented = params.get('refresh_token');
+  if (!presented) throw invalidRequest('refresh_token is missing');
+  const row = await useRefreshToken(tx, sha256(presented));
+  if (!row || row.clientId !== client.clientId) throw invalidGrant('The refresh token is unknown');
+  if (row.status === 'used') {
+    // A rotated token presented again: someone holds a copy. End the whole chain.
+    await revokeFamily(tx, row.family);
+    return { error: invalidGrant('The refresh token was already used; its grant is revoked') };
+  }
+  if (row.status !== 'ok') throw invalidGrant(`The refresh token is ${row.status}`);
+  let scopes = row.scopes;
+  if (params.has('scope')) {
+    const asked = splitScope(params.get('scope'));
+    const beyond = asked.filter((s) => !row.scopes.includes(s));
+    if (beyond.length) throw invalidScope(`Scopes beyond the original grant: ${beyond.join(' ')}`);
+    scopes = asked;
+  }
+  return { body: await issueUserTokens(a, tx, client, { ...row, scopes, family: row.family, refreshExpiresAt: row.expiresAt }, false) };
+}
+
+export async function introspect(a: AuthCtx, params: Map<string, string>): Promise<Record<string, unknown>> {
+  const token = params.get('token');
+  return inOrg(a, async (tx) => {
+    const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), false);
+    if (client.authMethod === 'none') throw unauthorizedClient('Introspection needs a confidential client');
+    if (!token) throw invalidRequest('token is missing');
+    if (token.split('.').length === 3) {
+      try {
+        const ctx = await verifyAccessToken(`Bearer ${token}`, { audience: a.base, tenant: a.org.slug });
+        return {
+          active: true, token_type: 'Bearer', scope: ctx.scopes.join(' '), client_id: ctx.clientId, sub: ctx.subject, exp: ctx.expiresAt,
+          iss: ctx.issuer === 'kiln' ? a.base : undefined, aud: a.base, tenant: ctx.tenant,
+          ...(ctx.patient ? { patient: ctx.patient } : {}),
+          ...(ctx.fhirUser ? { fhirUser: absoluteFhirUser(a.base, ctx.fhirUser) } : {}),
+        };
+      } catch {
+        return { active: false };
+      }
+    }
+    const row = await findRefreshToken(tx, sha256(token));
+    if (!row || row.status !== 'ok') return { active: false };
+    return {
+      active: true, token_type: 'refresh_token', scope: row.scopes.join(' '), client_id: row.clientId, sub: row.username ?? row.clientId,
+      exp: row.expiresAt, ...(row.patient ? { patient: row.patient } : {}),
+    };
+  });
+}
+
+/** RFC 7009: a refresh token (and its whole chain) ends; unknown tokens are not an error. */
+export async function revoke(a: AuthCtx, params: Map<string, string>): Promise<void> {
+  const token = params.get('token');
+  await inOrg(a, async (tx) => {
+    const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), true);
+    if (!token) throw invalidRequest('token is missing');
+    if (token.split('.').length === 3) {
+      throw new OAuthError(400, 'unsupported_token_type', 'Access tokens are short-lived JWTs and cannot be revoked one by one; revoke the refresh token or the client');
+    }
+    const row = await findRefreshToken(tx, sha256(token));
+    if (row && row.clientId === client.clientId) await revokeFamily(tx, row.family);
+  });
+}

@@ -1,0 +1,183 @@
+// The resource server's side of SMART: turn an Authorization header into an
+// AccessContext, or an AuthError with the status and WWW-Authenticate to send (RFC 6750).
+// Kiln's own tokens are checked against its signing keys; tokens whose `iss` is the
+// configured external issuer (KILN_AUTH_ISSUER) against that issuer's JWKS.
+import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload } from 'jose';
+import { liveKeyRings, MAX_TOKEN_SECONDS, TOKEN_ALG, type LoadedKey } from './keys.ts';
+import { ACCESS_TOKEN_TYP } from './tokens.ts';
+import type { ExternalIssuer } from './settings.ts';
+import { relativeFhirUser } from './urls.ts';
+
+export { mintAdminToken, type AdminTokenOptions } from './tokens.ts';
+
+export interface AccessContext {
+  clientId: string;
+  subject: string;
+  scopes: string[];
+  /** Tenant (organization) slug the token is bound to. */
+  tenant: string;
+  /** Patient id of the launch context (patient/ scopes act on its compartment). */
+  patient?: string;
+  /** The user's FHIR resource: `Type/id` when it lies on this server, else the URL as given. */
+  fhirUser?: string;
+  issuer: 'kiln' | 'external';
+  /** Seconds since the epoch (the token's exp). */
+  expiresAt: number;
+}
+
+export type BearerErrorCode = 'invalid_request' | 'invalid_token' | 'insufficient_scope';
+
+const REALM = 'kiln';
+const quote = (s: string) => s.replace(/["\\]/g, "'");
+
+export class AuthError extends Error {
+  readonly status: 401 | 403;
+  /** The RFC 6750 error code; absent when the request carried no token at all. */
+  readonly error?: BearerErrorCode;
+  readonly wwwAuthenticate: string;
+  constructor(status: 401 | 403, description: string, error?: BearerErrorCode) {
+    super(description);
+    this.status = status;
+    this.error = error;
+    this.wwwAuthenticate = error
+      ? `Bearer realm="${REALM}", error="${error}", error_description="${quote(description)}"`
+      : `Bearer realm="${REALM}"`;
+  }
+}
+
+const invalidToken = (description: string) => new AuthError(401, description, 'invalid_token');
+
+let external: { settings: ExternalIssuer; jwks: ReturnType<typeof createRemoteJWKSet> } | undefined;
+
+/** Trust tokens of another issuer too (called with config.auth.external at start). */
+export function configureExternalIssuer(settings: ExternalIssuer | undefined): void {
+  if (settings?.issuer === external?.settings.issuer && settings?.jwksUrl === external?.settings.jwksUrl) return;
+  external = settings ? { settings, jwks: createRemoteJWKSet(new URL(settings.jwksUrl), { cooldownDuration: 5_000 }) } : undefined;
+}
+
+const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i;
+
+function bearerToken(header: string | undefined): string {
+  if (header === undefined || header.trim() === '') throw new AuthError(401, 'An access token is required');
+  const m = BEARER.exec(header);
+  if (!m) throw new AuthError(401, 'The Authorization header must be "Bearer <token>"', 'invalid_request');
+  return m[1];
+}
+
+export async function verifyAccessToken(authorizationHeader: string | undefined, expected: { audience: string; tenant: string }): Promise<AccessContext> {
+  const token = bearerToken(authorizationHeader);
+  let header: ReturnType<typeof decodeProtectedHeader>;
+  let unverified: JWTPayload;
+  try {
+    header = decodeProtectedHeader(token);
+    unverified = decodeJwt(token);
+  } catch {
+    throw invalidToken('The access token is not a signed JWT');
+  }
+  if (external && unverified.iss === external.settings.issuer) return verifyExternal(token, expected, external.settings, external.jwks);
+  return verifyKiln(token, header, expected);
+}
+
+async function findKey(kid: string): Promise<LoadedKey | undefined> {
+  for (const ring of liveKeyRings()) {
+    try {
+      const key = await ring.find(kid);
+      if (key) return key;
+    } catch {
+      // a ring whose database just closed (a stopped test server): try the others
+    }
+  }
+  return undefined;
+}
+
+function verifyFailure(e: unknown): AuthError {
+  if (e instanceof errors.JWTExpired) return invalidToken('The access token expired');
+  if (e instanceof errors.JWTClaimValidationFailed) return invalidToken(`The access token's ${e.claim} claim is invalid: ${e.reason}`);
+  if (e instanceof errors.JOSEError) return invalidToken(`The access token is invalid (${e.code})`);
+  return invalidToken('The access token could not be verified');
+}
+
+function audiences(payload: JWTPayload): string[] {
+  return Array.isArray(payload.aud) ? payload.aud : typeof payload.aud === 'string' ? [payload.aud] : [];
+}
+
+async function verifyKiln(token: string, header: ReturnType<typeof decodeProtectedHeader>, expected: { audience: string; tenant: string }): Promise<AccessContext> {
+  // Only Kiln's own algorithm: refuses alg "none", HS256 key confusion and the like up front.
+  if (header.alg !== TOKEN_ALG) throw invalidToken(`The access token's algorithm ${String(header.alg)} is not accepted`);
+  if (typeof header.kid !== 'string') throw invalidToken('The access token names no key (kid)');
+  const key = await findKey(header.kid);
+  if (!key) throw invalidToken('The access token is not signed by this server');
+  let payload: JWTPayload;
+  try {
+    ({ payload } = await jwtVerify(token, key.publicKey, {
+      algorithms: [TOKEN_ALG], typ: ACCESS_TOKEN_TYP, clockTolerance: 5, maxTokenAge: MAX_TOKEN_SECONDS,
+      requiredClaims: ['iss', 'aud', 'sub', 'exp', 'iat', 'jti', 'tenant', 'client_id', 'scope'],
+    }));
+  } catch (e) {
+    throw verifyFailure(e);
+  }
+  // A genuine, live token of another tenant is forbidden rather than unauthenticated.
+  if (payload.tenant !== expected.tenant) throw new AuthError(403, `The access token is bound to another tenant than '${expected.tenant}'`, 'insufficient_scope');
+  if (!audiences(payload).includes(expected.audience)) throw invalidToken(`The access token's audience is not ${expected.audience}`);
+  if (payload.iss !== expected.audience) throw invalidToken('The access token has another issuer');
+  const clientId = String(payload.client_id);
+  for (const ring of liveKeyRings()) {
+    if (await ring.isRevoked(clientId).catch(() => false)) throw invalidToken('The client of this access token was revoked');
+  }
+  return {
+    clientId,
+    subject: String(payload.sub),
+    scopes: String(payload.scope).split(' ').filter(Boolean),
+    tenant: String(payload.tenant),
+    ...(typeof payload.patient === 'string' ? { patient: payload.patient } : {}),
+    ...(typeof payload.fhirUser === 'string' ? { fhirUser: relativeFhirUser(expected.audience, payload.fhirUser) } : {}),
+    issuer: 'kiln',
+    expiresAt: payload.exp!,
+  };
+}
+
+/** A claim by name; a dotted name walks into objects (Keycloak: `realm_access.roles`). */
+export function claimAt(payload: Record<string, unknown>, name: string): unknown {
+  if (name in payload) return payload[name];
+  let v: unknown = payload;
+  for (const part of name.split('.')) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string, unknown>)[part];
+  }
+  return v;
+}
+
+function scopeList(v: unknown): string[] {
+  if (typeof v === 'string') return v.split(' ').filter(Boolean);
+  if (Array.isArray(v)) return v.filter((s): s is string => typeof s === 'string');
+  return [];
+}
+
+async function verifyExternal(token: string, expected: { audience: string; tenant: string }, ext: ExternalIssuer, jwks: ReturnType<typeof createRemoteJWKSet>): Promise<AccessContext> {
+  let payload: JWTPayload;
+  try {
+    ({ payload } = await jwtVerify(token, jwks, { issuer: ext.issuer, algorithms: ext.algorithms, clockTolerance: 5, requiredClaims: ['exp'] }));
+  } catch (e) {
+    if (e instanceof errors.JWKSTimeout || e instanceof errors.JWKSInvalid) throw invalidToken("The external issuer's keys could not be fetched");
+    throw verifyFailure(e);
+  }
+  const tenant = claimAt(payload, ext.tenantClaim) ?? ext.defaultTenant;
+  if (typeof tenant !== 'string' || tenant === '') throw invalidToken(`The access token carries no tenant (claim ${ext.tenantClaim})`);
+  if (tenant !== expected.tenant) throw new AuthError(403, `The access token is bound to another tenant than '${expected.tenant}'`, 'insufficient_scope');
+  const aud = audiences(payload);
+  if (!aud.includes(expected.audience) && !aud.some((a) => ext.audiences.includes(a))) throw invalidToken(`The access token's audience is not ${expected.audience}`);
+  const clientId = claimAt(payload, ext.clientIdClaim) ?? payload.azp ?? payload.sub;
+  if (typeof clientId !== 'string') throw invalidToken('The access token names no client');
+  const patient = claimAt(payload, ext.patientClaim);
+  const fhirUser = claimAt(payload, ext.fhirUserClaim);
+  return {
+    clientId,
+    subject: typeof payload.sub === 'string' ? payload.sub : clientId,
+    scopes: scopeList(claimAt(payload, ext.scopeClaim)),
+    tenant,
+    ...(typeof patient === 'string' && patient ? { patient } : {}),
+    ...(typeof fhirUser === 'string' && fhirUser ? { fhirUser: relativeFhirUser(expected.audience, fhirUser) } : {}),
+    issuer: 'external',
+    expiresAt: payload.exp!,
+  };
+}

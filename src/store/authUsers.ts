@@ -1,0 +1,40 @@
+// Users who log in on the authorize page (sql/011_auth.sql): read in their tenant at
+// login, registered and listed by the CLI through the owner pool.
+import type pg from 'pg';
+import type { Tx } from './resources.ts';
+
+export interface UserRow {
+  orgId: number;
+  username: string;
+  passwordHash: string;
+  fhirUser?: string;
+  createdAt: string;
+  disabledAt?: string;
+}
+
+function toUser(r: Record<string, any>): UserRow {
+  return {
+    orgId: r.org_id, username: r.username, passwordHash: r.password_hash, fhirUser: r.fhir_user ?? undefined,
+    createdAt: r.created_at, disabledAt: r.disabled_at ?? undefined,
+  };
+}
+
+export async function findUser(tx: Tx, username: string): Promise<UserRow | undefined> {
+  const { rows } = await tx.query(
+    `SELECT org_id, username, password_hash, fhir_user, created_at, disabled_at
+       FROM auth_users WHERE org_id = current_setting('app.org_id')::integer AND username = $1`, [username]);
+  return rows[0] ? toUser(rows[0]) : undefined;
+}
+
+export async function insertUser(owner: pg.Pool, u: { orgId: number; username: string; passwordHash: string; fhirUser?: string }): Promise<void> {
+  await owner.query('INSERT INTO auth_users (org_id, username, password_hash, fhir_user) VALUES ($1, $2, $3, $4)',
+    [u.orgId, u.username, u.passwordHash, u.fhirUser ?? null]);
+}
+
+export async function listUsers(owner: pg.Pool, orgId?: number): Promise<(UserRow & { tenant: string })[]> {
+  const { rows } = await owner.query(
+    `SELECT u.org_id, u.username, u.password_hash, u.fhir_user, u.created_at, u.disabled_at, o.slug AS tenant
+       FROM auth_users u JOIN organizations o ON o.id = u.org_id
+      WHERE $1::integer IS NULL OR u.org_id = $1 ORDER BY o.slug, u.username`, [orgId ?? null]);
+  return rows.map((r) => ({ ...toUser(r), tenant: r.tenant }));
+}
