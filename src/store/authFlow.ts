@@ -101,7 +101,7 @@ export interface RefreshRow extends GrantContext {
 export async function insertRefreshToken(tx: Tx, t: RefreshRow): Promise<void> {
   await tx.query(
     `INSERT INTO auth_refresh_tokens (org_id, token_hash, family, client_id, scopes, username, fhir_user, patient, encounter, expires_at)
-     VALUES (${ORG}, $1, $2, $3, $4, $5, $6, $7, $8, $9, to_timestamp($10))`,
+     VALUES (${ORG}, $1, $2, $3, $4, $5, $6, $7, $8, to_timestamp($9))`,
     [t.tokenHash, t.family, t.clientId, t.scopes, t.username ?? null, t.fhirUser ?? null, t.patient ?? null, t.encounter ?? null, t.expiresAt]);
 }
 

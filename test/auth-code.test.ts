@@ -1,0 +1,295 @@
+// Authorization code + PKCE over real HTTP, the way a browser and an app drive it:
+// authorize, login, patient picker, consent, redirect with code and state, code
+// exchange; id_token, refresh rotation, code reuse, EHR launch, revocation.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
+import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
+import { mintAdminToken, verifyAccessToken } from '../src/auth/verify.ts';
+
+const REDIRECT = 'http://127.0.0.1:9/callback';
+const PASSWORD = 'correct horse battery';
+
+let server: TestServer;
+let admin: Record<string, string>;
+let app: string; // public client
+let confidential: string;
+let confidentialSecret: string;
+const patients: Record<string, string> = {};
+
+function kiln(...args: string[]): string {
+  return execFileSync('npx', ['tsx', 'src/cli.ts', 'auth', ...args], {
+    env: { ...process.env, KILN_DATA_DIR: server.dataDir, KILN_PG_PORT: String(server.pgPort), KILN_AUTH_PASSWORD: PASSWORD },
+    encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
+
+/** A browser: keeps cookies, does not follow redirects (the test reads them). */
+class Browser {
+  cookies = new Map<string, string>();
+  async request(method: string, url: string, form?: Record<string, string | string[]>) {
+    const body = form ? new URLSearchParams(Object.entries(form).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => [k, x]))) : undefined;
+    const res = await fetch(url, {
+      method, redirect: 'manual', body,
+      headers: { ...(body ? { 'content-type': 'application/x-www-form-urlencoded' } : {}), cookie: [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ') },
+    });
+    for (const c of res.headers.getSetCookie()) {
+      const [pair] = c.split(';');
+      const eq = pair.indexOf('=');
+      this.cookies.set(pair.slice(0, eq), pair.slice(eq + 1));
+    }
+    const html = await res.text();
+    return { status: res.status, location: res.headers.get('location') ?? undefined, html, request: /name="request" value="([^"]+)"/.exec(html)?.[1] };
+  }
+}
+
+const pkce = () => {
+  const verifier = crypto.randomBytes(32).toString('base64url');
+  return { verifier, challenge: crypto.createHash('sha256').update(verifier).digest('base64url') };
+};
+
+function authorizeUrl(p: Record<string, string | undefined>): string {
+  const u = new URL(`${server.url}/auth/authorize`);
+  for (const [k, v] of Object.entries(p)) if (v !== undefined) u.searchParams.set(k, v);
+  return u.toString();
+}
+
+async function tokenRequest(form: Record<string, string>, headers: Record<string, string> = {}) {
+  const res = await fetch(`${server.url}/auth/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers }, body: new URLSearchParams(form) });
+  return { status: res.status, json: await res.json() as any };
+}
+
+/** Authorize through login, picker and consent; returns the redirect's query. */
+async function launch(o: { scope: string; username?: string; pickName?: string; patient?: string; extra?: Record<string, string>; client?: string; decision?: string; ticked?: string[] }) {
+  const b = new Browser();
+  const { verifier, challenge } = pkce();
+  const state = crypto.randomUUID();
+  const start = await b.request('GET', authorizeUrl({
+    response_type: 'code', client_id: o.client ?? app, redirect_uri: REDIRECT, scope: o.scope, state, aud: server.url,
+    code_challenge: challenge, code_challenge_method: 'S256', nonce: 'n-1', ...o.extra,
+  }));
+  assert.equal(start.status, 200, start.location ?? start.html);
+  assert.match(start.html, /Sign in/);
+  let page = await b.request('POST', `${server.url}/auth/login`, { request: start.request!, username: o.username ?? 'dr.who', password: PASSWORD });
+  assert.equal(page.status, 200, page.html);
+  if (o.pickName !== undefined) {
+    assert.match(page.html, /Choose a patient/);
+    page = await b.request('POST', `${server.url}/auth/pick`, { request: page.request!, name: o.pickName, action: 'search' });
+    page = await b.request('POST', `${server.url}/auth/pick`, { request: page.request!, patient: o.patient! });
+  }
+  assert.match(page.html, /Allow/);
+  const done = await b.request('POST', `${server.url}/auth/consent`, { request: page.request!, decision: o.decision ?? 'approve', ...(o.ticked ? { scope: o.ticked } : { scope: o.scope.split(' ') }) });
+  assert.equal(done.status, 303);
+  const url = new URL(done.location!);
+  assert.equal(`${url.origin}${url.pathname}`, REDIRECT);
+  assert.equal(url.searchParams.get('state'), state, 'state round-trips');
+  return { params: url.searchParams, verifier, browser: b };
+}
+
+const exchange = (code: string, verifier: string, headers: Record<string, string> = {}, client = app) =>
+  tokenRequest({ grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, ...(headers.authorization ? {} : { client_id: client }) }, headers);
+
+describe('authorization code + PKCE', () => {
+  before(async () => {
+    server = await startTestServer();
+    admin = { authorization: `Bearer ${(await mintAdminToken(server.db, { tenant: 'default', audience: server.url })).accessToken}` };
+    for (const [key, given, family] of [['alice', 'Alice', 'Smith'], ['bob', 'Bob', 'Smith'], ['carol', 'Carol', 'Jones']]) {
+      const res = await fhir(server.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ given: [given], family }] }, admin);
+      assert.equal(res.status, 201);
+      patients[key] = res.json.id;
+    }
+    app = /client_id: (\S+)/.exec(kiln('client', 'add', '--tenant', 'default', '--name', 'Growth Chart', '--public', '--redirect-uri', REDIRECT,
+      '--scope', 'patient/*.rs user/*.rs offline_access'))![1];
+    const out = kiln('client', 'add', '--tenant', 'default', '--name', 'Clinic Portal', '--secret', '--redirect-uri', REDIRECT, '--scope', 'patient/*.rs');
+    confidential = /client_id: (\S+)/.exec(out)![1];
+    confidentialSecret = /client_secret: (\S+)/.exec(out)![1];
+    kiln('user', 'add', '--tenant', 'default', 'dr.who', '--fhir-user', 'Practitioner/77');
+    kiln('user', 'add', '--tenant', 'default', 'alice', '--fhir-user', `Patient/${patients.alice}`);
+  });
+  after(async () => {
+    await server.stop();
+    removeDataDir(server.dataDir);
+  });
+
+  it('standalone launch: login, patient picker, consent, code exchange with PKCE, id_token and refresh token', async () => {
+    const scope = 'launch/patient openid fhirUser offline_access patient/Observation.rs patient/Patient.rs';
+    const { params, verifier } = await launch({ scope, pickName: 'smi', patient: patients.bob });
+    const code = params.get('code')!;
+    const res = await exchange(code, verifier);
+    assert.equal(res.status, 200, JSON.stringify(res.json));
+    assert.equal(res.json.patient, patients.bob);
+    assert.equal(res.json.token_type, 'Bearer');
+    assert.deepEqual(res.json.scope.split(' ').sort(), scope.split(' ').sort());
+    const ctx = await verifyAccessToken(`Bearer ${res.json.access_token}`, { audience: server.url, tenant: 'default' });
+    assert.equal(ctx.patient, patients.bob);
+    assert.equal(ctx.fhirUser, 'Practitioner/77');
+    assert.equal(ctx.subject, 'dr.who');
+    assert.equal(ctx.clientId, app);
+    // The id_token verifies against the published JWKS, for this client, with fhirUser and nonce.
+    const jwks = createRemoteJWKSet(new URL(`${server.url}/auth/jwks`));
+    const { payload } = await jwtVerify(res.json.id_token, jwks, { issuer: server.url, audience: app });
+    assert.equal(payload.fhirUser, `${server.url}/Practitioner/77`);
+    assert.equal(payload.nonce, 'n-1');
+    assert.equal(payload.sub, 'dr.who');
+    assert.ok(res.json.refresh_token);
+  });
+
+  it('the picker searches patients by name', async () => {
+    const b = new Browser();
+    const { challenge } = pkce();
+    const start = await b.request('GET', authorizeUrl({ response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch/patient patient/*.rs', state: 's', aud: server.url, code_challenge: challenge, code_challenge_method: 'S256' }));
+    const picker = await b.request('POST', `${server.url}/auth/login`, { request: start.request!, username: 'dr.who', password: PASSWORD });
+    for (const name of ['Alice', 'Bob', 'Carol']) assert.match(picker.html, new RegExp(name));
+    const smiths = await b.request('POST', `${server.url}/auth/pick`, { request: picker.request!, name: 'smith', action: 'search' });
+    assert.match(smiths.html, /Alice/);
+    assert.match(smiths.html, /Bob/);
+    assert.doesNotMatch(smiths.html, /Carol/);
+    const unknown = await b.request('POST', `${server.url}/auth/pick`, { request: picker.request!, patient: 'no-such-patient' });
+    assert.equal(unknown.status, 400);
+    // Another browser cannot continue this request.
+    const thief = await new Browser().request('POST', `${server.url}/auth/pick`, { request: picker.request!, patient: patients.alice });
+    assert.equal(thief.status, 400);
+    assert.match(thief.html, /unknown or expired/);
+  });
+
+  it('a patient user signs in as their own patient context (no picker)', async () => {
+    const { params, verifier } = await launch({ scope: 'launch/patient patient/*.rs', username: 'alice' });
+    const res = await exchange(params.get('code')!, verifier);
+    assert.equal(res.json.patient, patients.alice);
+  });
+
+  it('requires PKCE with S256 and checks the verifier', async () => {
+    const b = new Browser();
+    const base = { response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'user/*.rs', state: 'st', aud: server.url };
+    for (const [extra, why] of [[{}, /PKCE/], [{ code_challenge: 'a'.repeat(43), code_challenge_method: 'plain' }, /plain/]] as const) {
+      const r = await b.request('GET', authorizeUrl({ ...base, ...extra }));
+      assert.equal(r.status, 302);
+      const loc = new URL(r.location!);
+      assert.equal(loc.searchParams.get('error'), 'invalid_request');
+      assert.match(loc.searchParams.get('error_description')!, why);
+      assert.equal(loc.searchParams.get('state'), 'st');
+    }
+    const { params, verifier } = await launch({ scope: 'user/*.rs' });
+    const code = params.get('code')!;
+    const missing = await tokenRequest({ grant_type: 'authorization_code', code, redirect_uri: REDIRECT, client_id: app });
+    assert.equal(missing.status, 400);
+    assert.equal(missing.json.error, 'invalid_request');
+    const wrong = await exchange(code, pkce().verifier);
+    assert.equal(wrong.status, 400);
+    assert.equal(wrong.json.error, 'invalid_grant');
+    // A failed verifier does not burn the code for the real app.
+    assert.equal((await exchange(code, verifier)).status, 200);
+  });
+
+  it('refuses a reused code and revokes what the first exchange issued', async () => {
+    const { params, verifier } = await launch({ scope: 'user/*.rs offline_access' });
+    const code = params.get('code')!;
+    const first = await exchange(code, verifier);
+    assert.equal(first.status, 200);
+    const second = await exchange(code, verifier);
+    assert.equal(second.status, 400);
+    assert.equal(second.json.error, 'invalid_grant');
+    const refresh = await tokenRequest({ grant_type: 'refresh_token', refresh_token: first.json.refresh_token, client_id: app });
+    assert.equal(refresh.status, 400);
+    assert.equal(refresh.json.error, 'invalid_grant');
+  });
+
+  it('rotates refresh tokens; replaying a rotated one revokes the chain', async () => {
+    const { params, verifier } = await launch({ scope: 'launch/patient patient/*.rs offline_access', pickName: 'jones', patient: patients.carol });
+    const first = await exchange(params.get('code')!, verifier);
+    const r1 = first.json.refresh_token;
+    const second = await tokenRequest({ grant_type: 'refresh_token', refresh_token: r1, client_id: app });
+    assert.equal(second.status, 200, JSON.stringify(second.json));
+    assert.equal(second.json.patient, patients.carol);
+    assert.notEqual(second.json.refresh_token, r1);
+    const ctx = await verifyAccessToken(`Bearer ${second.json.access_token}`, { audience: server.url, tenant: 'default' });
+    assert.equal(ctx.patient, patients.carol);
+    // Narrowing on refresh is allowed, widening is not.
+    const r2 = second.json.refresh_token;
+    const wider = await tokenRequest({ grant_type: 'refresh_token', refresh_token: r2, client_id: app, scope: 'patient/*.cruds' });
+    assert.equal(wider.json.error, 'invalid_scope');
+    const third = await tokenRequest({ grant_type: 'refresh_token', refresh_token: r2, client_id: app, scope: 'patient/*.rs offline_access' });
+    assert.equal(third.status, 200, JSON.stringify(third.json));
+    assert.equal(third.json.scope, 'patient/*.rs offline_access');
+    const replay = await tokenRequest({ grant_type: 'refresh_token', refresh_token: r1, client_id: app });
+    assert.equal(replay.json.error, 'invalid_grant');
+    const afterReplay = await tokenRequest({ grant_type: 'refresh_token', refresh_token: third.json.refresh_token, client_id: app });
+    assert.equal(afterReplay.json.error, 'invalid_grant', 'the newest token of the chain is revoked too');
+  });
+
+  it('EHR launch: the launch parameter gives the patient context without a picker', async () => {
+    const launchId = kiln('launch', '--tenant', 'default', '--patient', patients.alice).trim().split('\n').at(-1)!;
+    const { params, verifier } = await launch({ scope: 'launch openid fhirUser patient/*.rs', extra: { launch: launchId } });
+    const res = await exchange(params.get('code')!, verifier);
+    assert.equal(res.status, 200, JSON.stringify(res.json));
+    assert.equal(res.json.patient, patients.alice);
+    assert.equal(decodeJwt(res.json.id_token).fhirUser, `${server.url}/Practitioner/77`);
+    const r = await new Browser().request('GET', authorizeUrl({ response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch patient/*.rs', state: 'x', aud: server.url, code_challenge: pkce().challenge, code_challenge_method: 'S256', launch: 'forged-launch' }));
+    assert.equal(new URL(r.location!).searchParams.get('error'), 'invalid_request');
+  });
+
+  it('checks client, redirect_uri and aud before anything else', async () => {
+    const b = new Browser();
+    const good = { response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'user/*.rs', state: 'st', aud: server.url, code_challenge: pkce().challenge, code_challenge_method: 'S256' };
+    // An unregistered redirect_uri is never redirected to.
+    const evil = await b.request('GET', authorizeUrl({ ...good, redirect_uri: 'https://evil.example/cb' }));
+    assert.equal(evil.status, 400);
+    assert.equal(evil.location, undefined);
+    const unknown = await b.request('GET', authorizeUrl({ ...good, client_id: 'nope' }));
+    assert.equal(unknown.status, 400);
+    const aud = await b.request('GET', authorizeUrl({ ...good, aud: 'https://other.example/fhir' }));
+    assert.equal(new URL(aud.location!).searchParams.get('error'), 'invalid_request');
+    assert.match(new URL(aud.location!).searchParams.get('error_description')!, /aud/);
+    const scope = await b.request('GET', authorizeUrl({ ...good, scope: 'system/*.cruds' }));
+    assert.equal(new URL(scope.location!).searchParams.get('error'), 'invalid_scope');
+    const bad = await b.request('POST', `${server.url}/auth/login`, { request: (await b.request('GET', authorizeUrl(good))).request!, username: 'dr.who', password: 'wrong password' });
+    assert.equal(bad.status, 401);
+    assert.match(bad.html, /Wrong username or password/);
+  });
+
+  it('authorize-post, deny, and unticked scopes', async () => {
+    const b = new Browser();
+    const { challenge } = pkce();
+    const start = await b.request('POST', `${server.url}/auth/authorize`, { response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'user/*.rs', state: 'p', aud: server.url, code_challenge: challenge, code_challenge_method: 'S256' });
+    assert.equal(start.status, 200);
+    assert.ok(start.request);
+    const denied = await launch({ scope: 'user/*.rs', decision: 'deny' });
+    assert.equal(denied.params.get('error'), 'access_denied');
+    assert.equal(denied.params.get('code'), null);
+    const partial = await launch({ scope: 'user/*.rs offline_access', ticked: ['user/*.rs'] });
+    const res = await exchange(partial.params.get('code')!, partial.verifier);
+    assert.equal(res.json.scope, 'user/*.rs');
+    assert.equal(res.json.refresh_token, undefined);
+  });
+
+  it('a confidential app authenticates with client_secret_basic at the token endpoint', async () => {
+    const { params, verifier } = await launch({ scope: 'launch/patient patient/*.rs', client: confidential, pickName: '', patient: patients.bob });
+    const code = params.get('code')!;
+    const noAuth = await exchange(code, verifier, {}, confidential);
+    assert.equal(noAuth.status, 401);
+    assert.equal(noAuth.json.error, 'invalid_client');
+    const ok = await exchange(code, verifier, { authorization: `Basic ${Buffer.from(`${confidential}:${confidentialSecret}`).toString('base64')}` });
+    assert.equal(ok.status, 200, JSON.stringify(ok.json));
+    assert.equal(ok.json.patient, patients.bob);
+  });
+
+  it('revokes a refresh token (RFC 7009) and introspection then reports it inactive', async () => {
+    const { params, verifier } = await launch({ scope: 'user/*.rs offline_access' });
+    const tokens = (await exchange(params.get('code')!, verifier)).json;
+    const introspect = async (t: string) => (await fetch(`${server.url}/auth/introspect`, {
+      method: 'POST', body: new URLSearchParams({ token: t }),
+      headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from(`${confidential}:${confidentialSecret}`).toString('base64')}` },
+    })).json();
+    const live = await introspect(tokens.refresh_token);
+    assert.equal(live.active, true);
+    assert.equal(live.client_id, app);
+    assert.equal((await introspect(tokens.access_token)).sub, 'dr.who');
+    const res = await fetch(`${server.url}/auth/revoke`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token: tokens.refresh_token, client_id: app }) });
+    assert.equal(res.status, 200);
+    assert.deepEqual(await introspect(tokens.refresh_token), { active: false });
+    const refresh = await tokenRequest({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: app });
+    assert.equal(refresh.json.error, 'invalid_grant');
+  });
+});
