@@ -151,6 +151,11 @@ describe('result control', () => {
       assert.deepEqual(walked, expected, q);
     }
     assert.deepEqual(await found(`Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt80`), sorted('hr2'));
+    // A patient's rows drive sorted searches too; _lastUpdated applies to the resource rows.
+    const sortedIds = async (q: string) => (await fhir(srv.url, 'GET', q)).json.entry.map((e: any) => e.resource.id);
+    assert.deepEqual(await sortedIds(`Observation?patient=${ids.zoe}&_lastUpdated=gt2000-01-01&_sort=-date`), [ids.hr2, ids.hr1]);
+    assert.deepEqual(await sortedIds(`Observation?patient=${ids.zoe}&_lastUpdated=lt2000-01-01&_sort=-date`), []);
+    assert.deepEqual(await sortedIds(`Observation?patient=${ids.zoe}&_lastUpdated=gt2000-01-01`), sorted('hr1', 'hr2'));
   });
 
   test('_count paging visits every match exactly once, with links that keep the query', async () => {

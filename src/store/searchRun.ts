@@ -44,44 +44,62 @@ export function searchStatements(q: SearchRequest & { orgId: number }): SearchSt
   const c = params();
   const countWhere = [`r.org_id = ${c.p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
   const count = { sql: `SELECT count(*)::integer AS n FROM ${TABLES[q.type]} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
-  const driven = q.sort.length ? undefined : drivenPage(q);
-  return { page: driven ?? sortedPage(q), count, keys: driven ? 0 : q.sort.length };
+  const driver = bestDriver(q);
+  const page = !q.sort.length && driver && !q.criteria.some(onResourceRow) ? unsortedPage(q, driver.index)
+    : sortedPage(q, driver?.rank === 0 ? driver.index : undefined);
+  return { page, count, keys: q.sort.length };
+}
+
+/** _lastUpdated is a column of the resource row, not of index rows. */
+const onResourceRow = (c: Criterion) => c.def.code === '_lastUpdated';
+
+/** The criterion whose index rows should drive the search (see driverRank), if any. */
+function bestDriver(q: SearchRequest): { index: number; rank: number } | undefined {
+  let best: { index: number; rank: number } | undefined;
+  q.criteria.forEach((c, index) => {
+    const rank = driverRank(c);
+    if (rank !== undefined && (!best || rank < best.rank)) best = { index, rank };
+  });
+  return best;
 }
 
 /**
- * An unsorted page (id order) walked from the best driving criterion's index rows in
- * id order, the other criteria checked per row: the walk stops at `_count` matches, so
- * a page costs about the same at any table size. Undefined when no criterion can drive.
+ * The driver's matching index rows, the other criteria checked on each (`extra` may
+ * order and limit them), joined to their resource rows `r` by a per-row probe of the
+ * one partition. Starting from the driver keeps the plan tied to its (usually small or
+ * id-ordered) row set, whatever the planner estimates for the other criteria.
  */
-function drivenPage(q: SearchRequest & { orgId: number }): { sql: string; values: unknown[] } | undefined {
-  // _lastUpdated lives on the resource row, which the walk reaches only at the end.
-  if (q.criteria.some((c) => c.def.code === '_lastUpdated')) return undefined;
-  let best = -1;
-  q.criteria.forEach((c, i) => {
-    const rank = driverRank(c);
-    if (rank !== undefined && (best < 0 || rank < driverRank(q.criteria[best])!)) best = i;
-  });
-  if (best < 0) return undefined;
-  const { values, p } = params();
-  const driver = q.criteria[best];
-  const others = q.criteria.filter((_, i) => i !== best).map((c) => ` AND ${criterionSql(c, q.type, 'd', p)}`).join('');
-  const after = q.after ? ` AND d.id > ${p(q.after[0])}::text` : '';
-  const samePartition = TIME_PARTITIONED.has(q.type) ? ' AND x.clinical_time = m.clinical_time' : '';
-  const sql = `SELECT r.id, r.json FROM (
-      SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${indexTableOf(driver)} d
-       WHERE d.org_id = ${p(q.orgId)}::integer AND d.resource_type = ${p(q.type)} AND ${driverCond(driver, 'd', p)}${after}${others}
-       ORDER BY d.id LIMIT ${p(q.count + 1)}) m
-    CROSS JOIN LATERAL (SELECT x.id, x.resource::text AS json FROM ${TABLES[q.type]} x
-       WHERE x.org_id = m.org_id AND x.id = m.id${samePartition} LIMIT 1) r
-    ORDER BY r.id`;
-  return { sql, values };
+function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p: (v: unknown) => string, extra: (d: string) => string): string {
+  const driver = q.criteria[driverIndex];
+  const others = q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, 'd', p)}`).join('');
+  const timed = TIME_PARTITIONED.has(q.type);
+  return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${indexTableOf(driver)} d
+       WHERE d.org_id = ${p(q.orgId)}::integer AND d.resource_type = ${p(q.type)} AND ${driverCond(driver, 'd', p)}${others}${extra('d')}) m
+    CROSS JOIN LATERAL (SELECT x.org_id, x.id, x.last_updated, x.resource${timed ? ', x.clinical_time' : ''} FROM ${TABLES[q.type]} x
+       WHERE x.org_id = m.org_id AND x.id = m.id${timed ? ' AND x.clinical_time = m.clinical_time' : ''} LIMIT 1) r`;
 }
 
-/** A page in _sort order (then id), from the resource table with the criteria as EXISTS. */
-function sortedPage(q: SearchRequest & { orgId: number }): { sql: string; values: unknown[] } {
-  const table = TABLES[q.type];
+/**
+ * An unsorted page (id order) walked from the driver's index rows in id order: the walk
+ * stops at `_count` matches, so a page costs about the same at any table size.
+ * (_lastUpdated lives on the resource row, which the walk reaches only at the end, so
+ * such searches take the sorted plan.)
+ */
+function unsortedPage(q: SearchRequest & { orgId: number }, driverIndex: number): { sql: string; values: unknown[] } {
   const { values, p } = params();
-  const where = [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))];
+  const from = drivenRows(q, driverIndex, p, (d) =>
+    `${q.after ? ` AND ${d}.id > ${p(q.after[0])}::text` : ''} ORDER BY ${d}.id LIMIT ${p(q.count + 1)}`);
+  return { sql: `SELECT r.id, r.resource::text AS json FROM ${from} ORDER BY r.id`, values };
+}
+
+/** A page in _sort order (then id); from the driver's rows when given, else from the
+ * resource table with every criterion as EXISTS. */
+function sortedPage(q: SearchRequest & { orgId: number }, driverIndex?: number): { sql: string; values: unknown[] } {
+  const { values, p } = params();
+  const from = driverIndex === undefined ? `${TABLES[q.type]} r` : drivenRows(q, driverIndex, p, () => '');
+  const where = driverIndex === undefined
+    ? [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))]
+    : ['true', ...q.criteria.filter(onResourceRow).map((c) => criterionSql(c, q.type, 'r', p))];
   const keys = q.sort.map((s) => ({ ...sortKey(s.def, q.type, s.desc, p), desc: s.desc }));
   const cols = keys.map((k, i) => `${k.expr} AS k${i}`);
   const order = [...keys.map((k, i) => `k${i} ${k.desc ? 'DESC' : 'ASC'}`), 'id ASC'].join(', ');
@@ -98,7 +116,7 @@ function sortedPage(q: SearchRequest & { orgId: number }): { sql: string; values
     keyset = `WHERE ${terms.join(' OR ')}`;
   }
   const sql = `SELECT * FROM (SELECT r.id, r.resource::text AS json${cols.length ? ', ' + cols.join(', ') : ''}
-      FROM ${table} r WHERE ${where.join(' AND ')}) q ${keyset} ORDER BY ${order} LIMIT ${p(q.count + 1)}`;
+      FROM ${from} WHERE ${where.join(' AND ')}) q ${keyset} ORDER BY ${order} LIMIT ${p(q.count + 1)}`;
   return { sql, values };
 }
 
