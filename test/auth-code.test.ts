@@ -158,6 +158,17 @@ describe('authorization code + PKCE', () => {
     const { params, verifier } = await launch({ scope: 'launch/patient patient/*.rs', username: 'alice' });
     const res = await exchange(params.get('code')!, verifier);
     assert.equal(res.json.patient, patients.alice);
+    // Posting to the picker cannot swap in another patient.
+    const b = new Browser();
+    const { verifier: v2, challenge } = pkce();
+    const start = await b.request('GET', authorizeUrl({ response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch/patient patient/*.rs', state: 's2', aud: server.url, code_challenge: challenge, code_challenge_method: 'S256' }));
+    const consentPage = await b.request('POST', `${server.url}/auth/login`, { request: start.request!, username: 'alice', password: PASSWORD });
+    assert.match(consentPage.html, /Allow/);
+    const swapped = await b.request('POST', `${server.url}/auth/pick`, { request: consentPage.request!, patient: patients.bob });
+    assert.match(swapped.html, /Allow/);
+    const done = await b.request('POST', `${server.url}/auth/consent`, { request: consentPage.request!, decision: 'approve', scope: 'patient/*.rs' });
+    const again = await exchange(new URL(done.location!).searchParams.get('code')!, v2);
+    assert.equal(again.json.patient, patients.alice);
   });
 
   it('requires PKCE with S256 and checks the verifier', async () => {

@@ -152,9 +152,13 @@ export async function login(a: AuthCtx, form: URLSearchParams): Promise<void> {
     if (!ok || !user || user.disabledAt) {
       return page(401, loginPage({ request: l.requestId, clientName: l.client.name, tenant: a.org.name, username, error: 'Wrong username or password.' }));
     }
-    // A patient signing in is the patient context: no picker.
+    // A patient signing in is the patient context: no picker, and no other patient.
     const own = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(user.fhirUser ?? '')?.[1];
-    const patient = l.request.params.needsPatient && !l.request.patient && own && await patientExists(tx, own) ? own : undefined;
+    let patient: string | undefined;
+    if (own && l.request.params.needsPatient && !l.request.patient) {
+      if (!await patientExists(tx, own)) return page(403, errorPage('No patient record', `Your patient record (Patient/${own}) is not on this server.`));
+      patient = own;
+    }
     await updateRequest(tx, l.request.requestHash, { username: user.username, fhirUser: user.fhirUser, patient });
     return nextStep(tx, a, { ...l, request: { ...l.request, username: user.username, fhirUser: user.fhirUser, patient: patient ?? l.request.patient } });
   });
@@ -166,7 +170,8 @@ export async function pick(a: AuthCtx, form: URLSearchParams): Promise<void> {
     const l = await loadRequest(tx, a, form);
     if ('kind' in l) return l;
     if (!l.request.username) return page(400, errorPage('Not signed in', 'Sign in first.'));
-    if (!l.request.params.needsPatient) return nextStep(tx, a, l);
+    // The context is chosen once (by the picker, the EHR launch or a patient's own login).
+    if (!l.request.params.needsPatient || l.request.patient) return nextStep(tx, a, l);
     const chosen = form.get('patient');
     if (chosen && await patientExists(tx, chosen)) {
       await updateRequest(tx, l.request.requestHash, { patient: chosen });
