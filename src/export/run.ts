@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Config } from '../config.ts';
 import type { Database } from '../store/database.ts';
 import { withTenant } from '../store/resources.ts';
-import { claimJob, failJob, findJob, insertJob, listFiles, type ExportProgress } from '../store/exportJobs.ts';
+import { failJob, findJob, insertJob, listFiles, type ExportJob, type ExportProgress } from '../store/exportJobs.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import type { ExportParams } from './params.ts';
 import { jobDir, runJob } from './runner.ts';
@@ -49,10 +49,11 @@ export async function exportWithProgress(db: Database, config: Config, opts: { o
   const params: ExportParams = { level: 'system', types, typeFilters: {}, ...(since ? { since } : {}) };
   const query = new URLSearchParams({ _type: types.join(','), ...(since ? { _since: since } : {}) });
   const id = crypto.randomUUID();
-  await withTenant(db.app, opts.orgId, (tx) => insertJob(tx, id, `${config.baseUrl ?? 'kiln:'}/$export?${query}`, params));
   const worker = `${workerName()}:now`;
-  const job = await claimJob(db.owner, worker, config.exportLeaseSeconds, id);
-  if (!job) throw new Error(`exportNow: job ${id} was claimed by another worker`);
+  const request = `${config.baseUrl ?? 'kiln:'}/$export?${query}`;
+  // Created already held by this process, so a background worker never takes it.
+  await withTenant(db.app, opts.orgId, (tx) => insertJob(tx, id, request, params, { worker, seconds: config.exportLeaseSeconds }));
+  const job: ExportJob = { orgId: opts.orgId, id, status: 'running', request, params, progress: {}, doneUnits: [], attempts: 1 };
   try {
     const result = await runJob({ db, config, worker, onProgress }, job);
     if (result !== 'completed') throw new Error(`export ${id} was cancelled`);

@@ -52,11 +52,18 @@ function toJob(r: any): ExportJob {
   };
 }
 
-/** Queues a job in the current tenant transaction. */
-export async function insertJob(tx: Tx, id: string, request: string, params: ExportParams): Promise<void> {
+/**
+ * Queues a job in the current tenant transaction; with `lease`, the job starts out
+ * running and held by that worker (an in-process export no other worker may take).
+ */
+export async function insertJob(tx: Tx, id: string, request: string, params: ExportParams,
+  lease?: { worker: string; seconds: number }): Promise<void> {
   await tx.query(
-    `INSERT INTO export_jobs (org_id, id, status, request, params)
-     VALUES (current_setting('app.org_id')::integer, $1, 'queued', $2, $3)`, [id, request, JSON.stringify(params)]);
+    `INSERT INTO export_jobs (org_id, id, status, request, params, lease_owner, lease_until, attempts)
+     VALUES (current_setting('app.org_id')::integer, $1, CASE WHEN $4::text IS NULL THEN 'queued' ELSE 'running' END, $2, $3,
+             $4, CASE WHEN $4::text IS NULL THEN NULL ELSE now() + make_interval(secs => $5) END,
+             CASE WHEN $4::text IS NULL THEN 0 ELSE 1 END)`,
+    [id, request, JSON.stringify(params), lease?.worker ?? null, lease?.seconds ?? 0]);
 }
 
 /** A job of the current tenant that has not expired. */
