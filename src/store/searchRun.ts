@@ -71,7 +71,7 @@ function bestDriver(q: SearchRequest): { index: number; rank: number } | undefin
  */
 function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p: (v: unknown) => string, extra: (d: string) => string): string {
   const driver = q.criteria[driverIndex];
-  const others = q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, 'd', p)}`).join('');
+  const others = q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, 'd', p, 0, true)}`).join('');
   const timed = TIME_PARTITIONED.has(q.type);
   return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${indexTableOf(driver)} d
        WHERE d.org_id = ${p(q.orgId)}::integer AND d.resource_type = ${p(q.type)} AND ${driverCond(driver, 'd', p)}${others}${extra('d')}) m

@@ -190,14 +190,20 @@ export function driverCond(c: Criterion, d: string, p: P): string {
 
 export const indexTableOf = (c: Criterion) => INDEX_TABLE[c.def.type];
 
-/** SQL condition for one criterion on the resource row aliased `r` of `type`. */
-export function criterionSql(c: Criterion, type: string, r: string, p: P, depth = 0): string {
+/**
+ * SQL condition for one criterion on the resource row aliased `r` of `type`. With
+ * `perRow` its index lookups stay per-row probes (OFFSET 0 keeps PostgreSQL from turning
+ * them into a join that may hash every matching row of the tenant): for rows that a
+ * driving criterion has already narrowed down.
+ */
+export function criterionSql(c: Criterion, type: string, r: string, p: P, depth = 0, perRow = false): string {
   if (depth > 3) throw badRequest('Search nests chains too deeply');
   const def = c.def;
+  const tail = perRow ? ' OFFSET 0' : '';
   const rowsOf = (param: string, cond?: string) => {
     const s = `s${depth}`;
     return `EXISTS (SELECT 1 FROM ${INDEX_TABLE[def.type]} ${s} WHERE ${indexRowOf(s, r, type, p)}
-      AND ${s}.param = ${p(param)}${cond ? ` AND ${cond.replaceAll('§', s)}` : ''})`;
+      AND ${s}.param = ${p(param)}${cond ? ` AND ${cond.replaceAll('§', s)}` : ''}${tail})`;
   };
   if (c.has) {
     const { sourceType, refParam, criterion } = c.has;
@@ -205,7 +211,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const t = `ht${depth}`;
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
       WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(sourceType)} AND ${s}.param = ${p(refParam.code)}
-        AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)})`;
+        AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
   }
   if (c.chain) {
     const s = `c${depth}`;
@@ -213,7 +219,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const { targetType, criterion } = c.chain;
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
       WHERE ${indexRowOf(s, r, type, p)} AND ${s}.param = ${p(def.code)}
-        AND ${s}.target_type = ${p(targetType)} AND ${criterionSql(criterion, targetType, t, p, depth + 1)})`;
+        AND ${s}.target_type = ${p(targetType)} AND ${criterionSql(criterion, targetType, t, p, depth + 1)}${tail})`;
   }
   // Parameters on the row itself.
   if (def.code === '_id') {
@@ -239,7 +245,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const s = `s${depth}`;
     const conds = c.values.map((v) => (c.modifier === 'of-type' ? ofTypeCond(v, s, p) : tokenCond(v, s, p)));
     return `EXISTS (SELECT 1 FROM search_tokens ${s} WHERE ${indexRowOf(s, r, type, p)}
-      AND ${s}.param = ${p(param)} AND (${conds.join(' OR ')}))`;
+      AND ${s}.param = ${p(param)} AND (${conds.join(' OR ')})${tail})`;
   }
   return rowsOf(def.code, `(${c.values.map((v) => valueCond(def, c.modifier, v, '§', p)).join(' OR ')})`);
 }
