@@ -58,6 +58,12 @@ describe('verifyAccessToken', () => {
     assert.equal((await verifyAccessToken(`bearer ${t.accessToken}`, { audience: server.url, tenant: 'default' })).tenant, 'default');
   });
 
+  it('keeps private keys from the request role: kiln_app cannot read auth_signing_keys', async () => {
+    await assert.rejects(server.db.app.query('SELECT private_jwk FROM auth_signing_keys'), /permission denied/);
+    const { rows } = await server.db.owner.query('SELECT count(*)::int AS n FROM auth_signing_keys WHERE retired_at IS NULL');
+    assert.equal(rows[0].n, 1);
+  });
+
   it('refuses a missing or malformed header with 401', async () => {
     await assert.rejects(verifyAccessToken(undefined, { audience: server.url, tenant: 'default' }), (e: AuthError) => e.status === 401 && e.wwwAuthenticate === 'Bearer realm="kiln"');
     await rejects('Basic abc', 401, undefined, 'invalid_request');
