@@ -53,18 +53,8 @@ CREATE TABLE healthie_webhook_events (
 CREATE UNIQUE INDEX healthie_webhook_pending ON healthie_webhook_events (org_id, body_hash) WHERE status = 'pending';
 CREATE INDEX healthie_webhook_due ON healthie_webhook_events (org_id, next_attempt_at) WHERE status = 'pending';
 
-DO $$
-DECLARE
-  t text;
-BEGIN
-  FOREACH t IN ARRAY ARRAY['healthie_watermarks', 'healthie_outbox', 'healthie_webhook_events'] LOOP
-    EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-    EXECUTE format($p$CREATE POLICY tenant_isolation ON %I TO kiln_app
-                      USING (org_id = nullif(current_setting('app.org_id', true), '')::integer)
-                      WITH CHECK (org_id = nullif(current_setting('app.org_id', true), '')::integer)$p$, t);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO kiln_app', t);
-  END LOOP;
-END $$;
+SELECT kiln_tenant_table(t, 'SELECT, INSERT, UPDATE, DELETE')
+  FROM unnest(ARRAY['healthie_watermarks', 'healthie_outbox', 'healthie_webhook_events']) AS t;
 GRANT USAGE ON SEQUENCE healthie_outbox_id_seq, healthie_webhook_events_id_seq TO kiln_app;
 
 -- Enqueues FHIR writes of the four synced types whose patient is linked to Healthie
