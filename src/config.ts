@@ -28,6 +28,14 @@ export interface Config {
   exportWorker: 'inline' | 'off';
   /** SMART auth: token lifetimes and an optional external issuer (src/auth/settings.ts). */
   auth: AuthSettings;
+  /** KILN_AUTH: 'smart' (default) needs a bearer token on every FHIR request but metadata and discovery; 'off' trusts everyone. */
+  authMode: 'smart' | 'off';
+  /** KILN_AUDIT: 'on' (default) records an AuditEvent for every access; 'off' only for benchmarks. */
+  audit: 'on' | 'off';
+  /** KILN_AUDIT_WINDOW_MS: how long a read's AuditEvent waits to share one insert with others (group commit). */
+  auditWindowMs: number;
+  /** KILN_EXPORT_USER_SCOPES=on: $export also accepts user/ scopes (default: system/ only). */
+  exportUserScopes: boolean;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -50,5 +58,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     exportLeaseSeconds: Number(env.KILN_EXPORT_LEASE ?? 30),
     exportWorker: env.KILN_EXPORT_WORKER === 'off' ? 'off' : 'inline',
     auth: loadAuthSettings(env),
+    authMode: env.KILN_AUTH === 'off' ? 'off' : 'smart',
+    audit: env.KILN_AUDIT === 'off' ? 'off' : 'on',
+    auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 2),
+    exportUserScopes: env.KILN_EXPORT_USER_SCOPES === 'on',
   };
 }

@@ -62,3 +62,74 @@ export function accessFor(scopes: ResourceScope[], type: string, perm: Permissio
 export function hasLevel(scopes: ResourceScope[], level: Level): boolean {
   return scopes.some((s) => s.level === level);
 }
+
+// ---------------------------------------------------------------- patient compartment
+
+/**
+ * The search criterion that confines a type to one patient's compartment (R4
+ * CompartmentDefinition patient). Observation's compartment is `subject` or `performer`;
+ * a search criterion cannot OR two parameters, so searches confine to `subject` (the
+ * narrower set: nothing outside the compartment is ever matched) while reads and writes
+ * check both references. Types without an entry (Group) are refused to patient-only tokens.
+ */
+const COMPARTMENT_SEARCH: Record<string, (patient: string) => [string, string]> = {
+  Patient: (p) => ['_id', p],
+  Encounter: (p) => ['subject', `Patient/${p}`],
+  Observation: (p) => ['subject', `Patient/${p}`],
+  MedicationStatement: (p) => ['subject', `Patient/${p}`],
+  AuditEvent: (p) => ['patient', `Patient/${p}`],
+};
+
+type Json = Record<string, any>;
+const refsOf = (v: unknown): string[] => (Array.isArray(v) ? v : v === undefined ? [] : [v])
+  .map((r: any) => r?.reference).filter((s): s is string => typeof s === 'string');
+
+/** References that put a resource in a patient's compartment, per type. */
+const COMPARTMENT_REFS: Record<string, (r: Json) => string[]> = {
+  Encounter: (r) => refsOf(r.subject),
+  Observation: (r) => [...refsOf(r.subject), ...refsOf(r.performer)],
+  MedicationStatement: (r) => refsOf(r.subject),
+  AuditEvent: (r) => [...refsOf((r.agent ?? []).map((a: Json) => a?.who)), ...refsOf((r.entity ?? []).map((e: Json) => e?.what))],
+};
+
+const PATIENT_REF = /(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/;
+
+/** Patient ids whose compartment holds this resource (a Patient is in its own). */
+export function compartmentPatients(type: string, resource: Json): string[] {
+  if (type === 'Patient') return typeof resource.id === 'string' ? [resource.id] : [];
+  const refs = COMPARTMENT_REFS[type]?.(resource) ?? [];
+  return [...new Set(refs.map((r) => PATIENT_REF.exec(r)?.[1]).filter((id): id is string => Boolean(id)))];
+}
+
+export function inCompartment(type: string, resource: Json, patient: string): boolean {
+  return compartmentPatients(type, resource).includes(patient);
+}
+
+/** Whether a patient-only grant can be confined to a compartment for this type. */
+export function hasCompartment(type: string): boolean {
+  return type in COMPARTMENT_SEARCH;
+}
+
+/**
+ * Search pairs that every search under this access must also match: the compartment
+ * criterion (when `access.compartment`) and the granular filters. Several granular
+ * scopes OR together; that is expressible only when each is one value of the same
+ * parameter (merged into one comma list, which search reads as OR). `undefined` means it cannot be expressed
+ * (a patient-only grant on a type without compartment, no patient context, or
+ * granular scopes that cannot be merged): the caller refuses the request.
+ */
+export function searchRestriction(access: Access, type: string, patient: string | undefined): [string, string][] | undefined {
+  const out: [string, string][] = [];
+  if (access.compartment) {
+    const rule = COMPARTMENT_SEARCH[type];
+    if (!rule || !patient) return undefined;
+    out.push(rule(patient));
+  }
+  if (access.filters.length === 1) out.push(...access.filters[0]);
+  else if (access.filters.length > 1) {
+    const names = new Set(access.filters.map((f) => (f.length === 1 ? f[0][0] : '')));
+    if (names.size !== 1 || names.has('')) return undefined;
+    out.push([[...names][0], access.filters.map((f) => f[0][1]).join(',')]);
+  }
+  return out;
+}

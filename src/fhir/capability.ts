@@ -5,10 +5,20 @@ import type { CapabilityStatement, CapabilityStatementRestResource } from '@medp
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { searchParamsFor } from '../../mappings/search/definitions.ts';
 import { knownProfiles } from './validate.ts';
+import { smartSecurityExtension } from '../auth/discovery.ts';
+
+export interface CapabilityOptions {
+  /** KILN_AUTH=smart: rest.security carries the SMART extension. */
+  smart?: boolean;
+  /** AuditEvents cannot be updated, patched or deleted (with authorization on). */
+  auditReadOnly?: boolean;
+}
+
+const WRITES_AFTER_CREATE = new Set(['update', 'patch', 'delete']);
 
 export const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'] as const;
 
-export function capabilityStatement(base: string, version: string): CapabilityStatement {
+export function capabilityStatement(base: string, version: string, opts: CapabilityOptions = {}): CapabilityStatement {
   const profilesByType = new Map<string, string[]>();
   for (const sd of knownProfiles()) {
     profilesByType.set(sd.type!, [...(profilesByType.get(sd.type!) ?? []), sd.url!]);
@@ -17,14 +27,14 @@ export function capabilityStatement(base: string, version: string): CapabilitySt
     type: type as CapabilityStatementRestResource['type'],
     profile: `http://hl7.org/fhir/StructureDefinition/${type}`,
     ...(profilesByType.has(type) ? { supportedProfile: profilesByType.get(type) } : {}),
-    interaction: TYPE_INTERACTIONS.map((code) => ({ code })),
+    interaction: TYPE_INTERACTIONS.filter((code) => !(opts.auditReadOnly && type === 'AuditEvent' && WRITES_AFTER_CREATE.has(code))).map((code) => ({ code })),
     versioning: 'versioned-update',
     readHistory: true,
     updateCreate: true,
     conditionalCreate: true,
     conditionalRead: 'modified-since',
-    conditionalUpdate: true,
-    conditionalDelete: 'single',
+    conditionalUpdate: !(opts.auditReadOnly && type === 'AuditEvent'),
+    conditionalDelete: opts.auditReadOnly && type === 'AuditEvent' ? 'not-supported' : 'single',
     referencePolicy: ['literal', 'enforced', 'local'],
     ...(type === 'Patient' ? { operation: [{ name: 'everything', definition: 'http://hl7.org/fhir/OperationDefinition/Patient-everything' },
       { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export' }] } : {}),
@@ -46,6 +56,7 @@ export function capabilityStatement(base: string, version: string): CapabilitySt
     patchFormat: ['application/json-patch+json'],
     rest: [{
       mode: 'server',
+      ...(opts.smart ? { security: smartSecurityExtension(base) } : {}),
       resource,
       interaction: [{ code: 'history-system' }, { code: 'search-system' }, { code: 'transaction' }, { code: 'batch' }],
       operation: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export' }],

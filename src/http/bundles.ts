@@ -3,8 +3,70 @@
 import type { Ctx } from './context.ts';
 import { inTenant } from './context.ts';
 import { jsonBody, requireBodyType, sendJson } from './format.ts';
-import { badRequest } from '../fhir/outcome.ts';
-import { batch, transaction, type EntryResult } from '../interactions/bundle.ts';
+import { badRequest, FhirError } from '../fhir/outcome.ts';
+import { batch, transaction, type EntryPolicy, type EntryRequest, type EntryResult } from '../interactions/bundle.ts';
+import { permit, restriction, visible, writeGuard, type Access } from '../auth/enforce.ts';
+import { actionOf } from '../audit/event.ts';
+import { touchedResource, type RequestAudit } from '../audit/request.ts';
+import type { Tx } from '../store/resources.ts';
+
+/** The FHIR interaction an entry performs (an AuditEvent subtype). */
+function interactionOf(e: EntryRequest): string {
+  switch (e.method) {
+    case 'GET': case 'HEAD': return e.vid ? 'vread' : e.id ? 'read' : 'search-type';
+    case 'POST': return 'create';
+    case 'PUT': return 'update';
+    case 'PATCH': return 'patch';
+    case 'DELETE': return 'delete';
+  }
+}
+
+/** Each entry needs what the same request on its own would (src/http/crud.ts, search.ts). */
+function entryPolicy(ctx: Ctx, e: EntryRequest): EntryPolicy {
+  const conditional = !e.id && (e.method === 'PUT' || e.method === 'DELETE');
+  if (e.type === 'AuditEvent' && ['PUT', 'PATCH', 'DELETE'].includes(e.method) && ctx.config.authMode !== 'off') {
+    throw new FhirError(405, 'not-supported', 'AuditEvents cannot be updated, patched or deleted');
+  }
+  const perm = ({ GET: 'r', HEAD: 'r', POST: 'c', PUT: 'u', PATCH: 'u', DELETE: 'd' } as const)[e.method];
+  const isSearch = (e.method === 'GET' || e.method === 'HEAD') && !e.id;
+  const access: Access = permit(ctx, e.type, isSearch ? 's' : perm);
+  const searchAccess = isSearch ? access : conditional || e.ifNoneExist ? permit(ctx, e.type, 's') : undefined;
+  return {
+    guard: perm === 'r' ? undefined : writeGuard(ctx, e.type, access),
+    restrict: searchAccess ? restriction(ctx, e.type, searchAccess) : [],
+    visible: perm === 'r' && !isSearch ? (tx, type, id, json) => visible(ctx, tx, type, id, json, access) : undefined,
+  };
+}
+
+/** The entry's own AuditEvent, a child of the Bundle's. */
+function entryAudit(audit: RequestAudit, e: EntryRequest): RequestAudit {
+  const subtype = interactionOf(e);
+  const child = audit.child(subtype, actionOf(subtype, e.method));
+  if (e.id) child.touch({ resources: [e.vid ? `${e.type}/${e.id}/_history/${e.vid}` : `${e.type}/${e.id}`] });
+  else if (e.method === 'GET' || e.method === 'HEAD') child.query = { type: e.type, text: new URLSearchParams(e.query).toString() };
+  return child;
+}
+
+/** Resources and patients an entry touched, from its result. */
+function touchedBy(e: EntryRequest, r: EntryResult) {
+  const loc = r.location ? /^([A-Za-z]+)\/([^/]+)\/_history\/(\d+)$/.exec(r.location) : null;
+  if (loc) return touchedResource(loc[1], loc[2], r.json, Number(loc[3]));
+  if (e.id && r.json && e.method !== 'DELETE') return touchedResource(e.type, e.id, r.json);
+  return {};
+}
+
+async function auditEntries(ctx: Ctx, tx: Tx, done: { request: EntryRequest; result: EntryResult }[], isTransaction: boolean) {
+  const audit = ctx.audit;
+  if (!audit) return;
+  if (isTransaction) {
+    for (const d of done) audit.touch(touchedBy(d.request, d.result));
+    await audit.inTx(tx);
+    return;
+  }
+  const d = done[0];
+  const child = entryAudit(audit, d.request);
+  await child.inTx(tx, touchedBy(d.request, d.result));
+}
 
 function entryJson(ctx: Ctx, r: EntryResult, withResource: boolean): string {
   const fullUrl = r.location ? `${ctx.base}/${r.location.replace(/\/_history\/.*$/, '')}` : undefined;
@@ -17,14 +79,22 @@ export async function bundleInteraction(ctx: Ctx) {
   requireBodyType(ctx.req);
   const body = jsonBody(ctx.req) as { resourceType?: string; type?: string };
   if (body?.resourceType !== 'Bundle') throw badRequest('POST to the base takes a batch or transaction Bundle');
+  const isTransaction = body.type === 'transaction';
+  ctx.audit?.interaction(isTransaction ? 'transaction' : 'batch', 'E');
   const opts = {
     base: ctx.base,
     maxEntries: ctx.config.maxBundleEntries,
     maxCount: ctx.config.maxCount,
     inTenant: <T>(fn: Parameters<typeof inTenant<T>>[1]) => inTenant(ctx, fn),
+    authorize: (e: EntryRequest) => entryPolicy(ctx, e),
+    auditInTx: (tx: Tx, done: { request: EntryRequest; result: EntryResult }[]) => auditEntries(ctx, tx, done, isTransaction),
+    auditFailed: async (_index: number, e: EntryRequest | undefined, err: FhirError) => {
+      if (ctx.audit && e) await entryAudit(ctx.audit, e).failure(err);
+    },
   };
-  const isTransaction = body.type === 'transaction';
   const results = isTransaction ? await transaction(body, opts) : await batch(body, opts);
+  // A batch is audited entry by entry (above) and as a whole; a transaction as a whole, in its transaction.
+  if (!isTransaction) await ctx.audit?.success();
   // Reads and searches always carry their result; writes only when asked for.
   const representation = /return=representation/i.test(ctx.req.get('prefer') ?? '');
   const entries = results.map((r) => entryJson(ctx, r, representation || !r.location));

@@ -5,6 +5,9 @@ import type { Database } from '../store/database.ts';
 import type { Tx } from '../store/resources.ts';
 import { withTenant } from '../store/resources.ts';
 import { badRequest } from '../fhir/outcome.ts';
+import type { AccessContext } from '../auth/verify.ts';
+import type { ResourceScope } from '../auth/scopes.ts';
+import type { RequestAudit } from '../audit/request.ts';
 
 export interface Ctx {
   req: Request;
@@ -14,6 +17,14 @@ export interface Ctx {
   orgId: number;
   /** Absolute FHIR base of this tenant, e.g. http://host/fhir/acme */
   base: string;
+  /** Tenant slug ('default' for /fhir). */
+  tenant: string;
+  /** The verified access token (KILN_AUTH=smart), set by src/auth/enforce.ts authenticate. */
+  access?: AccessContext;
+  /** The token's resource scopes, parsed once. */
+  grants?: ResourceScope[];
+  /** This request's AuditEvent (undefined with KILN_AUDIT=off). */
+  audit?: RequestAudit;
 }
 
 export function inTenant<T>(ctx: Ctx, fn: (tx: Tx) => Promise<T>): Promise<T> {

@@ -9,6 +9,9 @@ import {
 import { FhirError, badRequest, informational } from '../fhir/outcome.ts';
 import { readById, readVersion, requireLive } from '../store/resources.ts';
 import * as write from '../interactions/write.ts';
+import { permit, requireVisible, restriction, writeGuard, type Access } from '../auth/enforce.ts';
+import { touchedResource } from '../audit/request.ts';
+import type { Tx } from '../store/resources.ts';
 
 export const checkId = write.checkId;
 
@@ -44,62 +47,129 @@ function sendDeleted(ctx: Ctx, type: string, versionId: number | undefined) {
   }
 }
 
+/** Search pairs confining conditional criteria to what the token may search (conditional writes need s too). */
+function searchable(ctx: Ctx, type: string, criteria: [string, string][]): [string, string][] {
+  return [...criteria, ...restriction(ctx, type, permit(ctx, type, 's'))];
+}
+
+/** Runs a write and records its AuditEvent in the same transaction. */
+function audited<T>(ctx: Ctx, type: string, fn: (tx: Tx) => Promise<T>, touched: (r: T) => { id?: string; json?: string; versionId?: number }): Promise<T> {
+  return inTenant(ctx, async (tx) => {
+    const r = await fn(tx);
+    const t = touched(r);
+    if (ctx.audit) await ctx.audit.inTx(tx, t.id ? touchedResource(type, t.id, t.json, t.versionId) : {});
+    return r;
+  });
+}
+
+const ofWritten = (w: write.Written) => ({ id: w.id, json: w.json, versionId: w.versionId });
+
+/** AuditEvents are evidence: with authorization on, no client may change or remove one. */
+function immutable(ctx: Ctx, type: string): void {
+  if (type === 'AuditEvent' && ctx.config.authMode !== 'off') {
+    throw new FhirError(405, 'not-supported', 'AuditEvents cannot be updated, patched or deleted');
+  }
+}
+
+function guardOf(ctx: Ctx, type: string, access: Access) {
+  return writeGuard(ctx, type, access);
+}
+
 export async function create(ctx: Ctx, type: string) {
+  const access = permit(ctx, type, 'c');
   const { body, text } = resourceBody(ctx, type);
-  const ifNoneExist = write.ifNoneExistCriteria(ctx.req.get('if-none-exist'));
-  sendWrite(ctx, type, await inTenant(ctx, (tx) => write.create(tx, type, body, text, { ifNoneExist })));
+  const raw = write.ifNoneExistCriteria(ctx.req.get('if-none-exist'));
+  const ifNoneExist = raw ? searchable(ctx, type, raw) : undefined;
+  const guard = guardOf(ctx, type, access);
+  sendWrite(ctx, type, await audited(ctx, type, (tx) => write.create(tx, type, body, text, { ifNoneExist }, guard), ofWritten));
 }
 
 export async function update(ctx: Ctx, type: string, id: string) {
   checkId(id);
+  immutable(ctx, type);
+  ctx.audit?.touch({ resources: [`${type}/${id}`] });
+  const access = permit(ctx, type, 'u');
   const { body, text } = resourceBody(ctx, type);
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  sendWrite(ctx, type, await inTenant(ctx, (tx) => write.update(tx, type, id, body, text, ifMatch)));
+  const guard = guardOf(ctx, type, access);
+  sendWrite(ctx, type, await audited(ctx, type, (tx) => write.update(tx, type, id, body, text, ifMatch, guard), ofWritten));
 }
 
 export async function conditionalUpdate(ctx: Ctx, type: string) {
+  immutable(ctx, type);
+  const access = permit(ctx, type, 'u');
   const { body, text } = resourceBody(ctx, type);
-  const criteria = criteriaPairs(queryPairs(ctx.req));
+  const criteria = searchable(ctx, type, criteriaPairs(queryPairs(ctx.req)));
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  sendWrite(ctx, type, await inTenant(ctx, (tx) => write.conditionalUpdate(tx, type, criteria, body, text, ifMatch)));
+  const guard = guardOf(ctx, type, access);
+  sendWrite(ctx, type, await audited(ctx, type, (tx) => write.conditionalUpdate(tx, type, criteria, body, text, ifMatch, guard), ofWritten));
 }
 
 export async function patch(ctx: Ctx, type: string, id: string) {
   checkId(id);
+  immutable(ctx, type);
+  ctx.audit?.touch({ resources: [`${type}/${id}`] });
+  const access = permit(ctx, type, 'u');
   if (requireBodyType(ctx.req, true) !== 'json-patch') {
     throw new FhirError(415, 'not-supported', 'PATCH takes application/json-patch+json');
   }
   const ops = jsonBody(ctx.req);
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  sendWrite(ctx, type, await inTenant(ctx, (tx) => write.patch(tx, type, id, ops, ifMatch)));
+  const guard = guardOf(ctx, type, access);
+  sendWrite(ctx, type, await audited(ctx, type, (tx) => write.patch(tx, type, id, ops, ifMatch, guard), ofWritten));
 }
 
 export async function remove(ctx: Ctx, type: string, id: string) {
   checkId(id);
+  immutable(ctx, type);
+  ctx.audit?.touch({ resources: [`${type}/${id}`] });
+  const access = permit(ctx, type, 'd');
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  sendDeleted(ctx, type, await inTenant(ctx, (tx) => write.remove(tx, type, id, ifMatch)));
+  const guard = guardOf(ctx, type, access);
+  sendDeleted(ctx, type, await audited(ctx, type, (tx) => write.remove(tx, type, id, ifMatch, guard), (v) => ({ id, versionId: v })));
 }
 
 export async function conditionalDelete(ctx: Ctx, type: string) {
-  const criteria = criteriaPairs(queryPairs(ctx.req));
-  sendDeleted(ctx, type, await inTenant(ctx, (tx) => write.conditionalDelete(tx, type, criteria)));
+  immutable(ctx, type);
+  const access = permit(ctx, type, 'd');
+  const criteria = searchable(ctx, type, criteriaPairs(queryPairs(ctx.req)));
+  const guard = guardOf(ctx, type, access);
+  let matched: string | undefined;
+  const v = await audited(ctx, type, async (tx) => {
+    const m = await write.matchOne(tx, type, criteria, 'Conditional delete');
+    matched = m;
+    return m ? write.remove(tx, type, m, undefined, guard) : undefined;
+  }, (version) => ({ id: matched, versionId: version }));
+  sendDeleted(ctx, type, v);
 }
 
 export async function read(ctx: Ctx, type: string, id: string) {
   checkId(id);
+  ctx.audit?.touch({ resources: [`${type}/${id}`] });
+  const access = permit(ctx, type, 'r');
   const stored = requireLive(await readById(ctx.db.app, ctx.orgId, type, id), type, id);
+  await requireVisible(ctx, undefined, type, id, stored.json, access);
+  await ctx.audit?.success(touchedResource(type, id, stored.json));
   sendStored(ctx, stored);
 }
 
 export async function vread(ctx: Ctx, type: string, id: string, vid: string) {
   checkId(id);
   if (!/^\d+$/.test(vid)) throw badRequest(`Invalid version id '${vid}'`);
-  const stored = await inTenant(ctx, (tx) => readVersion(tx, type, id, Number(vid)));
+  ctx.audit?.touch({ resources: [`${type}/${id}/_history/${vid}`] });
+  const access = permit(ctx, type, 'r');
+  const stored = await inTenant(ctx, async (tx) => {
+    const v = await readVersion(tx, type, id, Number(vid));
+    // A version is visible when it was in the token's compartment (filters: the current version must match).
+    if (v && !v.deleted) await requireVisible(ctx, tx, type, id, v.json!, access);
+    return v;
+  });
   if (!stored) throw new FhirError(404, 'not-found', `${type}/${id}/_history/${vid} not found`);
   if (stored.deleted) {
     ctx.res.set('ETag', etag(stored.versionId));
     throw new FhirError(410, 'deleted', `${type}/${id} version ${vid} is a delete`);
   }
+  await ctx.audit?.success(touchedResource(type, id, stored.json, stored.versionId));
   sendStored(ctx, stored as typeof stored & { json: string });
 }
 

@@ -5,12 +5,13 @@ import type { Ctx } from './context.ts';
 import { inTenant, pageSize, queryPairs } from './context.ts';
 import { sendJson } from './format.ts';
 import { bundleJson } from './bundle.ts';
-import { badRequest } from '../fhir/outcome.ts';
+import { badRequest, notFound } from '../fhir/outcome.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { dateRange } from '../../mappings/search/extract.ts';
 import { readCurrent, requireLive } from '../store/resources.ts';
 import { everything } from '../store/everything.ts';
 import { checkId } from './crud.ts';
+import { accessOf, filterVisible, permit } from '../auth/enforce.ts';
 
 function instantParam(name: string, raw: unknown, end: boolean): string | undefined {
   if (raw === undefined) return undefined;
@@ -23,9 +24,17 @@ export async function everythingInteraction(ctx: Ctx, patientId?: string) {
   if (patientId) checkId(patientId);
   const query = ctx.req.query;
   const count = pageSize(ctx, query._count);
-  const types = typeof query._type === 'string' ? query._type.split(',').filter(Boolean) : Object.keys(TABLES);
-  const unknown = types.filter((t) => !TABLES[t]);
+  const asked = typeof query._type === 'string' ? query._type.split(',').filter(Boolean) : Object.keys(TABLES);
+  const unknown = asked.filter((t) => !TABLES[t]);
   if (unknown.length) throw badRequest(`_type names types Kiln does not store: ${unknown.join(', ')}`, ['_type']);
+  // Needs read on Patient; returns only the types the token may read. A patient-level
+  // token gets its own patient's compartment and nobody else's.
+  const patientAccess = permit(ctx, 'Patient', 'r');
+  const own = patientAccess.compartment ? ctx.access!.patient! : undefined;
+  if (own && patientId && patientId !== own) throw notFound(`Patient/${patientId} not found`);
+  const patientIds = patientId ? [patientId] : own ? [own] : undefined;
+  const types = asked.filter((t) => accessOf(ctx, t, 'r'));
+  ctx.audit?.touch({ patients: patientIds ?? [] });
   let after: { type: string; id: string } | undefined;
   if (typeof query._page === 'string') {
     const [type, id] = query._page.split('/');
@@ -34,19 +43,23 @@ export async function everythingInteraction(ctx: Ctx, patientId?: string) {
   }
   const rows = await inTenant(ctx, async (tx) => {
     if (patientId) requireLive(await readCurrent(tx, 'Patient', patientId), 'Patient', patientId);
-    return everything(tx, {
-      patientIds: patientId ? [patientId] : undefined, types, count: count + 1, after,
+    // Granular filters and mixed patient/user grants are applied row by row (a page may come out short).
+    const fetched = await everything(tx, {
+      patientIds, types, count: count + 1, after,
       start: instantParam('start', query.start, false), end: instantParam('end', query.end, true),
       since: instantParam('_since', query._since, false),
     });
+    // The page is cut from what was fetched (so the cursor stays right), then filtered.
+    return { fetched, shown: new Set(await filterVisible(ctx, tx, fetched.slice(0, count), 'r')) };
   });
-  const page = rows.slice(0, count);
+  const page = rows.fetched.slice(0, count);
   const path = patientId ? `Patient/${patientId}/$everything` : 'Patient/$everything';
   const keep = queryPairs(ctx.req).filter(([n]) => n !== '_page');
   const link = (extra: [string, string][]) => `${ctx.base}/${path}?${new URLSearchParams([...keep, ...extra]).toString()}`;
   const links: BundleLink[] = [{ relation: 'self', url: link(after ? [['_page', `${after.type}/${after.id}`]] : []) }];
   const last = page[page.length - 1];
-  if (rows.length > count && last) links.push({ relation: 'next', url: link([['_page', `${last.type}/${last.id}`]]) });
+  if (rows.fetched.length > count && last) links.push({ relation: 'next', url: link([['_page', `${last.type}/${last.id}`]]) });
+  await ctx.audit?.success();
   sendJson(ctx.req, ctx.res, 200, bundleJson('searchset',
-    page.map((r) => ({ fullUrl: `${ctx.base}/${r.type}/${r.id}`, resourceJson: r.json, search: { mode: 'match' } })), links));
+    page.filter((r) => rows.shown.has(r)).map((r) => ({ fullUrl: `${ctx.base}/${r.type}/${r.id}`, resourceJson: r.json, search: { mode: 'match' } })), links));
 }

@@ -1,6 +1,8 @@
 // Bulk Data Access IG v2 over HTTP: $export kick-off (system, Patient, Group), the
 // status URL (poll, DELETE to cancel) and the output files.
-// Files need no token while Kiln has no SMART authorization (requiresAccessToken: false).
+// With KILN_AUTH=smart a kick-off needs system/ scopes (src/auth/enforce.ts exportAccess)
+// and the status URL and files need a token of the client that started the export
+// (requiresAccessToken: true).
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Ctx } from './context.ts';
@@ -15,6 +17,8 @@ import { parseKickoff, parametersToPairs, type ExportLevel } from '../export/par
 import { createJob } from '../export/run.ts';
 import { jobDir } from '../export/runner.ts';
 import { checkId } from './crud.ts';
+import { exportAccess, exportableTypes, forbidden } from '../auth/enforce.ts';
+import { exportOwner, recordExportOwner } from '../store/auditExportOwners.ts';
 
 const NDJSON = 'application/fhir+ndjson';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -44,13 +48,17 @@ export async function exportInteraction(ctx: Ctx, segments: string[]): Promise<v
   };
   if (first === '$export-status') {
     allow('GET', 'DELETE');
+    ctx.audit?.interaction('operation', m === 'GET' ? 'R' : 'D', { operation: m === 'GET' ? 'export-status' : 'export-cancel' });
     return m === 'GET' ? status(ctx, second) : cancel(ctx, second);
   }
   if (first === '$export-file') {
     allow('GET');
+    ctx.audit?.interaction('operation', 'R', { operation: 'export-file' });
     return file(ctx, second, third);
   }
   allow('GET', 'POST');
+  const url = new URL(ctx.req.originalUrl, 'http://x');
+  ctx.audit?.interaction('operation', 'E', { operation: 'export', query: url.search.slice(1) });
   if (first === '$export') return kickoff(ctx, 'system', '$export');
   if (first === 'Patient') return kickoff(ctx, 'patient', 'Patient/$export');
   checkId(second);
@@ -73,6 +81,12 @@ async function kickoff(ctx: Ctx, level: ExportLevel, path: string, groupId?: str
     pairs = [...pairs, ...parametersToPairs(jsonBody(req))];
   }
   const { params, ignored } = parseKickoff(level, pairs, { lenient, storedTypes: Object.keys(TABLES), groupId });
+  // Without _type the export covers the types the token may read; named types must all be readable.
+  if (!pairs.some(([n]) => n === '_type')) {
+    params.types = exportableTypes(ctx, params.types);
+    if (!params.types.length) throw forbidden("$export: the access token's scopes allow reading none of the exported types");
+  }
+  exportAccess(ctx, params.types);
   if (groupId) {
     const members = await inTenant(ctx, async (tx) => {
       const group = requireLive(await readCurrent(tx, 'Group', groupId), 'Group', groupId);
@@ -82,15 +96,30 @@ async function kickoff(ctx: Ctx, level: ExportLevel, path: string, groupId?: str
   }
   const url = new URL(req.originalUrl, 'http://x');
   const id = await createJob(ctx.db, ctx.orgId, `${ctx.base}/${path}${url.search}`, params);
+  if (ctx.access) await inTenant(ctx, (tx) => recordExportOwner(tx, id, ctx.access!.clientId));
+  ctx.audit?.touch({ resources: [`urn:kiln:export:${id}`] });
+  await ctx.audit?.success({ patients: params.patients ?? [] });
   ctx.res.set('Content-Location', `${ctx.base}/$export-status/${id}`);
   sendOutcome(req, ctx.res, 202, informational(`Export ${id} accepted${ignored.length ? `; ignored (Prefer: handling=lenient): ${ignored.join(', ')}` : ''}`));
 }
 
 async function loadJob(ctx: Ctx, id: string): Promise<ExportJob> {
   if (!UUID.test(id)) throw notFound(`No export job ${id}`);
-  const job = await inTenant(ctx, (tx) => findJob(tx, id));
+  ctx.audit?.touch({ resources: [`urn:kiln:export:${id}`] });
+  const { job, owner } = await inTenant(ctx, async (tx) => ({ job: await findJob(tx, id), owner: ctx.access ? await exportOwner(tx, id) : undefined }));
   if (!job) throw notFound(`No export job ${id} (it may have been cancelled or have expired)`);
+  requireOwner(ctx, job, owner);
   return job;
+}
+
+/** An export's status and files are for the client that started it (a job started without a token: any client that may export its types). */
+function requireOwner(ctx: Ctx, job: ExportJob, owner: string | undefined): void {
+  if (!ctx.access) return;
+  if (owner !== undefined) {
+    if (owner !== ctx.access.clientId) throw forbidden('This export belongs to another client');
+    return;
+  }
+  exportAccess(ctx, job.params.types);
 }
 
 function progressText(job: ExportJob): string {
@@ -102,6 +131,7 @@ function progressText(job: ExportJob): string {
 
 async function status(ctx: Ctx, id: string): Promise<void> {
   const job = await loadJob(ctx, id);
+  await ctx.audit?.success();
   const res = ctx.res;
   if (job.status === 'queued' || job.status === 'running') {
     res.set('X-Progress', progressText(job));
@@ -118,8 +148,8 @@ async function status(ctx: Ctx, id: string): Promise<void> {
   const manifest = {
     transactionTime: job.transactionTime,
     request: job.request,
-    // Kiln has no SMART authorization yet; once it does, files will need the kick-off's token.
-    requiresAccessToken: false,
+    // With authorization on, files need a token of the client that started the export.
+    requiresAccessToken: ctx.config.authMode !== 'off',
     output: files.filter((f) => f.kind === 'output').map(entry),
     ...(job.params.since ? { deleted: files.filter((f) => f.kind === 'deleted').map(entry) } : {}),
     error: files.filter((f) => f.kind === 'error').map(entry),
@@ -129,11 +159,12 @@ async function status(ctx: Ctx, id: string): Promise<void> {
 }
 
 async function cancel(ctx: Ctx, id: string): Promise<void> {
-  if (!UUID.test(id)) throw notFound(`No export job ${id}`);
+  await loadJob(ctx, id);
   const existed = await inTenant(ctx, (tx) => deleteJob(tx, id));
   if (!existed) throw notFound(`No export job ${id}`);
   // A worker still running it notices at its next lease renewal and stops.
   fs.rmSync(jobDir(ctx.config, id), { recursive: true, force: true });
+  await ctx.audit?.success();
   sendOutcome(ctx.req, ctx.res, 202, informational(`Export ${id} cancelled; its files are removed`));
 }
 
@@ -143,6 +174,8 @@ async function file(ctx: Ctx, id: string, name: string): Promise<void> {
   const files = await inTenant(ctx, (tx) => listFiles(tx, ctx.orgId, id));
   const f = files.find((x) => x.name === name);
   if (!f) throw notFound(`No file ${name} in export ${id}`);
+  ctx.audit?.touch({ resources: [`urn:kiln:export:${id}/${name}`] });
+  await ctx.audit?.success();
   const full = path.join(jobDir(ctx.config, id), name);
   const stream = fs.createReadStream(full);
   await new Promise<void>((resolve, reject) => {

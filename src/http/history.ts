@@ -8,6 +8,23 @@ import { bundleJson, type EntryParts } from './bundle.ts';
 import { badRequest, notFound } from '../fhir/outcome.ts';
 import { history as readHistory, countHistory, type HistoryQuery, type HistoryEntry } from '../store/resources.ts';
 import { checkId } from './crud.ts';
+import { TABLES } from '../../mappings/postgres/index.ts';
+import { forbidden, permit, visible } from '../auth/enforce.ts';
+import { touchedResource } from '../audit/request.ts';
+
+/**
+ * Type and system history list every version of every resource: they cannot be confined
+ * to a compartment or a granular filter (old versions are not in the search index), so
+ * they need unrestricted search access on each type.
+ */
+function permitWideHistory(ctx: Ctx, type?: string): void {
+  for (const t of type ? [type] : Object.keys(TABLES)) {
+    const a = permit(ctx, t, 's');
+    if (a.compartment || a.filters.length) {
+      throw forbidden(`${type ? 'Type' : 'System'} history needs user- or system-level search access to ${t} without granular filters; patient-level tokens can read instance history`);
+    }
+  }
+}
 
 type Cursor = NonNullable<HistoryQuery['before']>;
 
@@ -47,14 +64,25 @@ function entryOf(ctx: Ctx, e: HistoryEntry): EntryParts {
 
 export async function historyInteraction(ctx: Ctx, type?: string, id?: string) {
   if (id) checkId(id);
+  if (id) ctx.audit?.touch({ resources: [`${type}/${id}`] });
+  const access = id ? permit(ctx, type!, 'r') : undefined;
+  if (!id) permitWideHistory(ctx, type);
   const count = pageSize(ctx, ctx.req.query._count);
   const since = parseSince(ctx.req.query._since);
   const before = typeof ctx.req.query._page === 'string' ? decodeCursor(ctx.req.query._page) : undefined;
-  const { entries, total } = await inTenant(ctx, async (tx) => ({
+  const { entries, total } = await inTenant(ctx, async (tx) => {
     // One extra row tells whether a next page exists.
-    entries: await readHistory(tx, { type, id, since, before, count: count + 1 }),
-    total: id && !since ? await countHistory(tx, type!, id) : undefined,
-  }));
+    let entries = await readHistory(tx, { type, id, since, before, count: count + 1 });
+    const total = id && !since ? await countHistory(tx, type!, id) : undefined;
+    if (access && (access.compartment || access.filters.length)) {
+      // Only the versions that were the token's to see; a resource never in reach is a 404.
+      const shown: typeof entries = [];
+      for (const e of entries) if (e.deleted || await visible(ctx, tx, e.type, e.id, e.json!, access)) shown.push(e);
+      if (!shown.some((e) => !e.deleted) && total !== 0) throw notFound(`${type}/${id} not found`);
+      entries = shown;
+    }
+    return { entries, total };
+  });
   if (id && total === 0) throw notFound(`${type}/${id} not found`);
   const page = entries.slice(0, count);
   const path = [type, id, '_history'].filter(Boolean).join('/');
@@ -65,5 +93,7 @@ export async function historyInteraction(ctx: Ctx, type?: string, id?: string) {
     const last = page[page.length - 1];
     links.push({ relation: 'next', url: link([['_page', encodeCursor({ lastUpdated: last.lastUpdated, type: last.type, id: last.id, versionId: last.versionId })]]) });
   }
+  if (id) await ctx.audit?.success({ patients: [...new Set(page.flatMap((e) => touchedResource(e.type, e.id, e.json).patients ?? []))] });
+  else await ctx.audit?.success();
   sendJson(ctx.req, ctx.res, 200, bundleJson('history', page.map((e) => entryOf(ctx, e)), links, total));
 }

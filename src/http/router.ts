@@ -16,6 +16,12 @@ import { searchInteraction, systemSearchInteraction } from './search.ts';
 import { bundleInteraction } from './bundles.ts';
 import { everythingInteraction } from './everything.ts';
 import { exportInteraction, isExportFilePath, isExportPath } from './export.ts';
+import { authenticate } from '../auth/enforce.ts';
+import { AuditWriter } from '../audit/writer.ts';
+import { RequestAudit } from '../audit/request.ts';
+import { actionOf } from '../audit/event.ts';
+
+type Handler = () => Promise<void>;
 
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const RESERVED = new Set(['metadata']);
@@ -34,6 +40,7 @@ function decodeSegment(segment: string): string {
 
 export function fhirRouter(db: Database, config: Config, version: string) {
   const orgIds = new Map<string, number>(); // slug -> id; tenants are never renamed
+  const auditor = new AuditWriter(db.app, config.auditWindowMs);
 
   async function orgId(slug: string): Promise<number> {
     let id = orgIds.get(slug);
@@ -46,31 +53,52 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     return id;
   }
 
-  return async function dispatch(req: Request, res: Response): Promise<void> {
+  async function dispatch(req: Request, res: Response): Promise<void> {
     if (!isExportFilePath(req.path)) responseType(req); // 406 before any work (export files are NDJSON)
     const segments = req.path.split('/').filter((s) => s !== '').map(decodeSegment);
     let slug = DEFAULT_SLUG;
     if (segments.length && TENANT_SLUG.test(segments[0]) && !RESERVED.has(segments[0])) slug = segments.shift()!;
     const origin = config.baseUrl ?? `${req.protocol}://${req.get('host')}/fhir`;
     const base = slug === DEFAULT_SLUG ? origin : `${origin}/${slug}`;
-    const ctx: Ctx = { req, res, db, config, orgId: await orgId(slug), base };
+    const ctx: Ctx = { req, res, db, config, orgId: await orgId(slug), base, tenant: slug };
+    if (segments.length === 1 && segments[0] === 'metadata') {
+      // Open to everyone, and no patient data: neither authorized nor audited.
+      if (req.method !== 'GET' && req.method !== 'HEAD') throw methodNotAllowed(req.method, 'metadata');
+      return sendJson(req, res, 200, capabilityStatement(base, version, { smart: config.authMode === 'smart', auditReadOnly: config.authMode === 'smart' }));
+    }
+    // Read at each request, so a benchmark can compare auditing on and off in one run.
+    if (config.audit === 'on') ctx.audit = new RequestAudit(auditor, ctx.orgId, base, req.ip);
+    try {
+      const handler = route(ctx, segments);
+      await authenticate(ctx);
+      await handler();
+    } catch (e) {
+      // Refused and failed requests leave an AuditEvent too (outcome 4 or 8).
+      await ctx.audit?.failure(e).catch((err) => console.error('audit of a failed request failed', err));
+      throw e;
+    }
+  }
+
+  /** Resolves the interaction (naming it for the audit) without running it. */
+  function route(ctx: Ctx, segments: string[]): Handler {
+    const { req } = ctx;
     const m = req.method;
     const [first, second, third, fourth] = segments;
     const path = segments.join('/');
+    const rawQuery = req.originalUrl.includes('?') ? req.originalUrl.slice(req.originalUrl.indexOf('?') + 1) : '';
+    const name = (subtype: string | undefined, type?: string, query?: string) =>
+      ctx.audit?.interaction(subtype, actionOf(subtype, m), query !== undefined ? { query, type } : {});
 
     if (segments.length === 0) {
-      if (m === 'POST') return bundleInteraction(ctx);
-      if (m === 'GET') return systemSearchInteraction(ctx, queryPairs(req));
+      if (m === 'POST') { name(undefined); return () => bundleInteraction(ctx); }
+      if (m === 'GET') { name('search-system', undefined, rawQuery); return () => systemSearchInteraction(ctx, queryPairs(req)); }
       throw methodNotAllowed(m, '');
     }
-    if (isExportPath(segments)) return exportInteraction(ctx, segments);
-    if (first === 'metadata' && segments.length === 1) {
-      if (m !== 'GET' && m !== 'HEAD') throw methodNotAllowed(m, path);
-      return sendJson(req, res, 200, capabilityStatement(base, version));
-    }
+    if (isExportPath(segments)) { name('operation'); return () => exportInteraction(ctx, segments); }
     if (first === '_history' && segments.length === 1) {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      return historyInteraction(ctx);
+      name('history-system', undefined, rawQuery);
+      return () => historyInteraction(ctx);
     }
     if (!TABLES[first]) {
       if (/^[A-Z][A-Za-z]+$/.test(first)) throw new FhirError(404, 'not-supported', `Resource type ${first} is not supported`);
@@ -78,41 +106,49 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     }
     const type = first;
     if (segments.length === 1) {
-      if (m === 'GET') return searchInteraction(ctx, type, queryPairs(req));
-      if (m === 'POST') return crud.create(ctx, type);
-      if (m === 'PUT') return crud.conditionalUpdate(ctx, type);
-      if (m === 'DELETE') return crud.conditionalDelete(ctx, type);
+      if (m === 'GET') { name('search-type', type, rawQuery); return () => searchInteraction(ctx, type, queryPairs(req)); }
+      if (m === 'POST') { name('create'); return () => crud.create(ctx, type); }
+      if (m === 'PUT') { name('update', type, rawQuery); return () => crud.conditionalUpdate(ctx, type); }
+      if (m === 'DELETE') { name('delete', type, rawQuery); return () => crud.conditionalDelete(ctx, type); }
       throw methodNotAllowed(m, path);
     }
     if (segments.length === 2 && second === '_search') {
       if (m !== 'POST') throw methodNotAllowed(m, path);
       const form = Buffer.isBuffer(req.body) && /x-www-form-urlencoded/.test(req.get('content-type') ?? '') ? req.body.toString('utf8') : '';
-      return searchInteraction(ctx, type, [...queryPairs(req), ...new URLSearchParams(form).entries()]);
+      const pairs = [...queryPairs(req), ...new URLSearchParams(form).entries()];
+      name('search-type', type, new URLSearchParams(pairs).toString());
+      return () => searchInteraction(ctx, type, pairs);
     }
     if (type === 'Patient' && (second === '$everything' || (segments.length === 3 && third === '$everything'))) {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      if (segments.length === 2) return everythingInteraction(ctx);
-      return everythingInteraction(ctx, second);
+      ctx.audit?.interaction('operation', 'E', { operation: 'everything', query: rawQuery, type: 'Patient' });
+      if (segments.length === 2) return () => everythingInteraction(ctx);
+      return () => everythingInteraction(ctx, second);
     }
     if (segments.length === 2 && second === '_history') {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      return historyInteraction(ctx, type);
+      name('history-type', type, rawQuery);
+      return () => historyInteraction(ctx, type);
     }
     if (segments.length === 2) {
-      if (m === 'GET' || m === 'HEAD') return crud.read(ctx, type, second);
-      if (m === 'PUT') return crud.update(ctx, type, second);
-      if (m === 'PATCH') return crud.patch(ctx, type, second);
-      if (m === 'DELETE') return crud.remove(ctx, type, second);
+      if (m === 'GET' || m === 'HEAD') { name('read'); return () => crud.read(ctx, type, second); }
+      if (m === 'PUT') { name('update'); return () => crud.update(ctx, type, second); }
+      if (m === 'PATCH') { name('patch'); return () => crud.patch(ctx, type, second); }
+      if (m === 'DELETE') { name('delete'); return () => crud.remove(ctx, type, second); }
       throw methodNotAllowed(m, path);
     }
     if (third === '_history' && segments.length === 3) {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      return historyInteraction(ctx, type, second);
+      name('history-instance');
+      return () => historyInteraction(ctx, type, second);
     }
     if (third === '_history' && segments.length === 4) {
       if (m !== 'GET' && m !== 'HEAD') throw methodNotAllowed(m, path);
-      return crud.vread(ctx, type, second, fourth);
+      name('vread');
+      return () => crud.vread(ctx, type, second, fourth);
     }
     throw notFound(`No route for /${path}`);
-  };
+  }
+
+  return dispatch;
 }

@@ -11,6 +11,15 @@ import { subset, type SummaryMode } from '../fhir/subset.ts';
 import { parseSearch } from '../search/query.ts';
 import { runSearch, runSystemSearch, fetchIncludes } from '../store/searchRun.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
+import { accessOf, filterVisible, forbidden, permit, restrictionCriteria } from '../auth/enforce.ts';
+import { queryPatients } from '../audit/request.ts';
+
+/** Records the search's AuditEvent: the query, and the patients it names or is confined to. */
+async function auditSearch(ctx: Ctx, type: string | undefined, pairs: [string, string][], confined: boolean) {
+  const patients = queryPatients(type, pairs);
+  if (confined && ctx.access?.patient) patients.push(ctx.access.patient);
+  await ctx.audit?.success({ patients });
+}
 
 const encodeCursor = (c: string[]) => Buffer.from(JSON.stringify(c)).toString('base64url');
 
@@ -23,8 +32,12 @@ function decodeCursor(raw: string): string[] {
 }
 
 export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, string][]) {
+  const access = permit(ctx, type, 's');
   const q = parseSearch(type, pairs);
   if (q.unknown.length && preferStrict(ctx.req)) throw badRequest(`Unsupported search parameter(s): ${q.unknown.join(', ')}`);
+  // The compartment and granular filters apply to the result type, so chains, _has and
+  // the client's own criteria can only narrow what the token sees.
+  q.criteria.push(...restrictionCriteria(ctx, type, access));
   const count = pageSize(ctx, q.count);
   const after = q.page ? decodeCursor(q.page) : undefined;
   const countOnly = q.summary === 'count';
@@ -35,7 +48,7 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
       total: countOnly && q.total === 'none' ? 'accurate' : q.total,
     });
     const included = countOnly || (!q.include.length && !q.revinclude.length) ? []
-      : await fetchIncludes(tx, type, page.rows.map((r) => r.id), q.include, q.revinclude, ctx.config.maxCount);
+      : await filterVisible(ctx, tx, await fetchIncludes(tx, type, page.rows.map((r) => r.id), q.include, q.revinclude, ctx.config.maxCount), 'r');
     return { page, included };
   });
   const summary = countOnly ? undefined : (q.summary as SummaryMode | undefined);
@@ -49,6 +62,7 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
       search: { mode: 'outcome' },
     });
   }
+  await auditSearch(ctx, type, pairs, access.compartment);
   // Links repeat the query (minus what was ignored) so every page means the same search.
   const keep = pairs.filter(([n]) => n !== '_page' && n !== '_count' && !q.unknown.includes(n.split(/[:.]/)[0]));
   const link = (extra: [string, string][]) => `${ctx.base}/${type}?${new URLSearchParams([...keep, ['_count', String(count)], ...extra]).toString()}`;
@@ -60,9 +74,13 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
 /** GET [base]?_type=A,B&...: parameters common to the listed types (all stored types by default). */
 export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][]) {
   const typeParam = pairs.find(([n]) => n === '_type')?.[1];
-  const types = typeParam ? typeParam.split(',').filter(Boolean) : Object.keys(TABLES);
+  let types = typeParam ? typeParam.split(',').filter(Boolean) : Object.keys(TABLES);
   const bad = types.filter((t) => !TABLES[t]);
   if (bad.length) throw badRequest(`_type names types Kiln does not store: ${bad.join(', ')}`, ['_type']);
+  // Named types must all be searchable; without _type, the search covers those that are.
+  if (typeParam) types.forEach((t) => permit(ctx, t, 's'));
+  else types = types.filter((t) => accessOf(ctx, t, 's'));
+  if (!types.length) throw forbidden("The access token's scopes allow searching no resource type");
   const rest = pairs.filter(([n]) => n !== '_type');
   const parsed = types.map((type) => ({ type, q: parseSearch(type, rest) }));
   const first = parsed[0].q;
@@ -82,7 +100,7 @@ export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][
   }
   const countOnly = first.summary === 'count';
   const result = await inTenant(ctx, (tx) => runSystemSearch(tx, {
-    types: types.map((type) => ({ type, criteria: parseSearch(type, usable).criteria })),
+    types: types.map((type) => ({ type, criteria: [...parseSearch(type, usable).criteria, ...restrictionCriteria(ctx, type, permit(ctx, type, 's'))] })),
     count: countOnly ? 0 : count, after,
     // _total=estimate is counted exactly here: the planner's guess for a union of types is poor.
     total: countOnly || first.total !== 'none' ? 'accurate' : 'none',
@@ -100,5 +118,6 @@ export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][
   const link = (extra: [string, string][]) => `${ctx.base}?${new URLSearchParams([...keep, ['_count', String(count)], ...extra]).toString()}`;
   const links: BundleLink[] = [{ relation: 'self', url: link(first.page ? [['_page', first.page]] : []) }];
   if (result.next) links.push({ relation: 'next', url: link([['_page', encodeCursor([result.next.type, result.next.id])]]) });
+  await auditSearch(ctx, undefined, pairs, types.some((t) => accessOf(ctx, t, 's')?.compartment));
   sendJson(ctx.req, ctx.res, 200, bundleJson('searchset', entries, links, result.total));
 }

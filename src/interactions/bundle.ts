@@ -26,6 +26,19 @@ export interface EntryResult {
   outcome?: OperationOutcome;
 }
 
+/** What authorization sees of an entry's request. */
+export type EntryRequest = Pick<Parsed, 'index' | 'method' | 'type' | 'id' | 'vid' | 'query' | 'ifNoneExist'>;
+
+/** What an entry may do (src/http/bundles.ts builds it from the token's scopes). */
+export interface EntryPolicy {
+  /** Checks on the versions a write replaces and writes. */
+  guard?: write.WriteGuard;
+  /** Search pairs appended to the entry's search or conditional criteria. */
+  restrict: [string, string][];
+  /** Whether a read's resource is visible (false: 404). */
+  visible?: (tx: Tx, type: string, id: string, json: string) => Promise<boolean>;
+}
+
 interface Parsed {
   index: number;
   method: Method;
@@ -39,6 +52,7 @@ interface Parsed {
   patch?: unknown;
   ifMatch?: number;
   ifNoneExist?: [string, string][];
+  policy?: EntryPolicy;
 }
 
 /** Marks an error with the entry it came from, so the OperationOutcome can say which. */
@@ -178,26 +192,30 @@ function writtenResult(type: string, w: write.Written): EntryResult {
 
 /** Runs one entry whose ids and references are settled. */
 async function runEntry(tx: Tx, e: Parsed, assignedId: string | undefined, base: string, maxCount: number): Promise<EntryResult> {
+  const guard = e.policy?.guard;
+  const hidden = async (id: string, json: string) => e.policy?.visible && !await e.policy.visible(tx, e.type, id, json);
   switch (e.method) {
     case 'POST':
-      return writtenResult(e.type, await write.create(tx, e.type, e.resource!, undefined, { ifNoneExist: e.ifNoneExist, id: assignedId }));
+      return writtenResult(e.type, await write.create(tx, e.type, e.resource!, undefined, { ifNoneExist: e.ifNoneExist, id: assignedId }, guard));
     case 'PUT':
-      if (e.id) return writtenResult(e.type, await write.update(tx, e.type, e.id, e.resource!, undefined, e.ifMatch));
-      return writtenResult(e.type, await write.conditionalUpdate(tx, e.type, e.query, { ...e.resource!, ...(assignedId && !e.resource!.id ? { id: assignedId } : {}) } as Resource, undefined, e.ifMatch));
+      if (e.id) return writtenResult(e.type, await write.update(tx, e.type, e.id, e.resource!, undefined, e.ifMatch, guard));
+      return writtenResult(e.type, await write.conditionalUpdate(tx, e.type, e.query, { ...e.resource!, ...(assignedId && !e.resource!.id ? { id: assignedId } : {}) } as Resource, undefined, e.ifMatch, guard));
     case 'PATCH':
-      return writtenResult(e.type, await write.patch(tx, e.type, e.id!, e.patch, e.ifMatch));
+      return writtenResult(e.type, await write.patch(tx, e.type, e.id!, e.patch, e.ifMatch, guard));
     case 'DELETE': {
-      const v = e.id ? await write.remove(tx, e.type, e.id, e.ifMatch) : await write.conditionalDelete(tx, e.type, e.query);
+      const v = e.id ? await write.remove(tx, e.type, e.id, e.ifMatch, guard) : await write.conditionalDelete(tx, e.type, e.query, guard);
       return { status: statusText[204], ...(v ? { etag: `W/"${v}"` } : {}) };
     }
     default: {
       if (e.id && e.vid) {
         const v = await readVersion(tx, e.type, e.id, Number(e.vid));
+        if (v && !v.deleted && await hidden(e.id, v.json!)) throw new FhirError(404, 'not-found', `${e.type}/${e.id}/_history/${e.vid} not available`);
         if (!v || v.deleted) throw new FhirError(v ? 410 : 404, v ? 'deleted' : 'not-found', `${e.type}/${e.id}/_history/${e.vid} not available`);
         return { status: statusText[200], etag: `W/"${v.versionId}"`, lastModified: v.lastUpdated, json: v.json };
       }
       if (e.id) {
         const r = requireLive(await readCurrent(tx, e.type, e.id), e.type, e.id);
+        if (await hidden(e.id, r.json)) throw new FhirError(404, 'not-found', `${e.type}/${e.id} not found`);
         return { status: statusText[200], etag: `W/"${r.versionId}"`, lastModified: r.lastUpdated, json: r.json };
       }
       const q = parseSearch(e.type, e.query);
@@ -214,6 +232,22 @@ export interface BundleOptions {
   maxEntries: number;
   maxCount: number;
   inTenant: <T>(fn: (tx: Tx) => Promise<T>) => Promise<T>;
+  /** Authorizes one entry; throws (a FhirError, 403) to refuse it. */
+  authorize?: (e: EntryRequest) => EntryPolicy;
+  /** Records the AuditEvent of a batch entry or of a whole transaction, in its database transaction. */
+  auditInTx?: (tx: Tx, done: { request: EntryRequest; result: EntryResult }[]) => Promise<void>;
+  /** Records a batch entry that failed or was refused (request undefined when it did not parse). */
+  auditFailed?: (index: number, request: EntryRequest | undefined, err: FhirError) => Promise<void>;
+}
+
+/** Applies the entry's policy: restriction pairs join its search or conditional criteria. */
+function authorizeEntry(e: Parsed, opts: BundleOptions): void {
+  if (!opts.authorize) return;
+  const policy = opts.authorize(e);
+  e.policy = policy;
+  if (!policy.restrict.length) return;
+  if (!e.id && (e.method === 'GET' || e.method === 'HEAD' || e.method === 'PUT' || e.method === 'DELETE')) e.query = [...e.query, ...policy.restrict];
+  if (e.ifNoneExist) e.ifNoneExist = [...e.ifNoneExist, ...policy.restrict];
 }
 
 function checkBundle(body: unknown, maxEntries: number): Bundle {
@@ -234,6 +268,14 @@ export async function transaction(body: unknown, opts: BundleOptions): Promise<E
   const bundle = checkBundle(body, opts.maxEntries);
   if (bundle.type !== 'transaction') throw badRequest('not a transaction');
   const parsed = (bundle.entry ?? []).map((e, i) => parseEntry(e, i, opts.base));
+  // Every entry is authorized before anything runs: one refused entry fails the transaction.
+  for (const e of parsed) {
+    try {
+      authorizeEntry(e, opts);
+    } catch (err) {
+      throw atEntry(e.index, err);
+    }
+  }
   const seenFullUrls = new Set<string>();
   for (const e of parsed) {
     if (e.fullUrl && seenFullUrls.has(e.fullUrl)) throw badRequest(`Bundle.entry[${e.index}]: fullUrl ${e.fullUrl} appears twice`);
@@ -281,6 +323,7 @@ export async function transaction(body: unknown, opts: BundleOptions): Promise<E
         throw atEntry(e.index, err);
       }
     }
+    await opts.auditInTx?.(tx, parsed.map((e) => ({ request: e, result: results[e.index] })));
     return results;
   });
 }
@@ -290,11 +333,19 @@ export async function batch(body: unknown, opts: BundleOptions): Promise<EntryRe
   const bundle = checkBundle(body, opts.maxEntries);
   const results: EntryResult[] = [];
   for (const [i, entry] of (bundle.entry ?? []).entries()) {
+    let e: Parsed | undefined;
     try {
-      const e = parseEntry(entry, i, opts.base);
-      results.push(await opts.inTenant((tx) => runEntry(tx, e, undefined, opts.base, opts.maxCount)));
+      e = parseEntry(entry, i, opts.base);
+      authorizeEntry(e, opts);
+      const parsed = e;
+      results.push(await opts.inTenant(async (tx) => {
+        const result = await runEntry(tx, parsed, undefined, opts.base, opts.maxCount);
+        await opts.auditInTx?.(tx, [{ request: parsed, result }]);
+        return result;
+      }));
     } catch (err) {
       if (!(err instanceof FhirError)) throw err;
+      await opts.auditFailed?.(i, e, err);
       results.push({ status: `${err.status}`, outcome: outcome(err.issues) });
     }
   }

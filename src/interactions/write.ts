@@ -34,6 +34,27 @@ export function ifNoneExistCriteria(value: string | undefined): [string, string]
   return [...new URLSearchParams(value.replace(/^[^?]*\?/, '')).entries()];
 }
 
+/**
+ * Authorization checks on a write (src/auth/enforce.ts writeGuard): each throws to refuse.
+ * `written` runs after the write in the same transaction, so a refusal rolls it back.
+ */
+export interface WriteGuard {
+  stored(tx: Tx, type: string, id: string, json: string): Promise<void>;
+  written(tx: Tx, type: string, id: string, json: string): Promise<void>;
+}
+
+/** Runs the guard's stored-version check on the live current version, if any. */
+async function guardStored(tx: Tx, type: string, id: string, guard: WriteGuard | undefined): Promise<void> {
+  if (!guard) return;
+  const current = await readCurrent(tx, type, id, true);
+  if (current && !current.deleted && current.json) await guard.stored(tx, type, id, current.json);
+}
+
+async function guardWritten(tx: Tx, type: string, w: Written, guard: WriteGuard | undefined): Promise<Written> {
+  if (guard) await guard.written(tx, type, w.id, w.json);
+  return w;
+}
+
 /** The state of a resource after a write. */
 export interface Written {
   id: string;
@@ -70,46 +91,52 @@ const written = (r: { resource: Resource; versionId: number; lastUpdated: string
  * false). `id` pre-assigns the new id (transactions rewrite references to it first).
  */
 export async function create(tx: Tx, type: string, resource: Resource, text: string | undefined,
-  opts: { ifNoneExist?: [string, string][]; id?: string } = {}): Promise<Written> {
+  opts: { ifNoneExist?: [string, string][]; id?: string } = {}, guard?: WriteGuard): Promise<Written> {
   if (opts.ifNoneExist) {
     const existing = await matchOne(tx, type, opts.ifNoneExist, 'If-None-Exist');
     if (existing) {
       const stored = requireLive(await readCurrent(tx, type, existing), type, existing);
+      if (guard) await guard.stored(tx, type, existing, stored.json);
       return { id: existing, versionId: stored.versionId, lastUpdated: stored.lastUpdated, json: stored.json, created: false };
     }
   }
   const { id: _ignored, ...rest } = resource; // the server assigns ids on create
-  return written(await writeResource(tx, { type, id: opts.id, resource: rest as Resource, text, method: 'POST' }));
+  return guardWritten(tx, type, written(await writeResource(tx, { type, id: opts.id, resource: rest as Resource, text, method: 'POST' })), guard);
 }
 
-export async function update(tx: Tx, type: string, id: string, resource: Resource, text: string | undefined, ifMatch?: number): Promise<Written> {
+export async function update(tx: Tx, type: string, id: string, resource: Resource, text: string | undefined, ifMatch?: number, guard?: WriteGuard): Promise<Written> {
   checkId(id);
   if (resource.id === undefined) throw badRequest('Resource id is required on update', ['id']);
   if (resource.id !== id) throw badRequest(`Resource id '${resource.id}' does not match the URL id '${id}'`, ['id']);
-  return written(await writeResource(tx, { type, id, resource, text, method: 'PUT', ifMatch }));
+  await guardStored(tx, type, id, guard);
+  return guardWritten(tx, type, written(await writeResource(tx, { type, id, resource, text, method: 'PUT', ifMatch })), guard);
 }
 
 export async function conditionalUpdate(tx: Tx, type: string, criteria: [string, string][], resource: Resource,
-  text: string | undefined, ifMatch?: number): Promise<Written> {
+  text: string | undefined, ifMatch?: number, guard?: WriteGuard): Promise<Written> {
   const match = await matchOne(tx, type, criteria, 'Conditional update');
   if (match) {
     if (resource.id !== undefined && resource.id !== match) {
       throw badRequest(`Resource id '${resource.id}' does not match the matched resource ${type}/${match}`, ['id']);
     }
-    return written(await writeResource(tx, { type, id: match, resource, text, method: 'PUT', ifMatch }));
+    await guardStored(tx, type, match, guard);
+    return guardWritten(tx, type, written(await writeResource(tx, { type, id: match, resource, text, method: 'PUT', ifMatch })), guard);
   }
   if (resource.id !== undefined) checkId(resource.id);
-  return written(await writeResource(tx, { type, id: resource.id, resource, text, method: resource.id ? 'PUT' : 'POST', ifMatch }));
+  // An id the criteria did not match may still name a stored resource (of another patient).
+  if (resource.id !== undefined) await guardStored(tx, type, resource.id, guard);
+  return guardWritten(tx, type, written(await writeResource(tx, { type, id: resource.id, resource, text, method: resource.id ? 'PUT' : 'POST', ifMatch })), guard);
 }
 
-export async function patch(tx: Tx, type: string, id: string, ops: unknown, ifMatch?: number): Promise<Written> {
+export async function patch(tx: Tx, type: string, id: string, ops: unknown, ifMatch?: number, guard?: WriteGuard): Promise<Written> {
   checkId(id);
   if (!Array.isArray(ops)) throw badRequest('A JSON Patch document is an array of operations');
   const current = requireLive(await readCurrent(tx, type, id, true), type, id);
+  if (guard) await guard.stored(tx, type, id, current.json);
   const patched = applyJsonPatch(JSON.parse(current.json), ops as Operation[]);
   if (patched.resourceType !== type || patched.id !== id) throw badRequest('A patch may not change resourceType or id');
   validate(patched);
-  return written(await writeResource(tx, { type, id, resource: patched, method: 'PATCH', ifMatch, mustExist: true }));
+  return guardWritten(tx, type, written(await writeResource(tx, { type, id, resource: patched, method: 'PATCH', ifMatch, mustExist: true })), guard);
 }
 
 function applyJsonPatch(doc: Resource, ops: Operation[]): Resource {
@@ -130,15 +157,17 @@ function applyJsonPatch(doc: Resource, ops: Operation[]): Resource {
 }
 
 /** Delete: the version id of the delete (the existing one if already deleted); 404 when it never existed. */
-export async function remove(tx: Tx, type: string, id: string, ifMatch?: number): Promise<number | undefined> {
+export async function remove(tx: Tx, type: string, id: string, ifMatch?: number, guard?: WriteGuard): Promise<number | undefined> {
   checkId(id);
+  await guardStored(tx, type, id, guard);
   const result = await deleteResource(tx, type, id, ifMatch);
   if (!result.existed) throw notFound(`${type}/${id} not found`);
   return result.versionId;
 }
 
 /** Conditional delete: one match is deleted, none is a no-op (undefined), several 412. */
-export async function conditionalDelete(tx: Tx, type: string, criteria: [string, string][]): Promise<number | undefined> {
+export async function conditionalDelete(tx: Tx, type: string, criteria: [string, string][], guard?: WriteGuard): Promise<number | undefined> {
   const match = await matchOne(tx, type, criteria, 'Conditional delete');
+  if (match) await guardStored(tx, type, match, guard);
   return match ? (await deleteResource(tx, type, match)).versionId : undefined;
 }

@@ -1,0 +1,117 @@
+// The AuditEvent of one HTTP request: the router names the interaction, the handler
+// adds what it touched and records it either in its write transaction (writes) or
+// through the group-commit writer before answering (reads, searches, operations), and
+// the router records a refused or failed request.
+import type { Tx } from '../store/resources.ts';
+import type { AccessContext } from '../auth/verify.ts';
+import { compartmentPatients } from '../auth/scopes.ts';
+import { FhirError } from '../fhir/outcome.ts';
+import { insertAuditEvents, prepareAuditEvent } from '../store/auditWrite.ts';
+import { auditEvent, outcomeOf, type AuditAction, type AuditFacts } from './event.ts';
+import type { AuditWriter } from './writer.ts';
+
+export interface Touched {
+  resources?: string[];
+  patients?: string[];
+}
+
+export class RequestAudit {
+  subtype?: string;
+  operation?: string;
+  action: AuditAction = 'R';
+  query?: { type?: string; text: string };
+  readonly resources: string[] = [];
+  readonly patients = new Set<string>();
+  /** Set once recorded: a request leaves exactly one AuditEvent. */
+  done = false;
+  access?: AccessContext;
+
+  constructor(private readonly writer: AuditWriter, readonly orgId: number, readonly base: string, readonly address: string | undefined) {}
+
+  /** Names the interaction (called by the router once it knows the route). */
+  interaction(subtype: string | undefined, action: AuditAction, extra: { operation?: string; query?: string; type?: string } = {}): void {
+    this.subtype = subtype;
+    this.action = action;
+    this.operation = extra.operation;
+    if (extra.query !== undefined) this.query = { type: extra.type, text: extra.query };
+  }
+
+  /** A separate AuditEvent of the same request (a batch entry). */
+  child(subtype: string, action: AuditAction): RequestAudit {
+    const c = new RequestAudit(this.writer, this.orgId, this.base, this.address);
+    c.access = this.access;
+    c.interaction(subtype, action);
+    return c;
+  }
+
+  touch(t: Touched): void {
+    for (const r of t.resources ?? []) if (!this.resources.includes(r)) this.resources.push(r);
+    for (const p of t.patients ?? []) this.patients.add(p);
+  }
+
+  private facts(outcome: AuditFacts['outcome'], outcomeDesc?: string): AuditFacts {
+    return {
+      subtype: this.subtype, operation: this.operation, action: this.action, outcome, outcomeDesc,
+      resources: this.resources, query: this.query, patients: [...this.patients],
+    };
+  }
+
+  private event(outcome: AuditFacts['outcome'], outcomeDesc?: string) {
+    const a = this.access;
+    return auditEvent(this.facts(outcome, outcomeDesc), {
+      clientId: a?.clientId, subject: a?.subject, fhirUser: a?.fhirUser, address: this.address,
+    }, this.base, new Date().toISOString());
+  }
+
+  /** A successful access, committed (with others) before the response goes out. */
+  async success(t: Touched = {}): Promise<void> {
+    if (this.done) return;
+    this.touch(t);
+    this.done = true;
+    await this.writer.record(this.orgId, this.event('0'));
+  }
+
+  /** A successful write: recorded in the write's own transaction, so it commits or rolls back with it. */
+  async inTx(tx: Tx, t: Touched = {}): Promise<void> {
+    this.touch(t);
+    await insertAuditEvents(tx, [prepareAuditEvent(this.event('0'), new Date().toISOString())]);
+    this.done = true;
+  }
+
+  /** A refused or failed request. */
+  async failure(err: unknown): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    const status = err instanceof FhirError ? err.status : typeof (err as { status?: unknown })?.status === 'number' ? (err as { status: number }).status : 500;
+    const desc = err instanceof FhirError ? `${status} ${err.message}` : status < 500 ? `${status} ${(err as Error)?.message ?? ''}` : `${status} internal error`;
+    await this.writer.record(this.orgId, this.event(outcomeOf(status), desc));
+  }
+}
+
+/** `Type/id` of a stored resource and the patients whose compartment holds it. */
+export function touchedResource(type: string, id: string, json: string | undefined, versionId?: number): Touched {
+  let patients: string[] = [];
+  if (type === 'Patient') patients = [id];
+  else if (json) {
+    try {
+      patients = compartmentPatients(type, JSON.parse(json));
+    } catch { /* stored JSON always parses */ }
+  }
+  return { resources: [versionId ? `${type}/${id}/_history/${versionId}` : `${type}/${id}`], patients };
+}
+
+/** Patients a query names (`patient=`, `subject=Patient/..`, Patient `_id=`), for the audit's patient entity. */
+export function queryPatients(type: string | undefined, pairs: [string, string][]): string[] {
+  const out: string[] = [];
+  for (const [name, value] of pairs) {
+    const base = name.split(':')[0];
+    for (const v of value.split(',')) {
+      if (type === 'Patient' && base === '_id') out.push(v);
+      else if (base === 'patient' || base === 'subject') {
+        const m = /(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(v) ?? (base === 'patient' && /^[A-Za-z0-9\-.]{1,64}$/.test(v) ? [v, v] : null);
+        if (m) out.push(m[1]);
+      }
+    }
+  }
+  return [...new Set(out)];
+}
