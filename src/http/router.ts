@@ -130,6 +130,8 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       name('history-type', type, rawQuery);
       return () => historyInteraction(ctx, type);
     }
+    // The resource is the audit's entity even when the request is refused before it runs.
+    if (second && !second.startsWith('_') && !second.startsWith('$')) ctx.audit?.touch({ resources: [`${type}/${second}${third === '_history' && fourth ? `/_history/${fourth}` : ''}`] });
     if (segments.length === 2) {
       if (m === 'GET' || m === 'HEAD') { name('read'); return () => crud.read(ctx, type, second); }
       if (m === 'PUT') { name('update'); return () => crud.update(ctx, type, second); }

@@ -1,0 +1,214 @@
+// Every access leaves one AuditEvent (IHE BALP style), stored as a FHIR resource that
+// reads and searches like any other, written with the write it records; clients cannot
+// change them; the bulk insert writes exactly the rows of the normal storage path.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestServer, removeDataDir, fhir, token, bearer, type TestServer } from './support/server.ts';
+import { withTenant, writeResource } from '../src/store/resources.ts';
+import { insertAuditEvents, prepareAuditEvent } from '../src/store/auditWrite.ts';
+import { auditEvent } from '../src/audit/event.ts';
+import { CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
+
+let srv: TestServer;
+let admin: Record<string, string>;
+let patient: string;
+let obsId: string;
+
+const as = (h: Record<string, string>, method: string, path: string, body?: unknown, extra: Record<string, string> = {}) =>
+  fhir(srv.url, method, path, body, { ...h, ...extra });
+
+/** A token of its own client, so the events of one request can be picked out by agent. */
+async function client(name: string, scope = 'user/*.cruds', extra: { patient?: string; fhirUser?: string; subject?: string } = {}) {
+  return bearer(await token(srv, { scope, clientId: name, ...extra }));
+}
+
+async function eventsOf(clientId: string): Promise<any[]> {
+  const r = await as(admin, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|${clientId}`)}&_count=100`);
+  assert.equal(r.status, 200, r.text);
+  return (r.json.entry ?? []).map((e: any) => e.resource);
+}
+
+async function oneEvent(clientId: string): Promise<any> {
+  const events = await eventsOf(clientId);
+  assert.equal(events.length, 1, `${clientId}: ${events.length} AuditEvents: ${JSON.stringify(events.map((e) => e.subtype))}`);
+  return events[0];
+}
+
+const subtypes = (e: any) => (e.subtype ?? []).map((c: any) => c.code);
+const whats = (e: any) => (e.entity ?? []).map((x: any) => x.what?.reference).filter(Boolean);
+const obs = (p: string) => ({ resourceType: 'Observation', status: 'final', code: { text: 'audit' }, subject: { reference: `Patient/${p}` } });
+
+before(async () => {
+  srv = await startTestServer({ auth: 'smart' });
+  admin = await client('audit-admin', 'system/*.cruds');
+  patient = (await as(admin, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Audited' }] })).json.id;
+  obsId = (await as(admin, 'POST', 'Observation', obs(patient))).json.id;
+});
+after(async () => {
+  await srv.stop();
+  removeDataDir(srv.dataDir);
+});
+
+describe('one AuditEvent per access', () => {
+  const cases: { name: string; run: (h: Record<string, string>) => Promise<{ status: number }>; subtype: string[]; action: string; what?: () => string[] }[] = [
+    { name: 'read', run: (h) => as(h, 'GET', `Observation/${obsId}`), subtype: ['read'], action: 'R', what: () => [`Observation/${obsId}`] },
+    { name: 'vread', run: (h) => as(h, 'GET', `Observation/${obsId}/_history/1`), subtype: ['vread'], action: 'R', what: () => [`Observation/${obsId}/_history/1`] },
+    { name: 'search', run: (h) => as(h, 'GET', `Observation?subject=Patient/${patient}`), subtype: ['search-type'], action: 'E' },
+    { name: 'system-search', run: (h) => as(h, 'GET', `?_type=Patient`), subtype: ['search-system'], action: 'E' },
+    { name: 'history-instance', run: (h) => as(h, 'GET', `Observation/${obsId}/_history`), subtype: ['history-instance'], action: 'R', what: () => [`Observation/${obsId}`] },
+    { name: 'history-type', run: (h) => as(h, 'GET', `Observation/_history`), subtype: ['history-type'], action: 'E' },
+    { name: 'create', run: (h) => as(h, 'POST', 'Observation', obs(patient)), subtype: ['create'], action: 'C' },
+    { name: 'update', run: (h) => as(h, 'PUT', `Patient/${patient}`, { resourceType: 'Patient', id: patient, name: [{ family: 'Audited' }] }), subtype: ['update'], action: 'U' },
+    { name: 'patch', run: (h) => as(h, 'PATCH', `Patient/${patient}`, [{ op: 'add', path: '/language', value: 'en' }], { 'content-type': 'application/json-patch+json' }), subtype: ['patch'], action: 'U' },
+    { name: 'everything', run: (h) => as(h, 'GET', `Patient/${patient}/$everything`), subtype: ['operation', 'everything'], action: 'E' },
+    { name: 'export', run: (h) => as(h, 'GET', '$export?_type=Patient', undefined, { prefer: 'respond-async' }), subtype: ['operation', 'export'], action: 'E' },
+    { name: 'transaction', run: (h) => as(h, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [{ request: { method: 'POST', url: 'Observation' }, resource: obs(patient) }] }), subtype: ['transaction'], action: 'E' },
+  ];
+  for (const c of cases) {
+    test(`${c.name}: subtype, action, outcome 0, agents, source, entities`, async () => {
+      const id = `c-${c.name}`;
+      const h = await client(id, c.name === 'export' ? 'system/*.rs' : 'user/*.cruds', { fhirUser: 'Practitioner/77', subject: `${id}-user` });
+      const r = await c.run(h);
+      assert.ok(r.status < 300, `${c.name}: ${r.status}`);
+      const e = await oneEvent(id);
+      assert.deepEqual(subtypes(e), c.subtype);
+      assert.equal(e.type.code, 'rest');
+      assert.equal(e.action, c.action);
+      assert.equal(e.outcome, '0');
+      assert.ok(Date.now() - Date.parse(e.recorded) < 60_000);
+      const user = e.agent.find((a: any) => a.requestor);
+      assert.equal(user.who.reference, 'Practitioner/77');
+      assert.equal(user.network.address, '127.0.0.1');
+      assert.ok(e.agent.some((a: any) => a.who.identifier?.value === id && a.who.identifier.system === CLIENT_ID_SYSTEM));
+      assert.equal(e.source.observer.display, 'Kiln FHIR server');
+      for (const w of c.what?.() ?? []) assert.ok(whats(e).includes(w), `${c.name}: entity ${w} in ${whats(e)}`);
+      if (!['system-search', 'history-type', 'export'].includes(c.name)) {
+        assert.ok(whats(e).includes(`Patient/${patient}`), `${c.name}: patient entity in ${whats(e)}`);
+        assert.equal(e.entity.find((x: any) => x.what?.reference === `Patient/${patient}`).role.code, '1');
+      }
+      if (c.action === 'E' && c.subtype[0].startsWith('search')) {
+        const q = e.entity.find((x: any) => x.role?.code === '24');
+        assert.ok(Buffer.from(q.query, 'base64').toString().length > 0, 'query entity');
+      }
+    });
+  }
+
+  test('delete: one event, action D, the deleted resource as entity', async () => {
+    const victim = (await as(admin, 'POST', 'Observation', obs(patient))).json.id;
+    const h = await client('c-delete');
+    assert.equal((await as(h, 'DELETE', `Observation/${victim}`)).status, 204);
+    const e = await oneEvent('c-delete');
+    assert.deepEqual([subtypes(e), e.action, e.outcome], [['delete'], 'D', '0']);
+    assert.ok(whats(e).includes(`Observation/${victim}/_history/2`), whats(e).join());
+  });
+
+  test('a batch: one event per entry and one for the Bundle', async () => {
+    const h = await client('c-batch');
+    const r = await as(h, 'POST', '', { resourceType: 'Bundle', type: 'batch', entry: [
+      { request: { method: 'GET', url: `Patient/${patient}` } }, { request: { method: 'GET', url: 'Patient/no-such' } }] });
+    assert.equal(r.status, 200);
+    const events = await eventsOf('c-batch');
+    assert.deepEqual(events.map((e) => `${subtypes(e)[0]}:${e.outcome}`).sort(), ['batch:0', 'read:0', 'read:4']);
+  });
+});
+
+describe('denied and failed requests', () => {
+  test('403, 404, 422 and 401 are audited with outcome 4 and no success event', async () => {
+    const narrow = await client('c-denied', 'user/Observation.rs');
+    assert.equal((await as(narrow, 'GET', `Patient/${patient}`)).status, 403);
+    const denied = await oneEvent('c-denied');
+    assert.deepEqual([subtypes(denied), denied.action, denied.outcome], [['read'], 'R', '4']);
+    assert.match(denied.outcomeDesc, /^403 /);
+    assert.ok(whats(denied).includes(`Patient/${patient}`));
+
+    const h = await client('c-missing');
+    assert.equal((await as(h, 'GET', 'Observation/no-such-id')).status, 404);
+    assert.equal((await oneEvent('c-missing')).outcome, '4');
+
+    // A write that fails: nothing stored, and no AuditEvent of success.
+    const w = await client('c-badwrite');
+    const bad = await as(w, 'POST', 'Observation', obs('no-such-patient'));
+    assert.equal(bad.status, 422, bad.text);
+    const e = await oneEvent('c-badwrite');
+    assert.deepEqual([subtypes(e), e.action, e.outcome], [['create'], 'C', '4']);
+    const tx = await as(w, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [
+      { request: { method: 'POST', url: 'Observation' }, resource: obs(patient) },
+      { request: { method: 'POST', url: 'Observation' }, resource: obs('no-such-patient') }] });
+    assert.equal(tx.status, 422);
+    const after = await eventsOf('c-badwrite');
+    assert.deepEqual(after.map((x) => `${subtypes(x)[0]}:${x.outcome}`).sort(), ['create:4', 'transaction:4']);
+
+    const anon = await fhir(srv.url, 'GET', `Patient/${patient}`);
+    assert.equal(anon.status, 401);
+    const found = await as(admin, 'GET', `AuditEvent?entity=Patient/${patient}&outcome=4&agent-name=anonymous`);
+    assert.ok(found.json.entry?.length >= 1, found.text);
+  });
+
+  test('clients cannot update, patch or delete AuditEvents (405), also in Bundles', async () => {
+    const e = (await eventsOf('c-read'))[0];
+    const owner = bearer(await token(srv, { scope: 'system/*.cruds', clientId: 'c-mutator' }));
+    assert.equal((await as(owner, 'PUT', `AuditEvent/${e.id}`, { ...e, outcome: '0' })).status, 405);
+    assert.equal((await as(owner, 'PATCH', `AuditEvent/${e.id}`, [{ op: 'replace', path: '/outcome', value: '8' }], { 'content-type': 'application/json-patch+json' })).status, 405);
+    assert.equal((await as(owner, 'DELETE', `AuditEvent/${e.id}`)).status, 405);
+    assert.equal((await as(owner, 'DELETE', `AuditEvent?_id=${e.id}`)).status, 405);
+    const b = await as(owner, 'POST', '', { resourceType: 'Bundle', type: 'batch', entry: [{ request: { method: 'DELETE', url: `AuditEvent/${e.id}` } }] });
+    assert.equal(b.json.entry[0].response.status, '405');
+    const still = await as(admin, 'GET', `AuditEvent/${e.id}`);
+    assert.equal(still.status, 200);
+    assert.equal(still.json.meta.versionId, '1');
+  });
+});
+
+describe('AuditEvents as FHIR', () => {
+  test('searchable by date, agent, entity, patient, type, subtype, action, outcome', async () => {
+    const e = await oneEvent('c-read');
+    const day = e.recorded.slice(0, 10);
+    const queries = [
+      `date=${day}`, `date=ge${day}`, `agent=Practitioner/77`, `agent:identifier=${CLIENT_ID_SYSTEM}|c-read`, `altid=c-read`,
+      `entity=Observation/${obsId}`, `patient=Patient/${patient}`, `type=http://terminology.hl7.org/CodeSystem/audit-event-type|rest`,
+      `subtype=http://hl7.org/fhir/restful-interaction|read`, 'action=R', 'outcome=0',
+    ];
+    for (const q of queries) {
+      const r = await as(admin, 'GET', `AuditEvent?${q}&_id=${e.id}`, undefined, { prefer: 'handling=strict' });
+      assert.equal(r.status, 200, `${q}: ${r.text}`);
+      assert.equal(r.json.entry?.length, 1, `AuditEvent?${q} did not find the read's event`);
+    }
+    for (const q of ['action=D', 'outcome=4', 'subtype=delete', `date=lt${day}`, 'agent=Practitioner/78']) {
+      assert.equal((await as(admin, 'GET', `AuditEvent?${q}&_id=${e.id}`)).json.entry?.length ?? 0, 0, q);
+    }
+  });
+
+  test('a patient sees the AuditEvents of its own compartment only', async () => {
+    const other = (await as(admin, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Other' }] })).json.id;
+    await as(admin, 'GET', `Patient/${other}`);
+    const me = await client('c-patient', 'patient/AuditEvent.rs', { patient });
+    const r = await as(me, 'GET', 'AuditEvent?_count=200');
+    assert.equal(r.status, 200);
+    assert.ok(r.json.entry.length > 0);
+    for (const x of r.json.entry) assert.ok(JSON.stringify(x.resource).includes(`Patient/${patient}`));
+    assert.ok(!JSON.stringify(r.json).includes(`Patient/${other}`));
+  });
+
+  test('the bulk insert writes exactly the rows writeResource writes', async () => {
+    const event = auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: [`Observation/${obsId}`], patients: [patient], query: { text: 'a=b' } },
+      { clientId: 'rows', fhirUser: 'Practitioner/1', address: '10.0.0.1' }, srv.url, new Date().toISOString());
+    // The same instant for both, so that only the ids differ.
+    const written = await withTenant(srv.db.app, 1, (tx) => writeResource(tx, { type: 'AuditEvent', id: 'path-row', resource: event, method: 'POST' }));
+    await withTenant(srv.db.app, 1, (tx) => insertAuditEvents(tx, [prepareAuditEvent(event, written.lastUpdated, 'bulk-row')]));
+    const norm = (v: unknown) => JSON.parse(JSON.stringify(v).replaceAll('bulk-row', 'ID').replaceAll('path-row', 'ID'));
+    const q = (sql: string, id: string) => srv.db.owner.query(sql, [id]).then((r) => r.rows);
+    for (const [name, sql] of [
+      ['row', `SELECT to_jsonb(t) - 'resource' AS r, resource::text AS body FROM audit_events t WHERE id = $1`],
+      ['locator', `SELECT to_jsonb(t) AS r FROM resource_ids t WHERE id = $1`],
+      ['history', `SELECT to_jsonb(t) - 'resource' AS r, resource::text AS body FROM resource_history t WHERE id = $1`],
+      ...['search_tokens', 'search_strings', 'search_dates', 'search_references', 'search_quantities', 'search_numbers', 'search_uris', 'search_composites']
+        .map((t) => [t, `SELECT to_jsonb(t) AS r FROM ${t} t WHERE id = $1`]),
+    ] as [string, string][]) {
+      const sorted = (rows: unknown[]) => rows.map((r) => JSON.stringify(r)).sort();
+      const a = sorted(norm(await q(sql, 'bulk-row')));
+      const b = sorted(norm(await q(sql, 'path-row')));
+      assert.ok(a.length > 0 || !name.startsWith('row'), name);
+      assert.deepEqual(a, b, `${name} rows differ`);
+    }
+  });
+});
