@@ -1,0 +1,111 @@
+// Read throughput with auditing on vs off, in one run against one server
+// (KILN_AUTH=smart, a bearer token on every request): `npm run bench:audit`.
+// Rounds alternate off/on (the server reads KILN_AUDIT at each request) so that drift
+// (caches, autovacuum, the machine) falls on both sides alike. The load generator runs
+// in a forked process (autocannon), as in bench/crud.ts.
+//
+//   BENCH_SECONDS=5 BENCH_ROUNDS=2 BENCH_CONNECTIONS=16 BENCH_SEED=500 npm run bench:audit
+import { fork } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import autocannon from 'autocannon';
+import { startTestServer, removeDataDir, token, type TestServer } from '../test/support/server.ts';
+import { patientBody, seedMrn } from './fixtures.ts';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const num = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
+const SECONDS = num('BENCH_SECONDS', 5);
+const ROUNDS = num('BENCH_ROUNDS', 2);
+const CONNECTIONS = num('BENCH_CONNECTIONS', 16);
+const SEED = num('BENCH_SEED', 500);
+
+interface Load { origin: string; ids: string[]; token: string; seconds: number; connections: number }
+interface Result { reqPerSec: number; ok: number; non2xx: number; p50: number; p99: number }
+
+/** The forked load generator: one autocannon run per message. */
+async function worker(): Promise<void> {
+  process.on('message', async (m: Load) => {
+    let seq = 0;
+    const r = await autocannon({
+      url: m.origin, connections: m.connections, duration: m.seconds,
+      requests: [{ method: 'GET', path: '/fhir/Patient', setupRequest: (req: any) => ({ ...req, path: `/fhir/Patient/${m.ids[seq++ % m.ids.length]}` }) }],
+      headers: { accept: 'application/fhir+json', authorization: `Bearer ${m.token}` },
+    });
+    const ok = r['2xx'];
+    process.send!({ reqPerSec: ok / m.seconds, ok, non2xx: r.non2xx, p50: r.latency.p50, p99: r.latency.p99 } satisfies Result);
+  });
+}
+
+function runLoad(load: Load): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = fork(fileURLToPath(import.meta.url), ['--worker'], { execArgv: ['--import', 'tsx'], stdio: 'inherit' });
+    child.once('message', (m) => { resolve(m as Result); child.kill(); });
+    child.once('error', reject);
+    child.send(load);
+  });
+}
+
+async function main(): Promise<void> {
+  let server: TestServer | undefined;
+  try {
+    server = await startTestServer({ auth: 'smart', audit: 'on' });
+    const origin = server.url.replace(/\/fhir$/, '');
+    const bearerToken = await token(server, { scope: 'system/*.cruds', clientId: 'bench-audit' });
+    // Seed Patients (these writes are audited too, in their transactions).
+    const ids: string[] = [];
+    for (let i = 0; i < SEED; i += 16) {
+      const batch = await Promise.all(Array.from({ length: Math.min(16, SEED - i) }, async (_, j) => {
+        const res = await fetch(`${server!.url}/Patient`, {
+          method: 'POST', headers: { 'content-type': 'application/fhir+json', authorization: `Bearer ${bearerToken}` },
+          body: JSON.stringify(patientBody(seedMrn('audit', i + j), i + j)),
+        });
+        if (res.status !== 201) throw new Error(`seeding: HTTP ${res.status} ${await res.text()}`);
+        return (await res.json()).id as string;
+      }));
+      ids.push(...batch);
+    }
+    const count = async () => (await server!.db.owner.query(`SELECT count(*)::integer AS n FROM audit_events`)).rows[0].n as number;
+    const load: Load = { origin, ids, token: bearerToken, seconds: SECONDS, connections: CONNECTIONS };
+    // Warm-up with auditing on (JIT, caches, partitions), not measured.
+    await runLoad({ ...load, seconds: Math.min(2, SECONDS) });
+    const results: Record<'off' | 'on', Result[]> = { off: [], on: [] };
+    let auditedReads = 0;
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const mode of ['off', 'on'] as const) {
+        server.config.audit = mode;
+        const before = await count();
+        const res = await runLoad(load);
+        const written = (await count()) - before;
+        if (mode === 'on') auditedReads += written;
+        results[mode].push(res);
+        console.log(`round ${r + 1} audit ${mode.padEnd(3)}: ${res.reqPerSec.toFixed(0)} reads/s, p50 ${res.p50} ms, p99 ${res.p99} ms, non-2xx ${res.non2xx}, AuditEvents written ${written}`);
+      }
+    }
+    const mean = (xs: Result[], k: keyof Result) => xs.reduce((a, x) => a + x[k], 0) / xs.length;
+    const off = mean(results.off, 'reqPerSec');
+    const on = mean(results.on, 'reqPerSec');
+    const okOn = results.on.reduce((a, x) => a + x.ok, 0);
+    const summary = {
+      seconds: SECONDS, rounds: ROUNDS, connections: CONNECTIONS, seed: SEED,
+      off: { readsPerSec: Math.round(off), p50: mean(results.off, 'p50'), p99: mean(results.off, 'p99') },
+      on: { readsPerSec: Math.round(on), p50: mean(results.on, 'p50'), p99: mean(results.on, 'p99') },
+      ratio: Math.round((on / off) * 100) / 100,
+      // Every 2xx read with auditing on left one AuditEvent (the count can exceed it by in-flight requests at round ends).
+      auditEventsPerRead: Math.round((auditedReads / okOn) * 1000) / 1000,
+      non2xx: [...results.off, ...results.on].reduce((a, x) => a + x.non2xx, 0),
+    };
+    console.log(`\nread Patient with a bearer token: audit off ${summary.off.readsPerSec}/s, on ${summary.on.readsPerSec}/s -> ratio on/off ${summary.ratio} (goal >= 0.8); AuditEvents per audited read ${summary.auditEventsPerRead}`);
+    const dir = path.join(HERE, 'results');
+    fs.mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+    fs.writeFileSync(file, JSON.stringify({ ...summary, rounds: results }, null, 2));
+    console.log(`saved ${path.relative(process.cwd(), file)}`);
+  } finally {
+    await server?.stop();
+    if (server) removeDataDir(server.dataDir);
+  }
+}
+
+if (process.argv.includes('--worker')) await worker();
+else await main();
