@@ -100,7 +100,7 @@ export function cloneJson<T>(value: T): T {
 }
 
 /** The types Kiln stores; a literal reference to one of them must resolve. */
-export const STORED_TYPES = new Set(['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent']);
+export const STORED_TYPES = new Set(['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent', 'Group']);
 
 /** `Type/id` (relative, or absolute URL ending in it), with an optional `/_history/n`. */
 const LITERAL = /^(?:[A-Za-z][A-Za-z0-9+.-]*:\/\/[^?#]*\/)?([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
