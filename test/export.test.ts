@@ -321,7 +321,7 @@ describe('cancel, isolation', () => {
 
 test('files expire after KILN_EXPORT_TTL and are removed with their job', async () => {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-test-'));
-  const s = await startServer({ port: 0, host: '127.0.0.1', dataDir, embeddedPort: await freePort(), databaseUrl: undefined, appDatabaseUrl: undefined, baseUrl: undefined, exportTtlSeconds: 2 });
+  const s = await startServer({ port: 0, host: '127.0.0.1', dataDir, embeddedPort: await freePort(), databaseUrl: undefined, appDatabaseUrl: undefined, baseUrl: undefined, exportTtlSeconds: 2, authMode: 'off', audit: 'off' });
   try {
     await fhir(s.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Expiring' }] });
     const { manifest, statusUrl } = await exportAll(s.url, '$export');
@@ -343,7 +343,8 @@ test('files expire after KILN_EXPORT_TTL and are removed with their job', async 
 // kill -9 in the middle of an export, then a restart on the same data dir.
 
 function startChild(env: Record<string, string>): { child: ChildProcess; output: () => string; ready: Promise<void> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Auth and audit off, as in the other suites: this test is about the export job.
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { env: { ...process.env, KILN_AUTH: 'off', KILN_AUDIT: 'off', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d) => { out += d; });
   child.stderr!.on('data', (d) => { out += d; });

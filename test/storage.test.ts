@@ -208,7 +208,7 @@ test('migrations are recorded and re-running them is a no-op', async () => {
 
 test('with DATABASE_URL the server uses that PostgreSQL instead of starting one', async () => {
   const { startServer } = await import('../src/server.ts');
-  const other = await startServer({ port: 0, host: '127.0.0.1', databaseUrl: srv.db.ownerUrl, dataDir: '/nonexistent-kiln-dir' });
+  const other = await startServer({ port: 0, host: '127.0.0.1', databaseUrl: srv.db.ownerUrl, dataDir: '/nonexistent-kiln-dir', authMode: 'off', audit: 'off' });
   try {
     const id = await createPatient(srv.url, 'Shared');
     const r = await fhir(other.url, 'GET', `Patient/${id}`);
