@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { startTestServer, removeDataDir, type TestServer } from '../test/support/server.ts';
+import { startTestServer, removeDataDir, freePort, type TestServer } from '../test/support/server.ts';
 import { createOrg, ensureOrgPartitions } from '../src/store/tenants.ts';
 import { parseSearch } from '../src/search/query.ts';
 import { searchStatements } from '../src/store/searchRun.ts';
@@ -54,7 +54,18 @@ async function loadTenant(server: TestServer, orgId: number, tag: string, patien
   return loader.counters;
 }
 
+/** A data set kept by an earlier run (BENCH_KEEP=1), measured again without loading. */
+async function reuseDataset(label: string, dataDir: string): Promise<{ server: TestServer; load: LoadStats; orgs: { default: number; second: number } }> {
+  const server = await startTestServer({ dataDir, pgPort: await freePort() });
+  const org = async (slug: string) => (await server.db.owner.query(`SELECT id FROM organizations WHERE slug = $1`, [slug])).rows[0].id as number;
+  const resources = Number((await server.db.owner.query(`SELECT count(*) FROM resource_ids`)).rows[0].count);
+  console.log(`[${label}] reusing ${dataDir} (${resources} resources)`);
+  return { server, load: { seconds: 0, resources, indexRows: 0, resourcesPerSec: 0, rowsPerSec: 0, byTable: {} }, orgs: { default: await org('default'), second: await org('bench-b') } };
+}
+
 async function buildDataset(label: string, patients: number, observations: number): Promise<{ server: TestServer; load: LoadStats; orgs: { default: number; second: number } }> {
+  const reuse = process.env[label === 'small' ? 'BENCH_REUSE_SMALL' : 'BENCH_REUSE_BIG'];
+  if (reuse) return reuseDataset(label, reuse);
   const server = await startTestServer();
   const owner = server.db.owner;
   const def: number = (await owner.query(`SELECT id FROM organizations WHERE slug = 'default'`)).rows[0].id;
@@ -231,7 +242,8 @@ async function runSet(label: string, patients: number, observations: number) {
     return { load, patient: pick, results, explains, patients, observations };
   } finally {
     await server.stop();
-    if (!KEEP) removeDataDir(server.dataDir);
+    if (!KEEP && !process.env.BENCH_REUSE_SMALL && !process.env.BENCH_REUSE_BIG) removeDataDir(server.dataDir);
+    else console.log(`[${label}] data kept in ${server.dataDir}`);
   }
 }
 
