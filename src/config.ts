@@ -34,6 +34,8 @@ export interface Config {
   audit: 'on' | 'off';
   /** KILN_AUDIT_WINDOW_MS: how long a read's AuditEvent waits to share one insert with others (group commit). */
   auditWindowMs: number;
+  /** KILN_AUDIT_MATERIALIZE: 'on' (default) runs the audit materializer in this process (queued read events -> FHIR AuditEvents); 'off' leaves it to another server on the same database. */
+  auditMaterialize: 'on' | 'off';
   /** KILN_EXPORT_USER_SCOPES=on: $export also accepts user/ scopes (default: system/ only). */
   exportUserScopes: boolean;
 }
@@ -61,6 +63,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     authMode: env.KILN_AUTH === 'off' ? 'off' : 'smart',
     audit: env.KILN_AUDIT === 'off' ? 'off' : 'on',
     auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 2),
+    auditMaterialize: env.KILN_AUDIT_MATERIALIZE === 'off' ? 'off' : 'on',
     exportUserScopes: env.KILN_EXPORT_USER_SCOPES === 'on',
   };
 }

@@ -9,6 +9,7 @@ import { createApp } from './http/app.ts';
 import { loadDefinitions } from './fhir/validate.ts';
 import { ensureAllOrgPartitions } from './store/tenants.ts';
 import { ExportWorker } from './export/worker.ts';
+import { AuditMaterializer } from './audit/materializer.ts';
 
 // Partitions are made months ahead at start; a long-running server tops them up daily.
 const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
@@ -41,10 +42,15 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   // Healthie push + webhook queue loop: opt-in (KILN_HEALTHIE_SYNC_SECONDS) and only when a tenant has Healthie settings.
   const healthieEvery = Number(process.env.KILN_HEALTHIE_SYNC_SECONDS ?? 0);
   const healthie = healthieEvery > 0 ? await import('./healthie/push.ts') : undefined;
-  const stopHealthie = healthie && await healthie.anyHealthieTenant(db) ? healthie.startHealthieLoop(db, healthieEvery * 1000) : undefined;
+  // KILN_HEALTHIE_PULL_MINUTES adds a scheduled incremental pull to that loop.
+  const pullEveryMs = Number(process.env.KILN_HEALTHIE_PULL_MINUTES ?? 0) * 60_000;
+  const stopHealthie = healthie && await healthie.anyHealthieTenant(db) ? healthie.startHealthieLoop(db, healthieEvery * 1000, console.error, pullEveryMs) : undefined;
   // Bulk $export jobs run here unless a separate `kiln export-worker` process runs them.
   const exportWorker = config.exportWorker === 'inline' ? new ExportWorker(db, config) : undefined;
   exportWorker?.start();
+  // Queued read AuditEvents become FHIR AuditEvents here (write-behind audit log).
+  const auditMaterializer = config.auditMaterialize === 'on' ? new AuditMaterializer(db) : undefined;
+  auditMaterializer?.start();
   let stopping: Promise<void> | undefined;
   return {
     url: `http://127.0.0.1:${port}/fhir`,
@@ -64,6 +70,7 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
           server.once('close', () => clearInterval(sweep));
           server.closeIdleConnections();
         });
+        await auditMaterializer?.stop(); // after the last request: what it left queued waits for the next start
         await db.close();
       })();
       return stopping;

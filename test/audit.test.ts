@@ -1,9 +1,12 @@
 // Every access leaves one AuditEvent (IHE BALP style), stored as a FHIR resource that
 // reads and searches like any other, written with the write it records; clients cannot
 // change them; the bulk insert writes exactly the rows of the normal storage path.
+// Reads queue their event (write-behind audit log); searches here flush the queue first,
+// and the queue survives restarts and killed transactions without loss or duplicates.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, removeDataDir, fhir, token, bearer, type TestServer } from './support/server.ts';
+import { flushAuditQueue, materializeBatch } from '../src/store/auditQueue.ts';
 import { withTenant, writeResource } from '../src/store/resources.ts';
 import { insertAuditEvents, prepareAuditEvent } from '../src/store/auditWrite.ts';
 import { auditEvent } from '../src/audit/event.ts';
@@ -23,6 +26,7 @@ async function client(name: string, scope = 'user/*.cruds', extra: { patient?: s
 }
 
 async function eventsOf(clientId: string): Promise<any[]> {
+  await flushAuditQueue(srv.db); // the events of reads are materialized in the background
   const r = await as(admin, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|${clientId}`)}&_count=100`);
   assert.equal(r.status, 200, r.text);
   return (r.json.entry ?? []).map((e: any) => e.resource);
@@ -140,6 +144,7 @@ describe('denied and failed requests', () => {
 
     const anon = await fhir(srv.url, 'GET', `Patient/${patient}`);
     assert.equal(anon.status, 401);
+    await flushAuditQueue(srv.db);
     const found = await as(admin, 'GET', `AuditEvent?entity=Patient/${patient}&outcome=4&agent-name=anonymous`);
     assert.ok(found.json.entry?.length >= 1, found.text);
   });
@@ -182,6 +187,7 @@ describe('AuditEvents as FHIR', () => {
     const other = (await as(admin, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Other' }] })).json.id;
     await as(admin, 'GET', `Patient/${other}`);
     const me = await client('c-patient', 'patient/AuditEvent.rs', { patient });
+    await flushAuditQueue(srv.db);
     const r = await as(me, 'GET', 'AuditEvent?_count=200');
     assert.equal(r.status, 200);
     assert.ok(r.json.entry.length > 0);
@@ -209,6 +215,97 @@ describe('AuditEvents as FHIR', () => {
       const b = sorted(norm(await q(sql, 'path-row')));
       assert.ok(a.length > 0 || !name.startsWith('row'), name);
       assert.deepEqual(a, b, `${name} rows differ`);
+    }
+  });
+});
+
+describe('write-behind audit log', () => {
+  test('a read is queued before its response and materialized once in the background', async () => {
+    const h = await client('c-background');
+    assert.equal((await as(h, 'GET', `Patient/${patient}`)).status, 200);
+    // The background materializer (not a flush) turns it into a FHIR AuditEvent.
+    let found: any[] = [];
+    for (let i = 0; i < 100 && !found.length; i++) {
+      const r = await as(admin, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|c-background`)}`);
+      found = r.json.entry ?? [];
+      if (!found.length) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(found.length, 1);
+    assert.equal((await srv.db.owner.query(`SELECT count(*)::integer AS n FROM audit_log_queue WHERE event->>'id' = $1`, [found[0].resource.id])).rows[0].n, 0);
+  });
+
+  test('kiln_app may only append to the queue', async () => {
+    const c = await srv.db.app.connect();
+    try {
+      for (const sql of ['SELECT * FROM audit_log_queue', 'DELETE FROM audit_log_queue', "UPDATE audit_log_queue SET event = '{}'"]) {
+        await assert.rejects(c.query(sql), /permission denied/, sql);
+      }
+    } finally {
+      c.release();
+    }
+  });
+
+  test('a killed materializing transaction loses nothing; the queue survives a restart and is materialized after it, once', async () => {
+    // A server that only queues (its materializer off), so the events stay queued.
+    process.env.KILN_AUDIT_MATERIALIZE = 'off';
+    let first: TestServer | undefined = await startTestServer({ auth: 'smart' }).finally(() => { delete process.env.KILN_AUDIT_MATERIALIZE; });
+    let second: TestServer | undefined;
+    const dataDir = first.dataDir;
+    try {
+      const h = bearer(await token(first, { scope: 'system/*.cruds', clientId: 'c-restart' }));
+      const p = (await fhir(first.url, 'POST', 'Patient', { resourceType: 'Patient' }, h)).json.id;
+      for (let i = 0; i < 3; i++) assert.equal((await fhir(first.url, 'GET', `Patient/${p}`, undefined, h)).status, 200);
+      const queued = async (srv: TestServer) => (await srv.db.owner.query('SELECT count(*)::integer AS n FROM audit_log_queue')).rows[0].n as number;
+      const events = async (srv: TestServer) => (await srv.db.owner.query(
+        `SELECT id FROM audit_events WHERE resource::jsonb->'agent' @> '[{"altId":"c-restart"}]'::jsonb AND resource::jsonb->'subtype' @> '[{"code":"read"}]'::jsonb`)).rows.map((r) => r.id as string);
+      assert.equal(await queued(first), 3);
+      assert.deepEqual(await events(first), []);
+
+      // Crash mid-materialization: hold the claim between its DELETE and the AuditEvent
+      // insert (audit_events locked), then kill its backend, as a crash of Kiln would.
+      const blocker = await first.db.owner.connect();
+      try {
+        await blocker.query('BEGIN');
+        await blocker.query('LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE');
+        const claim = materializeBatch(first.db.owner, 1, 500);
+        claim.catch(() => {});
+        let pid: number | undefined;
+        for (let i = 0; i < 100 && !pid; i++) {
+          pid = (await first.db.owner.query(`SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH ids AS (INSERT INTO resource_ids%'`)).rows[0]?.pid;
+          if (!pid) await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.ok(pid, 'the claim waits on the lock');
+        await first.db.owner.query('SELECT pg_terminate_backend($1)', [pid]);
+        await assert.rejects(claim);
+      } finally {
+        await blocker.query('ROLLBACK');
+        blocker.release();
+      }
+      assert.equal(await queued(first), 3, 'the killed claim left its events queued');
+      assert.deepEqual(await events(first), []);
+
+      await first.stop();
+      const pgPort = first.pgPort;
+      first = undefined;
+      second = await startTestServer({ auth: 'smart', dataDir, pgPort });
+      // The restarted server's materializer picks the queue up by itself.
+      let ids: string[] = [];
+      for (let i = 0; i < 100 && ids.length < 3; i++) {
+        ids = await events(second);
+        if (ids.length < 3) await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(ids.length, 3);
+      assert.equal(new Set(ids).size, 3);
+      assert.equal(await queued(second), 0);
+      assert.equal(await flushAuditQueue(second.db), 0);
+      assert.equal((await events(second)).length, 3, 'no duplicates');
+      const h2 = bearer(await token(second, { scope: 'system/*.cruds', clientId: 'c-after' }));
+      const r = await fhir(second.url, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|c-restart`)}&subtype=read`, undefined, h2);
+      assert.equal(r.json.entry?.length, 3, 'searchable as FHIR');
+    } finally {
+      await first?.stop();
+      await second?.stop();
+      removeDataDir(dataDir);
     }
   });
 });

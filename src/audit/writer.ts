@@ -1,14 +1,17 @@
 // Group commit for the AuditEvents of reads (and of refused or failed requests): each
 // request waits until its event is committed, but events arriving within a few
 // milliseconds of each other share one transaction and one multi-row insert, so the
-// audit costs a read a short wait rather than a transaction of its own.
+// audit costs a read a short wait rather than a transaction of its own. The insert is
+// an append to the write-behind audit_log_queue (src/store/auditQueue.ts); the
+// materializer turns the queued events into FHIR AuditEvents shortly after.
+import crypto from 'node:crypto';
 import type pg from 'pg';
 import type { AuditEvent } from '@medplum/fhirtypes';
-import { insertAuditEvents, prepareAuditEvent, type PreparedAudit } from '../store/auditWrite.ts';
+import { enqueueAuditEvents } from '../store/auditQueue.ts';
 
 interface Pending {
   orgId: number;
-  event: PreparedAudit;
+  event: AuditEvent;
   done: (e?: unknown) => void;
 }
 
@@ -26,11 +29,12 @@ export class AuditWriter {
 
   constructor(private readonly pool: pg.Pool, private readonly windowMs: number) {}
 
-  /** Resolves once the event is committed; rejects when it could not be (the caller answers 500). */
+  /** Resolves once the event is durably queued; rejects when it could not be (the caller answers 500). */
   record(orgId: number, event: AuditEvent): Promise<void> {
-    const prepared = prepareAuditEvent(event, event.recorded!);
+    // The id is fixed now, so the AuditEvent's identity does not depend on when it is materialized.
+    const queued: AuditEvent = { ...event, id: crypto.randomUUID() };
     return new Promise((resolve, reject) => {
-      this.queue.push({ orgId, event: prepared, done: (e) => (e ? reject(e) : resolve()) });
+      this.queue.push({ orgId, event: queued, done: (e) => (e ? reject(e) : resolve()) });
       if (this.queue.length >= MAX_BATCH) this.flushNow();
       else this.timer ??= setTimeout(() => this.flushNow(), this.windowMs);
     });
@@ -54,12 +58,12 @@ export class AuditWriter {
       const client = await this.pool.connect();
       try {
         await client.query('BEGIN');
-        const byOrg = new Map<number, PreparedAudit[]>();
+        const byOrg = new Map<number, AuditEvent[]>();
         for (const b of batch) byOrg.set(b.orgId, [...(byOrg.get(b.orgId) ?? []), b.event]);
         for (const [orgId, events] of byOrg) {
           // Transaction-local: RLS checks each org's rows against its own setting.
           await client.query("SELECT set_config('app.org_id', $1, true)", [String(orgId)]);
-          await insertAuditEvents(client, events);
+          await enqueueAuditEvents(client, events);
         }
         await client.query('COMMIT');
         this.stats.batches++;

@@ -1,0 +1,79 @@
+// The write-behind audit log: AuditEvents of reads are appended to audit_log_queue (a
+// light, durable insert in the read's group commit) and later materialized into FHIR
+// AuditEvents (audit_events row, locator, history, search index rows) by
+// insertAuditEvents. Claim and insert run in one transaction: an event is either still
+// queued or materialized, never both and never neither.
+import type pg from 'pg';
+import type { AuditEvent } from '@medplum/fhirtypes';
+import type { Database } from './database.ts';
+import { insertAuditEvents, prepareAuditEvent } from './auditWrite.ts';
+import type { Tx } from './resources.ts';
+
+/** Appends events (each with its id and `recorded` already set) to the queue of the tenant the transaction is bound to. */
+export async function enqueueAuditEvents(tx: Tx, events: AuditEvent[]): Promise<void> {
+  if (!events.length) return;
+  await tx.query(
+    `INSERT INTO audit_log_queue (org_id, event)
+     SELECT current_setting('app.org_id')::integer, e::json FROM unnest($1::text[]) AS e`,
+    [events.map((e) => JSON.stringify(e))]);
+}
+
+/** Tenants with queued events (owner pool: RLS would hide other tenants' rows). */
+export async function queuedOrgs(owner: pg.Pool): Promise<number[]> {
+  const { rows } = await owner.query(
+    `SELECT o.id FROM organizations o WHERE EXISTS (SELECT 1 FROM audit_log_queue q WHERE q.org_id = o.id) ORDER BY o.id`);
+  return rows.map((r) => r.id as number);
+}
+
+export async function auditQueueLength(owner: pg.Pool): Promise<number> {
+  return (await owner.query('SELECT count(*)::integer AS n FROM audit_log_queue')).rows[0].n as number;
+}
+
+/**
+ * Claims up to `limit` of a tenant's oldest queued events and writes them as FHIR
+ * AuditEvents, in one transaction. `wait`: block on rows another materializer holds
+ * (so that a flush returns only once they are committed) instead of skipping them.
+ * Returns how many events were materialized.
+ */
+export async function materializeBatch(owner: pg.Pool, orgId: number, limit: number, wait = false): Promise<number> {
+  const client = await owner.connect();
+  // A connection lost mid-transaction (backend killed, database restart) fails the query
+  // below; without a listener its 'error' event would also crash the process.
+  let broken: Error | undefined;
+  const onError = (e: Error) => { broken = e; };
+  client.on('error', onError);
+  try {
+    await client.query('BEGIN');
+    // insertAuditEvents writes into the tenant named by app.org_id.
+    await client.query("SELECT set_config('app.org_id', $1, true)", [String(orgId)]);
+    const { rows } = await client.query(
+      `DELETE FROM audit_log_queue WHERE (org_id, seq) IN (
+         SELECT org_id, seq FROM audit_log_queue WHERE org_id = $1 ORDER BY seq LIMIT $2 FOR UPDATE ${wait ? '' : 'SKIP LOCKED'})
+       RETURNING event::text AS event`, [orgId, limit]);
+    const events = rows.map((r) => JSON.parse(r.event as string) as AuditEvent);
+    await insertAuditEvents(client, events.map((e) => prepareAuditEvent(e, e.recorded!, e.id)));
+    await client.query('COMMIT');
+    return events.length;
+  } catch (e) {
+    broken ??= await client.query('ROLLBACK').then(() => undefined, (err: Error) => err);
+    throw e;
+  } finally {
+    client.off('error', onError);
+    client.release(broken); // a broken connection is discarded, not pooled
+  }
+}
+
+const FLUSH_BATCH = 500;
+
+/** Materializes everything queued now (tests, server stop, operators); returns the count. */
+export async function flushAuditQueue(db: Pick<Database, 'owner'>): Promise<number> {
+  let total = 0;
+  for (const org of await queuedOrgs(db.owner)) {
+    for (;;) {
+      const n = await materializeBatch(db.owner, org, FLUSH_BATCH, true);
+      total += n;
+      if (n === 0) break;
+    }
+  }
+  return total;
+}
