@@ -7,6 +7,7 @@ import { FakeHealthie } from './support/healthieServer.ts';
 import { createOrg } from '../src/store/tenants.ts';
 import { HealthieClient } from '../src/healthie/client.ts';
 import { pull } from '../src/healthie/pull.ts';
+import { startHealthieLoop } from '../src/healthie/push.ts';
 import { SYSTEM } from '../mappings/healthie/index.ts';
 
 let srv: TestServer;
@@ -31,6 +32,32 @@ describe('healthie pull', () => {
   let client: HealthieClient;
   before(async () => { await fake.start(); fake.seedExamples(); client = new HealthieClient({ url: fake.url, apiKey: 'k', baseDelayMs: 2, maxDelayMs: 10 }); });
   after(() => fake.stop());
+
+  test('the server loop pulls on a schedule (KILN_HEALTHIE_PULL_MINUTES)', async () => {
+    const { orgId } = await tenant('pull-scheduled');
+    const env = { HEALTHIE_API_KEY_PULL_SCHEDULED: 'k', HEALTHIE_API_URL_PULL_SCHEDULED: fake.url };
+    Object.assign(process.env, env);
+    const logs: string[] = [];
+    const stop = startHealthieLoop(srv.db, 100, (m) => logs.push(m), 60_000);
+    try {
+      // The first tick pulls (users first, then the rest); wait until that pull is over.
+      const deadline = Date.now() + 20_000;
+      let last = -1;
+      for (let n = await versions(orgId); (n === 0 || n !== last) && Date.now() < deadline; n = await versions(orgId)) {
+        last = n;
+        await new Promise((r) => setTimeout(r, 700));
+      }
+      assert.ok((await counts(orgId)).Patient >= 1, logs.join('\n'));
+      // Later ticks (every 100 ms) run the push/webhook work but no pull: not due for a minute.
+      const queries = () => fake.requests.filter((r) => /^\s*(query|\{)/.test(r.query)).length;
+      const seen = queries();
+      await new Promise((r) => setTimeout(r, 800));
+      assert.equal(queries(), seen);
+    } finally {
+      await stop();
+      for (const k of Object.keys(env)) delete process.env[k];
+    }
+  });
 
   test('imports the examples; a second pull creates no new versions; changes and archival come through', async () => {
     const { orgId, base } = await tenant('pull-examples');

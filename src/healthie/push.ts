@@ -16,6 +16,7 @@ import { MUTATIONS } from './queries.ts';
 import { healthieSettings, clientFor } from './settings.ts';
 import { KINDS, kindOfFhirType, fetchObject, mirrorObject, type MirrorContext } from './refetch.ts';
 import { processWebhooks } from './webhooks.ts';
+import { pull } from './pull.ts';
 import {
   loadMaps, patientToClientInputs, encounterToAppointmentInputs, observationToEntryInputs, statementToMedicationInputs,
   isExternalEncounter, isMirroredStatement, UnmappableObservation, epochMs, SYSTEM, type HealthieMaps,
@@ -144,10 +145,12 @@ async function writeBackId(db: Database, orgId: number, type: string, id: string
  * The in-process sync loop: every `intervalMs`, for each tenant with a Healthie API key,
  * processes the webhook queue and pushes the outbox. Returns a stop function.
  */
-export function startHealthieLoop(db: Database, intervalMs: number, log: (msg: string) => void = console.error): () => Promise<void> {
+export function startHealthieLoop(db: Database, intervalMs: number, log: (msg: string) => void = console.error,
+  pullEveryMs = 0): () => Promise<void> {
   let running: Promise<void> | undefined;
   let stopped = false;
   const maps = loadMaps();
+  const lastPull = new Map<number, number>(); // org -> when its scheduled incremental pull last ran
   const tick = async () => {
     for (const org of await listOrgs(db.owner)) {
       if (stopped) return;
@@ -155,6 +158,10 @@ export function startHealthieLoop(db: Database, intervalMs: number, log: (msg: s
       if (!settings.apiKey) continue;
       const client = clientFor(settings, { maxRetries: 2 });
       try {
+        if (pullEveryMs > 0 && Date.now() - (lastPull.get(org.id) ?? 0) >= pullEveryMs) {
+          lastPull.set(org.id, Date.now());
+          await pull({ db, orgId: org.id, client }); // incremental: from the updated_at watermarks
+        }
         await processWebhooks({ db, orgId: org.id, client, maps });
         const s = await pushOutbox({ db, orgId: org.id, client, maps });
         if (s.errors.length) log(`healthie push '${org.slug}': ${s.errors.length} errors, first: ${s.errors[0]}`);
