@@ -3,6 +3,10 @@
 // Rounds alternate off/on (the server reads KILN_AUDIT at each request) so that drift
 // (caches, autovacuum, the machine) falls on both sides alike. The load generator runs
 // in a forked process (autocannon), as in bench/crud.ts.
+// Reads queue their AuditEvent (write-behind audit log); the server's materializer turns
+// the queue into FHIR AuditEvents concurrently. Before every round the bench waits until
+// the queue is empty, so an off round never pays for an on round's backlog; it reports
+// the queue left at the end of each on round and how long its materialization took.
 //
 //   BENCH_SECONDS=5 BENCH_ROUNDS=2 BENCH_CONNECTIONS=16 BENCH_SEED=500 npm run bench:audit
 import { fork } from 'node:child_process';
@@ -12,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { startTestServer, removeDataDir, token, type TestServer } from '../test/support/server.ts';
 import { patientBody, seedMrn } from './fixtures.ts';
+import { flushAuditQueue } from '../src/store/auditQueue.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const num = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -22,6 +27,7 @@ const SEED = num('BENCH_SEED', 500);
 
 interface Load { origin: string; ids: string[]; token: string; seconds: number; connections: number }
 interface Result { reqPerSec: number; ok: number; non2xx: number; p50: number; p99: number }
+interface Audit { recorded: number; materializedDuring: number; queuedAtEnd: number; drainSeconds: number }
 
 /** The forked load generator: one autocannon run per message. */
 async function worker(): Promise<void> {
@@ -65,21 +71,43 @@ async function main(): Promise<void> {
       }));
       ids.push(...batch);
     }
-    const count = async () => (await server!.db.owner.query(`SELECT count(*)::integer AS n FROM audit_events`)).rows[0].n as number;
+    const materialized = async () => (await server!.db.owner.query(`SELECT count(*)::integer AS n FROM audit_events`)).rows[0].n as number;
+    const queued = async () => (await server!.db.owner.query(`SELECT count(*)::integer AS n FROM audit_log_queue`)).rows[0].n as number;
+    /** Waits for the background materializer to empty the queue; seconds taken. */
+    const drain = async () => {
+      const t0 = performance.now();
+      // KILN_AUDIT_MATERIALIZE=off: nothing materializes during the reads; the bench does it now.
+      if (server!.config.auditMaterialize === 'off') await flushAuditQueue(server!.db);
+      while (await queued() > 0) {
+        if (performance.now() - t0 > 600_000) throw new Error('audit queue not drained in 10 minutes');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return (performance.now() - t0) / 1000;
+    };
     const load: Load = { origin, ids, token: bearerToken, seconds: SECONDS, connections: CONNECTIONS };
     // Warm-up with auditing on (JIT, caches, partitions), not measured.
     await runLoad({ ...load, seconds: Math.min(2, SECONDS) });
     const results: Record<'off' | 'on', Result[]> = { off: [], on: [] };
+    const audits: Audit[] = [];
     let auditedReads = 0;
     for (let r = 0; r < ROUNDS; r++) {
       for (const mode of ['off', 'on'] as const) {
+        await drain();
         server.config.audit = mode;
-        const before = await count();
+        const before = await materialized();
         const res = await runLoad(load);
-        const written = (await count()) - before;
-        if (mode === 'on') auditedReads += written;
+        const during = (await materialized()) - before;
+        const left = await queued();
         results[mode].push(res);
-        console.log(`round ${r + 1} audit ${mode.padEnd(3)}: ${res.reqPerSec.toFixed(0)} reads/s, p50 ${res.p50} ms, p99 ${res.p99} ms, non-2xx ${res.non2xx}, AuditEvents written ${written}`);
+        let line = `round ${r + 1} audit ${mode.padEnd(3)}: ${res.reqPerSec.toFixed(0)} reads/s, p50 ${res.p50} ms, p99 ${res.p99} ms, non-2xx ${res.non2xx}`;
+        if (mode === 'on') {
+          const drainSeconds = await drain();
+          const recorded = during + left;
+          auditedReads += recorded;
+          audits.push({ recorded, materializedDuring: during, queuedAtEnd: left, drainSeconds });
+          line += `; AuditEvents recorded ${recorded}, materialized during the round ${during} (${(during / SECONDS).toFixed(0)}/s), queued at its end ${left}, drained in ${drainSeconds.toFixed(1)} s (${left && drainSeconds ? (left / drainSeconds).toFixed(0) : '-'}/s)`;
+        }
+        console.log(line);
       }
     }
     const mean = (xs: Result[], k: keyof Result) => xs.reduce((a, x) => a + x[k], 0) / xs.length;
@@ -94,12 +122,21 @@ async function main(): Promise<void> {
       // Every 2xx read with auditing on left one AuditEvent (the count can exceed it by in-flight requests at round ends).
       auditEventsPerRead: Math.round((auditedReads / okOn) * 1000) / 1000,
       non2xx: [...results.off, ...results.on].reduce((a, x) => a + x.non2xx, 0),
+      // The deferred work: events materialized per second while reads ran, the queue left at
+      // the end of the on rounds, and the time the materializer took to empty it afterwards.
+      materializer: {
+        perSecDuringReads: Math.round(audits.reduce((a, x) => a + x.materializedDuring, 0) / (audits.length * SECONDS)),
+        queuedAtEnd: audits.map((a) => a.queuedAtEnd),
+        drainSeconds: audits.map((a) => Math.round(a.drainSeconds * 10) / 10),
+        drainPerSec: audits.filter((a) => a.queuedAtEnd > 0).map((a) => Math.round(a.queuedAtEnd / a.drainSeconds)),
+      },
     };
     console.log(`\nread Patient with a bearer token: audit off ${summary.off.readsPerSec}/s, on ${summary.on.readsPerSec}/s -> ratio on/off ${summary.ratio} (goal >= 0.8); AuditEvents per audited read ${summary.auditEventsPerRead}`);
+    console.log(`materializer: ${summary.materializer.perSecDuringReads} events/s during reads; queue at the end of the on rounds ${summary.materializer.queuedAtEnd.join(', ')}, drained in ${summary.materializer.drainSeconds.join(', ')} s (${summary.materializer.drainPerSec.join(', ') || '-'} events/s)`);
     const dir = path.join(HERE, 'results');
     fs.mkdirSync(dir, { recursive: true });
     const file = path.join(dir, `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-    fs.writeFileSync(file, JSON.stringify({ ...summary, rounds: results }, null, 2));
+    fs.writeFileSync(file, JSON.stringify({ ...summary, rounds: results, audits }, null, 2));
     console.log(`saved ${path.relative(process.cwd(), file)}`);
   } finally {
     await server?.stop();

@@ -3,13 +3,15 @@
 // transaction. Several servers on one database can each run one: claims skip rows
 // another holds. Events left queued at a stop or crash are picked up at the next start.
 import type { Database } from '../store/database.ts';
-import { materializeBatch, queuedOrgs } from '../store/auditQueue.ts';
+import { dueOrgs, materializeBatch } from '../store/auditQueue.ts';
 
 export interface MaterializerOptions {
   /** Events per transaction. */
   batch?: number;
-  /** Pause when the queue is empty. */
+  /** Pause between looks at the queue when no batch is due. */
   idleMs?: number;
+  /** A tenant's queue is materialized once it holds a full batch or its oldest event is this old. */
+  maxLagMs?: number;
 }
 
 export class AuditMaterializer {
@@ -18,12 +20,14 @@ export class AuditMaterializer {
   private wake?: () => void;
   private readonly batch: number;
   private readonly idleMs: number;
+  private readonly maxLagMs: number;
   /** Events materialized and time spent in materializing transactions (for the bench). */
   readonly stats = { events: 0, batches: 0, busyMs: 0 };
 
   constructor(private readonly db: Pick<Database, 'owner'>, opts: MaterializerOptions = {}) {
     this.batch = opts.batch ?? 500;
     this.idleMs = opts.idleMs ?? 100;
+    this.maxLagMs = opts.maxLagMs ?? 1000;
   }
 
   start(): void {
@@ -43,7 +47,7 @@ export class AuditMaterializer {
     while (this.running) {
       let full = false;
       try {
-        for (const org of await queuedOrgs(this.db.owner)) {
+        for (const org of await dueOrgs(this.db.owner, this.batch, this.maxLagMs)) {
           if (!this.running) break;
           const t0 = performance.now();
           const n = await materializeBatch(this.db.owner, org, this.batch);
