@@ -26,6 +26,9 @@ const PATIENTS = Math.max(1, Math.round(ROWS * 0.05));
 const ENCOUNTERS = Math.max(1, Math.round(ROWS * 0.05));
 const OBSERVATIONS = ROWS - PATIENTS - ENCOUNTERS;
 const BATCH = 100_000;
+// Status polls while the export runs. Each is a real request (audited when auditing is on)
+// that competes with the export for the 2 cores; 100 ms bounds the timing error to 0.1 s.
+const POLL_MS = Number(process.env.BENCH_EXPORT_POLL_MS ?? 100);
 
 async function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -44,6 +47,55 @@ function rssKb(pid: number): { rss: number; hwm: number } {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number, processId?: number): number {
+  try {
+    const file = processId === undefined ? `/proc/${pid}/stat` : `/proc/${processId}/task/${pid}/stat`;
+    const f = fs.readFileSync(file, 'utf8').split(') ')[1].split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks (USER_HZ, 100 on Linux)
+  } catch {
+    return 0; // exited meanwhile
+  }
+}
+
+/** CPU seconds of a process by thread name (node: main, libuv-worker for file I/O, V8 GC helpers, ...). */
+function threadCpu(pid: number): Map<string, number> {
+  const byName = new Map<string, number>();
+  for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const name = Number(t) === pid ? 'main' : stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      byName.set(name, (byName.get(name) ?? 0) + cpuSeconds(Number(t), pid));
+    } catch { /* gone */ }
+  }
+  return byName;
+}
+
+/**
+ * CPU seconds of the PostgreSQL server: the postmaster and its children (backends,
+ * WAL writer, ...). With the machine shared, CPU used tells more than wall time
+ * where the time goes.
+ */
+function pgCpu(dataDir: string): Map<number, number> {
+  const postmaster = Number(fs.readFileSync(path.join(dataDir, 'pg', 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const byPid = new Map([[postmaster, cpuSeconds(postmaster)]]);
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const ppid = Number(fs.readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
+      if (ppid === postmaster) byPid.set(Number(d), cpuSeconds(Number(d)));
+    } catch { /* gone */ }
+  }
+  return byPid;
+}
+
+/** CPU used since `before` by the PostgreSQL processes alive now (one that exited meanwhile is not counted). */
+function pgCpuSince(dataDir: string, before: Map<number, number>): number {
+  let used = 0;
+  for (const [pid, cpu] of pgCpu(dataDir)) used += cpu - (before.get(pid) ?? 0);
+  return used;
+}
 
 /** Rows generated in SQL, the JSON text shaped like what the server stores (id and meta first). */
 async function fill(pool: pg.Pool, org: number, lastUpdated: string): Promise<void> {
@@ -131,11 +183,19 @@ async function rawCopy(pool: pg.Pool, org: number): Promise<{ rows: number; byte
 async function main() {
   const port = await freePort();
   const pgPort = await freePort();
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-bench-export-'));
+  // BENCH_EXPORT_DATA_DIR: a data dir kept from an earlier run (KILN_BENCH_KEEP=1 prints it); its
+  // filled tenant is reused, so comparing two versions of the server costs one fill.
+  const reuse = process.env.BENCH_EXPORT_DATA_DIR;
+  const dataDir = reuse ?? fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-bench-export-'));
   const base = `http://127.0.0.1:${port}/fhir`;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const nodeArgs = (process.env.BENCH_EXPORT_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'src/main.ts'], {
     cwd: ROOT,
-    env: { ...process.env, PORT: String(port), KILN_PG_PORT: String(pgPort), KILN_DATA_DIR: dataDir, DATABASE_URL: '', HOST: '127.0.0.1' },
+    env: { ...process.env, PORT: String(port), KILN_PG_PORT: String(pgPort), KILN_DATA_DIR: dataDir, DATABASE_URL: '', HOST: '127.0.0.1',
+      // The bench measures export throughput, not SMART: no token on its requests. The three
+      // filled types are named, so AuditEvents the server records meanwhile stay out of the count.
+      KILN_AUTH: 'off', KILN_EXPORT_TIMING: '1' },
+    // BENCH_EXPORT_NODE_ARGS: e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile the server.
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -148,16 +208,29 @@ async function main() {
     if (!out.includes('listening')) throw new Error(`server did not start:\n${out}`);
     const password = fs.readFileSync(path.join(dataDir, 'pg-superuser-password'), 'utf8').trim();
     pool = new pg.Pool({ host: '127.0.0.1', port: pgPort, user: 'postgres', password, database: 'kiln', max: 2 });
-    const org = await createOrg(pool, 'bench', 'Export bench');
-    const lastUpdated = new Date(Date.now() - 60_000).toISOString();
-    await fill(pool, org.id, lastUpdated);
+    const existing = (await pool.query(`SELECT id FROM organizations WHERE slug = 'bench'`)).rows[0]?.id as number | undefined;
+    const org = existing !== undefined ? { id: existing } : await createOrg(pool, 'bench', 'Export bench');
+    if (existing === undefined) {
+      await fill(pool, org.id, new Date(Date.now() - 60_000).toISOString());
+    } else {
+      console.log(`reusing the filled tenant in ${dataDir}`);
+      await pool.query(`DELETE FROM export_jobs WHERE org_id = $1`, [org.id]); // files of earlier runs go with the next sweep
+      fs.rmSync(path.join(dataDir, 'exports'), { recursive: true, force: true });
+    }
 
     await rawCopy(pool, org.id); // warm-up: both runs then read from the same cache state
+    const pgBeforeRaw = pgCpu(dataDir);
+    const clientBefore = process.cpuUsage();
     const raw = await rawCopy(pool, org.id);
+    const clientUsage = process.cpuUsage(clientBefore);
+    const pgRaw = pgCpuSince(dataDir, pgBeforeRaw);
 
     const idle = rssKb(child.pid!);
+    const pgBeforeExport = pgCpu(dataDir);
+    const serverBefore = cpuSeconds(child.pid!);
+    const threadsBefore = threadCpu(child.pid!);
     const t0 = performance.now();
-    const k = await fetch(`${base}/bench/$export`, { headers: { accept: 'application/fhir+json', prefer: 'respond-async' } });
+    const k = await fetch(`${base}/bench/$export?_type=Patient,Encounter,Observation`, { headers: { accept: 'application/fhir+json', prefer: 'respond-async' } });
     if (k.status !== 202) throw new Error(`kick-off ${k.status}: ${await k.text()}`);
     const statusUrl = k.headers.get('content-location')!;
     let peakRss = idle.rss;
@@ -171,9 +244,16 @@ async function main() {
       }
       await s.arrayBuffer();
       if (s.status !== 202) throw new Error(`status ${s.status}`);
-      await sleep(50);
+      await sleep(POLL_MS);
     }
     const exportSeconds = (performance.now() - t0) / 1000;
+    const cpu = { rawPg: pgRaw, rawClient: (clientUsage.user + clientUsage.system) / 1e6,
+      exportPg: pgCpuSince(dataDir, pgBeforeExport), exportServer: cpuSeconds(child.pid!) - serverBefore,
+      exportServerThreads: {} as Record<string, number> };
+    for (const [name, c] of threadCpu(child.pid!)) {
+      const used = c - (threadsBefore.get(name) ?? 0);
+      if (used >= 0.01) cpu.exportServerThreads[name] = Number(used.toFixed(2));
+    }
     const end = rssKb(child.pid!);
     const id = statusUrl.split('/').pop()!;
     const dir = path.join(dataDir, 'exports', id);
@@ -198,12 +278,16 @@ async function main() {
     for (const r of rows) console.log(`| ${r[0]} | ${r[1]} | ${r[2].toFixed(2)} | ${Math.round(r[3])} | ${r[4].toFixed(1)} |`);
     console.log('');
     console.log(`export / raw COPY: ${ratio.toFixed(2)} (goal >= 0.5)`);
+    console.log(`CPU seconds: raw COPY: PostgreSQL ${cpu.rawPg.toFixed(2)}, reading client ${cpu.rawClient.toFixed(2)}; ` +
+      `export: PostgreSQL ${cpu.exportPg.toFixed(2)}, server process ${cpu.exportServer.toFixed(2)} ` +
+      `(${Object.entries(cpu.exportServerThreads).map(([k, v]) => `${k} ${v}`).join(', ')})`);
     console.log(`server RSS: idle before export ${(idle.rss / 1024).toFixed(0)} MB; peak sampled during export ${(peakRss / 1024).toFixed(0)} MB (goal < 300 MB); ` +
       `VmHWM since start ${(end.hwm / 1024).toFixed(0)} MB`);
     console.log(`files: ${manifest.output.length} (${mb(exportBytes).toFixed(0)} MB); machine: ${os.cpus().length} cores`);
+    for (const l of out.split('\n').filter((x) => x.startsWith('export timing'))) console.log(`  server ${l}`);
     const results = {
       date: new Date().toISOString(), rows: ROWS, raw, export: { rows: exportRows, bytes: exportBytes, seconds: exportSeconds, files: manifest.output.length },
-      ratio, rssKb: { idle: idle.rss, peakDuringExport: peakRss, hwm: end.hwm },
+      ratio, cpuSeconds: cpu, rssKb: { idle: idle.rss, peakDuringExport: peakRss, hwm: end.hwm },
     };
     const resultsDir = path.join(HERE, 'results');
     fs.mkdirSync(resultsDir, { recursive: true });
@@ -215,7 +299,8 @@ async function main() {
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
     await Promise.race([exited, sleep(30_000)]);
-    if (!process.env.KILN_BENCH_KEEP) fs.rmSync(dataDir, { recursive: true, force: true });
+    if (!process.env.KILN_BENCH_KEEP && !reuse) fs.rmSync(dataDir, { recursive: true, force: true });
+    else console.log(`data dir kept: ${dataDir}`);
   }
 }
 

@@ -46,6 +46,10 @@ export type RunResult = 'completed' | 'aborted';
 
 class Aborted extends Error {}
 
+/** KILN_EXPORT_TIMING=1: one log line per unit with where its time went (the export bench sets it). */
+const timing = process.env.KILN_EXPORT_TIMING ? (msg: string) => console.log(`export timing: ${msg}`) : undefined;
+const since = (t0: number) => ((performance.now() - t0) / 1000).toFixed(2);
+
 function unitsOf(p: ExportParams): string[] {
   return [...p.types.map((t) => `output:${t}`), ...(p.since ? ['deleted'] : [])];
 }
@@ -100,6 +104,7 @@ export async function runJob(opts: RunOptions, job: ExportJob): Promise<RunResul
       if (stop.signal.aborted) return 'aborted';
       progress.current = unit === 'deleted' ? 'deleted resources' : unit.slice('output:'.length);
       if (!await renewLease(db.owner, job, worker, config.exportLeaseSeconds, progress)) return 'aborted';
+      const t0 = performance.now();
       const files = await runUnit(opts, job, unit, until, dir, stop.signal, (n) => {
         if (unit !== 'deleted') progress.exported = (progress.exported ?? 0) + n;
         report();
@@ -111,6 +116,7 @@ export async function runJob(opts: RunOptions, job: ExportJob): Promise<RunResul
         for (const f of files) fs.rmSync(path.join(dir, f.name), { force: true });
         return 'aborted';
       }
+      timing?.(`${unit}: unit done in ${since(t0)} s (${files.reduce((n, f) => n + f.count, 0)} lines, ${files.length} files)`);
       job.doneUnits.push(unit);
     }
     removeUnregistered(dir, await listFiles(db.owner, job.orgId, job.id));
@@ -139,6 +145,7 @@ async function runUnit(opts: RunOptions, job: ExportJob, unit: string, until: st
   const type = deleted ? 'Bundle' : unit.slice('output:'.length);
   const writer = new LineFiles(dir, `${deleted ? 'deleted' : type}-${job.attempts}`, opts.config.exportMaxLines, onLines);
   const noPatients = p.level !== 'system' && p.patients !== undefined && p.patients.length === 0;
+  const t0 = performance.now();
   try {
     if (!noPatients) {
       await withTenant(opts.db.app, job.orgId, async (tx) => {
@@ -153,9 +160,12 @@ async function runUnit(opts: RunOptions, job: ExportJob, unit: string, until: st
       });
     }
     if (signal.aborted) throw new Aborted();
-    return writer.finish().map((f, i) => ({ kind: deleted ? 'deleted' : 'output', type, seq: i + 1, name: f.name, count: f.count, bytes: f.bytes }));
+    const t1 = performance.now();
+    const files = await writer.finish();
+    timing?.(`${unit}: rows read and written ${since(t0)} s, then waited ${since(t1)} s for the last fsync and renames`);
+    return files.map((f, i) => ({ kind: deleted ? 'deleted' : 'output', type, seq: i + 1, name: f.name, count: f.count, bytes: f.bytes }));
   } catch (e) {
-    writer.discard();
+    await writer.discard();
     if (signal.aborted || e instanceof Aborted) return undefined;
     throw e;
   }
@@ -212,7 +222,7 @@ async function searchInto(tx: Tx, writer: LineFiles, type: string, p: ExportPara
         const line = exportLine(row.json);
         out += (elements ? subset(line, undefined, elements) : line) + '\n';
       }
-      if (out) writer.write(Buffer.from(out, 'utf8'));
+      if (out) await writer.write(Buffer.from(out, 'utf8'));
       after = page.next;
     } while (after);
   }

@@ -36,9 +36,10 @@ function conditions(type: string, scope: RowScope): string {
   const conds = [
     `r.org_id = current_setting('app.org_id')::integer`,
     // Nothing changed after the transaction time: a resumed job sees what the first attempt would have.
-    `r.last_updated <= current_setting('kiln.export_until')::timestamptz`,
+    // The bound is a scalar subquery, computed once, not a setting read and cast for every row.
+    `r.last_updated <= (SELECT current_setting('kiln.export_until')::timestamptz)`,
   ];
-  if (scope.since) conds.push(`r.last_updated > current_setting('kiln.export_since')::timestamptz`);
+  if (scope.since) conds.push(`r.last_updated > (SELECT current_setting('kiln.export_since')::timestamptz)`);
   const list = `ARRAY(SELECT json_array_elements_text(current_setting('kiln.export_patients')::json))`;
   if (scope.patients) {
     const col = type === 'Patient' ? 'r.id' : 'r.patient_id';
@@ -49,13 +50,13 @@ function conditions(type: string, scope: RowScope): string {
 }
 
 /**
- * The stored JSON of each row, one per line: raw CR/LF are removed, which inside valid
- * JSON can only be insignificant whitespace (strings hold them escaped), so a line
- * equals the read body up to that whitespace.
+ * The stored JSON of each row (what a read returns: id and meta are spliced in when
+ * the resource is written), one row per line of COPY text format. Raw CR/LF in the
+ * text come out escaped (`\n`, `\r`) and are dropped while decoding
+ * (src/export/ndjson.ts), which is cheaper there than a replace() per row here.
  */
 export function copyRows(tx: Tx, type: string, scope: RowScope): Readable {
-  const sql = `COPY (SELECT replace(replace(r.resource::text, E'\\n', ''), E'\\r', '')
-                       FROM ${TABLES[type]} r WHERE ${conditions(type, scope)}) TO STDOUT`;
+  const sql = `COPY (SELECT r.resource::text FROM ${TABLES[type]} r WHERE ${conditions(type, scope)}) TO STDOUT`;
   return tx.query(copyTo(sql));
 }
 
