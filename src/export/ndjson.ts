@@ -108,6 +108,7 @@ export class LineFiles {
   /** Full files being fsynced and renamed in the background, in order. */
   private closing: Promise<void>[] = [];
   private failure: unknown;
+  private discarded = false;
   private lines = 0;
 
   constructor(private dir: string, private prefix: string, private maxLines: number, private onLines?: (n: number) => void) {}
@@ -137,6 +138,7 @@ export class LineFiles {
 
   /** Removes whatever this writer made (a failed or cancelled unit). */
   async discard(): Promise<void> {
+    this.discarded = true; // a write still in flight (a failed pipeline) opens no new file
     const cur = this.cur;
     this.cur = undefined;
     await Promise.allSettled([...this.closing, cur?.flushing]);
@@ -192,6 +194,7 @@ export class LineFiles {
   }
 
   private async open(): Promise<OpenFile> {
+    if (this.discarded) throw new Error('export unit discarded');
     const name = `${this.prefix}.${this.opened.length + 1}.ndjson`;
     this.opened.push(name);
     const fh = await fs.promises.open(path.join(this.dir, `${name}.part`), 'w+'); // w+: the last byte is read back at close

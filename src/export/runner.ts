@@ -162,7 +162,7 @@ async function runUnit(opts: RunOptions, job: ExportJob, unit: string, until: st
     if (signal.aborted) throw new Aborted();
     const t1 = performance.now();
     const files = await writer.finish();
-    timing?.(`${unit}: rows read and written ${since(t0)} s, then waited ${since(t1)} s for the last fsync and renames`);
+    timing?.(`${unit}: rows read and written ${((t1 - t0) / 1000).toFixed(2)} s, then waited ${since(t1)} s for the last fsync and renames`);
     return files.map((f, i) => ({ kind: deleted ? 'deleted' : 'output', type, seq: i + 1, name: f.name, count: f.count, bytes: f.bytes }));
   } catch (e) {
     await writer.discard();
