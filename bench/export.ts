@@ -1,12 +1,14 @@
 // `npm run bench:export`: bulk $export at scale. Fills one tenant with
 // BENCH_EXPORT_ROWS resources (default 1,000,000: ~90% Observations, the rest Patients
 // and Encounters) straight into the type tables with generate_series, then measures in
-// the same run:
-//   - the full export through the server's HTTP kick-off and status polling,
+// the same run, in BENCH_EXPORT_ROUNDS rounds (default 3; the median round is reported):
 //   - a raw `COPY (SELECT resource::text ...) TO STDOUT` of the same rows,
-//   - their ratio (goal: export >= 0.5 of raw COPY), and
+//   - right after it, the full export through the server's HTTP kick-off and status polling,
+//   - their ratio (goal: export >= 0.5 of raw COPY),
+//   - CPU seconds of PostgreSQL, the reading client and the server (by thread), and
 //   - the server process's RSS during the export (goal: peak < 300 MB), sampled from
 //     /proc/<pid>/status (the server runs as a child process).
+// KILN_BENCH_KEEP=1 keeps the data dir; BENCH_EXPORT_DATA_DIR=<dir> reuses its filled tenant.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
