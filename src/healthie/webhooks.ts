@@ -9,12 +9,12 @@ import type { Database } from '../store/database.ts';
 import { withTenant } from '../store/resources.ts';
 import { findOrg } from '../store/tenants.ts';
 import { enqueueWebhook, claimWebhooks, finishWebhook, retryWebhook } from '../store/healthieSync.ts';
-import { outcome, informational } from '../fhir/outcome.ts';
-import { FhirError } from '../fhir/outcome.ts';
-import { HealthieError, type HealthieClient } from './client.ts';
+import { outcome, informational, FhirError } from '../fhir/outcome.ts';
+import { HealthieError } from './client.ts';
 import { healthieSettings } from './settings.ts';
 import { fetchObject, mirrorObject, type HealthieKind } from './refetch.ts';
-import { loadMaps, type HealthieMaps } from '../../mappings/healthie/index.ts';
+import type { PushOptions } from './push.ts';
+import { loadMaps } from '../../mappings/healthie/index.ts';
 
 /** /fhir/$healthie-webhook (default tenant) or /fhir/{tenant}/$healthie-webhook. */
 export const WEBHOOK_ROUTE = /^\/fhir(?:\/([a-z0-9][a-z0-9-]{0,62}))?\/\$healthie-webhook$/;
@@ -96,15 +96,8 @@ export function kindOfEvent(eventType: string, resourceType: string): HealthieKi
   return BY_EVENT[eventType.split('.')[0]] ?? BY_TYPE[resourceType];
 }
 
-export interface WebhookOptions {
-  db: Database;
-  orgId: number;
-  client: HealthieClient;
-  maps?: HealthieMaps;
-  batchSize?: number;
-  backoffSeconds?: (attempts: number) => number;
-  maxAttempts?: number;
-}
+/** Same knobs as the push worker: both drain a durable per-tenant queue with retries. */
+export type WebhookOptions = PushOptions;
 export interface WebhookSummary { claimed: number; done: number; ignored: number; failed: number; retried: number; outcomes: Record<string, number> }
 
 /** Processes the tenant's due webhook deliveries once. */

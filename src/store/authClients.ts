@@ -49,17 +49,7 @@ export async function recordAssertionJti(tx: Tx, clientId: string, jti: string, 
   return rowCount === 1;
 }
 
-export interface NewClient {
-  orgId: number;
-  clientId: string;
-  name: string;
-  authMethod: ClientAuthMethod;
-  jwks?: JSONWebKeySet;
-  jwksUri?: string;
-  secretHash?: string;
-  redirectUris: string[];
-  scopes: string[];
-}
+export type NewClient = Omit<ClientRow, 'createdAt' | 'revokedAt'>;
 
 export async function insertClient(owner: pg.Pool, c: NewClient): Promise<ClientRow> {
   const { rows } = await owner.query(
