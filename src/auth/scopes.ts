@@ -2,6 +2,8 @@
 // `user/*.write`, and v2 `patient/Observation.rs`, `system/*.cruds`, granular
 // `patient/Observation.rs?category=...`. Pure: parses scopes and decides what one
 // interaction on one type may do.
+import { compartmentCriterion, PATIENT_COMPARTMENT } from '../search/compartment.ts';
+import { parsedPair } from '../search/query.ts';
 
 export type Level = 'patient' | 'user' | 'system';
 /** v2 permissions: create, read, update, delete, search. */
@@ -64,50 +66,19 @@ export function hasLevel(scopes: ResourceScope[], level: Level): boolean {
 }
 
 // ---------------------------------------------------------------- patient compartment
+// Defined once, in src/search/compartment.ts (reads, writes, searches and $everything use it).
+export { compartmentPatients, hasCompartment, inCompartment } from '../search/compartment.ts';
 
 /**
- * The search criterion that confines a type to one patient's compartment (R4
- * CompartmentDefinition patient). Observation's compartment is `subject` or `performer`;
- * a search criterion cannot OR two parameters, so searches confine to `subject` (the
- * narrower set: nothing outside the compartment is ever matched) while reads and writes
- * check both references. Types without an entry (Group) are refused to patient-only tokens.
+ * The compartment as a search pair: its text is the narrower public criterion (the first
+ * compartment parameter, or `_id` for Patient); it carries the criterion that ORs every
+ * compartment parameter (search syntax cannot), see parsedPair.
  */
-const COMPARTMENT_SEARCH: Record<string, (patient: string) => [string, string]> = {
-  Patient: (p) => ['_id', p],
-  Encounter: (p) => ['subject', `Patient/${p}`],
-  Observation: (p) => ['subject', `Patient/${p}`],
-  MedicationStatement: (p) => ['subject', `Patient/${p}`],
-  AuditEvent: (p) => ['patient', `Patient/${p}`],
-};
-
-type Json = Record<string, any>;
-const refsOf = (v: unknown): string[] => (Array.isArray(v) ? v : v === undefined ? [] : [v])
-  .map((r: any) => r?.reference).filter((s): s is string => typeof s === 'string');
-
-/** References that put a resource in a patient's compartment, per type. */
-const COMPARTMENT_REFS: Record<string, (r: Json) => string[]> = {
-  Encounter: (r) => refsOf(r.subject),
-  Observation: (r) => [...refsOf(r.subject), ...refsOf(r.performer)],
-  MedicationStatement: (r) => refsOf(r.subject),
-  AuditEvent: (r) => [...refsOf((r.agent ?? []).map((a: Json) => a?.who)), ...refsOf((r.entity ?? []).map((e: Json) => e?.what))],
-};
-
-const PATIENT_REF = /(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/;
-
-/** Patient ids whose compartment holds this resource (a Patient is in its own). */
-export function compartmentPatients(type: string, resource: Json): string[] {
-  if (type === 'Patient') return typeof resource.id === 'string' ? [resource.id] : [];
-  const refs = COMPARTMENT_REFS[type]?.(resource) ?? [];
-  return [...new Set(refs.map((r) => PATIENT_REF.exec(r)?.[1]).filter((id): id is string => Boolean(id)))];
-}
-
-export function inCompartment(type: string, resource: Json, patient: string): boolean {
-  return compartmentPatients(type, resource).includes(patient);
-}
-
-/** Whether a patient-only grant can be confined to a compartment for this type. */
-export function hasCompartment(type: string): boolean {
-  return type in COMPARTMENT_SEARCH;
+function compartmentPair(type: string, patient: string): [string, string] | undefined {
+  const criterion = compartmentCriterion(type, patient);
+  if (!criterion) return undefined;
+  const text: [string, string] = type === 'Patient' ? ['_id', patient] : [PATIENT_COMPARTMENT[type][0], `Patient/${patient}`];
+  return parsedPair(text, criterion);
 }
 
 /**
@@ -121,9 +92,9 @@ export function hasCompartment(type: string): boolean {
 export function searchRestriction(access: Access, type: string, patient: string | undefined): [string, string][] | undefined {
   const out: [string, string][] = [];
   if (access.compartment) {
-    const rule = COMPARTMENT_SEARCH[type];
-    if (!rule || !patient) return undefined;
-    out.push(rule(patient));
+    const pair = patient ? compartmentPair(type, patient) : undefined;
+    if (!pair) return undefined;
+    out.push(pair);
   }
   if (access.filters.length === 1) out.push(...access.filters[0]);
   else if (access.filters.length > 1) {

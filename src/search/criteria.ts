@@ -17,6 +17,9 @@ export interface Criterion {
   has?: { sourceType: string; refParam: SearchParamDef; criterion: Criterion };
   /** `:missing` */
   missing?: boolean;
+  /** Internal, never parsed from a request (src/search/compartment.ts): any of these
+   * reference parameters names the target, or with `self` the resource is the target. */
+  anyRef?: { params: string[]; targetType: string; targetId: string; self: boolean };
 }
 
 export const STORED_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent', 'Group'];

@@ -32,10 +32,25 @@ function includeSpec(value: string, iterate: boolean, name: string): IncludeSpec
   return { sourceType, param, targetType, iterate };
 }
 
+const PARSED = Symbol('parsed criterion');
+
+/**
+ * A search pair that carries an already parsed criterion: enforcement's compartment,
+ * which no request syntax expresses, travelling with a request's own pairs (conditional
+ * writes, Bundle entries). Its text is a narrower public criterion, so a copy that
+ * loses the criterion still confines.
+ */
+export function parsedPair(text: [string, string], criterion: Criterion): [string, string] {
+  return Object.assign([text[0], text[1]] as [string, string], { [PARSED]: criterion });
+}
+
 export function parseSearch(type: string, pairs: [string, string][]): ParsedSearch {
   // No total unless asked: counting every match costs what the page does not (bench/search.ts).
   const q: ParsedSearch = { criteria: [], unknown: [], sort: [], total: 'none', include: [], revinclude: [] };
-  for (const [name, value] of pairs) {
+  for (const pair of pairs) {
+    const parsed = (pair as { [PARSED]?: Criterion })[PARSED];
+    if (parsed) { q.criteria.push(parsed); continue; }
+    const [name, value] = pair;
     if (IGNORED.has(name)) continue;
     switch (name) {
       case '_count': q.count = value; continue;

@@ -2,7 +2,7 @@
 // returns each match once even while others write), totals, and included resources.
 import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
-import { criterionSql, driverCond, driverRank, indexTableOf, sortKey } from './searchSql.ts';
+import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
 import type { Criterion } from '../search/criteria.ts';
 import type { SearchParamDef } from '../../mappings/search/definitions.ts';
 
@@ -73,8 +73,7 @@ function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p
   const driver = q.criteria[driverIndex];
   const others = q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, 'd', p, 0, true)}`).join('');
   const timed = TIME_PARTITIONED.has(q.type);
-  return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${indexTableOf(driver)} d
-       WHERE d.org_id = ${p(q.orgId)}::integer AND d.resource_type = ${p(q.type)} AND ${driverCond(driver, 'd', p)}${others}${extra('d')}) m
+  return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${driverRows(driver, q.type, q.orgId, p)}${others}${extra('d')}) m
     CROSS JOIN LATERAL (SELECT x.org_id, x.id, x.last_updated, x.resource${timed ? ', x.clinical_time' : ''} FROM ${TABLES[q.type]} x
        WHERE x.org_id = m.org_id AND x.id = m.id${timed ? ' AND x.clinical_time = m.clinical_time' : ''} LIMIT 1) r`;
 }

@@ -170,6 +170,7 @@ export function indexRowOf(s: string, r: string, type: string, p: P): string {
  * (references and identifiers are usually selective); undefined when it cannot drive.
  */
 export function driverRank(c: Criterion): number | undefined {
+  if (c.anyRef) return c.anyRef.self ? undefined : 0;
   if (c.chain || c.has || c.missing !== undefined || c.values.length !== 1 || c.def.code === '_id') return undefined;
   const value = c.values[0];
   if (c.def.type === 'token' && !c.modifier) {
@@ -183,12 +184,37 @@ export function driverRank(c: Criterion): number | undefined {
   return undefined;
 }
 
-/** The driving criterion's condition on index rows aliased `d` (see driverRank). */
-export function driverCond(c: Criterion, d: string, p: P): string {
-  return `${d}.param = ${p(c.def.code)} AND ${valueCond(c.def, c.modifier, c.values[0], d, p)}`;
+/**
+ * The driving criterion's index rows of one tenant and type (see driverRank), as a FROM
+ * item aliased `d` with its conditions (columns org_id, id, clinical_time). Several
+ * reference parameters (anyRef) are one id-ordered walk each, merged by the planner
+ * (Merge Append) so the merged rows stay in id order: `param = ANY(...)` on the leading
+ * index column would return them parameter by parameter instead.
+ */
+export function driverRows(c: Criterion, type: string, orgId: number, p: P): string {
+  const mine = (d: string) => `${d}.org_id = ${p(orgId)}::integer AND ${d}.resource_type = ${p(type)}`;
+  if (c.anyRef) {
+    const { params, targetType, targetId } = c.anyRef;
+    const walks = params.map((param) => `SELECT a.org_id, a.id, a.clinical_time FROM search_references a
+        WHERE a.param = ${p(param)} AND ${mine('a')} AND a.target_id = ${p(targetId)} AND a.target_type = ${p(targetType)}`);
+    return `(${walks.join(' UNION ALL ')}) d WHERE true`;
+  }
+  return `${INDEX_TABLE[c.def.type]} d WHERE ${mine('d')} AND d.param = ${p(c.def.code)} AND ${valueCond(c.def, c.modifier, c.values[0], 'd', p)}`;
 }
 
-export const indexTableOf = (c: Criterion) => INDEX_TABLE[c.def.type];
+/**
+ * anyRef on the resource row `r`: an index row of one of the parameters naming the
+ * target. With `self` (Patient) as an id list computed once (so uncorrelated: the
+ * transaction's tenant), so rows are found by their key: an OR of the id and a per-row
+ * EXISTS would read every row of the tenant.
+ */
+function anyRefSql(a: NonNullable<Criterion['anyRef']>, type: string, r: string, p: P, depth: number, tail: string): string {
+  const s = `a${depth}`;
+  const target = `${s}.param = ANY(${p(a.params)}::text[]) AND ${s}.target_id = ${p(a.targetId)} AND ${s}.target_type = ${p(a.targetType)}`;
+  if (!a.self) return `EXISTS (SELECT 1 FROM search_references ${s} WHERE ${indexRowOf(s, r, type, p)} AND ${target}${tail})`;
+  return `${r}.id = ANY(array_append(ARRAY(SELECT ${s}.id FROM search_references ${s}
+      WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(type)} AND ${target}), ${p(a.targetId)}::text))`;
+}
 
 /**
  * SQL condition for one criterion on the resource row aliased `r` of `type`. With
@@ -200,6 +226,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
   if (depth > 3) throw badRequest('Search nests chains too deeply');
   const def = c.def;
   const tail = perRow ? ' OFFSET 0' : '';
+  if (c.anyRef) return anyRefSql(c.anyRef, type, r, p, depth, tail);
   const rowsOf = (param: string, cond?: string) => {
     const s = `s${depth}`;
     return `EXISTS (SELECT 1 FROM ${INDEX_TABLE[def.type]} ${s} WHERE ${indexRowOf(s, r, type, p)}
@@ -210,7 +237,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const s = `h${depth}`;
     const t = `ht${depth}`;
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
-      WHERE ${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(sourceType)} AND ${s}.param = ${p(refParam.code)}
+      WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(sourceType)} AND ${s}.param = ${p(refParam.code)}
         AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
   }
   if (c.chain) {

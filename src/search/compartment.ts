@@ -1,0 +1,62 @@
+// The patient compartment (R4 CompartmentDefinition/patient, 4.0.1) of the types Kiln
+// serves to patient-level tokens: the one definition that searches (as a criterion),
+// reads and writes (on the resource) and $everything use. Pure: no I/O.
+import type { Resource } from '@medplum/fhirtypes';
+import { extractIndexWith } from '../../mappings/search/extract.ts';
+import type { SearchParamDef } from '../../mappings/search/definitions.ts';
+import { paramDef, type Criterion } from './criteria.ts';
+
+/**
+ * Reference parameters of each type that put a resource in the compartment of the
+ * patient they name (a Patient is also in its own). R4 also lists Group (`member`):
+ * Kiln refuses Group to patient-only tokens instead.
+ */
+export const PATIENT_COMPARTMENT: Record<string, readonly string[]> = {
+  Patient: ['link'],
+  Encounter: ['patient'],
+  Observation: ['subject', 'performer'],
+  MedicationStatement: ['subject'],
+  AuditEvent: ['patient'],
+};
+
+export function hasCompartment(type: string): boolean {
+  return type in PATIENT_COMPARTMENT;
+}
+
+/** Definitions per type, one array each: the extractor compiles once per array. */
+const defsOf = new Map<string, SearchParamDef[]>();
+function compartmentDefs(type: string): SearchParamDef[] {
+  let defs = defsOf.get(type);
+  if (!defs) defsOf.set(type, (defs = (PATIENT_COMPARTMENT[type] ?? []).map((code) => paramDef(type, code)!)));
+  return defs;
+}
+
+/**
+ * Patient ids whose compartment holds this resource. The references come from the same
+ * extraction that fills the search index, so a read and a search agree on membership.
+ */
+export function compartmentPatients(type: string, resource: Record<string, any>): string[] {
+  const own = type === 'Patient' && typeof resource.id === 'string' ? [resource.id] : [];
+  if (!hasCompartment(type)) return own;
+  const refs = extractIndexWith({ ...resource, resourceType: type } as Resource, compartmentDefs(type)).references;
+  const linked = refs.filter((r) => r.targetType === 'Patient' && r.targetId).map((r) => r.targetId!);
+  return [...new Set([...own, ...linked])];
+}
+
+export function inCompartment(type: string, resource: Record<string, any>, patient: string): boolean {
+  return compartmentPatients(type, resource).includes(patient);
+}
+
+/**
+ * The search criterion "in Patient/{patient}'s compartment": any compartment parameter
+ * references the patient (or, for Patient, it is the patient). No request syntax parses
+ * to it; enforcement adds it (src/auth/scopes.ts).
+ */
+export function compartmentCriterion(type: string, patient: string): Criterion | undefined {
+  const params = PATIENT_COMPARTMENT[type];
+  if (!params) return undefined;
+  return {
+    def: compartmentDefs(type)[0], values: [],
+    anyRef: { params: [...params], targetType: 'Patient', targetId: patient, self: type === 'Patient' },
+  };
+}
