@@ -40,6 +40,17 @@ export interface SearchParamDef {
 
 /** Resource-level parameters Kiln indexes for every type. */
 const RESOURCE_LEVEL = new Set(['_id', '_lastUpdated', '_profile', '_security', '_source', '_tag']);
+/** Resource-level parameters searched on the resource row's own columns (id, last_updated): they get no index rows. */
+export const ROW_COLUMN_PARAMS: ReadonlySet<string> = new Set(['_id', '_lastUpdated']);
+/**
+ * Types searchable by some of their R4 parameters only. Every read writes an AuditEvent,
+ * so each AuditEvent index row is paid on every read: AuditEvents are searchable by the
+ * parameters an audit query needs (when, who, what, which patient, which interaction and
+ * its result), not by the other ten (address, agent-name, altid, site, source, ...).
+ */
+const SEARCHABLE_ONLY: Record<string, ReadonlySet<string>> = {
+  AuditEvent: new Set(['date', 'agent', 'entity', 'patient', 'type', 'subtype', 'action', 'outcome']),
+};
 /** Resource-level parameters that are not element-based and so are not indexed here. */
 export const SKIPPED_RESOURCE_LEVEL = ['_text', '_content', '_query', '_list', '_has', '_type'] as const;
 
@@ -115,6 +126,7 @@ function build(resourceType: string): SearchParamDef[] {
       RESOURCE_LEVEL.has(sp.code ?? '');
     if (!forType && !resourceLevel) continue;
     if (!sp.code || !sp.type || sp.type === 'special' || !sp.expression) continue;
+    if (!resourceLevel && SEARCHABLE_ONLY[resourceType] && !SEARCHABLE_ONLY[resourceType].has(sp.code)) continue;
     const expression = restrictExpression(sp.expression, resourceType);
     if (!expression || seen.has(sp.code)) continue;
     const def: SearchParamDef = { code: sp.code, type: sp.type as SearchParamType, expression, url: sp.url ?? '' };

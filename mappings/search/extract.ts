@@ -68,7 +68,7 @@ import {
 } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
 import { loadDefinitions } from '../../src/fhir/validate.ts';
-import { searchParamsFor, splitUnion, type SearchParamDef } from './definitions.ts';
+import { ROW_COLUMN_PARAMS, searchParamsFor, splitUnion, type SearchParamDef } from './definitions.ts';
 import { compileFastPath, type FastPath } from './fastpath.ts';
 import { MAX_INSTANT, MIN_INSTANT, dateRange, decimalRange, normalizeString } from './precision.ts';
 
@@ -768,8 +768,8 @@ function isResource(r: unknown): r is Resource {
 }
 
 /**
- * Search index rows for every R4 search parameter of the resource's type (searchParamsFor),
- * de-duplicated. Never throws: anything that is not a resource gives empty rows; expressions
+ * Search index rows for every R4 search parameter of the resource's type (searchParamsFor)
+ * except those searched on the resource row itself (ROW_COLUMN_PARAMS), de-duplicated. Never throws: anything that is not a resource gives empty rows; expressions
  * that fail are skipped and counted (extractStats()).
  */
 export function extractIndex(resource: Resource, options?: ExtractOptions): IndexRows {
@@ -779,7 +779,7 @@ export function extractIndex(resource: Resource, options?: ExtractOptions): Inde
   const key = `${resource.resourceType}|${fast}`;
   let compiled = compiledByType.get(key);
   if (!compiled) {
-    compiled = compile(searchParamsFor(resource.resourceType), resource.resourceType, fast);
+    compiled = compile(searchParamsFor(resource.resourceType).filter((d) => !ROW_COLUMN_PARAMS.has(d.code)), resource.resourceType, fast);
     compiledByType.set(key, compiled);
   }
   return run(resource, compiled);
