@@ -44,6 +44,11 @@ before(async () => {
   ids.vitalB = await create(obs(ids.B, 'vital-signs', '9999-9', { encounter: { reference: `Encounter/${ids.encB}` } }));
   ids.medB = await create({ resourceType: 'MedicationStatement', status: 'active', medicationCodeableConcept: { text: 'b-med' }, subject: { reference: `Patient/${ids.B}` } });
   ids.group = await create({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${ids.A}` } }, { entity: { reference: `Patient/${ids.B}` } }] });
+  // In A's compartment through performer only (the subject is not a patient); B's likewise.
+  ids.perfA = await create(obs(ids.A, 'exam', '3333-3', { subject: { reference: `Group/${ids.group}` }, performer: [{ reference: `Patient/${ids.A}` }] }));
+  ids.perfB = await create(obs(ids.B, 'exam', '4444-4', { subject: { reference: `Group/${ids.group}` }, performer: [{ reference: `Patient/${ids.B}` }] }));
+  // A Patient record that links to A is in A's compartment (Patient: link).
+  ids.linkA = await create({ resourceType: 'Patient', name: [{ family: 'Alpha-Old' }], link: [{ other: { reference: `Patient/${ids.A}` }, type: 'seealso' }] });
   alice = bearer(await token(srv, { scope: 'launch/patient patient/*.cruds', patient: ids.A, clientId: 'alice-app' }));
 });
 after(async () => {
@@ -53,7 +58,7 @@ after(async () => {
 
 describe('patient compartment', () => {
   test('searches are confined to the compartment, whatever the criteria', async () => {
-    const mine = [`Observation/${ids.labA}`, `Observation/${ids.sharedA}`, `Observation/${ids.vitalA}`].sort();
+    const mine = [`Observation/${ids.labA}`, `Observation/${ids.sharedA}`, `Observation/${ids.vitalA}`, `Observation/${ids.perfA}`].sort();
     assert.deepEqual(idsOf((await as(alice, 'GET', 'Observation')).json), mine);
     for (const q of [`subject=Patient/${ids.B}`, `patient=${ids.B}`, `_id=${ids.vitalB}`, 'code=9999-9', `subject:Patient.name=Bravo`,
       `encounter.subject=Patient/${ids.B}`, `performer=Patient/${ids.B}&subject=Patient/${ids.B}`]) {
@@ -61,7 +66,7 @@ describe('patient compartment', () => {
       assert.equal(r.status, 200, `${q}: ${r.text}`);
       assert.deepEqual(idsOf(r.json), [], `Observation?${q} leaked`);
     }
-    assert.deepEqual(idsOf((await as(alice, 'GET', 'Patient')).json), [`Patient/${ids.A}`]);
+    assert.deepEqual(idsOf((await as(alice, 'GET', 'Patient')).json), [`Patient/${ids.A}`, `Patient/${ids.linkA}`].sort());
     assert.deepEqual(idsOf((await as(alice, 'GET', `Patient?_has:Observation:patient:code=9999-9`)).json), []);
     assert.deepEqual(idsOf((await as(alice, 'GET', `Patient?_has:Observation:patient:code=8867-4`)).json), [`Patient/${ids.A}`]);
     assert.deepEqual(idsOf((await as(alice, 'GET', 'Encounter')).json), [`Encounter/${ids.encA}`]);
@@ -75,7 +80,8 @@ describe('patient compartment', () => {
     // System search: only compartment types, only the compartment.
     const all = idsOf((await as(alice, 'GET', '?_count=100')).json);
     assert.ok(all.includes(`Patient/${ids.A}`) && all.includes(`Observation/${ids.vitalA}`));
-    assert.ok(!all.some((x: string) => [ids.B, ids.vitalB, ids.encB, ids.medB, ids.group].includes(x.split('/')[1])), `system search leaked: ${all}`);
+    assert.ok(all.includes(`Observation/${ids.perfA}`) && all.includes(`Patient/${ids.linkA}`), `system search: ${all}`);
+    assert.ok(!all.some((x: string) => [ids.B, ids.vitalB, ids.encB, ids.medB, ids.group, ids.perfB].includes(x.split('/')[1])), `system search leaked: ${all}`);
     assert.equal((await as(alice, 'GET', '?_type=Group')).status, 403);
   });
 
@@ -85,7 +91,62 @@ describe('patient compartment', () => {
     const rev = await as(alice, 'GET', `Encounter?_revinclude=Observation:encounter&_include=Encounter:subject`);
     assert.deepEqual(idsOf(rev.json), [`Encounter/${ids.encA}`, `Observation/${ids.vitalA}`, `Patient/${ids.A}`].sort());
     const revPatient = await as(alice, 'GET', `Patient?_revinclude=Observation:performer`);
-    assert.deepEqual(idsOf(revPatient.json), [`Patient/${ids.A}`]);
+    assert.deepEqual(idsOf(revPatient.json), [`Patient/${ids.A}`, `Patient/${ids.linkA}`, `Observation/${ids.perfA}`].sort());
+  });
+
+  test('the compartment is every compartment parameter: performer-only Observations and linked Patients are found by every path, others by none', async () => {
+    const find = async (h: Record<string, string>, q: string): Promise<string[]> => {
+      const r = await as(h, 'GET', q);
+      assert.equal(r.status, 200, `${q}: ${r.text}`);
+      return idsOf(r.json);
+    };
+    const perfA = `Observation/${ids.perfA}`;
+    for (const q of ['code=3333-3', `_id=${ids.perfA}`, `performer=Patient/${ids.A}`, `subject=Group/${ids.group}`, 'category=exam', `code=3333-3&_sort=-date`]) {
+      assert.deepEqual(await find(alice, `Observation?${q}`), [perfA], q);
+    }
+    for (const q of ['code=4444-4', `_id=${ids.perfB}`, `performer=Patient/${ids.B}`, `performer:Patient.name=Bravo`]) {
+      assert.deepEqual((await find(alice, `Observation?${q}`)).filter((x) => x === `Observation/${ids.perfB}`), [], `Observation?${q} leaked perfB`);
+    }
+    assert.equal((await as(alice, 'GET', `Observation?subject=Group/${ids.group}&_summary=count`)).json.total, 1);
+    // Paging: the walk over both parameters returns each match once, unsorted and sorted.
+    const all = await find(alice, 'Observation');
+    for (const q of ['Observation?_count=1', 'Observation?_count=2&_sort=code', 'Observation?_count=1&category=exam,laboratory']) {
+      const seen: string[] = [];
+      let url: string | undefined = q;
+      for (let i = 0; url && i < 20; i++) {
+        const r = await as(alice, 'GET', url);
+        assert.equal(r.status, 200, r.text);
+        seen.push(...idsOf(r.json));
+        const next = r.json.link?.find((l: any) => l.relation === 'next')?.url as string | undefined;
+        url = next?.slice(srv.url.length + 1);
+      }
+      const expected = q.includes('category') ? all.filter((x) => [perfA, `Observation/${ids.labA}`].includes(x)) : all;
+      assert.deepEqual(seen.sort(), expected, q);
+    }
+    // Reads, includes and the B side agree.
+    assert.equal((await as(alice, 'GET', perfA)).status, 200);
+    assert.equal((await as(alice, 'GET', `Patient/${ids.linkA}`)).status, 200);
+    assert.equal((await as(alice, 'GET', `Observation/${ids.perfB}`)).status, 404);
+    assert.deepEqual(await find(alice, `Observation?_id=${ids.perfA}&_include=Observation:subject&_include=Observation:performer`), [perfA, `Patient/${ids.A}`].sort());
+    const bob = bearer(await token(srv, { scope: 'patient/*.rs', patient: ids.B }));
+    assert.deepEqual(await find(bob, 'Observation'), [`Observation/${ids.sharedA}`, `Observation/${ids.vitalB}`, `Observation/${ids.perfB}`].sort());
+    assert.deepEqual(await find(bob, 'Patient?_revinclude=Observation:performer'), [`Patient/${ids.B}`, `Observation/${ids.sharedA}`, `Observation/${ids.perfB}`].sort());
+    assert.deepEqual(await find(bob, `Patient?_id=${ids.linkA}`), []);
+    assert.equal((await as(bob, 'GET', `Patient/${ids.linkA}`)).status, 404);
+    // Bundle searches and conditional writes carry the same criterion.
+    const batch = await as(alice, 'POST', '', { resourceType: 'Bundle', type: 'batch', entry: [
+      { request: { method: 'GET', url: 'Observation?code=3333-3' } },
+      { request: { method: 'GET', url: 'Observation?code=4444-4' } },
+      { request: { method: 'DELETE', url: 'Observation?code=4444-4' } },
+    ] });
+    assert.equal(batch.status, 200, batch.text);
+    assert.deepEqual(idsOf(batch.json.entry[0].resource), [perfA]);
+    assert.deepEqual(idsOf(batch.json.entry[1].resource), []);
+    assert.equal((await as(alice, 'DELETE', 'Observation?code=4444-4')).status, 204);
+    assert.equal((await as(admin, 'GET', `Observation/${ids.perfB}`)).json.meta.versionId, '1', 'B\'s Observation untouched');
+    const again = await as(alice, 'POST', 'Observation', obs(ids.A, 'exam', '3333-3'), { 'if-none-exist': 'code=3333-3' });
+    assert.equal(again.status, 200, 'If-None-Exist finds the performer-only match');
+    assert.equal(again.json.id, ids.perfA);
   });
 
   test("reads of another patient's data are 404; own data 200 (performer counts for reads)", async () => {
@@ -104,7 +165,8 @@ describe('patient compartment', () => {
     assert.equal((await as(alice, 'GET', `Patient/${ids.B}/$everything`)).status, 404);
     const own = idsOf((await as(alice, 'GET', `Patient/${ids.A}/$everything`)).json);
     assert.ok(own.includes(`Observation/${ids.vitalA}`) && own.includes(`Encounter/${ids.encA}`));
-    assert.ok(!own.some((x: string) => x.endsWith(ids.vitalB) || x.endsWith(ids.B)));
+    assert.ok(!own.some((x: string) => x.endsWith(ids.vitalB) || x.endsWith(ids.B) || x.endsWith(ids.perfB)));
+    assert.ok(own.includes(`Observation/${ids.perfA}`), 'performer puts it in the compartment');
     // (AuditEvents of A's compartment grow with every request: compared without them.)
     const noAudit = (xs: string[]) => xs.filter((x) => !x.startsWith('AuditEvent/'));
     assert.deepEqual(noAudit(idsOf((await as(alice, 'GET', 'Patient/$everything')).json)), noAudit(own));
