@@ -38,6 +38,8 @@ export interface Config {
   auditMaterialize: 'on' | 'off';
   /** KILN_EXPORT_USER_SCOPES=on: $export also accepts user/ scopes (default: system/ only). */
   exportUserScopes: boolean;
+  /** KILN_CORS_ORIGINS: origins browsers may call /fhir from, comma-separated; default '*' (src/http/cors.ts). */
+  corsOrigins: string[];
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -65,5 +67,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 2),
     auditMaterialize: env.KILN_AUDIT_MATERIALIZE === 'off' ? 'off' : 'on',
     exportUserScopes: env.KILN_EXPORT_USER_SCOPES === 'on',
+    corsOrigins: (env.KILN_CORS_ORIGINS ?? '*').split(',').map((s) => s.trim().replace(/\/+$/, '')).filter(Boolean),
   };
 }

@@ -6,6 +6,7 @@
 import type { Tx } from '../store/resources.ts';
 import { findClient, type ClientRow } from '../store/authClients.ts';
 import { findUser } from '../store/authUsers.ts';
+import { clearLoginFailures, lockLoginCounters, recordLoginFailure } from '../store/authLoginFailures.ts';
 import { deleteRequest, findLaunch, findRequest, insertCode, insertRequest, updateRequest, type RequestRow } from '../store/authFlow.ts';
 import { patientExists, searchPatientsByName } from '../store/authPatients.ts';
 import { inOrg, type AuthCtx } from './context.ts';
@@ -32,10 +33,10 @@ export interface PendingAuthorization {
 }
 
 type Outcome =
-  | { kind: 'page'; status: number; html: string }
+  | { kind: 'page'; status: number; html: string; retryAfter?: number }
   | { kind: 'redirect'; url: string };
 
-const page = (status: number, html: string): Outcome => ({ kind: 'page', status, html });
+const page = (status: number, html: string, retryAfter?: number): Outcome => ({ kind: 'page', status, html, retryAfter });
 
 function redirectWith(redirectUri: string, params: Record<string, string | undefined>): Outcome {
   const url = new URL(redirectUri);
@@ -62,6 +63,7 @@ function send(a: AuthCtx, outcome: Outcome, browser?: string): void {
     a.res.redirect(a.req.method === 'POST' ? 303 : 302, outcome.url);
     return;
   }
+  if (outcome.retryAfter !== undefined) a.res.set('Retry-After', String(outcome.retryAfter));
   a.res.status(outcome.status).type('html').send(outcome.html);
 }
 
@@ -146,12 +148,23 @@ export async function login(a: AuthCtx, form: URLSearchParams): Promise<void> {
   const outcome = await inOrg(a, async (tx): Promise<Outcome> => {
     const l = await loadRequest(tx, a, form);
     if ('kind' in l) return l;
-    const username = form.get('username') ?? '';
+    const username = (form.get('username') ?? '').slice(0, 200);
+    const limit = a.config.auth.loginLimit;
+    // Locked until this transaction ends, so concurrent guesses are counted one by one.
+    const counters = await lockLoginCounters(tx, [{ kind: 'user', key: username }, { kind: 'ip', key: a.req.ip ?? '' }], limit.windowSeconds);
+    const blocked = counters.find((c) => c.failures >= (c.kind === 'user' ? limit.userFailures : limit.ipFailures));
+    if (blocked) {
+      const minutes = Math.ceil(blocked.secondsLeft / 60);
+      return page(429, errorPage('Too many sign-in attempts',
+        `Too many failed sign-ins ${blocked.kind === 'user' ? 'for this username' : 'from this network address'}. Try again in ${minutes} minute${minutes === 1 ? '' : 's'}.`), blocked.secondsLeft);
+    }
     const user = username ? await findUser(tx, username) : undefined;
     const ok = await verifyPassword(form.get('password') ?? '', user?.passwordHash);
     if (!ok || !user || user.disabledAt) {
+      await recordLoginFailure(tx, counters, limit.windowSeconds);
       return page(401, loginPage({ request: l.requestId, clientName: l.client.name, tenant: a.org.name, username, error: 'Wrong username or password.' }));
     }
+    await clearLoginFailures(tx, counters[0]);
     // A patient signing in is the patient context: no picker, and no other patient.
     const own = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(user.fhirUser ?? '')?.[1];
     let patient: string | undefined;

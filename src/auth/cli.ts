@@ -3,14 +3,16 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import readline from 'node:readline';
-import { importJWK, type JSONWebKeySet, type JWK } from 'jose';
+import { decodeJwt, importJWK, type JSONWebKeySet, type JWK } from 'jose';
 import { loadConfig } from '../config.ts';
 import { openDatabase, type Database } from '../store/database.ts';
 import { findOrg } from '../store/tenants.ts';
 import { insertClient, listClients, revokeClient, type ClientAuthMethod } from '../store/authClients.ts';
-import { insertUser, listUsers } from '../store/authUsers.ts';
+import { insertUser, listUsers, setUserDisabled, setUserPassword } from '../store/authUsers.ts';
+import { clearUserLoginFailures } from '../store/authLoginFailures.ts';
+import { revokeTokenAsOwner } from '../store/authRevocation.ts';
 import { insertLaunch } from '../store/authFlow.ts';
-import { keyRingFor } from './keys.ts';
+import { keyRingFor, MAX_TOKEN_SECONDS, REVOKED_REFRESH_MS } from './keys.ts';
 import { mintAdminToken } from './tokens.ts';
 import { hashPassword, randomToken, sha256 } from './secrets.ts';
 import { parseClinicalScope } from './scopeGrant.ts';
@@ -24,7 +26,10 @@ const USAGE = `usage:
   kiln auth client revoke <client_id>
   kiln auth user add --tenant <slug> <username> [--fhir-user Practitioner/123]   password from KILN_AUTH_PASSWORD or a prompt
   kiln auth user list [--tenant <slug>]
+  kiln auth user disable|enable --tenant <slug> <username>   disabling also revokes the user's refresh tokens
+  kiln auth user password --tenant <slug> <username>   new password from KILN_AUTH_PASSWORD or a prompt; revokes the user's refresh tokens
   kiln auth token [--tenant default] [--scope "system/*.cruds"] [--minutes 15] [--patient <id>] [--fhir-user <ref>] [--aud <fhir-base>]
+  kiln auth token revoke <jti|access token> [--tenant default]   refused by every server within 5 s (the jti is in introspection)
   kiln auth launch --tenant <slug> --patient <id> [--encounter <id>] [--minutes 60]   EHR launch id for the authorize request
   kiln auth rotate-keys                                   new signing key; the old one stays published until its tokens expire`;
 
@@ -136,16 +141,23 @@ async function readPassword(): Promise<string> {
   return password;
 }
 
+const USERNAME = /^[A-Za-z0-9._@-]{1,100}$/;
+
+async function newPassword(): Promise<string> {
+  const password = await readPassword();
+  if (password.length < 8) throw new UsageError('the password needs at least 8 characters');
+  return password;
+}
+
 async function userAdd(db: Database, args: Args): Promise<number> {
   const org = await orgOf(db, one(args, '--tenant'));
   const username = args.positional[0];
-  if (!username || !/^[A-Za-z0-9._@-]{1,100}$/.test(username)) throw new UsageError('a username (letters, digits, . _ @ -) is required');
+  if (!username || !USERNAME.test(username)) throw new UsageError('a username (letters, digits, . _ @ -) is required');
   const fhirUser = one(args, '--fhir-user');
   if (fhirUser && !/^(Patient|Practitioner|PractitionerRole|RelatedPerson|Person)\/[A-Za-z0-9\-.]{1,64}$/.test(fhirUser)) {
     throw new UsageError('--fhir-user is Type/id, e.g. Practitioner/123 or Patient/456');
   }
-  const password = await readPassword();
-  if (password.length < 8) throw new UsageError('the password needs at least 8 characters');
+  const password = await newPassword();
   try {
     await insertUser(db.owner, { orgId: org.id, username, passwordHash: await hashPassword(password), fhirUser });
   } catch (e) {
@@ -153,6 +165,26 @@ async function userAdd(db: Database, args: Args): Promise<number> {
     throw e;
   }
   console.log(`user ${username} added to ${org.slug}${fhirUser ? ` as ${fhirUser}` : ''}`);
+  return 0;
+}
+
+/** disable, enable or password: a change to one existing user. */
+async function userChange(db: Database, args: Args, change: 'disable' | 'enable' | 'password'): Promise<number> {
+  const org = await orgOf(db, one(args, '--tenant'));
+  const username = args.positional[0];
+  if (!username) throw new UsageError('a username is required');
+  const found = change === 'password'
+    ? await setUserPassword(db.owner, org.id, username, await hashPassword(await newPassword()))
+    : await setUserDisabled(db.owner, org.id, username, change === 'disable');
+  if (!found) {
+    console.error(`no user '${username}' in ${org.slug}`);
+    return 1;
+  }
+  // A new password or a re-enabled account starts with a clean sign-in record.
+  if (change !== 'disable') await clearUserLoginFailures(db.owner, org.id, username);
+  console.log(change === 'disable' ? `user ${username} disabled in ${org.slug}: sign-in refused, refresh tokens revoked`
+    : change === 'enable' ? `user ${username} enabled in ${org.slug}`
+    : `password of ${username} in ${org.slug} changed; their refresh tokens are revoked`);
   return 0;
 }
 
@@ -173,6 +205,29 @@ async function token(db: Database, args: Args): Promise<number> {
   });
   console.error(`token for ${t.audience}, scope "${t.scope}", expires ${new Date(t.expiresAt * 1000).toISOString()}`);
   console.log(t.accessToken);
+  return 0;
+}
+
+/** Revokes one access token, named by its jti or given whole (its jti, expiry and tenant are read from it). */
+async function tokenRevoke(db: Database, args: Args): Promise<number> {
+  const given = args.positional[0];
+  if (!given) throw new UsageError('a jti or an access token is required');
+  let jti = given;
+  let expiresAt = Math.floor(Date.now() / 1000) + MAX_TOKEN_SECONDS; // a bare jti: as long as any Kiln token lives
+  let clientId = '-';
+  let tenant = one(args, '--tenant') ?? 'default';
+  if (given.split('.').length === 3) {
+    let claims: ReturnType<typeof decodeJwt>;
+    try { claims = decodeJwt(given); } catch { throw new UsageError('the token is not a JWT'); }
+    if (typeof claims.jti !== 'string' || typeof claims.exp !== 'number') throw new UsageError('the token has no jti or exp');
+    ({ jti } = claims);
+    expiresAt = claims.exp;
+    if (typeof claims.client_id === 'string') clientId = claims.client_id;
+    if (typeof claims.tenant === 'string') tenant = claims.tenant;
+  }
+  const org = await orgOf(db, tenant);
+  const added = await revokeTokenAsOwner(db.owner, org.id, { jti, clientId, expiresAt });
+  console.log(`${added ? 'revoked' : 'already revoked:'} access token ${jti} in ${org.slug}; servers refuse it within ${REVOKED_REFRESH_MS / 1000} s`);
   return 0;
 }
 
@@ -199,7 +254,8 @@ export async function authCommand(argv: string[]): Promise<number> {
   const [group, command, ...rest] = argv;
   let args: Args;
   try {
-    args = parseArgs(group === 'client' || group === 'user' ? rest : argv.slice(1));
+    const sub = group === 'client' || group === 'user' || (group === 'token' && command === 'revoke');
+    args = parseArgs(sub ? rest : argv.slice(1));
   } catch (e) {
     console.error((e as Error).message);
     return 2;
@@ -214,6 +270,8 @@ export async function authCommand(argv: string[]): Promise<number> {
       }
       : group === 'user' && command === 'add' ? (db) => userAdd(db, args)
       : group === 'user' && command === 'list' ? (db) => userList(db, args)
+      : group === 'user' && (command === 'disable' || command === 'enable' || command === 'password') ? (db) => userChange(db, args, command)
+      : group === 'token' && command === 'revoke' ? (db) => tokenRevoke(db, args)
       : group === 'token' ? (db) => token(db, args)
       : group === 'launch' ? (db) => launch(db, args)
       : group === 'rotate-keys' ? (db) => rotateKeys(db)

@@ -4,13 +4,16 @@
 import type pg from 'pg';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
 import { insertFirstSigningKey, liveSigningKeys, revokedClientIds, rotateSigningKey } from '../store/authKeys.ts';
+import { revokedTokenIds } from '../store/authRevocation.ts';
 
 /** Algorithm of Kiln's own tokens: RS256 is what every OIDC relying party can verify. */
 export const TOKEN_ALG = 'RS256';
 /** No JWT Kiln signs lives longer than this; a retired key stays published this long. */
 export const MAX_TOKEN_SECONDS = 24 * 3600;
 const REFRESH_MS = 60_000;
-const REVOKED_REFRESH_MS = 5_000;
+/** Revoked clients and access tokens are re-read this often: the longest a revocation
+ *  by another process (the CLI, another server) takes to be seen here. */
+export const REVOKED_REFRESH_MS = 5_000;
 const MIN_RELOAD_MS = 1_000;
 
 export interface LoadedKey {
@@ -34,11 +37,19 @@ export async function newSigningKey(): Promise<{ kid: string; alg: string; priva
   };
 }
 
+export interface Revocations {
+  /** client_ids of revoked clients. */
+  clients: Set<string>;
+  /** jti of access tokens revoked one by one (not yet expired). */
+  tokens: Set<string>;
+}
+
 export class KeyRing {
   private cache?: { at: number; keys: LoadedKey[] };
   private loading?: Promise<LoadedKey[]>;
-  private revoked?: { at: number; ids: Set<string> };
-  private revokedLoading?: Promise<Set<string>>;
+  private revoked?: Revocations & { at: number };
+  private revokedLoading?: Promise<Revocations>;
+  private generation = 0;
 
   constructor(readonly owner: pg.Pool) {}
 
@@ -89,20 +100,28 @@ export class KeyRing {
     return { kid: key.kid, ...r };
   }
 
-  /** Whether a client was revoked (cached a few seconds: this runs on every request). */
-  async isRevoked(clientId: string): Promise<boolean> {
-    if (!this.revoked || Date.now() - this.revoked.at > REVOKED_REFRESH_MS) {
-      this.revokedLoading ??= revokedClientIds(this.owner)
-        .then((ids) => { const set = new Set(ids); this.revoked = { at: Date.now(), ids: set }; return set; })
-        .finally(() => { this.revokedLoading = undefined; });
-      await this.revokedLoading;
+  /** Revoked clients and access tokens (cached a few seconds: this runs on every request). */
+  async revocations(): Promise<Revocations> {
+    if (this.revoked && Date.now() - this.revoked.at <= REVOKED_REFRESH_MS) return this.revoked;
+    if (!this.revokedLoading) {
+      const generation = this.generation;
+      this.revokedLoading = Promise.all([revokedClientIds(this.owner), revokedTokenIds(this.owner)])
+        .then(([clients, tokens]) => {
+          const loaded = { at: Date.now(), clients: new Set(clients), tokens: new Set(tokens) };
+          // A load that started before a revocation in this process must not hide it.
+          if (generation === this.generation) this.revoked = loaded;
+          return loaded;
+        })
+        .finally(() => { if (generation === this.generation) this.revokedLoading = undefined; });
     }
-    return this.revoked!.ids.has(clientId);
+    return this.revokedLoading;
   }
 
-  /** Forget cached revocations (after a revoke in this process). */
+  /** Forget cached revocations (after a revoke in this process): the next check reads them anew. */
   forgetRevocations(): void {
+    this.generation++;
     this.revoked = undefined;
+    this.revokedLoading = undefined;
   }
 }
 

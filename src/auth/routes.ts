@@ -1,13 +1,13 @@
 // The authorization server's HTTP routes, mounted under /fhir ahead of the FHIR router:
 //   {base}/.well-known/smart-configuration and openid-configuration
 //   {base}/auth/{jwks,authorize,login,pick,consent,token,introspect,revoke}
-// where {base} is /fhir (default tenant) or /fhir/{tenant}.
+// where {base} is /fhir (default tenant) or /fhir/{tenant}. CORS: src/http/cors.ts, for all of /fhir.
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Config } from '../config.ts';
 import type { Database } from '../store/database.ts';
 import { findOrg, type Org } from '../store/tenants.ts';
 import { keyRingFor } from './keys.ts';
-import { configureExternalIssuer } from './verify.ts';
+import { configureExternalIssuer, configureTokenCache } from './verify.ts';
 import type { AuthCtx } from './context.ts';
 import { openidConfiguration, smartConfiguration } from './discovery.ts';
 import { formParams, noStore, OAuthError, queryParams, sendOAuthError } from './oauthError.ts';
@@ -23,13 +23,6 @@ const METHODS: Record<string, string[]> = {
   token: ['POST'], introspect: ['POST'], revoke: ['POST'],
 };
 
-/** Apps running in a browser call discovery, the JWKS and the token endpoints cross-origin. */
-function cors(res: Response): void {
-  res.set('Access-Control-Allow-Origin', '*');
-  res.set('Access-Control-Allow-Headers', 'Authorization, Content-Type');
-  res.set('Access-Control-Allow-Methods', 'GET, POST, OPTIONS');
-}
-
 /** URL-encoded form of a page post, repeats kept (consent checkboxes share a name). */
 function pageForm(req: Request): URLSearchParams {
   const text = Buffer.isBuffer(req.body) ? req.body.toString('utf8') : '';
@@ -39,6 +32,7 @@ function pageForm(req: Request): URLSearchParams {
 export function authRoutes(db: Database, config: Config): express.Router {
   const ring = keyRingFor(db.owner);
   configureExternalIssuer(config.auth.external);
+  configureTokenCache(config.auth.tokenCache);
   // First start generates the signing key; a failure here is retried on first use.
   ring.keys().catch((e) => console.error('loading the token signing keys failed', e));
   const orgs = new Map<string, Org>(); // tenants are never renamed
@@ -57,17 +51,11 @@ export function authRoutes(db: Database, config: Config): express.Router {
 
   const router = express.Router();
 
-  router.options(['/.well-known/:doc', '/:tenant/.well-known/:doc', '/auth/:endpoint', '/:tenant/auth/:endpoint'], (_req, res) => {
-    cors(res);
-    res.status(204).end();
-  });
-
   router.get(['/.well-known/:doc', '/:tenant/.well-known/:doc'], (req: Request, res: Response, next: NextFunction) => {
     const doc = req.params.doc;
     if (doc !== 'smart-configuration' && doc !== 'openid-configuration') return next();
     ctxFor(req, res).then((a) => {
       if (!a) return next();
-      cors(res);
       res.json(doc === 'smart-configuration' ? smartConfiguration(a.base) : openidConfiguration(a.base));
     }).catch(next);
   });
@@ -82,7 +70,6 @@ export function authRoutes(db: Database, config: Config): express.Router {
         noStore(res);
         res.status(e.status).type('html').send(errorPage('Invalid request', e.message));
       } else {
-        cors(res);
         sendOAuthError(req, res, e);
       }
     });
@@ -97,7 +84,6 @@ export function authRoutes(db: Database, config: Config): express.Router {
     }
     switch (endpoint) {
       case 'jwks':
-        cors(res);
         res.set('Cache-Control', 'max-age=60');
         res.json(await a.ring.jwks());
         return true;
@@ -114,21 +100,18 @@ export function authRoutes(db: Database, config: Config): express.Router {
         await consent(a, pageForm(req));
         return true;
       case 'token': {
-        cors(res);
         const body = await tokenRequest(a, formParams(req));
         noStore(res);
         res.json(body);
         return true;
       }
       case 'introspect': {
-        cors(res);
         const body = await introspect(a, formParams(req));
         noStore(res);
         res.json(body);
         return true;
       }
       case 'revoke':
-        cors(res);
         await revoke(a, formParams(req));
         noStore(res);
         res.status(200).end();

@@ -23,6 +23,22 @@ export interface AuthSettings {
   /** Lifetime of Backend Services (client_credentials) access tokens. */
   backendTokenSeconds: number;
   external?: ExternalIssuer;
+  /** KILN_TOKEN_CACHE: keep verified access tokens in memory (default on; 'off' for comparisons). */
+  tokenCache: boolean;
+  loginLimit: LoginLimit;
+}
+
+/** Failed sign-ins allowed per username and per client IP (in a tenant) within a window. */
+export interface LoginLimit {
+  userFailures: number;
+  ipFailures: number;
+  windowSeconds: number;
+}
+
+function positive(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const v = Number(env[name] ?? fallback);
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a whole number of at least 1`);
+  return v;
 }
 
 const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -34,6 +50,12 @@ export function loadAuthSettings(env: NodeJS.ProcessEnv = process.env): AuthSett
   return {
     accessTokenSeconds: Number(env.KILN_AUTH_TOKEN_MINUTES ?? 60) * 60,
     backendTokenSeconds: Number(env.KILN_AUTH_BACKEND_TOKEN_MINUTES ?? 5) * 60,
+    tokenCache: env.KILN_TOKEN_CACHE !== 'off',
+    loginLimit: {
+      userFailures: positive(env, 'KILN_LOGIN_MAX_FAILURES', 5),
+      ipFailures: positive(env, 'KILN_LOGIN_MAX_FAILURES_IP', 20),
+      windowSeconds: positive(env, 'KILN_LOGIN_WINDOW_MINUTES', 15) * 60,
+    },
     external: issuer && jwksUrl ? {
       issuer,
       jwksUrl,

@@ -3,6 +3,8 @@
 import type { Tx } from '../store/resources.ts';
 import { consumeCode, findRefreshToken, insertRefreshToken, revokeFamily, useRefreshToken, type GrantContext } from '../store/authFlow.ts';
 import type { ClientRow } from '../store/authClients.ts';
+import { findUser } from '../store/authUsers.ts';
+import { insertRevokedToken } from '../store/authRevocation.ts';
 import { inOrg, type AuthCtx } from './context.ts';
 import { authenticateClient } from './clientAuth.ts';
 import { invalidGrant, invalidRequest, invalidScope, OAuthError, unauthorizedClient } from './oauthError.ts';
@@ -10,7 +12,7 @@ import { grantScopes, splitScope } from './scopeGrant.ts';
 import { randomToken, s256, sha256 } from './secrets.ts';
 import { signAccessToken, signIdToken } from './tokens.ts';
 import { absoluteFhirUser, authUrl } from './urls.ts';
-import { verifyAccessToken } from './verify.ts';
+import { verifyAccessToken, type AccessContext } from './verify.ts';
 
 const OFFLINE_SECONDS = 90 * 24 * 3600;
 const ONLINE_SECONDS = 8 * 3600;
@@ -123,6 +125,11 @@ async function refreshToken(a: AuthCtx, tx: Tx, params: Map<string, string>): Pr
     return { error: invalidGrant('The refresh token was already used; its grant is revoked') };
   }
   if (row.status !== 'ok') throw invalidGrant(`The refresh token is ${row.status}`);
+  // `kiln auth user disable` revokes the user's refresh tokens; this also covers a user disabled otherwise.
+  if (row.username) {
+    const user = await findUser(tx, row.username);
+    if (!user || user.disabledAt) throw invalidGrant('The user of this refresh token is disabled');
+  }
   let scopes = row.scopes;
   if (params.has('scope')) {
     const asked = splitScope(params.get('scope'));
@@ -144,7 +151,7 @@ export async function introspect(a: AuthCtx, params: Map<string, string>): Promi
         const ctx = await verifyAccessToken(`Bearer ${token}`, { audience: a.base, tenant: a.org.slug });
         return {
           active: true, token_type: 'Bearer', scope: ctx.scopes.join(' '), client_id: ctx.clientId, sub: ctx.subject, exp: ctx.expiresAt,
-          iss: ctx.issuer === 'kiln' ? a.base : undefined, aud: a.base, tenant: ctx.tenant,
+          iss: ctx.issuer === 'kiln' ? a.base : undefined, aud: a.base, tenant: ctx.tenant, jti: ctx.jti,
           ...(ctx.patient ? { patient: ctx.patient } : {}),
           ...(ctx.fhirUser ? { fhirUser: absoluteFhirUser(a.base, ctx.fhirUser) } : {}),
         };
@@ -161,16 +168,36 @@ export async function introspect(a: AuthCtx, params: Map<string, string>): Promi
   });
 }
 
-/** RFC 7009: a refresh token (and its whole chain) ends; unknown tokens are not an error. */
+/**
+ * RFC 7009: an access token ends by its jti (every server refuses it within seconds, see
+ * keys.ts), a refresh token with its whole chain. Only the client a token was issued to
+ * revokes it; unknown, expired or already revoked tokens and tokens of other clients get
+ * the same empty 200, so the endpoint tells nothing about them. A JWT is an access token
+ * and anything else a refresh token, so token_type_hint is not needed (RFC 7009 2.1).
+ */
 export async function revoke(a: AuthCtx, params: Map<string, string>): Promise<void> {
   const token = params.get('token');
-  await inOrg(a, async (tx) => {
+  const revokedAccessToken = await inOrg(a, async (tx) => {
     const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), true);
     if (!token) throw invalidRequest('token is missing');
-    if (token.split('.').length === 3) {
-      throw new OAuthError(400, 'unsupported_token_type', 'Access tokens are short-lived JWTs and cannot be revoked one by one; revoke the refresh token or the client');
-    }
+    if (token.split('.').length === 3) return revokeAccessToken(a, tx, client, token);
     const row = await findRefreshToken(tx, sha256(token));
     if (row && row.clientId === client.clientId) await revokeFamily(tx, row.family);
+    return false;
   });
+  // This server refuses the token at once; the others when they next read revocations.
+  if (revokedAccessToken) a.ring.forgetRevocations();
+}
+
+async function revokeAccessToken(a: AuthCtx, tx: Tx, client: ClientRow, token: string): Promise<boolean> {
+  let ctx: AccessContext;
+  try {
+    ctx = await verifyAccessToken(`Bearer ${token}`, { audience: a.base, tenant: a.org.slug });
+  } catch {
+    return false;
+  }
+  if (ctx.issuer !== 'kiln') throw new OAuthError(400, 'unsupported_token_type', 'Tokens of the external issuer are revoked at that issuer');
+  if (ctx.clientId !== client.clientId || !ctx.jti) return false;
+  await insertRevokedToken(tx, { jti: ctx.jti, clientId: ctx.clientId, expiresAt: ctx.expiresAt });
+  return true;
 }

@@ -4,6 +4,7 @@
 // configured external issuer (KILN_AUTH_ISSUER) against that issuer's JWKS.
 import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload } from 'jose';
 import { liveKeyRings, MAX_TOKEN_SECONDS, TOKEN_ALG, type LoadedKey } from './keys.ts';
+import { sha256 } from './secrets.ts';
 import { ACCESS_TOKEN_TYP } from './tokens.ts';
 import type { ExternalIssuer } from './settings.ts';
 import { relativeFhirUser } from './urls.ts';
@@ -23,6 +24,8 @@ export interface AccessContext {
   issuer: 'kiln' | 'external';
   /** Seconds since the epoch (the token's exp). */
   expiresAt: number;
+  /** The token's id (RFC 7519 jti): what per-token revocation names. */
+  jti?: string;
 }
 
 export type BearerErrorCode = 'invalid_request' | 'invalid_token' | 'insufficient_scope';
@@ -66,6 +69,9 @@ function bearerToken(header: string | undefined): string {
 
 export async function verifyAccessToken(authorizationHeader: string | undefined, expected: { audience: string; tenant: string }): Promise<AccessContext> {
   const token = bearerToken(authorizationHeader);
+  const cacheKey = tokenCache.enabled ? sha256(token) : '';
+  const hit = tokenCache.enabled ? tokenCache.get(cacheKey) : undefined;
+  if (hit) return admit(hit, expected);
   let header: ReturnType<typeof decodeProtectedHeader>;
   let unverified: JWTPayload;
   try {
@@ -75,7 +81,79 @@ export async function verifyAccessToken(authorizationHeader: string | undefined,
     throw invalidToken('The access token is not a signed JWT');
   }
   if (external && unverified.iss === external.settings.issuer) return verifyExternal(token, expected, external.settings, external.jwks);
-  return verifyKiln(token, header, expected);
+  const verified = await verifyKiln(token, header);
+  if (tokenCache.enabled) tokenCache.set(cacheKey, verified);
+  return admit(verified, expected);
+}
+
+/** A Kiln token whose signature and lifetime were checked; what it may be used for is checked at each use. */
+interface VerifiedToken {
+  context: AccessContext & { jti: string };
+  issuer: string;
+  audiences: string[];
+  /** Seconds since the epoch after which the token is refused (its exp, or iat + the longest lifetime). */
+  usableUntil: number;
+}
+
+/**
+ * Kiln tokens verified lately, by SHA-256 of the token: a hit skips the RS256 signature
+ * check (the bulk of a read's authentication cost). Bounded (the oldest entry goes
+ * first) and never past a token's expiry; tenant, audience and revocation are checked on
+ * every use by admit(). External tokens are not cached: their keys are the issuer's.
+ */
+class TokenCache {
+  enabled = true;
+  private readonly entries = new Map<string, VerifiedToken>();
+  constructor(readonly capacity: number) {}
+
+  get(key: string): VerifiedToken | undefined {
+    const v = this.entries.get(key);
+    if (v && v.usableUntil <= Date.now() / 1000) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return v;
+  }
+
+  set(key: string, v: VerifiedToken): void {
+    if (this.entries.size >= this.capacity) this.entries.delete(this.entries.keys().next().value!);
+    this.entries.set(key, v);
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+export const TOKEN_CACHE_SIZE = 10_000;
+const tokenCache = new TokenCache(TOKEN_CACHE_SIZE);
+
+/** KILN_TOKEN_CACHE=off turns the verified-token cache off (benchmarks compare both). */
+export function configureTokenCache(enabled: boolean): void {
+  if (enabled === tokenCache.enabled) return;
+  tokenCache.enabled = enabled;
+  tokenCache.clear();
+}
+
+/** Entries in the verified-token cache (tests). */
+export const tokenCacheSize = () => tokenCache.size;
+
+/** The checks of a verified token against this request, and against revocations since it was verified. */
+async function admit(v: VerifiedToken, expected: { audience: string; tenant: string }): Promise<AccessContext> {
+  // A genuine, live token of another tenant is forbidden rather than unauthenticated.
+  if (v.context.tenant !== expected.tenant) throw new AuthError(403, `The access token is bound to another tenant than '${expected.tenant}'`, 'insufficient_scope');
+  if (!v.audiences.includes(expected.audience)) throw invalidToken(`The access token's audience is not ${expected.audience}`);
+  if (v.issuer !== expected.audience) throw invalidToken('The access token has another issuer');
+  for (const ring of liveKeyRings()) {
+    const revoked = await ring.revocations().catch(() => undefined);
+    if (revoked?.clients.has(v.context.clientId)) throw invalidToken('The client of this access token was revoked');
+    if (revoked?.tokens.has(v.context.jti)) throw invalidToken('The access token was revoked');
+  }
+  return v.context;
 }
 
 async function findKey(kid: string): Promise<LoadedKey | undefined> {
@@ -101,7 +179,7 @@ function audiences(payload: JWTPayload): string[] {
   return Array.isArray(payload.aud) ? payload.aud : typeof payload.aud === 'string' ? [payload.aud] : [];
 }
 
-async function verifyKiln(token: string, header: ReturnType<typeof decodeProtectedHeader>, expected: { audience: string; tenant: string }): Promise<AccessContext> {
+async function verifyKiln(token: string, header: ReturnType<typeof decodeProtectedHeader>): Promise<VerifiedToken> {
   // Only Kiln's own algorithm: refuses alg "none", HS256 key confusion and the like up front.
   if (header.alg !== TOKEN_ALG) throw invalidToken(`The access token's algorithm ${String(header.alg)} is not accepted`);
   if (typeof header.kid !== 'string') throw invalidToken('The access token names no key (kid)');
@@ -116,23 +194,22 @@ async function verifyKiln(token: string, header: ReturnType<typeof decodeProtect
   } catch (e) {
     throw verifyFailure(e);
   }
-  // A genuine, live token of another tenant is forbidden rather than unauthenticated.
-  if (payload.tenant !== expected.tenant) throw new AuthError(403, `The access token is bound to another tenant than '${expected.tenant}'`, 'insufficient_scope');
-  if (!audiences(payload).includes(expected.audience)) throw invalidToken(`The access token's audience is not ${expected.audience}`);
-  if (payload.iss !== expected.audience) throw invalidToken('The access token has another issuer');
-  const clientId = String(payload.client_id);
-  for (const ring of liveKeyRings()) {
-    if (await ring.isRevoked(clientId).catch(() => false)) throw invalidToken('The client of this access token was revoked');
-  }
   return {
-    clientId,
-    subject: String(payload.sub),
-    scopes: String(payload.scope).split(' ').filter(Boolean),
-    tenant: String(payload.tenant),
-    ...(typeof payload.patient === 'string' ? { patient: payload.patient } : {}),
-    ...(typeof payload.fhirUser === 'string' ? { fhirUser: relativeFhirUser(expected.audience, payload.fhirUser) } : {}),
-    issuer: 'kiln',
-    expiresAt: payload.exp!,
+    context: {
+      clientId: String(payload.client_id),
+      subject: String(payload.sub),
+      scopes: String(payload.scope).split(' ').filter(Boolean),
+      tenant: String(payload.tenant),
+      ...(typeof payload.patient === 'string' ? { patient: payload.patient } : {}),
+      // Relative to the issuer, which admit() requires to be the request's base.
+      ...(typeof payload.fhirUser === 'string' ? { fhirUser: relativeFhirUser(String(payload.iss), payload.fhirUser) } : {}),
+      issuer: 'kiln',
+      expiresAt: payload.exp!,
+      jti: String(payload.jti),
+    },
+    issuer: String(payload.iss),
+    audiences: audiences(payload),
+    usableUntil: Math.min(payload.exp!, payload.iat! + MAX_TOKEN_SECONDS),
   };
 }
 
@@ -179,5 +256,6 @@ async function verifyExternal(token: string, expected: { audience: string; tenan
     ...(typeof fhirUser === 'string' && fhirUser ? { fhirUser: relativeFhirUser(expected.audience, fhirUser) } : {}),
     issuer: 'external',
     expiresAt: payload.exp!,
+    ...(typeof payload.jti === 'string' ? { jti: payload.jti } : {}),
   };
 }

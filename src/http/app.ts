@@ -8,6 +8,7 @@ import { fhirRouter } from './router.ts';
 import { healthieWebhook, WEBHOOK_ROUTE } from '../healthie/webhooks.ts';
 import { sendOutcome } from './format.ts';
 import { authRoutes } from '../auth/routes.ts';
+import { cors } from './cors.ts';
 import { FhirError, outcome } from '../fhir/outcome.ts';
 
 export function createApp(db: Database, config: Config, version: string) {
@@ -23,6 +24,7 @@ export function createApp(db: Database, config: Config, version: string) {
       res.status(503).json({ status: 'database unavailable' });
     }
   });
+  app.use('/fhir', cors(config.corsOrigins));
   // Bodies are parsed by the handlers so malformed JSON gets a FHIR answer.
   app.use('/fhir', express.raw({ type: () => true, limit: config.bodyLimit }));
   // Healthie deliveries: signature checked over the raw bytes kept by express.raw above.

@@ -1,7 +1,7 @@
 // Users who log in on the authorize page (sql/011_auth.sql): read in their tenant at
-// login, registered and listed by the CLI through the owner pool.
+// login, registered, listed, disabled and given new passwords by the CLI through the owner pool.
 import type pg from 'pg';
-import type { Tx } from './resources.ts';
+import { withTenant, type Tx } from './resources.ts';
 
 export interface UserRow {
   orgId: number;
@@ -37,4 +37,28 @@ export async function listUsers(owner: pg.Pool, orgId?: number): Promise<(UserRo
        FROM auth_users u JOIN organizations o ON o.id = u.org_id
       WHERE $1::integer IS NULL OR u.org_id = $1 ORDER BY o.slug, u.username`, [orgId ?? null]);
   return rows.map((r) => ({ ...toUser(r), tenant: r.tenant }));
+}
+
+/** Disables (or enables) a user; a disabled user's refresh tokens are revoked with it. False when no such user. */
+export async function setUserDisabled(owner: pg.Pool, orgId: number, username: string, disabled: boolean): Promise<boolean> {
+  return withTenant(owner, orgId, async (c) => {
+    const { rowCount } = await c.query(
+      `UPDATE auth_users SET disabled_at = CASE WHEN $3 THEN coalesce(disabled_at, now()) END WHERE org_id = $1 AND username = $2`,
+      [orgId, username, disabled]);
+    if (rowCount && disabled) await revokeUserRefreshTokens(c, orgId, username);
+    return rowCount === 1;
+  });
+}
+
+/** A new password; the user's refresh tokens are revoked (a password change often follows a leak). */
+export async function setUserPassword(owner: pg.Pool, orgId: number, username: string, passwordHash: string): Promise<boolean> {
+  return withTenant(owner, orgId, async (c) => {
+    const { rowCount } = await c.query('UPDATE auth_users SET password_hash = $3 WHERE org_id = $1 AND username = $2', [orgId, username, passwordHash]);
+    if (rowCount) await revokeUserRefreshTokens(c, orgId, username);
+    return rowCount === 1;
+  });
+}
+
+async function revokeUserRefreshTokens(c: Tx, orgId: number, username: string): Promise<void> {
+  await c.query('UPDATE auth_refresh_tokens SET revoked_at = now() WHERE org_id = $1 AND username = $2 AND revoked_at IS NULL', [orgId, username]);
 }
