@@ -1,5 +1,6 @@
 // Round trips real-world resources through one server: every official R4 example of
-// the five stored types, the Synthea patient bundles, then vread of two versions.
+// the five stored types, the Synthea patient bundles, then vread of two versions
+// (AuditEvents keep one: their update is refused with 405).
 // What is read back must equal what was written, except id and meta.versionId /
 // meta.lastUpdated, which the server owns. JSON is compared losslessly (numbers by
 // their literal text), so decimal precision (1.00 vs 1.0) is part of the round trip.
@@ -19,6 +20,8 @@ const EXAMPLES = path.join(DATA, 'fhir-r4-examples');
 const SYNTHEA = path.join(DATA, 'synthea-r4');
 /** Creation order: a type may only reference types before it (hub-and-spoke, integrity). */
 const EXAMPLE_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent'];
+/** AuditEvents are evidence: created and read back like the others, but an update is refused (405) and changes nothing. */
+const IMMUTABLE_TYPES = new Set(['AuditEvent']);
 const CONCURRENCY = 8;
 
 /**
@@ -200,7 +203,7 @@ function spread<T>(items: T[], count: number): T[] {
   return Array.from({ length: count }, (_, i) => items[Math.floor((i * items.length) / count)]);
 }
 
-test('vread returns each version as written, with its ETag', async (t) => {
+test('vread returns each version as written, with its ETag (AuditEvents: the update is refused, version 1 stays)', async (t) => {
   // Two of each example type (when the examples got created) and ten Synthea resources.
   const sample = [
     ...EXAMPLE_TYPES.flatMap((type) => spread(createdExamples.filter((c) => c.type === type), 2)),
@@ -215,6 +218,22 @@ test('vread returns each version as written, with its ETag', async (t) => {
       v2.id = id;
       v2.meta = { ...v2.meta, tag: [...(v2.meta?.tag ?? []), { system: 'urn:kiln:test', code: 'roundtrip-v2', display: 'Updated by roundtrip.test' }] };
       const u = await fhir(srv.url, 'PUT', `${type}/${id}`, stringifyLossless(v2));
+      if (IMMUTABLE_TYPES.has(type)) {
+        assert.equal(u.status, 405, u.text);
+        assert.ok(isOutcomeWithIssues(u.json), `${type} update refusal is not an OperationOutcome: ${u.text}`);
+        assert.equal(u.json.issue[0].code, 'not-supported');
+        const r1 = await fhir(srv.url, 'GET', `${type}/${id}/_history/1`);
+        assert.equal(r1.status, 200, r1.text);
+        assert.equal(r1.headers.get('etag'), 'W/"1"');
+        assert.deepStrictEqual(comparable(parseLossless(r1.text)), comparable(sent));
+        const current = await fhir(srv.url, 'GET', `${type}/${id}`);
+        assert.equal(current.status, 200, current.text);
+        assert.equal(current.headers.get('etag'), 'W/"1"', 'the refused update made no version');
+        assert.deepStrictEqual(parseLossless(current.text), parseLossless(r1.text));
+        assert.equal((await fhir(srv.url, 'GET', `${type}/${id}/_history/2`)).status, 404);
+        assert.equal((await fhir(srv.url, 'GET', `${type}/${id}/_history`)).json.total, 1);
+        return;
+      }
       assert.equal(u.status, 200, u.text);
       assert.equal(u.headers.get('etag'), 'W/"2"');
       assert.equal(u.json.meta.versionId, '2');

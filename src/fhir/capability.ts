@@ -6,17 +6,12 @@ import { TABLES } from '../../mappings/postgres/index.ts';
 import { searchParamsFor } from '../../mappings/search/definitions.ts';
 import { knownProfiles } from './validate.ts';
 import { smartSecurityExtension } from '../auth/discovery.ts';
+import { interactionsOf, supports } from '../interactions/supported.ts';
 
 export interface CapabilityOptions {
   /** KILN_AUTH=smart: rest.security carries the SMART extension. */
   smart?: boolean;
-  /** AuditEvents cannot be updated, patched or deleted (with authorization on). */
-  auditReadOnly?: boolean;
 }
-
-const WRITES_AFTER_CREATE = new Set(['update', 'patch', 'delete']);
-
-export const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type'] as const;
 
 export function capabilityStatement(base: string, version: string, opts: CapabilityOptions = {}): CapabilityStatement {
   const profilesByType = new Map<string, string[]>();
@@ -27,14 +22,14 @@ export function capabilityStatement(base: string, version: string, opts: Capabil
     type: type as CapabilityStatementRestResource['type'],
     profile: `http://hl7.org/fhir/StructureDefinition/${type}`,
     ...(profilesByType.has(type) ? { supportedProfile: profilesByType.get(type) } : {}),
-    interaction: TYPE_INTERACTIONS.filter((code) => !(opts.auditReadOnly && type === 'AuditEvent' && WRITES_AFTER_CREATE.has(code))).map((code) => ({ code })),
+    interaction: interactionsOf(type).map((code) => ({ code })),
     versioning: 'versioned-update',
     readHistory: true,
-    updateCreate: true,
+    updateCreate: supports(type, 'update'),
     conditionalCreate: true,
     conditionalRead: 'modified-since',
-    conditionalUpdate: !(opts.auditReadOnly && type === 'AuditEvent'),
-    conditionalDelete: opts.auditReadOnly && type === 'AuditEvent' ? 'not-supported' : 'single',
+    conditionalUpdate: supports(type, 'update'),
+    conditionalDelete: supports(type, 'delete') ? 'single' : 'not-supported',
     referencePolicy: ['literal', 'enforced', 'local'],
     ...(type === 'Patient' ? { operation: [{ name: 'everything', definition: 'http://hl7.org/fhir/OperationDefinition/Patient-everything' },
       { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export' }] } : {}),

@@ -9,9 +9,10 @@ import { permit, restriction, visible, writeGuard, type Access } from '../auth/e
 import { actionOf } from '../audit/event.ts';
 import { touchedResource, type RequestAudit } from '../audit/request.ts';
 import type { Tx } from '../store/resources.ts';
+import { requireSupported, type TypeInteraction } from '../interactions/supported.ts';
 
 /** The FHIR interaction an entry performs (an AuditEvent subtype). */
-function interactionOf(e: EntryRequest): string {
+function interactionOf(e: EntryRequest): TypeInteraction {
   switch (e.method) {
     case 'GET': case 'HEAD': return e.vid ? 'vread' : e.id ? 'read' : 'search-type';
     case 'POST': return 'create';
@@ -21,12 +22,10 @@ function interactionOf(e: EntryRequest): string {
   }
 }
 
-/** Each entry needs what the same request on its own would (src/http/crud.ts, search.ts). */
+/** Each entry needs what the same request on its own would (src/http/router.ts, crud.ts, search.ts). */
 function entryPolicy(ctx: Ctx, e: EntryRequest): EntryPolicy {
   const conditional = !e.id && (e.method === 'PUT' || e.method === 'DELETE');
-  if (e.type === 'AuditEvent' && ['PUT', 'PATCH', 'DELETE'].includes(e.method) && ctx.config.authMode !== 'off') {
-    throw new FhirError(405, 'not-supported', 'AuditEvents cannot be updated, patched or deleted');
-  }
+  requireSupported(e.type, interactionOf(e));
   const perm = ({ GET: 'r', HEAD: 'r', POST: 'c', PUT: 'u', PATCH: 'u', DELETE: 'd' } as const)[e.method];
   const isSearch = (e.method === 'GET' || e.method === 'HEAD') && !e.id;
   const access: Access = permit(ctx, e.type, isSearch ? 's' : perm);

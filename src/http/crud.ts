@@ -64,13 +64,6 @@ function audited<T>(ctx: Ctx, type: string, fn: (tx: Tx) => Promise<T>, touched:
 
 const ofWritten = (w: write.Written) => ({ id: w.id, json: w.json, versionId: w.versionId });
 
-/** AuditEvents are evidence: with authorization on, no client may change or remove one. */
-function immutable(ctx: Ctx, type: string): void {
-  if (type === 'AuditEvent' && ctx.config.authMode !== 'off') {
-    throw new FhirError(405, 'not-supported', 'AuditEvents cannot be updated, patched or deleted');
-  }
-}
-
 function guardOf(ctx: Ctx, type: string, access: Access) {
   return writeGuard(ctx, type, access);
 }
@@ -86,7 +79,6 @@ export async function create(ctx: Ctx, type: string) {
 
 export async function update(ctx: Ctx, type: string, id: string) {
   checkId(id);
-  immutable(ctx, type);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
   const access = permit(ctx, type, 'u');
   const { body, text } = resourceBody(ctx, type);
@@ -96,7 +88,6 @@ export async function update(ctx: Ctx, type: string, id: string) {
 }
 
 export async function conditionalUpdate(ctx: Ctx, type: string) {
-  immutable(ctx, type);
   const access = permit(ctx, type, 'u');
   const { body, text } = resourceBody(ctx, type);
   const criteria = searchable(ctx, type, criteriaPairs(queryPairs(ctx.req)));
@@ -107,7 +98,6 @@ export async function conditionalUpdate(ctx: Ctx, type: string) {
 
 export async function patch(ctx: Ctx, type: string, id: string) {
   checkId(id);
-  immutable(ctx, type);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
   const access = permit(ctx, type, 'u');
   if (requireBodyType(ctx.req, true) !== 'json-patch') {
@@ -121,7 +111,6 @@ export async function patch(ctx: Ctx, type: string, id: string) {
 
 export async function remove(ctx: Ctx, type: string, id: string) {
   checkId(id);
-  immutable(ctx, type);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
   const access = permit(ctx, type, 'd');
   const ifMatch = parseETag(ctx.req.get('if-match'));
@@ -130,7 +119,6 @@ export async function remove(ctx: Ctx, type: string, id: string) {
 }
 
 export async function conditionalDelete(ctx: Ctx, type: string) {
-  immutable(ctx, type);
   const access = permit(ctx, type, 'd');
   const criteria = searchable(ctx, type, criteriaPairs(queryPairs(ctx.req)));
   const guard = guardOf(ctx, type, access);

@@ -20,6 +20,7 @@ import { authenticate } from '../auth/enforce.ts';
 import { AuditWriter } from '../audit/writer.ts';
 import { RequestAudit } from '../audit/request.ts';
 import { actionOf } from '../audit/event.ts';
+import { requireSupported, type TypeInteraction } from '../interactions/supported.ts';
 
 type Handler = () => Promise<void>;
 
@@ -64,7 +65,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     if (segments.length === 1 && segments[0] === 'metadata') {
       // Open to everyone, and no patient data: neither authorized nor audited.
       if (req.method !== 'GET' && req.method !== 'HEAD') throw methodNotAllowed(req.method, 'metadata');
-      return sendJson(req, res, 200, capabilityStatement(base, version, { smart: config.authMode === 'smart', auditReadOnly: config.authMode === 'smart' }));
+      return sendJson(req, res, 200, capabilityStatement(base, version, { smart: config.authMode === 'smart' }));
     }
     // Read at each request, so a benchmark can compare auditing on and off in one run.
     if (config.audit === 'on') ctx.audit = new RequestAudit(auditor, ctx.orgId, base, req.ip);
@@ -105,18 +106,23 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       throw notFound(`No route for /${path}`);
     }
     const type = first;
+    /** Names the interaction (for the audit) and refuses it with 405 when the type does not support it. */
+    const typeLevel = (interaction: TypeInteraction, query?: string) => {
+      name(interaction, type, query);
+      requireSupported(type, interaction);
+    };
     if (segments.length === 1) {
-      if (m === 'GET') { name('search-type', type, rawQuery); return () => searchInteraction(ctx, type, queryPairs(req)); }
-      if (m === 'POST') { name('create'); return () => crud.create(ctx, type); }
-      if (m === 'PUT') { name('update', type, rawQuery); return () => crud.conditionalUpdate(ctx, type); }
-      if (m === 'DELETE') { name('delete', type, rawQuery); return () => crud.conditionalDelete(ctx, type); }
+      if (m === 'GET') { typeLevel('search-type', rawQuery); return () => searchInteraction(ctx, type, queryPairs(req)); }
+      if (m === 'POST') { typeLevel('create'); return () => crud.create(ctx, type); }
+      if (m === 'PUT') { typeLevel('update', rawQuery); return () => crud.conditionalUpdate(ctx, type); }
+      if (m === 'DELETE') { typeLevel('delete', rawQuery); return () => crud.conditionalDelete(ctx, type); }
       throw methodNotAllowed(m, path);
     }
     if (segments.length === 2 && second === '_search') {
       if (m !== 'POST') throw methodNotAllowed(m, path);
       const form = Buffer.isBuffer(req.body) && /x-www-form-urlencoded/.test(req.get('content-type') ?? '') ? req.body.toString('utf8') : '';
       const pairs = [...queryPairs(req), ...new URLSearchParams(form).entries()];
-      name('search-type', type, new URLSearchParams(pairs).toString());
+      typeLevel('search-type', new URLSearchParams(pairs).toString());
       return () => searchInteraction(ctx, type, pairs);
     }
     if (type === 'Patient' && (second === '$everything' || (segments.length === 3 && third === '$everything'))) {
@@ -127,26 +133,26 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     }
     if (segments.length === 2 && second === '_history') {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      name('history-type', type, rawQuery);
+      typeLevel('history-type', rawQuery);
       return () => historyInteraction(ctx, type);
     }
     // The resource is the audit's entity even when the request is refused before it runs.
     if (second && !second.startsWith('_') && !second.startsWith('$')) ctx.audit?.touch({ resources: [`${type}/${second}${third === '_history' && fourth ? `/_history/${fourth}` : ''}`] });
     if (segments.length === 2) {
-      if (m === 'GET' || m === 'HEAD') { name('read'); return () => crud.read(ctx, type, second); }
-      if (m === 'PUT') { name('update'); return () => crud.update(ctx, type, second); }
-      if (m === 'PATCH') { name('patch'); return () => crud.patch(ctx, type, second); }
-      if (m === 'DELETE') { name('delete'); return () => crud.remove(ctx, type, second); }
+      if (m === 'GET' || m === 'HEAD') { typeLevel('read'); return () => crud.read(ctx, type, second); }
+      if (m === 'PUT') { typeLevel('update'); return () => crud.update(ctx, type, second); }
+      if (m === 'PATCH') { typeLevel('patch'); return () => crud.patch(ctx, type, second); }
+      if (m === 'DELETE') { typeLevel('delete'); return () => crud.remove(ctx, type, second); }
       throw methodNotAllowed(m, path);
     }
     if (third === '_history' && segments.length === 3) {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      name('history-instance');
+      typeLevel('history-instance');
       return () => historyInteraction(ctx, type, second);
     }
     if (third === '_history' && segments.length === 4) {
       if (m !== 'GET' && m !== 'HEAD') throw methodNotAllowed(m, path);
-      name('vread');
+      typeLevel('vread');
       return () => crud.vread(ctx, type, second, fourth);
     }
     throw notFound(`No route for /${path}`);
