@@ -11,6 +11,7 @@ import { withTenant, writeResource } from '../src/store/resources.ts';
 import { insertAuditEvents, prepareAuditEvent } from '../src/store/auditWrite.ts';
 import { auditEvent } from '../src/audit/event.ts';
 import { CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
+import { createOrg } from '../src/store/tenants.ts';
 
 let srv: TestServer;
 let admin: Record<string, string>;
@@ -310,5 +311,179 @@ describe('write-behind audit log', () => {
       await second?.stop();
       removeDataDir(dataDir);
     }
+  });
+});
+
+describe('AuditEvents are immutable: API (auth off and on) and database (sql/016)', () => {
+  let off: TestServer;
+  before(async () => { off = await startTestServer({ auth: 'off' }); });
+  after(async () => {
+    await off?.stop();
+    if (off) removeDataDir(off.dataDir);
+  });
+
+  const event = (recorded = new Date().toISOString()) => ({
+    resourceType: 'AuditEvent', type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110110' }, recorded,
+    agent: [{ requestor: true, who: { display: 'an external system' } }], source: { observer: { display: 'external' } }, outcome: '0',
+  });
+
+  /** Everything stored of one AuditEvent: its row, locator and versions (read as the owner). */
+  async function storedOf(s: TestServer, id: string) {
+    const q = async (sql: string) => (await s.db.owner.query(sql, [id])).rows;
+    return {
+      row: await q(`SELECT version_id, outcome, resource::text AS json FROM audit_events WHERE id = $1`),
+      locator: await q(`SELECT version_id, deleted, last_updated FROM resource_ids WHERE resource_type = 'AuditEvent' AND id = $1`),
+      history: await q(`SELECT version_id, method, resource::text AS json FROM resource_history WHERE resource_type = 'AuditEvent' AND id = $1 ORDER BY version_id`),
+    };
+  }
+
+  const refused = (r: { status: number; json: any; text: string }, what: string) => {
+    assert.equal(r.status, 405, `${what}: ${r.text}`);
+    assert.equal(r.json?.resourceType, 'OperationOutcome', what);
+    assert.equal(r.json.issue[0].code, 'not-supported', what);
+  };
+
+  /** Every way to change or remove AuditEvent `id` through the API is refused, and nothing changes. */
+  async function everyChangeRefused(s: TestServer, h: Record<string, string>) {
+    const c = await fhir(s.url, 'POST', 'AuditEvent', event(), h);
+    assert.equal(c.status, 201, `create stays allowed: ${c.text}`);
+    const id: string = c.json.id;
+    const before = await storedOf(s, id);
+    assert.equal(before.row.length, 1);
+    const patchJson = { 'content-type': 'application/json-patch+json' };
+    const attempts: [string, string, string, unknown?, Record<string, string>?][] = [
+      ['update', 'PUT', `AuditEvent/${id}`, { ...c.json, outcome: '8' }],
+      ['update with If-Match', 'PUT', `AuditEvent/${id}`, { ...c.json, outcome: '8' }, { 'if-match': 'W/"1"' }],
+      ['update-as-create', 'PUT', 'AuditEvent/made-up-by-client', { ...event(), id: 'made-up-by-client' }],
+      ['conditional update (match)', 'PUT', `AuditEvent?_id=${id}`, { ...event(), outcome: '8' }],
+      ['conditional update (no match: create)', 'PUT', 'AuditEvent?_id=no-such-event', event()],
+      ['patch', 'PATCH', `AuditEvent/${id}`, [{ op: 'replace', path: '/outcome', value: '8' }], patchJson],
+      ['delete', 'DELETE', `AuditEvent/${id}`],
+      ['conditional delete (match)', 'DELETE', `AuditEvent?_id=${id}`],
+      ['conditional delete (no match)', 'DELETE', 'AuditEvent?_id=no-such-event'],
+    ];
+    for (const [what, method, path, body, extra] of attempts) refused(await fhir(s.url, method, path, body, { ...h, ...extra }), what);
+    assert.equal((await fhir(s.url, 'GET', 'AuditEvent/made-up-by-client', undefined, h)).status, 404, 'no update-as-create');
+
+    // A batch answers each such entry with 405 (and still runs the others).
+    const b = await fhir(s.url, 'POST', '', { resourceType: 'Bundle', type: 'batch', entry: [
+      { request: { method: 'PUT', url: `AuditEvent/${id}` }, resource: { ...c.json, outcome: '8' } },
+      { request: { method: 'PATCH', url: `AuditEvent/${id}` }, resource: { resourceType: 'Binary', contentType: 'application/json-patch+json', data: Buffer.from(JSON.stringify([{ op: 'replace', path: '/outcome', value: '8' }])).toString('base64') } },
+      { request: { method: 'DELETE', url: `AuditEvent/${id}` } },
+      { request: { method: 'DELETE', url: `AuditEvent?_id=${id}` } },
+      { request: { method: 'GET', url: `AuditEvent/${id}` } },
+    ] }, h);
+    assert.equal(b.status, 200, b.text);
+    assert.deepEqual(b.json.entry.map((e: any) => e.response.status), ['405', '405', '405', '405', '200 OK']);
+    assert.ok(b.json.entry.slice(0, 4).every((e: any) => e.response.outcome?.issue?.[0]?.code === 'not-supported'));
+
+    // A transaction with an AuditEvent DELETE fails as a whole and leaves no trace of its other entries.
+    const family = `NoTrace${Date.now()}`;
+    const tx = await fhir(s.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [
+      { fullUrl: 'urn:uuid:0b5c1b8e-0000-4000-8000-000000000001', request: { method: 'POST', url: 'Patient' }, resource: { resourceType: 'Patient', name: [{ family }] } },
+      { request: { method: 'DELETE', url: `AuditEvent/${id}` } },
+    ] }, h);
+    refused(tx, 'transaction');
+    assert.match(tx.json.issue[0].diagnostics, /Bundle\.entry\[1\]/);
+    assert.equal((await s.db.owner.query('SELECT count(*)::integer AS n FROM patients WHERE family_name = $1', [family])).rows[0].n, 0);
+
+    assert.deepEqual(await storedOf(s, id), before, 'the AuditEvent is exactly as recorded');
+    const read = await fhir(s.url, 'GET', `AuditEvent/${id}`, undefined, h);
+    assert.equal(read.status, 200);
+    assert.equal(read.headers.get('etag'), 'W/"1"');
+    assert.equal(read.json.outcome, '0');
+    return id;
+  }
+
+  test('auth off: update (also as create, conditional), patch, delete (also conditional), batch and transaction entries answer 405', async () => {
+    await everyChangeRefused(off, {});
+    const audit = (await fhir(off.url, 'GET', 'metadata')).json.rest[0].resource.find((r: any) => r.type === 'AuditEvent');
+    assert.deepEqual(audit.interaction.map((i: any) => i.code).sort(), ['create', 'history-instance', 'history-type', 'read', 'search-type', 'vread']);
+    assert.deepEqual([audit.updateCreate, audit.conditionalUpdate, audit.conditionalDelete], [false, false, 'not-supported']);
+  });
+
+  test('auth on: the same, for a token that may do everything', async () => {
+    await everyChangeRefused(srv, await client('c-immutable', 'system/*.cruds'));
+  });
+
+  /** Runs one statement as kiln_app in a tenant transaction, rolled back. */
+  async function asApp(s: TestServer, sql: string, params: unknown[] = []) {
+    const c = await s.db.app.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query(`SELECT set_config('app.org_id', '1', true)`);
+      return await c.query(sql, params);
+    } finally {
+      await c.query('ROLLBACK');
+      c.release();
+    }
+  }
+
+  test('kiln_app cannot UPDATE or DELETE AuditEvent rows, their partitions, versions or locator rows', async () => {
+    const id = (await fhir(off.url, 'POST', 'AuditEvent', event())).json.id;
+    const patientId = (await fhir(off.url, 'POST', 'Patient', { resourceType: 'Patient' })).json.id;
+    const before = await storedOf(off, id);
+    // The app role sees the rows, so a refusal below is not RLS hiding them.
+    assert.equal((await asApp(off, 'SELECT count(*)::integer AS n FROM audit_events WHERE id = $1', [id])).rows[0].n, 1);
+    const partition = (await off.db.owner.query('SELECT tableoid::regclass::text AS p FROM audit_events WHERE id = $1', [id])).rows[0].p;
+    for (const sql of [`UPDATE audit_events SET outcome = '8' WHERE id = $1`, 'DELETE FROM audit_events WHERE id = $1',
+      `UPDATE ${partition} SET outcome = '8' WHERE id = $1`, `DELETE FROM ${partition} WHERE id = $1`]) {
+      await assert.rejects(asApp(off, sql, [id]), /permission denied/, sql);
+    }
+    await assert.rejects(asApp(off, 'TRUNCATE audit_events'), /permission denied/);
+    for (const sql of [`UPDATE resource_history SET resource = '{}' WHERE resource_type = 'AuditEvent' AND id = $1`,
+      `DELETE FROM resource_history WHERE resource_type = 'AuditEvent' AND id = $1`,
+      `UPDATE resource_ids SET deleted = true WHERE resource_type = 'AuditEvent' AND id = $1`,
+      `DELETE FROM resource_ids WHERE resource_type = 'AuditEvent' AND id = $1`]) {
+      await assert.rejects(asApp(off, sql, [id]), /AuditEvents are evidence/, sql);
+    }
+    // The same statements on another type's rows still work for kiln_app (rolled back here).
+    assert.equal((await asApp(off, `UPDATE resource_ids SET deleted = deleted WHERE resource_type = 'Patient' AND id = $1`, [patientId])).rowCount, 1);
+    assert.equal((await asApp(off, `DELETE FROM resource_history WHERE resource_type = 'Patient' AND id = $1`, [patientId])).rowCount, 1);
+    assert.deepEqual(await storedOf(off, id), before);
+  });
+
+  test('the trigger refuses any role but the owner, even one granted UPDATE and DELETE', async () => {
+    const id = (await fhir(off.url, 'POST', 'AuditEvent', event())).json.id;
+    const c = await off.db.owner.connect();
+    try {
+      await c.query('BEGIN');
+      // A member of kiln_app (so the tenant policy applies) that also holds UPDATE, DELETE.
+      await c.query('CREATE ROLE kiln_audit_probe IN ROLE kiln_app');
+      await c.query('GRANT UPDATE, DELETE ON audit_events TO kiln_audit_probe');
+      await c.query('SET LOCAL ROLE kiln_audit_probe');
+      await c.query(`SELECT set_config('app.org_id', '1', true)`);
+      for (const sql of [`UPDATE audit_events SET outcome = '8' WHERE id = $1`, 'DELETE FROM audit_events WHERE id = $1']) {
+        await c.query('SAVEPOINT probe');
+        await assert.rejects(c.query(sql, [id]), /AuditEvents are evidence: (UPDATE|DELETE) of an AuditEvent row in audit_events_o1_\d+ is refused for role kiln_audit_probe/, sql);
+        await c.query('ROLLBACK TO SAVEPOINT probe');
+      }
+    } finally {
+      await c.query('ROLLBACK');
+      c.release();
+    }
+    assert.equal((await storedOf(off, id)).row[0].outcome, '0');
+  });
+
+  test('owner maintenance still moves AuditEvent rows; new partitions, also of a new tenant, carry the trigger and no kiln_app UPDATE/DELETE', async () => {
+    // An event recorded long ago lands in the DEFAULT partition; the split moves it (DELETE + INSERT as the owner).
+    const old = await fhir(off.url, 'POST', 'AuditEvent', event('2001-03-04T05:06:07Z'));
+    assert.equal(old.status, 201, old.text);
+    const where = async () => (await off.db.owner.query('SELECT tableoid::regclass::text AS p FROM audit_events WHERE id = $1', [old.json.id])).rows[0].p;
+    assert.equal(await where(), 'audit_events_o1_default');
+    await off.db.owner.query('SELECT kiln_split_default_partitions(1)');
+    assert.equal(await where(), 'audit_events_o1_20010226');
+    const read = await fhir(off.url, 'GET', `AuditEvent/${old.json.id}`);
+    assert.equal(read.status, 200);
+    assert.equal(read.text, old.text);
+
+    await createOrg(off.db.owner, 'immutable-probe', 'Immutable probe');
+    const { rows } = await off.db.owner.query(`
+      SELECT p.relid::text AS part,
+             has_table_privilege('kiln_app', p.relid, 'UPDATE') OR has_table_privilege('kiln_app', p.relid, 'DELETE') AS writable,
+             EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p.relid AND t.tgname = 'audit_events_immutable') AS guarded
+        FROM pg_partition_tree('audit_events') p`);
+    assert.ok(rows.some((r) => r.part === 'audit_events_o1_20010226') && rows.some((r) => /^audit_events_o\d+_\d{8}$/.test(r.part) && !r.part.startsWith('audit_events_o1_')));
+    assert.deepEqual(rows.filter((r) => r.writable || !r.guarded), []);
   });
 });
