@@ -71,9 +71,9 @@ function bestDriver(q: SearchRequest): { index: number; rank: number } | undefin
  */
 function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p: (v: unknown) => string, extra: (d: string) => string): string {
   const driver = q.criteria[driverIndex];
-  const others = q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, 'd', p, 0, true)}`).join('');
+  const others = (d: string) => q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, d, p, 0, true)}`).join('');
   const timed = TIME_PARTITIONED.has(q.type);
-  return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${driverRows(driver, q.type, q.orgId, p)}${others}${extra('d')}) m
+  return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${driverRows(driver, q.type, q.orgId, p, others, extra)}) m
     CROSS JOIN LATERAL (SELECT x.org_id, x.id, x.last_updated, x.resource${timed ? ', x.clinical_time' : ''} FROM ${TABLES[q.type]} x
        WHERE x.org_id = m.org_id AND x.id = m.id${timed ? ' AND x.clinical_time = m.clinical_time' : ''} LIMIT 1) r`;
 }

@@ -185,21 +185,24 @@ export function driverRank(c: Criterion): number | undefined {
 }
 
 /**
- * The driving criterion's index rows of one tenant and type (see driverRank), as a FROM
- * item aliased `d` with its conditions (columns org_id, id, clinical_time). Several
- * reference parameters (anyRef) are one id-ordered walk each, merged by the planner
- * (Merge Append) so the merged rows stay in id order: `param = ANY(...)` on the leading
- * index column would return them parameter by parameter instead.
+ * The driving criterion's index rows of one tenant and type (see driverRank) as a FROM
+ * item aliased `d` (columns org_id, id, clinical_time) with the conditions: its own, then
+ * `others` (the other criteria) and `extra` (the page's keyset, order and limit).
+ * Several reference parameters (anyRef) are one id-ordered walk each, every walk filtered
+ * and limited on its own, then merged: the first n ids of the union are among the first
+ * n of each walk. (One scan with `param = ANY(...)` returns rows parameter by parameter,
+ * and over a UNION ALL the planner sorted every row of every walk instead of merging.)
  */
-export function driverRows(c: Criterion, type: string, orgId: number, p: P): string {
+export function driverRows(c: Criterion, type: string, orgId: number, p: P,
+  others: (d: string) => string, extra: (d: string) => string): string {
   const mine = (d: string) => `${d}.org_id = ${p(orgId)}::integer AND ${d}.resource_type = ${p(type)}`;
   if (c.anyRef) {
     const { params, targetType, targetId } = c.anyRef;
-    const walks = params.map((param) => `SELECT a.org_id, a.id, a.clinical_time FROM search_references a
-        WHERE a.param = ${p(param)} AND ${mine('a')} AND a.target_id = ${p(targetId)} AND a.target_type = ${p(targetType)}`);
-    return `(${walks.join(' UNION ALL ')}) d WHERE true`;
+    const walks = params.map((param, i) => `(SELECT w${i}.org_id, w${i}.id, w${i}.clinical_time FROM search_references w${i}
+        WHERE w${i}.param = ${p(param)} AND ${mine(`w${i}`)} AND w${i}.target_id = ${p(targetId)} AND w${i}.target_type = ${p(targetType)}${others(`w${i}`)}${extra(`w${i}`)})`);
+    return `(${walks.join(' UNION ALL ')}) d WHERE true${extra('d')}`;
   }
-  return `${INDEX_TABLE[c.def.type]} d WHERE ${mine('d')} AND d.param = ${p(c.def.code)} AND ${valueCond(c.def, c.modifier, c.values[0], 'd', p)}`;
+  return `${INDEX_TABLE[c.def.type]} d WHERE ${mine('d')} AND d.param = ${p(c.def.code)} AND ${valueCond(c.def, c.modifier, c.values[0], 'd', p)}${others('d')}${extra('d')}`;
 }
 
 /**
