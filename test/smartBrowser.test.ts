@@ -2,8 +2,8 @@
 // chromium, driven by playwright-core) opens the authorize URL an app builds, signs in,
 // picks the patient, consents, and lands on the app's redirect_uri (a local server that
 // captures the code); the app, running in that page, exchanges the code with its PKCE
-// verifier (cross-origin, as a browser app does), and the token reads the patient's
-// Observations.
+// verifier (cross-origin, as a browser app does), and with the token the page reads the
+// patient's Observations from the FHIR API (cross-origin too: CORS preflight and exposed headers).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -41,7 +41,7 @@ const observation = (patient: string, value: number) => ({
 
 describe('SMART standalone launch in a real browser', () => {
   before(async () => {
-    server = await startTestServer();
+    server = await startTestServer({ auth: 'smart' });
     const admin = { authorization: `Bearer ${(await mintAdminToken(server.db, { tenant: 'default', audience: server.url })).accessToken}` };
     wilma = (await fhir(server.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ given: ['Wilma'], family: 'Flintstone' }], birthDate: '1980-03-02' }, admin)).json.id;
     fred = (await fhir(server.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ given: ['Fred'], family: 'Flintstone' }] }, admin)).json.id;
@@ -122,11 +122,20 @@ describe('SMART standalone launch in a real browser', () => {
     assert.equal(ctx.patient, wilma);
     assert.equal(ctx.fhirUser, 'Practitioner/12');
 
-    const obs = await fhir(server.url, 'GET', `Observation?patient=${tokens.body.patient}`, undefined, { authorization: `Bearer ${tokens.body.access_token}` });
-    assert.equal(obs.status, 200, obs.text);
-    const values = obs.json.entry.map((e: any) => e.resource.valueQuantity.value).sort();
+    // The app reads the FHIR API from its page: a bearer header makes the browser send a
+    // CORS preflight first, and only exposed headers (ETag) are readable.
+    const read = await page.evaluate(async ([base, token, patient]) => {
+      const headers = { authorization: `Bearer ${token}`, accept: 'application/fhir+json' };
+      const obs = await fetch(`${base}/Observation?patient=${patient}`, { headers });
+      const pat = await fetch(`${base}/Patient/${patient}`, { headers });
+      return { status: obs.status, body: await obs.json(), patientStatus: pat.status, etag: pat.headers.get('etag') };
+    }, [server.url, tokens.body.access_token, tokens.body.patient] as const);
+    assert.equal(read.status, 200, JSON.stringify(read.body));
+    const values = read.body.entry.map((e: any) => e.resource.valueQuantity.value).sort();
     assert.deepEqual(values, [61, 64]);
-    for (const e of obs.json.entry) assert.equal(e.resource.subject.reference, `Patient/${wilma}`);
+    for (const e of read.body.entry) assert.equal(e.resource.subject.reference, `Patient/${wilma}`);
+    assert.equal(read.patientStatus, 200);
+    assert.equal(read.etag, 'W/"1"');
     await page.close();
   });
 });
