@@ -49,7 +49,11 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   const exportWorker = config.exportWorker === 'inline' ? new ExportWorker(db, config) : undefined;
   exportWorker?.start();
   // Queued read AuditEvents become FHIR AuditEvents here (write-behind audit log).
-  const auditMaterializer = config.auditMaterialize === 'on' ? new AuditMaterializer(db) : undefined;
+  // It yields to requests in flight (the queued row is already the durable record).
+  let inFlight = 0;
+  server.on('request', (_req, res) => { inFlight++; res.once('close', () => inFlight--); });
+  const auditMaterializer = config.auditMaterialize === 'on'
+    ? new AuditMaterializer(db, { busy: () => inFlight > 0, busyMaxLagMs: () => config.auditMaxLagSeconds * 1000 }) : undefined;
   auditMaterializer?.start();
   let stopping: Promise<void> | undefined;
   return {

@@ -12,6 +12,7 @@ import { insertAuditEvents, prepareAuditEvent } from '../src/store/auditWrite.ts
 import { auditEvent } from '../src/audit/event.ts';
 import { CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
 import { createOrg } from '../src/store/tenants.ts';
+import { AuditMaterializer } from '../src/audit/materializer.ts';
 
 let srv: TestServer;
 let admin: Record<string, string>;
@@ -246,6 +247,41 @@ describe('write-behind audit log', () => {
       }
     } finally {
       c.release();
+    }
+  });
+
+  test('while requests are in flight the materializer leaves events queued up to the lag bound, then catches up', async () => {
+    process.env.KILN_AUDIT_MATERIALIZE = 'off'; // only the materializer made here runs
+    const own = await startTestServer({ auth: 'smart' }).finally(() => { delete process.env.KILN_AUDIT_MATERIALIZE; });
+    let busy = true;
+    let lagMs = 60_000;
+    const m = new AuditMaterializer(own.db, { busy: () => busy, busyMaxLagMs: () => lagMs, idleMs: 20, maxLagMs: 50 });
+    const queued = async () => (await own.db.owner.query('SELECT count(*)::integer AS n FROM audit_log_queue')).rows[0].n as number;
+    const waitFor = async (n: number) => {
+      for (let i = 0; i < 200 && await queued() !== n; i++) await new Promise((r) => setTimeout(r, 25));
+      return queued();
+    };
+    try {
+      const h = bearer(await token(own, { scope: 'system/*.cruds', clientId: 'c-busy' }));
+      const p = (await fhir(own.url, 'POST', 'Patient', { resourceType: 'Patient' }, h)).json.id;
+      for (let i = 0; i < 3; i++) assert.equal((await fhir(own.url, 'GET', `Patient/${p}`, undefined, h)).status, 200);
+      m.start();
+      await new Promise((r) => setTimeout(r, 400));
+      assert.equal(await queued(), 3, 'busy: events younger than the bound stay queued');
+      lagMs = 100;
+      assert.equal(await waitFor(0), 0, 'busy, but older than the bound: materialized');
+      assert.equal(m.stats.events, 3);
+      lagMs = 60_000;
+      for (let i = 0; i < 2; i++) assert.equal((await fhir(own.url, 'GET', `Patient/${p}`, undefined, h)).status, 200);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(await queued(), 2);
+      busy = false;
+      assert.equal(await waitFor(0), 0, 'idle: caught up');
+      assert.equal(m.stats.events, 5);
+    } finally {
+      await m.stop();
+      await own.stop();
+      removeDataDir(own.dataDir);
     }
   });
 

@@ -26,15 +26,19 @@ export async function queuedOrgs(owner: pg.Pool): Promise<number[]> {
 }
 
 /**
- * Tenants whose queue is worth a claim now: at least `minBatch` events, or an event
- * older than `maxLagMs`. Waiting for full batches makes materialization far cheaper per
- * event than keeping up event by event (one statement per batch, not per few events).
+ * Tenants whose queue is worth a claim now: its oldest event is older than `maxLagMs`, or
+ * (unless `minBatch` is undefined) it holds at least `minBatch` events. Waiting for full
+ * batches makes materialization far cheaper per event than keeping up event by event (one
+ * statement per batch, not per few events). Probes each tenant's queue head and counts at
+ * most `minBatch` rows through the primary key, so a long queue costs a poll nothing more.
  */
-export async function dueOrgs(owner: pg.Pool, minBatch: number, maxLagMs: number): Promise<number[]> {
+export async function dueOrgs(owner: pg.Pool, minBatch: number | undefined, maxLagMs: number): Promise<number[]> {
   const { rows } = await owner.query(
-    `SELECT org_id FROM audit_log_queue GROUP BY org_id
-      HAVING count(*) >= $1 OR min(queued_at) < now() - $2 * interval '1 millisecond' ORDER BY org_id`, [minBatch, maxLagMs]);
-  return rows.map((r) => r.org_id as number);
+    `SELECT o.id FROM organizations o
+      WHERE (SELECT q.queued_at FROM audit_log_queue q WHERE q.org_id = o.id ORDER BY q.seq LIMIT 1) < now() - $2 * interval '1 millisecond'
+         OR ($1::integer IS NOT NULL AND (SELECT count(*) FROM (SELECT 1 FROM audit_log_queue q WHERE q.org_id = o.id LIMIT $1) h) >= $1)
+      ORDER BY o.id`, [minBatch ?? null, maxLagMs]);
+  return rows.map((r) => r.id as number);
 }
 
 export async function auditQueueLength(owner: pg.Pool): Promise<number> {
