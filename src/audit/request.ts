@@ -7,7 +7,7 @@ import type { AccessContext } from '../auth/verify.ts';
 import { compartmentPatients } from '../auth/scopes.ts';
 import { FhirError } from '../fhir/outcome.ts';
 import { insertAuditEvents, prepareAuditEvent } from '../store/auditWrite.ts';
-import { auditEvent, outcomeOf, type AuditAction, type AuditFacts } from './event.ts';
+import { auditEvent, outcomeOf, type AuditAction, type AuditFacts, type QueuedAudit } from './event.ts';
 import type { AuditWriter } from './writer.ts';
 
 export interface Touched {
@@ -56,11 +56,19 @@ export class RequestAudit {
     };
   }
 
-  private event(outcome: AuditFacts['outcome'], outcomeDesc?: string) {
+  private queued(outcome: AuditFacts['outcome'], outcomeDesc?: string): Omit<QueuedAudit, 'id'> {
     const a = this.access;
-    return auditEvent(this.facts(outcome, outcomeDesc), {
-      clientId: a?.clientId, subject: a?.subject, fhirUser: a?.fhirUser, address: this.address,
-    }, this.base, new Date().toISOString());
+    return {
+      facts: this.facts(outcome, outcomeDesc),
+      agent: { clientId: a?.clientId, subject: a?.subject, fhirUser: a?.fhirUser, address: this.address },
+      base: this.base,
+      recorded: new Date().toISOString(),
+    };
+  }
+
+  private event(outcome: AuditFacts['outcome']) {
+    const q = this.queued(outcome);
+    return auditEvent(q.facts, q.agent, q.base, q.recorded);
   }
 
   /** A successful access, committed (with others) before the response goes out. */
@@ -68,7 +76,7 @@ export class RequestAudit {
     if (this.done) return;
     this.touch(t);
     this.done = true;
-    await this.writer.record(this.orgId, this.event('0'));
+    await this.writer.record(this.orgId, this.queued('0'));
   }
 
   /** A successful write: recorded in the write's own transaction, so it commits or rolls back with it. */
@@ -84,7 +92,7 @@ export class RequestAudit {
     this.done = true;
     const status = err instanceof FhirError ? err.status : typeof (err as { status?: unknown })?.status === 'number' ? (err as { status: number }).status : 500;
     const desc = err instanceof FhirError ? `${status} ${err.message}` : status < 500 ? `${status} ${(err as Error)?.message ?? ''}` : `${status} internal error`;
-    await this.writer.record(this.orgId, this.event(outcomeOf(status), desc));
+    await this.writer.record(this.orgId, this.queued(outcomeOf(status), desc));
   }
 }
 

@@ -6,12 +6,12 @@
 // materializer turns the queued events into FHIR AuditEvents shortly after.
 import crypto from 'node:crypto';
 import type pg from 'pg';
-import type { AuditEvent } from '@medplum/fhirtypes';
+import type { QueuedAudit } from './event.ts';
 import { enqueueAuditEvents } from '../store/auditQueue.ts';
 
 interface Pending {
   orgId: number;
-  event: AuditEvent;
+  event: QueuedAudit;
   done: (e?: unknown) => void;
 }
 
@@ -30,9 +30,9 @@ export class AuditWriter {
   constructor(private readonly pool: pg.Pool, private readonly windowMs: number) {}
 
   /** Resolves once the event is durably queued; rejects when it could not be (the caller answers 500). */
-  record(orgId: number, event: AuditEvent): Promise<void> {
+  record(orgId: number, event: Omit<QueuedAudit, 'id'>): Promise<void> {
     // The id is fixed now, so the AuditEvent's identity does not depend on when it is materialized.
-    const queued: AuditEvent = { ...event, id: crypto.randomUUID() };
+    const queued: QueuedAudit = { ...event, id: crypto.randomUUID() };
     return new Promise((resolve, reject) => {
       this.queue.push({ orgId, event: queued, done: (e) => (e ? reject(e) : resolve()) });
       if (this.queue.length >= MAX_BATCH) this.flushNow();
@@ -58,7 +58,7 @@ export class AuditWriter {
       const client = await this.pool.connect();
       try {
         await client.query('BEGIN');
-        const byOrg = new Map<number, AuditEvent[]>();
+        const byOrg = new Map<number, QueuedAudit[]>();
         for (const b of batch) byOrg.set(b.orgId, [...(byOrg.get(b.orgId) ?? []), b.event]);
         for (const [orgId, events] of byOrg) {
           // Transaction-local: RLS checks each org's rows against its own setting.

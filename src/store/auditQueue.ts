@@ -8,9 +8,10 @@ import type { AuditEvent } from '@medplum/fhirtypes';
 import type { Database } from './database.ts';
 import { insertAuditEvents, prepareAuditEvent } from './auditWrite.ts';
 import type { Tx } from './resources.ts';
+import { auditEventOf, type QueuedAudit } from '../audit/event.ts';
 
 /** Appends events (each with its id and `recorded` already set) to the queue of the tenant the transaction is bound to. */
-export async function enqueueAuditEvents(tx: Tx, events: AuditEvent[]): Promise<void> {
+export async function enqueueAuditEvents(tx: Tx, events: QueuedAudit[]): Promise<void> {
   if (!events.length) return;
   await tx.query(
     `INSERT INTO audit_log_queue (org_id, event)
@@ -66,7 +67,11 @@ export async function materializeBatch(owner: pg.Pool, orgId: number, limit: num
       `DELETE FROM audit_log_queue WHERE (org_id, seq) IN (
          SELECT org_id, seq FROM audit_log_queue WHERE org_id = $1 ORDER BY seq LIMIT $2 FOR UPDATE ${wait ? '' : 'SKIP LOCKED'})
        RETURNING event::text AS event`, [orgId, limit]);
-    const events = rows.map((r) => JSON.parse(r.event as string) as AuditEvent);
+    // Rows queued before the compact form held the whole AuditEvent.
+    const events = rows.map((r) => {
+      const q = JSON.parse(r.event as string) as QueuedAudit | AuditEvent;
+      return 'resourceType' in q ? q : auditEventOf(q);
+    });
     await insertAuditEvents(client, events.map((e) => prepareAuditEvent(e, e.recorded!, e.id)));
     await client.query('COMMIT');
     return events.length;
