@@ -78,7 +78,7 @@ function criteriaOf(type: string, pairs: [string, string][]) {
 
 const isRestricted = (a: Access) => a.compartment || a.filters.length > 0;
 
-/** Whether a stored resource is visible under `access` (the compartment checked in code, filters by a search in `tx`). */
+/** Whether a stored resource is visible under `access` (the compartment checked on the resource with the parameters searches use, filters by a search in `tx`). */
 export async function visible(ctx: Ctx, tx: Tx | undefined, type: string, id: string, json: string, access: Access): Promise<boolean> {
   if (!isRestricted(access)) return true;
   if (access.compartment && !inCompartment(type, JSON.parse(json), ctx.access!.patient!)) return false;

@@ -3,14 +3,7 @@
 import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { indexRowOf } from './searchSql.ts';
-
-/** Search parameters that put a resource in a patient's compartment (R4 CompartmentDefinition). */
-const COMPARTMENT: Record<string, string[]> = {
-  Encounter: ['subject'],
-  Observation: ['subject', 'performer'],
-  MedicationStatement: ['subject'],
-  AuditEvent: ['patient'],
-};
+import { PATIENT_COMPARTMENT as COMPARTMENT } from '../search/compartment.ts';
 
 export interface EverythingQuery {
   /** Patients whose compartments are wanted; undefined = every patient of the tenant. */
@@ -36,7 +29,12 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
       if (q.end) conds.push(`r.clinical_time < ${p(q.end)}::timestamptz`);
     }
     if (type === 'Patient') {
-      if (q.patientIds) conds.push(`r.id = ANY(${p(q.patientIds)}::text[])`);
+      // The patients and the Patient records that link to them, as one id list (a key lookup).
+      if (q.patientIds) {
+        conds.push(`r.id = ANY(${p(q.patientIds)}::text[] || ARRAY(SELECT s.id FROM search_references s WHERE s.org_id = ${org}
+          AND s.resource_type = 'Patient' AND s.param = ANY(${p(COMPARTMENT.Patient)}::text[]) AND s.target_type = 'Patient'
+          AND s.target_id = ANY(${p(q.patientIds)}::text[])))`);
+      }
     } else {
       conds.push(`EXISTS (SELECT 1 FROM search_references s WHERE ${indexRowOf('s', 'r', type, p)}
         AND s.param = ANY(${p(COMPARTMENT[type])}::text[]) AND s.target_type = 'Patient'
