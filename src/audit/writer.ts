@@ -1,6 +1,6 @@
 // Group commit for the AuditEvents of reads (and of refused or failed requests): each
 // request waits until its event is committed, but events arriving within a few
-// milliseconds of each other share one transaction and one multi-row insert, so the
+// milliseconds of each other share one statement (one per tenant) and its commit, so the
 // audit costs a read a short wait rather than a transaction of its own. The insert is
 // an append to the write-behind audit_log_queue (src/store/auditQueue.ts); the
 // materializer turns the queued events into FHIR AuditEvents shortly after.
@@ -53,34 +53,23 @@ export class AuditWriter {
   }
 
   private async write(batch: Pending[]): Promise<void> {
-    let failure: unknown;
-    try {
-      const client = await this.pool.connect();
+    const byOrg = new Map<number, Pending[]>();
+    for (const b of batch) byOrg.set(b.orgId, [...(byOrg.get(b.orgId) ?? []), b]);
+    // One statement per tenant, each its own transaction: a tenant's events are durable
+    // (or failed) together, whatever happens to another tenant's.
+    await Promise.all([...byOrg].map(async ([orgId, pending]) => {
+      let failure: unknown;
       try {
-        await client.query('BEGIN');
-        const byOrg = new Map<number, QueuedAudit[]>();
-        for (const b of batch) byOrg.set(b.orgId, [...(byOrg.get(b.orgId) ?? []), b.event]);
-        for (const [orgId, events] of byOrg) {
-          // Transaction-local: RLS checks each org's rows against its own setting.
-          await client.query("SELECT set_config('app.org_id', $1, true)", [String(orgId)]);
-          await enqueueAuditEvents(client, events);
-        }
-        await client.query('COMMIT');
+        await enqueueAuditEvents(this.pool, orgId, pending.map((p) => p.event));
         this.stats.batches++;
-        this.stats.events += batch.length;
+        this.stats.events += pending.length;
       } catch (e) {
-        await client.query('ROLLBACK').catch(() => {});
         failure = e;
-      } finally {
-        client.release();
+        console.error('audit write failed', e);
       }
-    } catch (e) {
-      failure = e;
-    } finally {
-      this.inFlight--;
-    }
-    if (failure) console.error('audit write failed', failure);
-    for (const b of batch) b.done(failure);
+      for (const p of pending) p.done(failure);
+    }));
+    this.inFlight--;
     if (this.queue.length) this.flushNow();
   }
 

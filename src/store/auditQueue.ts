@@ -7,16 +7,15 @@ import type pg from 'pg';
 import type { AuditEvent } from '@medplum/fhirtypes';
 import type { Database } from './database.ts';
 import { insertAuditEvents, prepareAuditEvent } from './auditWrite.ts';
-import type { Tx } from './resources.ts';
 import { auditEventOf, type QueuedAudit } from '../audit/event.ts';
 
-/** Appends events (each with its id and `recorded` already set) to the queue of the tenant the transaction is bound to. */
-export async function enqueueAuditEvents(tx: Tx, events: QueuedAudit[]): Promise<void> {
+/**
+ * Appends a tenant's events (each with its id and `recorded` already set) to its queue in
+ * one round trip that commits by itself (sql/020): call it on a pool, not in a transaction.
+ */
+export async function enqueueAuditEvents(pool: pg.Pool, orgId: number, events: QueuedAudit[]): Promise<void> {
   if (!events.length) return;
-  await tx.query(
-    `INSERT INTO audit_log_queue (org_id, event)
-     SELECT current_setting('app.org_id')::integer, e::json FROM unnest($1::text[]) AS e`,
-    [events.map((e) => JSON.stringify(e))]);
+  await pool.query('SELECT kiln_enqueue_audit($1, $2::text[])', [orgId, events.map((e) => JSON.stringify(e))]);
 }
 
 /** Tenants with queued events (owner pool: RLS would hide other tenants' rows). */
