@@ -36,6 +36,22 @@ export interface SearchParamDef {
   components?: SearchParamComponent[];
   /** Canonical URL of the SearchParameter. */
   url: string;
+  /**
+   * Set when this parameter's rows are exactly other parameters' rows (storedAs()): the
+   * index holds those only, and the query side reads them in its place.
+   */
+  storedAs?: StoredAs;
+}
+
+/**
+ * Where a parameter's index rows live: the rows of `params` (their union), of those only
+ * the references whose target type is `targetType` when set. `patient`
+ * (`Observation.subject.where(resolve() is Patient)`) is `{ params: ['subject'], targetType: 'Patient' }`,
+ * `combo-code` (`Observation.code | Observation.component.code`) is `{ params: ['code', 'component-code'] }`.
+ */
+export interface StoredAs {
+  params: string[];
+  targetType?: string;
 }
 
 /** Resource-level parameters Kiln indexes for every type. */
@@ -51,6 +67,17 @@ export const ROW_COLUMN_PARAMS: ReadonlySet<string> = new Set(['_id', '_lastUpda
 const SEARCHABLE_ONLY: Record<string, ReadonlySet<string>> = {
   AuditEvent: new Set(['date', 'agent', 'entity', 'patient', 'type', 'subtype', 'action', 'outcome']),
 };
+const RESOLVE_IS = /\.where\(\s*resolve\(\)\s+is\s+(?:FHIR\.)?([A-Za-z]+)\s*\)\s*$/;
+
+/**
+ * A branch without a trailing `.where(resolve() is X)`, and X: such a branch keeps the
+ * references of the rest whose target type is X (extract.ts evaluates it that way).
+ */
+export function resolveFilter(branch: string): { base: string; targetType?: string } {
+  const m = RESOLVE_IS.exec(branch);
+  return m ? { base: branch.slice(0, m.index).trim(), targetType: m[1] } : { base: branch.trim() };
+}
+
 /** Resource-level parameters that are not element-based and so are not indexed here. */
 export const SKIPPED_RESOURCE_LEVEL = ['_text', '_content', '_query', '_list', '_has', '_type'] as const;
 
@@ -148,7 +175,53 @@ function build(resourceType: string): SearchParamDef[] {
     defs.push(def);
   }
   defs.sort((a, b) => (a.code < b.code ? -1 : a.code > b.code ? 1 : 0));
+  deriveStoredAs(defs);
   return defs;
+}
+
+/**
+ * Marks the parameters whose rows are other parameters' rows (StoredAs), found from the
+ * expressions: a parameter's union branches, without a `.where(resolve() is X)` that all
+ * of them share, are exactly the union of the branches of other parameters of the same
+ * type (so every value is converted the same way), none of them filtered itself. Such a
+ * parameter writes no rows; it is read from theirs (filtered by target type X). Of two
+ * parameters with the same branches the first by code is stored. Composites are left
+ * alone: their rows embed their components' codes. Row-column parameters (_id,
+ * _lastUpdated) have no rows to share.
+ */
+function deriveStoredAs(defs: SearchParamDef[]): void {
+  const shape = new Map<SearchParamDef, { branches: Set<string>; targetType?: string } | undefined>();
+  for (const d of defs) {
+    if (d.type === 'composite' || ROW_COLUMN_PARAMS.has(d.code)) continue;
+    const parts = splitUnion(d.expression).map(resolveFilter);
+    const targets = new Set(parts.map((b) => b.targetType));
+    if (targets.size !== 1) continue; // some branches filtered, some not (or by different types)
+    shape.set(d, { branches: new Set(parts.map((b) => b.base)), targetType: parts[0].targetType });
+  }
+  // Fewer branches first, and unfiltered before filtered, so that the parameters that may
+  // store one are settled before it is considered.
+  const rank = (d: SearchParamDef) => [shape.get(d)!.branches.size, shape.get(d)!.targetType ? 1 : 0];
+  const order = [...shape.keys()].sort((a, b) => rank(a)[0] - rank(b)[0] || rank(a)[1] - rank(b)[1]
+    || (a.code < b.code ? -1 : 1));
+  const stored: SearchParamDef[] = [];
+  for (const d of order) {
+    const mine = shape.get(d)!;
+    const stores = stored.filter((s) => {
+      const theirs = shape.get(s)!;
+      return s.type === d.type && !theirs.targetType && [...theirs.branches].every((b) => mine.branches.has(b));
+    });
+    const covered = new Set(stores.flatMap((s) => [...shape.get(s)!.branches]));
+    if (stores.length && covered.size === mine.branches.size) {
+      d.storedAs = { params: stores.map((s) => s.code), ...(mine.targetType ? { targetType: mine.targetType } : {}) };
+    } else {
+      stored.push(d);
+    }
+  }
+}
+
+/** The parameters whose index rows hold `def`'s rows (itself unless StoredAs), and the target type they are filtered by. */
+export function storedParams(def: SearchParamDef): StoredAs {
+  return def.storedAs ?? { params: [def.code] };
 }
 
 /** Every indexable R4 search parameter of `resourceType`, sorted by code; built once per type (frozen, shared). */
@@ -159,6 +232,7 @@ export function searchParamsFor(resourceType: string): SearchParamDef[] {
     for (const d of defs) {
       if (d.target) Object.freeze(d.target);
       if (d.components) d.components.forEach((c) => Object.freeze(c)), Object.freeze(d.components);
+      if (d.storedAs) Object.freeze(d.storedAs.params), Object.freeze(d.storedAs);
       Object.freeze(d);
     }
     Object.freeze(defs);

@@ -25,6 +25,12 @@
 //    are mapped to FHIR ones (DateTime -> dateTime, String -> string, ...).
 //  - A branch that fails to parse, or throws while evaluating, is skipped and counted in
 //    extractStats(); extraction never throws.
+//  - Parameters whose rows are other parameters' rows (definitions.ts StoredAs: `patient` =
+//    `subject` rows of type Patient, `combo-code` = `code` + `component-code` rows) give no
+//    rows in extractIndex: each set of rows is stored once and the query side reads the
+//    stored parameters. A target-type one still gives its `<param>:identifier` token rows
+//    (rare: references by identifier), since token rows carry no target type to filter.
+//    extractIndexWith evaluates the definitions it is given, aliases included.
 //
 // Conversions (by parameter type, then by the value's FHIR type)
 //  token:     Coding (system, code, display as text); CodeableConcept (each coding, plus a
@@ -40,8 +46,11 @@
 //             repeat.boundsPeriod). Values without a timezone are taken as UTC.
 //  reference: Reference -> {targetType, targetId} from `Type/id` or an absolute URL ending
 //             in Type/id (history stripped); `#contained`, `urn:`, conditional and other
-//             references keep only `reference`. Reference.identifier -> TokenRows with param
-//             `<param>:identifier`. canonical/uri values -> {null, null, reference: value}.
+//             references have no targetId, and as targetType the type a `.where(resolve() is X)`
+//             would see (the contained resource's, else Reference.type), so that such a
+//             parameter's rows are its unfiltered twin's rows of type X (see below).
+//             Reference.identifier -> TokenRows with param `<param>:identifier`.
+//             canonical/uri values -> {null, null, reference: value}.
 //  quantity:  Quantity, Age, Duration, Distance, Count, SimpleQuantity, MoneyQuantity with a
 //             numeric value; lo/hi from its significant digits. Skipped: SampledData, Range,
 //             Quantity.comparator (ignored: a '<5' is indexed as 5).
@@ -68,7 +77,7 @@ import {
 } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
 import { loadDefinitions } from '../../src/fhir/validate.ts';
-import { ROW_COLUMN_PARAMS, searchParamsFor, splitUnion, type SearchParamDef } from './definitions.ts';
+import { ROW_COLUMN_PARAMS, resolveFilter, searchParamsFor, splitUnion, type SearchParamDef } from './definitions.ts';
 import { compileFastPath, type FastPath } from './fastpath.ts';
 import { MAX_INSTANT, MIN_INSTANT, dateRange, decimalRange, normalizeString } from './precision.ts';
 
@@ -205,6 +214,8 @@ interface CompiledParam {
   branches: Branch[];
   /** Composite parameters: one entry per context branch, components compiled for that context's type. */
   contexts?: CompiledContext[];
+  /** Write only the `:identifier` token rows (its references are stored as other parameters': definitions.ts StoredAs). */
+  identifiersOnly?: boolean;
 }
 
 export interface ExtractOptions {
@@ -219,8 +230,6 @@ const SYSTEM_TYPES: Record<string, string> = {
   Boolean: 'boolean', String: 'string', Integer: 'integer', Decimal: 'decimal',
   Date: 'date', DateTime: 'dateTime', Time: 'time',
 };
-
-const RESOLVE_IS = /\.where\(\s*resolve\(\)\s+is\s+(?:FHIR\.)?([A-Za-z]+)\s*\)\s*$/;
 
 interface CompileScope {
   resourceType: string;
@@ -239,10 +248,10 @@ function compileBranch(source: string, scope: CompileScope): Branch {
   while (expr.startsWith('(') && expr.endsWith(')') && splitUnion(expr.slice(1, -1)).length === 1 && balanced(expr.slice(1, -1))) {
     expr = expr.slice(1, -1).trim();
   }
-  const m = RESOLVE_IS.exec(expr);
-  if (m) {
-    resolveIs = m[1];
-    expr = expr.slice(0, m.index);
+  const filter = resolveFilter(expr);
+  if (filter.targetType) {
+    resolveIs = filter.targetType;
+    expr = filter.base;
   }
   expr = expr.replace(/\.as\(\s*(?:(?:FHIR|System)\.)?([A-Za-z]+)\s*\)/g, (_, t: string) => `.ofType(${SYSTEM_TYPES[t] ?? t})`);
   try {
@@ -269,10 +278,11 @@ function compileExpression(expression: string, scope: CompileScope): Branch[] {
   return splitUnion(expression).map((b) => compileBranch(b, scope));
 }
 
-function compile(defs: readonly SearchParamDef[], resourceType: string, fast: boolean): CompiledParam[] {
+function compile(defs: readonly SearchParamDef[], resourceType: string, fast: boolean, stored = false): CompiledParam[] {
   return defs.map((def) => {
     const scope: CompileScope = { resourceType, param: def.code, fast, contextType: resourceType, rooted: true };
     const cp: CompiledParam = { def, branches: compileExpression(def.expression, scope) };
+    if (stored && def.storedAs) cp.identifiersOnly = true;
     if (def.type === 'composite') {
       cp.contexts = cp.branches.map((branch) => ({
         branch,
@@ -479,6 +489,7 @@ function complexKind(tv: TypedValue): string | undefined {
 interface EvalContext {
   resource: Record<string, unknown>;
   resolveIs?: string;
+  identifiersOnly?: boolean;
 }
 
 function addCoding(sink: Sink, param: string, c: unknown): void {
@@ -597,14 +608,12 @@ function toReference(sink: Sink, param: string, tv: TypedValue, ctx: EvalContext
   if (!isObject(v) || complexKind(tv) !== 'Reference') return skipped();
   const reference = str(v.reference);
   const parsed = reference ? parseReference(reference) : undefined;
-  if (ctx.resolveIs) {
-    const type =
-      parsed?.type ??
-      (reference?.startsWith('#') ? containedType(ctx.resource, reference) : undefined) ??
-      str(v.type);
-    if (type !== ctx.resolveIs) return;
-  }
-  if (reference) sink.reference(param, parsed?.type ?? null, parsed?.id ?? null, reference);
+  const type =
+    parsed?.type ??
+    (reference?.startsWith('#') ? containedType(ctx.resource, reference) : undefined) ??
+    str(v.type);
+  if (ctx.resolveIs && type !== ctx.resolveIs) return;
+  if (reference && !ctx.identifiersOnly) sink.reference(param, type ?? null, parsed?.id ?? null, reference);
   if (isObject(v.identifier)) {
     const id = v.identifier;
     const isType = isObject(id.type) ? id.type : undefined;
@@ -746,7 +755,8 @@ function run(resource: Resource, compiled: CompiledParam[]): IndexRows {
       continue;
     }
     for (const branch of cp.branches) {
-      const ctx = branch.resolveIs ? { ...base, resolveIs: branch.resolveIs } : base;
+      const ctx = branch.resolveIs || cp.identifiersOnly
+        ? { ...base, resolveIs: branch.resolveIs, identifiersOnly: cp.identifiersOnly } : base;
       for (const tv of evaluate(branch, root, resourceType, code)) {
         try {
           convert(sink, code, type, tv, ctx);
@@ -769,8 +779,11 @@ function isResource(r: unknown): r is Resource {
 
 /**
  * Search index rows for every R4 search parameter of the resource's type (searchParamsFor)
- * except those searched on the resource row itself (ROW_COLUMN_PARAMS), de-duplicated. Never throws: anything that is not a resource gives empty rows; expressions
- * that fail are skipped and counted (extractStats()).
+ * except those searched on the resource row itself (ROW_COLUMN_PARAMS) and those stored as
+ * other parameters' rows (StoredAs; a reference one still gives its `:identifier` rows when
+ * its rows are filtered by target type, which token rows do not carry), de-duplicated.
+ * Never throws: anything that is not a resource gives empty rows; expressions that fail
+ * are skipped and counted (extractStats()).
  */
 export function extractIndex(resource: Resource, options?: ExtractOptions): IndexRows {
   if (!isResource(resource)) return emptyRows();
@@ -779,7 +792,9 @@ export function extractIndex(resource: Resource, options?: ExtractOptions): Inde
   const key = `${resource.resourceType}|${fast}`;
   let compiled = compiledByType.get(key);
   if (!compiled) {
-    compiled = compile(searchParamsFor(resource.resourceType).filter((d) => !ROW_COLUMN_PARAMS.has(d.code)), resource.resourceType, fast);
+    const defs = searchParamsFor(resource.resourceType)
+      .filter((d) => !ROW_COLUMN_PARAMS.has(d.code) && (!d.storedAs || (d.type === 'reference' && d.storedAs.targetType)));
+    compiled = compile(defs, resource.resourceType, fast, true);
     compiledByType.set(key, compiled);
   }
   return run(resource, compiled);

@@ -3,7 +3,7 @@
 // reads and writes (on the resource) and $everything use. Pure: no I/O.
 import type { Resource } from '@medplum/fhirtypes';
 import { extractIndexWith } from '../../mappings/search/extract.ts';
-import type { SearchParamDef } from '../../mappings/search/definitions.ts';
+import { storedParams, type SearchParamDef } from '../../mappings/search/definitions.ts';
 import { paramDef, type Criterion } from './criteria.ts';
 
 /**
@@ -32,6 +32,18 @@ function compartmentDefs(type: string): SearchParamDef[] {
 }
 
 /**
+ * The reference parameters whose index rows hold the type's compartment references to
+ * patients: the compartment parameters, or those they are stored as (Encounter `patient`
+ * is `subject` rows of type Patient; definitions.ts StoredAs). Readers of those rows ask
+ * for target type Patient, which is the only filter such a parameter carries.
+ */
+export function compartmentIndexParams(type: string): string[] {
+  const params = compartmentDefs(type).map(storedParams)
+    .filter((s) => !s.targetType || s.targetType === 'Patient').flatMap((s) => s.params);
+  return [...new Set(params)];
+}
+
+/**
  * Patient ids whose compartment holds this resource. The references come from the same
  * extraction that fills the search index, so a read and a search agree on membership.
  */
@@ -57,6 +69,6 @@ export function compartmentCriterion(type: string, patient: string): Criterion |
   if (!params) return undefined;
   return {
     def: compartmentDefs(type)[0], values: [],
-    anyRef: { params: [...params], targetType: 'Patient', targetId: patient, self: type === 'Patient' },
+    anyRef: { params: compartmentIndexParams(type), targetType: 'Patient', targetId: patient, self: type === 'Patient' },
   };
 }

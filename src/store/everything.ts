@@ -3,7 +3,7 @@
 import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { indexRowOf } from './searchSql.ts';
-import { PATIENT_COMPARTMENT as COMPARTMENT } from '../search/compartment.ts';
+import { compartmentIndexParams } from '../search/compartment.ts';
 
 export interface EverythingQuery {
   /** Patients whose compartments are wanted; undefined = every patient of the tenant. */
@@ -32,13 +32,13 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
       // The patients and the Patient records that link to them, as one id list (a key lookup).
       if (q.patientIds) {
         conds.push(`r.id = ANY(${p(q.patientIds)}::text[] || ARRAY(SELECT s.id FROM search_references s WHERE s.org_id = ${org}
-          AND s.resource_type = 'Patient' AND s.param = ANY(${p(COMPARTMENT.Patient)}::text[]) AND s.target_type = 'Patient'
+          AND s.resource_type = 'Patient' AND s.param = ANY(${p(compartmentIndexParams('Patient'))}::text[]) AND s.target_type = 'Patient'
           AND s.target_id = ANY(${p(q.patientIds)}::text[])))`);
       }
     } else {
       conds.push(`EXISTS (SELECT 1 FROM search_references s WHERE ${indexRowOf('s', 'r', type, p)}
-        AND s.param = ANY(${p(COMPARTMENT[type])}::text[]) AND s.target_type = 'Patient'
-        ${q.patientIds ? `AND s.target_id = ANY(${p(q.patientIds)}::text[])` : ''})`);
+        AND s.param = ANY(${p(compartmentIndexParams(type))}::text[]) AND s.target_type = 'Patient'
+        AND ${q.patientIds ? `s.target_id = ANY(${p(q.patientIds)}::text[])` : 's.target_id IS NOT NULL'})`);
     }
     parts.push(`SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${TABLES[type]} r WHERE ${conds.join(' AND ')}`);
   }

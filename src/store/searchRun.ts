@@ -4,7 +4,7 @@ import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
 import type { Criterion } from '../search/criteria.ts';
-import type { SearchParamDef } from '../../mappings/search/definitions.ts';
+import { searchParamsFor, storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 
 export interface SortSpec { def: SearchParamDef; desc: boolean }
 
@@ -146,6 +146,13 @@ async function estimateRows(tx: Tx, countSql: string, values: unknown[]): Promis
 
 export interface IncludeSpec { sourceType: string; param: string; targetType?: string; iterate: boolean }
 
+/** The reference rows an include follows: those the parameter is stored as (any parameter for `*`). */
+function includeRows(inc: IncludeSpec): StoredAs | undefined {
+  if (inc.param === '*') return undefined;
+  const def = searchParamsFor(inc.sourceType).find((d) => d.code === inc.param);
+  return def ? storedParams(def) : { params: [inc.param] };
+}
+
 /** Resources the page references (_include) or that reference it (_revinclude), de-duplicated. */
 export async function fetchIncludes(tx: Tx, type: string, ids: string[], includes: IncludeSpec[], revincludes: IncludeSpec[],
   limit: number): Promise<{ type: string; id: string; json: string }[]> {
@@ -158,22 +165,26 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
       if (round > 0 && !inc.iterate) continue;
       const sources = frontier.get(inc.sourceType);
       if (!sources?.length) continue;
+      const stored = includeRows(inc);
       const { rows } = await tx.query(
         `SELECT DISTINCT target_type, target_id FROM search_references
           WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = ANY($2::text[])
-            AND ($3::text = '*' OR param = $3) AND target_id IS NOT NULL AND ($4::text IS NULL OR target_type = $4)`,
-        [inc.sourceType, sources, inc.param, inc.targetType ?? null]);
+            AND ($3::text[] IS NULL OR param = ANY($3)) AND target_id IS NOT NULL AND ($4::text IS NULL OR target_type = $4)
+            AND ($5::text IS NULL OR target_type = $5)`,
+        [inc.sourceType, sources, stored?.params ?? null, inc.targetType ?? null, stored?.targetType ?? null]);
       for (const r of rows) if (TABLES[r.target_type]) found.push({ type: r.target_type, id: r.target_id });
     }
     for (const inc of revincludes) {
       if (round > 0 && !inc.iterate) continue;
+      const stored = includeRows(inc);
       for (const [targetType, targets] of frontier) {
         if (inc.targetType && inc.targetType !== targetType) continue;
+        if (stored?.targetType && stored.targetType !== targetType) continue;
         const { rows } = await tx.query(
           `SELECT DISTINCT id FROM search_references
-            WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND ($2::text = '*' OR param = $2)
+            WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND ($2::text[] IS NULL OR param = ANY($2))
               AND target_type = $3 AND target_id = ANY($4::text[])`,
-          [inc.sourceType, inc.param, targetType, targets]);
+          [inc.sourceType, stored?.params ?? null, targetType, targets]);
         for (const r of rows) found.push({ type: inc.sourceType, id: r.id });
       }
     }

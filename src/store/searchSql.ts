@@ -5,7 +5,7 @@ import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { normalizeString, dateRange, decimalRange } from '../../mappings/search/extract.ts';
 import { prefixed, type Criterion, type Prefix } from '../search/criteria.ts';
-import type { SearchParamDef } from '../../mappings/search/definitions.ts';
+import { storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 import { badRequest } from '../fhir/outcome.ts';
 
 type P = (v: unknown) => string;
@@ -155,6 +155,26 @@ function compositePartCond(type: string, value: string, part: string, p: P): str
 }
 
 /**
+ * Where the token rows a modifier reads (`:identifier`, `:of-type`) of a parameter are:
+ * under the parameters it is stored as (definitions.ts StoredAs). Token rows carry no
+ * target type, so a parameter filtered by target type keeps its own (extract.ts).
+ */
+function modifierRows(def: SearchParamDef, suffix: string): StoredAs {
+  const stored = storedParams(def);
+  return stored.targetType ? { params: [def.code + suffix] } : { params: stored.params.map((x) => x + suffix) };
+}
+
+/**
+ * The condition that index rows aliased `s` are rows of `stored` (a parameter's own rows,
+ * or those it is stored as, of its target type: storedParams()).
+ */
+export function storedCond(stored: StoredAs, s: string, p: P): string {
+  const { params, targetType } = stored;
+  const param = params.length === 1 ? `${s}.param = ${p(params[0])}` : `${s}.param = ANY(${p(params)}::text[])`;
+  return targetType ? `${param} AND ${s}.target_type = ${p(targetType)}` : param;
+}
+
+/**
  * Index rows aliased `s` that belong to the resource row `r` of `type`. Index rows carry
  * the row's partition key, so the join probes one time partition, not all of them.
  */
@@ -188,21 +208,33 @@ export function driverRank(c: Criterion): number | undefined {
  * The driving criterion's index rows of one tenant and type (see driverRank) as a FROM
  * item aliased `d` (columns org_id, id, clinical_time) with the conditions: its own, then
  * `others` (the other criteria) and `extra` (the page's keyset, order and limit).
- * Several reference parameters (anyRef) are one id-ordered walk each, every walk filtered
- * and limited on its own, then merged: the first n ids of the union are among the first
- * n of each walk. (One scan with `param = ANY(...)` returns rows parameter by parameter,
- * and over a UNION ALL the planner sorted every row of every walk instead of merging.)
+ * Rows of several parameters (anyRef; a parameter stored as several, like combo-code)
+ * are one id-ordered walk per parameter, every walk filtered, de-duplicated and limited
+ * on its own, then merged: the first n ids of the union are among the first n of each
+ * walk. (One scan with `param = ANY(...)` returns rows parameter by parameter, and over a
+ * UNION ALL the planner sorted every row of every walk instead of merging.)
  */
 export function driverRows(c: Criterion, type: string, orgId: number, p: P,
   others: (d: string) => string, extra: (d: string) => string): string {
   const mine = (d: string) => `${d}.org_id = ${p(orgId)}::integer AND ${d}.resource_type = ${p(type)}`;
+  let table: string;
+  let params: string[];
+  let cond: (d: string) => string;
   if (c.anyRef) {
-    const { params, targetType, targetId } = c.anyRef;
-    const walks = params.map((param, i) => `(SELECT w${i}.org_id, w${i}.id, w${i}.clinical_time FROM search_references w${i}
-        WHERE w${i}.param = ${p(param)} AND ${mine(`w${i}`)} AND w${i}.target_id = ${p(targetId)} AND w${i}.target_type = ${p(targetType)}${others(`w${i}`)}${extra(`w${i}`)})`);
-    return `(${walks.join(' UNION ALL ')}) d WHERE true${extra('d')}`;
+    const { targetType, targetId } = c.anyRef;
+    table = 'search_references';
+    params = c.anyRef.params;
+    cond = (d) => `${d}.target_id = ${p(targetId)} AND ${d}.target_type = ${p(targetType)}`;
+  } else {
+    const { targetType } = storedParams(c.def);
+    table = INDEX_TABLE[c.def.type];
+    params = storedParams(c.def).params;
+    cond = (d) => `${valueCond(c.def, c.modifier, c.values[0], d, p)}${targetType ? ` AND ${d}.target_type = ${p(targetType)}` : ''}`;
   }
-  return `${INDEX_TABLE[c.def.type]} d WHERE ${mine('d')} AND d.param = ${p(c.def.code)} AND ${valueCond(c.def, c.modifier, c.values[0], 'd', p)}${others('d')}${extra('d')}`;
+  if (params.length === 1) return `${table} d WHERE d.param = ${p(params[0])} AND ${mine('d')} AND ${cond('d')}${others('d')}${extra('d')}`;
+  const walks = params.map((param, i) => `(SELECT DISTINCT ON (w${i}.id) w${i}.org_id, w${i}.id, w${i}.clinical_time FROM ${table} w${i}
+      WHERE w${i}.param = ${p(param)} AND ${mine(`w${i}`)} AND ${cond(`w${i}`)}${others(`w${i}`)}${extra(`w${i}`)})`);
+  return `(${walks.join(' UNION ALL ')}) d WHERE true${extra('d')}`;
 }
 
 /**
@@ -230,17 +262,17 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
   const def = c.def;
   const tail = perRow ? ' OFFSET 0' : '';
   if (c.anyRef) return anyRefSql(c.anyRef, type, r, p, depth, tail);
-  const rowsOf = (param: string, cond?: string) => {
+  const rowsOf = (cond?: string) => {
     const s = `s${depth}`;
     return `EXISTS (SELECT 1 FROM ${INDEX_TABLE[def.type]} ${s} WHERE ${indexRowOf(s, r, type, p)}
-      AND ${s}.param = ${p(param)}${cond ? ` AND ${cond.replaceAll('§', s)}` : ''}${tail})`;
+      AND ${storedCond(storedParams(def), s, p)}${cond ? ` AND ${cond.replaceAll('§', s)}` : ''}${tail})`;
   };
   if (c.has) {
     const { sourceType, refParam, criterion } = c.has;
     const s = `h${depth}`;
     const t = `ht${depth}`;
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
-      WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(sourceType)} AND ${s}.param = ${p(refParam.code)}
+      WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(sourceType)} AND ${storedCond(storedParams(refParam), s, p)}
         AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
   }
   if (c.chain) {
@@ -248,7 +280,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const t = `ct${depth}`;
     const { targetType, criterion } = c.chain;
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
-      WHERE ${indexRowOf(s, r, type, p)} AND ${s}.param = ${p(def.code)}
+      WHERE ${indexRowOf(s, r, type, p)} AND ${storedCond(storedParams(def), s, p)}
         AND ${s}.target_type = ${p(targetType)} AND ${criterionSql(criterion, targetType, t, p, depth + 1)}${tail})`;
   }
   // Parameters on the row itself.
@@ -264,20 +296,20 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
       return dateCond(prefix, lo, hi, `${r}.last_updated`, `(${r}.last_updated + interval '1 millisecond')`, p);
     }).join(' OR ')})`;
   }
-  if (c.missing !== undefined) return `${c.missing ? 'NOT ' : ''}${rowsOf(def.code)}`;
+  if (c.missing !== undefined) return `${c.missing ? 'NOT ' : ''}${rowsOf()}`;
   if (def.type === 'token' && c.modifier === 'not') {
-    return `NOT ${rowsOf(def.code, `(${c.values.map((v) => tokenCond(v, '§', p)).join(' OR ')})`)}`;
+    return `NOT ${rowsOf(`(${c.values.map((v) => tokenCond(v, '§', p)).join(' OR ')})`)}`;
   }
-  const param = def.type === 'token' && c.modifier === 'of-type' ? `${def.code}:of-type`
-    : def.type === 'reference' && c.modifier === 'identifier' ? `${def.code}:identifier` : def.code;
-  if (param !== def.code) {
+  const suffix = def.type === 'token' && c.modifier === 'of-type' ? ':of-type'
+    : def.type === 'reference' && c.modifier === 'identifier' ? ':identifier' : '';
+  if (suffix) {
     // These live in search_tokens whatever the parameter's own type.
     const s = `s${depth}`;
     const conds = c.values.map((v) => (c.modifier === 'of-type' ? ofTypeCond(v, s, p) : tokenCond(v, s, p)));
     return `EXISTS (SELECT 1 FROM search_tokens ${s} WHERE ${indexRowOf(s, r, type, p)}
-      AND ${s}.param = ${p(param)} AND (${conds.join(' OR ')})${tail})`;
+      AND ${storedCond(modifierRows(def, suffix), s, p)} AND (${conds.join(' OR ')})${tail})`;
   }
-  return rowsOf(def.code, `(${c.values.map((v) => valueCond(def, c.modifier, v, '§', p)).join(' OR ')})`);
+  return rowsOf(`(${c.values.map((v) => valueCond(def, c.modifier, v, '§', p)).join(' OR ')})`);
 }
 
 function ofTypeCond(value: string, s: string, p: P): string {
@@ -306,7 +338,7 @@ export function sortKey(def: SearchParamDef, type: string, desc: boolean, p: P):
   const [column, cast, ascSentinel, descSentinel] = spec;
   return {
     expr: `coalesce((SELECT ${agg}(k.${column}) FROM ${INDEX_TABLE[def.type]} k WHERE ${indexRowOf('k', 'r', type, p)}
-      AND k.param = ${p(def.code)}), ${desc ? descSentinel : ascSentinel})`,
+      AND ${storedCond(storedParams(def), 'k', p)}), ${desc ? descSentinel : ascSentinel})`,
     cast,
   };
 }
