@@ -283,3 +283,131 @@ describe('system-level search', () => {
     assert.equal((await fhir(srv.url, 'GET', '?_type=Patient,Observation&family=x', undefined, { prefer: 'handling=strict' })).status, 400);
   });
 });
+
+describe('parameters stored as other parameters (definitions.ts StoredAs)', () => {
+  // Own tenant, so the other tests' expectations do not see these resources.
+  const t = 'aliases';
+  const a: Record<string, string> = {};
+  const quantity = (value: number) => ({ value, unit: 'mm[Hg]', system: 'http://unitsofmeasure.org', code: 'mm[Hg]' });
+  const loinc = (code: string) => ({ coding: [{ system: 'http://loinc.org', code }] });
+  const in_ = (query: string) => found(`${t}/${query}`);
+  const ofA = (...keys: string[]) => keys.map((k) => a[k]).sort();
+
+  before(async () => {
+    await srv.db.owner.query(`INSERT INTO organizations (slug, name) VALUES ($1, 'Aliases') ON CONFLICT DO NOTHING`, [t]);
+    // With `id`, created by update (so that ids sort in a known order).
+    const post = async (key: string, body: Record<string, unknown>) => {
+      const r = body.id ? await fhir(srv.url, 'PUT', `${t}/${body.resourceType}/${body.id}`, body)
+        : await fhir(srv.url, 'POST', `${t}/${body.resourceType}`, body);
+      assert.equal(r.status, 201, r.text);
+      a[key] = r.json.id;
+    };
+    await post('pa', { resourceType: 'Patient', name: [{ family: 'Aliasa' }], gender: 'female' });
+    await post('pb', { resourceType: 'Patient', name: [{ family: 'Bliss' }], gender: 'male' });
+    await post('g', { resourceType: 'Group', type: 'person', actual: true });
+    await post('enc', { resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${a.pa}` } });
+    const obs = (key: string, subject: object, extra: object) =>
+      post(key, { resourceType: 'Observation', status: 'final', subject, effectiveDateTime: '2024-05-01', ...extra });
+    await obs('o1', { reference: `Patient/${a.pa}` }, { code: loinc('8867-4'), valueQuantity: quantity(72) });
+    await obs('o2', { reference: `Patient/${a.pb}` }, {
+      id: 'alias-2', code: loinc('85354-9'),
+      component: [{ code: loinc('8480-6'), valueQuantity: quantity(140) }, { code: loinc('8462-4'), valueQuantity: quantity(90) }],
+    });
+    await obs('o3', { reference: `Group/${a.g}` }, { code: loinc('8867-4'), valueQuantity: quantity(100) });
+    // The same code as the Observation's and two components' (of two systems): one match,
+    // not three. Its id sorts before o2's, so a walk limited before de-duplication would end at it.
+    await obs('o4', { reference: `Patient/${a.pa}` }, {
+      id: 'alias-1', code: loinc('8480-6'), valueQuantity: quantity(120),
+      component: [{ code: loinc('8480-6'), valueQuantity: quantity(125) }, { code: { coding: [{ system: 'urn:other', code: '8480-6' }] } }],
+    });
+    await obs('o5', { reference: `Patient/${a.pb}` }, { code: loinc('11111-1'), valueCodeableConcept: { coding: [{ system: 'urn:v', code: 'pos' }] } });
+    // References with an identifier as well: `patient:identifier` is about Patient subjects only.
+    await obs('o6', { reference: `Patient/${a.pb}`, identifier: { system: 'urn:mrn', value: 'Z9' } }, { code: loinc('22222-2') });
+    await obs('o7', { reference: `Group/${a.g}`, identifier: { system: 'urn:mrn', value: 'Z9' } }, { code: loinc('22222-2') });
+  });
+
+  test('their rows are not written: each set of rows once', async () => {
+    const { rows } = await srv.db.owner.query(
+      `SELECT DISTINCT s.param FROM search_references s JOIN organizations o ON o.id = s.org_id WHERE o.slug = $1 UNION
+       SELECT DISTINCT s.param FROM search_tokens s JOIN organizations o ON o.id = s.org_id WHERE o.slug = $1 UNION
+       SELECT DISTINCT s.param FROM search_quantities s JOIN organizations o ON o.id = s.org_id WHERE o.slug = $1 UNION
+       SELECT DISTINCT s.param FROM search_strings s JOIN organizations o ON o.id = s.org_id WHERE o.slug = $1`, [t]);
+    const params = rows.map((r) => r.param);
+    for (const p of ['subject', 'code', 'component-code', 'value-quantity', 'component-value-quantity', 'value-concept', 'name', 'patient:identifier']) {
+      assert.ok(params.includes(p), p);
+    }
+    for (const p of ['patient', 'combo-code', 'combo-value-quantity', 'combo-value-concept', 'phonetic']) assert.ok(!params.includes(p), p);
+  });
+
+  test('patient= is subject= of type Patient', async () => {
+    assert.deepEqual(await in_(`Observation?patient=${a.pa}`), ofA('o1', 'o4'));
+    assert.deepEqual(await in_(`Observation?patient=Patient/${a.pb}`), ofA('o2', 'o5', 'o6'));
+    assert.deepEqual(await in_(`Observation?subject=Group/${a.g}`), ofA('o3', 'o7'));
+    assert.deepEqual(await in_(`Observation?patient=Group/${a.g}`), []);
+    assert.deepEqual(await in_(`Observation?patient=${a.g}`), [], 'a Group id is no patient');
+    assert.deepEqual(await in_(`Observation?patient=${a.pa},${a.g}&code=8867-4`), ofA('o1'));
+    assert.deepEqual(await in_(`Encounter?patient=${a.pa}`), ofA('enc'));
+    assert.deepEqual(await in_('Observation?patient:missing=true'), ofA('o3', 'o7'));
+    assert.deepEqual(await in_('Observation?patient:missing=false&code=8867-4'), ofA('o1'));
+    assert.deepEqual(await in_('Observation?patient.name=aliasa'), ofA('o1', 'o4'));
+    assert.deepEqual(await in_('Observation?patient:Patient.gender=male'), ofA('o2', 'o5', 'o6'));
+    assert.deepEqual(await in_('Patient?_has:Observation:patient:code=85354-9'), ofA('pb'));
+    assert.deepEqual(await in_('Patient?_has:Observation:patient:combo-code=8480-6'), ofA('pa', 'pb'));
+    assert.deepEqual(await in_('Observation?patient:identifier=urn:mrn|Z9'), ofA('o6'));
+    assert.deepEqual(await in_('Observation?subject:identifier=urn:mrn|Z9'), ofA('o6', 'o7'));
+  });
+
+  test('combo-code, combo-value-quantity and combo-value-concept are the unions of their parts', async () => {
+    assert.deepEqual(await in_('Observation?combo-code=8480-6'), ofA('o2', 'o4'));
+    assert.deepEqual(await in_('Observation?combo-code=http://loinc.org|8462-4'), ofA('o2'));
+    assert.deepEqual(await in_('Observation?combo-code=8867-4'), ofA('o1', 'o3'));
+    assert.deepEqual(await in_('Observation?combo-code:not=8480-6&patient:missing=false'), ofA('o1', 'o5', 'o6'));
+    assert.deepEqual(await in_('Observation?combo-code:missing=true'), []);
+    assert.deepEqual(await in_('Observation?combo-value-quantity=gt130'), ofA('o2'));
+    assert.deepEqual(await in_('Observation?combo-value-quantity=gt95'), ofA('o2', 'o3', 'o4'));
+    assert.deepEqual(await in_('Observation?combo-value-quantity=72'), ofA('o1'));
+    assert.deepEqual(await in_('Observation?combo-value-quantity=125||mm[Hg]'), ofA('o4'));
+    assert.deepEqual(await in_('Observation?combo-value-quantity:missing=true'), ofA('o5', 'o6', 'o7'));
+    assert.deepEqual(await in_('Observation?combo-value-concept=urn:v|pos'), ofA('o5'));
+    assert.deepEqual(await in_(`Observation?combo-code=8480-6,8867-4&patient=${a.pa}`), ofA('o1', 'o4'));
+    // Walked page by page from the merged per-parameter walks: each match once, links continue.
+    for (const query of ['Observation?combo-code=8480-6,85354-9&_count=1', 'Observation?combo-code=8480-6&_count=1']) {
+      const seen: string[] = [];
+      let url: string | undefined = `${srv.url}/${t}/${query}`;
+      while (url) {
+        const page: any = await (await fetch(url)).json();
+        seen.push(...(page.entry ?? []).filter((e: any) => e.search.mode === 'match').map((e: any) => e.resource.id));
+        url = page.link.find((l: any) => l.relation === 'next')?.url;
+      }
+      assert.deepEqual(seen, ofA('o2', 'o4'), query);
+    }
+  });
+
+  test('sorts, includes and revincludes by them', async () => {
+    const order = async (q: string) => (await fhir(srv.url, 'GET', `${t}/${q}`)).json.entry.map((e: any) => e.resource.id);
+    // Ascending by the least value of code's and components' quantities; none last.
+    assert.deepEqual(await order('Observation?_sort=combo-value-quantity&combo-code:missing=false&_count=4'), [a.o1, a.o2, a.o3, a.o4]);
+    assert.deepEqual(await order('Observation?_sort=-combo-value-quantity&_count=4'), [a.o2, a.o4, a.o3, a.o1]);
+    // By the patient's id; a Group subject has no patient, so it sorts last.
+    const byPatient = await order(`Observation?_sort=patient&code=8867-4`);
+    assert.deepEqual(byPatient, [a.o1, a.o3]);
+
+    const inc = await fhir(srv.url, 'GET', `${t}/Observation?_id=${a.o1},${a.o3}&_include=Observation:patient`);
+    assert.deepEqual(inc.json.entry.filter((e: any) => e.search.mode === 'include').map((e: any) => `${e.resource.resourceType}/${e.resource.id}`),
+      [`Patient/${a.pa}`], 'the Group subject is not included');
+    const incSubject = await fhir(srv.url, 'GET', `${t}/Observation?_id=${a.o1},${a.o3}&_include=Observation:subject`);
+    assert.equal(incSubject.json.entry.filter((e: any) => e.search.mode === 'include').length, 2);
+    const rev = await fhir(srv.url, 'GET', `${t}/Patient?_id=${a.pa}&_revinclude=Observation:patient&_revinclude=Encounter:patient`);
+    assert.deepEqual(rev.json.entry.filter((e: any) => e.search.mode === 'include').map((e: any) => e.resource.id).sort(), ofA('o1', 'o4', 'enc'));
+    const revGroup = await fhir(srv.url, 'GET', `${t}/Group?_id=${a.g}&_revinclude=Observation:patient`);
+    assert.deepEqual(revGroup.json.entry.filter((e: any) => e.search.mode === 'include'), []);
+    const revGroupSubject = await fhir(srv.url, 'GET', `${t}/Group?_id=${a.g}&_revinclude=Observation:subject`);
+    assert.deepEqual(revGroupSubject.json.entry.filter((e: any) => e.search.mode === 'include').map((e: any) => e.resource.id).sort(), ofA('o3', 'o7'));
+  });
+
+  test('Patient/$everything finds the compartment through the stored rows', async () => {
+    const all = await fhir(srv.url, 'GET', `${t}/Patient/${a.pa}/$everything`);
+    assert.equal(all.status, 200, all.text);
+    assert.deepEqual(all.json.entry.map((e: any) => e.resource.id).sort(), ofA('pa', 'enc', 'o1', 'o4'));
+  });
+});
