@@ -1,5 +1,6 @@
-// `kiln auth ...`: register clients and users, list and revoke them, mint a local admin
-// token or an EHR launch, rotate the signing keys. Works beside a running server.
+// `kiln auth ...`: register clients and users, list and revoke clients, disable, enable
+// and re-password users, mint a local admin token or an EHR launch, revoke one access
+// token, rotate the signing keys. Works beside a running server.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import readline from 'node:readline';

@@ -117,6 +117,9 @@ class TokenCache {
 
   set(key: string, v: VerifiedToken): void {
     if (this.entries.size >= this.capacity) this.entries.delete(this.entries.keys().next().value!);
+    // Shared by every request with this token: frozen, so none can change it for the others.
+    Object.freeze(v.context.scopes);
+    Object.freeze(v.context);
     this.entries.set(key, v);
   }
 
