@@ -1,6 +1,8 @@
 -- Index rows that duplicated other parameters' rows (mappings/search/definitions.ts
 -- StoredAs): `patient` (`X.subject.where(resolve() is Patient)`) is read from `subject`
--- rows of target type Patient, `combo-code` from `code` and `component-code` rows, and so
+-- rows of target type Patient, `combo-code` from `code` and `component-code` rows,
+-- `combo-code-value-quantity` from `code-value-quantity` and `component-code-value-quantity`
+-- rows (parts are matched by position, so their component codes do not matter), and so
 -- on. New writes no longer make these rows; this removes those written before. The list
 -- is what deriveStoredAs() finds for the stored types (test/searchIndex.test.ts checks it).
 -- `patient:identifier` rows stay: token rows carry no target type to filter by.
@@ -28,3 +30,5 @@ DELETE FROM search_strings WHERE resource_type = 'Patient' AND param = 'phonetic
 DELETE FROM search_tokens WHERE resource_type = 'Observation'
   AND split_part(param, ':', 1) IN ('combo-code', 'combo-data-absent-reason', 'combo-value-concept');
 DELETE FROM search_quantities WHERE resource_type = 'Observation' AND param = 'combo-value-quantity';
+DELETE FROM search_composites WHERE resource_type = 'Observation'
+  AND param IN ('combo-code-value-concept', 'combo-code-value-quantity');

@@ -337,6 +337,9 @@ describe('parameters stored as other parameters (definitions.ts StoredAs)', () =
       assert.ok(params.includes(p), p);
     }
     for (const p of ['patient', 'combo-code', 'combo-value-quantity', 'combo-value-concept', 'phonetic']) assert.ok(!params.includes(p), p);
+    const composites = await srv.db.owner.query(
+      `SELECT DISTINCT s.param FROM search_composites s JOIN organizations o ON o.id = s.org_id WHERE o.slug = $1 ORDER BY 1`, [t]);
+    assert.deepEqual(composites.rows.map((r) => r.param), ['code-value-concept', 'code-value-quantity', 'component-code-value-quantity']);
   });
 
   test('patient= is subject= of type Patient', async () => {
@@ -369,6 +372,11 @@ describe('parameters stored as other parameters (definitions.ts StoredAs)', () =
     assert.deepEqual(await in_('Observation?combo-value-quantity=125||mm[Hg]'), ofA('o4'));
     assert.deepEqual(await in_('Observation?combo-value-quantity:missing=true'), ofA('o5', 'o6', 'o7'));
     assert.deepEqual(await in_('Observation?combo-value-concept=urn:v|pos'), ofA('o5'));
+    assert.deepEqual(await in_('Observation?combo-code-value-quantity=http://loinc.org|8480-6$gt121'), ofA('o2', 'o4'), 'components 140 and 125');
+    assert.deepEqual(await in_('Observation?combo-code-value-quantity=8480-6$lt121'), ofA('o4'), 'the Observation\'s own 120');
+    assert.deepEqual(await in_('Observation?combo-code-value-quantity=8867-4$gt90'), ofA('o3'));
+    assert.deepEqual(await in_('Observation?combo-code-value-concept=11111-1$urn:v|pos'), ofA('o5'));
+    assert.deepEqual(await in_('Observation?combo-code-value-quantity:missing=true&combo-value-quantity:missing=false'), []);
     assert.deepEqual(await in_(`Observation?combo-code=8480-6,8867-4&patient=${a.pa}`), ofA('o1', 'o4'));
     // Walked page by page from the merged per-parameter walks: each match once, links continue.
     for (const query of ['Observation?combo-code=8480-6,85354-9&_count=1', 'Observation?combo-code=8480-6&_count=1']) {

@@ -185,18 +185,21 @@ function build(resourceType: string): SearchParamDef[] {
  * of them share, are exactly the union of the branches of other parameters of the same
  * type (so every value is converted the same way), none of them filtered itself. Such a
  * parameter writes no rows; it is read from theirs (filtered by target type X). Of two
- * parameters with the same branches the first by code is stored. Composites are left
- * alone: their rows embed their components' codes. Row-column parameters (_id,
- * _lastUpdated) have no rows to share.
+ * parameters with the same branches the first by code is stored. Composites count as the
+ * same when their components have the same types and expressions (their context is the
+ * branches): a composite row names its components' codes in its parts, which no query
+ * reads (parts are matched by position). Row-column parameters (_id, _lastUpdated) have
+ * no rows to share.
  */
 function deriveStoredAs(defs: SearchParamDef[]): void {
-  const shape = new Map<SearchParamDef, { branches: Set<string>; targetType?: string } | undefined>();
+  const shape = new Map<SearchParamDef, { branches: Set<string>; targetType?: string; components: string }>();
   for (const d of defs) {
-    if (d.type === 'composite' || ROW_COLUMN_PARAMS.has(d.code)) continue;
+    if (ROW_COLUMN_PARAMS.has(d.code)) continue;
     const parts = splitUnion(d.expression).map(resolveFilter);
     const targets = new Set(parts.map((b) => b.targetType));
     if (targets.size !== 1) continue; // some branches filtered, some not (or by different types)
-    shape.set(d, { branches: new Set(parts.map((b) => b.base)), targetType: parts[0].targetType });
+    const components = (d.components ?? []).map((c) => `${c.type} ${c.expression.replace(/\s+/g, '')}`).join(' | ');
+    shape.set(d, { branches: new Set(parts.map((b) => b.base)), targetType: parts[0].targetType, components });
   }
   // Fewer branches first, and unfiltered before filtered, so that the parameters that may
   // store one are settled before it is considered.
@@ -208,7 +211,8 @@ function deriveStoredAs(defs: SearchParamDef[]): void {
     const mine = shape.get(d)!;
     const stores = stored.filter((s) => {
       const theirs = shape.get(s)!;
-      return s.type === d.type && !theirs.targetType && [...theirs.branches].every((b) => mine.branches.has(b));
+      return s.type === d.type && theirs.components === mine.components && !theirs.targetType
+        && [...theirs.branches].every((b) => mine.branches.has(b));
     });
     const covered = new Set(stores.flatMap((s) => [...shape.get(s)!.branches]));
     if (stores.length && covered.size === mine.branches.size) {
