@@ -66,7 +66,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     auth: loadAuthSettings(env),
     authMode: env.KILN_AUTH === 'off' ? 'off' : 'smart',
     audit: env.KILN_AUDIT === 'off' ? 'off' : 'on',
-    auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 2),
+    auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 0),
     auditMaterialize: env.KILN_AUDIT_MATERIALIZE === 'off' ? 'off' : 'on',
     auditMaxLagSeconds: Number(env.KILN_AUDIT_MAX_LAG_SECONDS ?? 30),
     exportUserScopes: env.KILN_EXPORT_USER_SCOPES === 'on',
