@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
 import { mintAdminToken, verifyAccessToken } from '../src/auth/verify.ts';
+import { Browser } from './support/browser.ts';
 
 const REDIRECT = 'http://127.0.0.1:9/callback';
 const PASSWORD = 'correct horse battery';
@@ -26,24 +27,6 @@ function kiln(...args: string[]): string {
   });
 }
 
-/** A browser: keeps cookies, does not follow redirects (the test reads them). */
-class Browser {
-  cookies = new Map<string, string>();
-  async request(method: string, url: string, form?: Record<string, string | string[]>) {
-    const body = form ? new URLSearchParams(Object.entries(form).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => [k, x]))) : undefined;
-    const res = await fetch(url, {
-      method, redirect: 'manual', body,
-      headers: { ...(body ? { 'content-type': 'application/x-www-form-urlencoded' } : {}), cookie: [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ') },
-    });
-    for (const c of res.headers.getSetCookie()) {
-      const [pair] = c.split(';');
-      const eq = pair.indexOf('=');
-      this.cookies.set(pair.slice(0, eq), pair.slice(eq + 1));
-    }
-    const html = await res.text();
-    return { status: res.status, location: res.headers.get('location') ?? undefined, html, request: /name="request" value="([^"]+)"/.exec(html)?.[1] };
-  }
-}
 
 const pkce = () => {
   const verifier = crypto.randomBytes(32).toString('base64url');

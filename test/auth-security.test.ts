@@ -12,6 +12,7 @@ import { insertUser } from '../src/store/authUsers.ts';
 import { revokeTokenAsOwner } from '../src/store/authRevocation.ts';
 import { hashPassword, randomToken, sha256 } from '../src/auth/secrets.ts';
 import { createOrg } from '../src/store/tenants.ts';
+import { Browser } from './support/browser.ts';
 
 const REDIRECT = 'http://127.0.0.1:9/callback';
 const PASSWORD = 'correct horse battery';
@@ -54,24 +55,6 @@ const admin = async () => bearer((await mintAdminToken(srv.db, { tenant: 'defaul
 
 const readPatient = (t: string) => fhir(srv.url, 'GET', `Patient/${patientId}`, undefined, bearer(t));
 
-/** A browser that keeps cookies and does not follow redirects. */
-class Browser {
-  cookies = new Map<string, string>();
-  async request(method: string, url: string, form?: Record<string, string | string[]>) {
-    const body = form ? new URLSearchParams(Object.entries(form).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => [k, x]))) : undefined;
-    const res = await fetch(url, {
-      method, redirect: 'manual', body,
-      headers: { ...(body ? { 'content-type': 'application/x-www-form-urlencoded' } : {}), cookie: [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ') },
-    });
-    for (const c of res.headers.getSetCookie()) {
-      const [pair] = c.split(';');
-      const eq = pair.indexOf('=');
-      this.cookies.set(pair.slice(0, eq), pair.slice(eq + 1));
-    }
-    const html = await res.text();
-    return { status: res.status, headers: res.headers, location: res.headers.get('location') ?? undefined, html, request: /name="request" value="([^"]+)"/.exec(html)?.[1] };
-  }
-}
 
 const SCOPE = 'user/Patient.rs offline_access';
 
