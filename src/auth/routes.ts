@@ -33,8 +33,9 @@ export function authRoutes(db: Database, config: Config): express.Router {
   const ring = keyRingFor(db.owner);
   configureExternalIssuer(config.auth.external);
   configureTokenCache(config.auth.tokenCache);
-  // First start generates the signing key; a failure here is retried on first use.
-  ring.keys().catch((e) => console.error('loading the token signing keys failed', e));
+  // First start generates the signing key; a failure here is retried on first use (and
+  // is no news when the server was stopped before it finished).
+  ring.keys().catch((e) => { if (!db.owner.ending) console.error('loading the token signing keys failed', e); });
   const orgs = new Map<string, Org>(); // tenants are never renamed
 
   async function ctxFor(req: Request, res: Response): Promise<AuthCtx | undefined> {
