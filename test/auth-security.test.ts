@@ -13,6 +13,7 @@ import { revokeTokenAsOwner } from '../src/store/authRevocation.ts';
 import { hashPassword, randomToken, sha256 } from '../src/auth/secrets.ts';
 import { createOrg } from '../src/store/tenants.ts';
 import { Browser } from './support/browser.ts';
+import { keyRingFor } from '../src/auth/keys.ts';
 
 const REDIRECT = 'http://127.0.0.1:9/callback';
 const PASSWORD = 'correct horse battery';
@@ -302,11 +303,16 @@ describe('login rate limit', () => {
 });
 
 describe('kiln auth user disable / enable / password', () => {
-  it('a disabled user cannot sign in and their refresh tokens stop working; enable lets them in again', async () => {
+  it('a disabled user cannot sign in and their refresh and access tokens stop working; enable lets them in again', async () => {
     await addUser('eve');
     const tokens = await signIn('eve');
     assert.ok(tokens.refresh_token);
+    assert.equal((await readPatient(tokens.access_token)).status, 200);
     assert.match(kiln(['user', 'disable', '--tenant', 'default', 'eve']), /eve disabled/);
+    keyRingFor(srv.db.owner).forgetRevocations(); // this process would see it within 5 s
+    const refused = await readPatient(tokens.access_token);
+    assert.equal(refused.status, 401);
+    assert.match(refused.text, /user of this access token is disabled/);
     assert.match(kiln(['user', 'list', '--tenant', 'default']), /^eve\tdefault\t-\tdisabled/m);
     const refresh = await post('token', { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: app });
     assert.equal(refresh.status, 400);

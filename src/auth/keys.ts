@@ -5,6 +5,7 @@ import type pg from 'pg';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
 import { insertFirstSigningKey, liveSigningKeys, revokedClientIds, rotateSigningKey } from '../store/authKeys.ts';
 import { revokedTokenIds } from '../store/authRevocation.ts';
+import { disabledUserKeys } from '../store/authUsers.ts';
 
 /** Algorithm of Kiln's own tokens: RS256 is what every OIDC relying party can verify. */
 export const TOKEN_ALG = 'RS256';
@@ -42,6 +43,8 @@ export interface Revocations {
   clients: Set<string>;
   /** jti of access tokens revoked one by one (not yet expired). */
   tokens: Set<string>;
+  /** `tenant|username` of disabled users: their access tokens stop working too. */
+  users: Set<string>;
 }
 
 export class KeyRing {
@@ -100,14 +103,14 @@ export class KeyRing {
     return { kid: key.kid, ...r };
   }
 
-  /** Revoked clients and access tokens (cached a few seconds: this runs on every request). */
+  /** Revoked clients and access tokens, disabled users (cached a few seconds: this runs on every request). */
   async revocations(): Promise<Revocations> {
     if (this.revoked && Date.now() - this.revoked.at <= REVOKED_REFRESH_MS) return this.revoked;
     if (!this.revokedLoading) {
       const generation = this.generation;
-      this.revokedLoading = Promise.all([revokedClientIds(this.owner), revokedTokenIds(this.owner)])
-        .then(([clients, tokens]) => {
-          const loaded = { at: Date.now(), clients: new Set(clients), tokens: new Set(tokens) };
+      this.revokedLoading = Promise.all([revokedClientIds(this.owner), revokedTokenIds(this.owner), disabledUserKeys(this.owner)])
+        .then(([clients, tokens, users]) => {
+          const loaded = { at: Date.now(), clients: new Set(clients), tokens: new Set(tokens), users: new Set(users) };
           // A load that started before a revocation in this process must not hide it.
           if (generation === this.generation) this.revoked = loaded;
           return loaded;

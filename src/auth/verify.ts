@@ -155,6 +155,10 @@ async function admit(v: VerifiedToken, expected: { audience: string; tenant: str
     const revoked = await ring.revocations().catch(() => undefined);
     if (revoked?.clients.has(v.context.clientId)) throw invalidToken('The client of this access token was revoked');
     if (revoked?.tokens.has(v.context.jti)) throw invalidToken('The access token was revoked');
+    // A user's tokens name the user as subject; a backend client's name the client.
+    if (v.context.subject !== v.context.clientId && revoked?.users.has(`${v.context.tenant}|${v.context.subject}`)) {
+      throw invalidToken('The user of this access token is disabled');
+    }
   }
   return v.context;
 }

@@ -62,3 +62,10 @@ export async function setUserPassword(owner: pg.Pool, orgId: number, username: s
 async function revokeUserRefreshTokens(c: Tx, orgId: number, username: string): Promise<void> {
   await c.query('UPDATE auth_refresh_tokens SET revoked_at = now() WHERE org_id = $1 AND username = $2 AND revoked_at IS NULL', [orgId, username]);
 }
+
+/** `tenant|username` of every disabled user, all tenants: their access tokens are refused. */
+export async function disabledUserKeys(owner: pg.Pool): Promise<string[]> {
+  const { rows } = await owner.query(
+    `SELECT o.slug || '|' || u.username AS key FROM auth_users u JOIN organizations o ON o.id = u.org_id WHERE u.disabled_at IS NOT NULL`);
+  return rows.map((r) => r.key as string);
+}
