@@ -168,7 +168,7 @@ function modifierRows(def: SearchParamDef, suffix: string): StoredAs {
  * The condition that index rows aliased `s` are rows of `stored` (a parameter's own rows,
  * or those it is stored as, of its target type: storedParams()).
  */
-export function storedCond(stored: StoredAs, s: string, p: P): string {
+function storedCond(stored: StoredAs, s: string, p: P): string {
   const { params, targetType } = stored;
   const param = params.length === 1 ? `${s}.param = ${p(params[0])}` : `${s}.param = ANY(${p(params)}::text[])`;
   return targetType ? `${param} AND ${s}.target_type = ${p(targetType)}` : param;
@@ -226,9 +226,10 @@ export function driverRows(c: Criterion, type: string, orgId: number, p: P,
     params = c.anyRef.params;
     cond = (d) => `${d}.target_id = ${p(targetId)} AND ${d}.target_type = ${p(targetType)}`;
   } else {
-    const { targetType } = storedParams(c.def);
+    const stored = storedParams(c.def);
+    const { targetType } = stored;
     table = INDEX_TABLE[c.def.type];
-    params = storedParams(c.def).params;
+    params = stored.params;
     cond = (d) => `${valueCond(c.def, c.modifier, c.values[0], d, p)}${targetType ? ` AND ${d}.target_type = ${p(targetType)}` : ''}`;
   }
   if (params.length === 1) return `${table} d WHERE d.param = ${p(params[0])} AND ${mine('d')} AND ${cond('d')}${others('d')}${extra('d')}`;
