@@ -248,7 +248,10 @@ describe('Patient and Group export', () => {
     const all = await exportAll(srv.url, 'Patient/$export');
     const types = all.manifest.output.map((o: any) => o.type);
     assert.ok(!types.includes('Group'), 'Group is not in the patient compartment');
-    const one = patientIds.find((id) => id.length > 20)!; // a Synthea patient
+    // A Synthea patient with Observations (server-assigned ids are UUIDs too: look at the data).
+    const one = (await srv.db.owner.query(
+      'SELECT patient_id FROM observations WHERE org_id = 1 AND patient_id IS NOT NULL GROUP BY patient_id HAVING count(*) > 10 ORDER BY patient_id LIMIT 1')).rows[0].patient_id as string;
+    assert.ok(patientIds.includes(one));
     const post = await exportAll(srv.url, 'Patient/$export', {
       method: 'POST',
       body: { resourceType: 'Parameters', parameter: [{ name: 'patient', valueReference: { reference: `Patient/${one}` } }, { name: '_type', valueString: 'Patient,Encounter,Observation' }] },
@@ -263,7 +266,9 @@ describe('Patient and Group export', () => {
   });
 
   test('Group/[id]/$export: only the members\' compartments; unknown group 404', async () => {
-    const synthea = patientIds.filter((id) => id.length > 20).slice(0, 2);
+    const synthea = (await srv.db.owner.query(
+      'SELECT DISTINCT patient_id FROM encounters WHERE org_id = 1 AND patient_id IS NOT NULL ORDER BY patient_id LIMIT 2')).rows.map((r) => r.patient_id as string);
+    assert.equal(synthea.length, 2);
     const g = await fhir(srv.url, 'POST', 'Group', { resourceType: 'Group', type: 'person', actual: true, member: synthea.map((id) => ({ entity: { reference: `Patient/${id}` } })) });
     assert.equal(g.status, 201, g.text);
     const { manifest } = await exportAll(srv.url, `Group/${g.json.id}/$export?_type=Patient,Encounter`);
