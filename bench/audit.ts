@@ -24,15 +24,15 @@ import autocannon from 'autocannon';
 import { startTestServer, removeDataDir, token, type TestServer } from '../test/support/server.ts';
 import { patientBody, seedMrn } from './fixtures.ts';
 import { flushAuditQueue } from '../src/store/auditQueue.ts';
+import { envNumber } from './env.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const num = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
-const SECONDS = num('BENCH_SECONDS', 5);
-const ROUNDS = num('BENCH_ROUNDS', 2);
-const CONNECTIONS = num('BENCH_CONNECTIONS', 16);
-const SEED = num('BENCH_SEED', 500);
-const SUSTAINED_SECONDS = num('BENCH_SUSTAINED_SECONDS', 20);
-const SUSTAINED_LAG = num('BENCH_SUSTAINED_LAG', 2);
+const SECONDS = envNumber('BENCH_SECONDS', 5);
+const ROUNDS = envNumber('BENCH_ROUNDS', 2);
+const CONNECTIONS = envNumber('BENCH_CONNECTIONS', 16);
+const SEED = envNumber('BENCH_SEED', 500);
+const SUSTAINED_SECONDS = envNumber('BENCH_SUSTAINED_SECONDS', 20);
+const SUSTAINED_LAG = envNumber('BENCH_SUSTAINED_LAG', 2);
 
 interface Load { origin: string; ids: string[]; token: string; seconds: number; connections: number }
 interface Result { reqPerSec: number; ok: number; non2xx: number; p50: number; p99: number }

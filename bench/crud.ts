@@ -16,17 +16,11 @@ import { startTestServer, removeDataDir, type TestServer } from '../test/support
 import { observationBody, observationColumns, patientBody, patientColumns, seedMrn } from './fixtures.ts';
 import { summarize, type LatencySummary } from './stats.ts';
 import type { HttpStats, Op, RunRequest, RunResponse } from './load-worker.ts';
+import { envNumber } from './env.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..');
 
-function envNumber(name: string, fallback: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n < min) throw new Error(`${name} must be a number >= ${min}, got '${raw}'`);
-  return n;
-}
 
 const SECONDS = envNumber('BENCH_SECONDS', 10, 1);
 const CONNECTIONS = Math.floor(envNumber('BENCH_CONNECTIONS', 16, 1));

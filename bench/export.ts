@@ -20,18 +20,19 @@ import net from 'node:net';
 import pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import { createOrg } from '../src/store/tenants.ts';
+import { envNumber } from './env.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..');
-const ROWS = Number(process.env.BENCH_EXPORT_ROWS ?? 1_000_000);
+const ROWS = envNumber('BENCH_EXPORT_ROWS', 1_000_000);
 const PATIENTS = Math.max(1, Math.round(ROWS * 0.05));
 const ENCOUNTERS = Math.max(1, Math.round(ROWS * 0.05));
 const OBSERVATIONS = ROWS - PATIENTS - ENCOUNTERS;
 const BATCH = 100_000;
 // Status polls while the export runs. Each is a real request (audited when auditing is on)
 // that competes with the export for the 2 cores; 100 ms bounds the timing error to 0.1 s.
-const POLL_MS = Number(process.env.BENCH_EXPORT_POLL_MS ?? 100);
-const ROUNDS = Math.max(1, Number(process.env.BENCH_EXPORT_ROUNDS ?? 3));
+const POLL_MS = envNumber('BENCH_EXPORT_POLL_MS', 100);
+const ROUNDS = envNumber('BENCH_EXPORT_ROUNDS', 3, 1);
 
 interface Round {
   raw: { rows: number; bytes: number; seconds: number };

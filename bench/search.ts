@@ -13,17 +13,17 @@ import { createOrg, ensureOrgPartitions } from '../src/store/tenants.ts';
 import { parseSearch } from '../src/search/query.ts';
 import { searchStatements } from '../src/store/searchRun.ts';
 import { BulkLoader, ENCOUNTERS_PER_PATIENT, MRN_SYSTEM, encounter, medicationStatement, mrnOf, observation, patient, patientId } from './search-data.ts';
+import { envNumber } from './env.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const env = (n: string, d: number) => (process.env[n] ? Number(process.env[n]) : d);
-const BIG_OBS = env('BENCH_OBSERVATIONS', 1_000_000);
-const BIG_PATIENTS = env('BENCH_PATIENTS', 10_000);
-const SMALL_OBS = env('BENCH_SMALL_OBSERVATIONS', 10_000);
-const SMALL_PATIENTS = env('BENCH_SMALL_PATIENTS', 100);
-const SECONDS = env('BENCH_SECONDS', 5);
-const MAX_REQ = env('BENCH_MAX_REQUESTS', 200);
-const CLIENTS = env('BENCH_CLIENTS', 4);
-const BATCH = env('BENCH_BATCH', 2000);
+const BIG_OBS = envNumber('BENCH_OBSERVATIONS', 1_000_000);
+const BIG_PATIENTS = envNumber('BENCH_PATIENTS', 10_000);
+const SMALL_OBS = envNumber('BENCH_SMALL_OBSERVATIONS', 10_000);
+const SMALL_PATIENTS = envNumber('BENCH_SMALL_PATIENTS', 100);
+const SECONDS = envNumber('BENCH_SECONDS', 5);
+const MAX_REQ = envNumber('BENCH_MAX_REQUESTS', 200);
+const CLIENTS = envNumber('BENCH_CLIENTS', 4);
+const BATCH = envNumber('BENCH_BATCH', 2000);
 const KEEP = process.env.BENCH_KEEP === '1';
 
 interface LoadStats { seconds: number; resources: number; indexRows: number; resourcesPerSec: number; rowsPerSec: number; byTable: Record<string, number> }
