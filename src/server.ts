@@ -50,11 +50,13 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   exportWorker?.start();
   // Queued read AuditEvents become FHIR AuditEvents here (write-behind audit log).
   // It yields to requests in flight (the queued row is already the durable record).
-  let inFlight = 0;
-  server.on('request', (_req, res) => { inFlight++; res.once('close', () => inFlight--); });
-  const auditMaterializer = config.auditMaterialize === 'on'
-    ? new AuditMaterializer(db, { busy: () => inFlight > 0, busyMaxLagMs: () => config.auditMaxLagSeconds * 1000 }) : undefined;
-  auditMaterializer?.start();
+  let auditMaterializer: AuditMaterializer | undefined;
+  if (config.auditMaterialize === 'on') {
+    let inFlight = 0;
+    server.on('request', (_req, res) => { inFlight++; res.once('close', () => inFlight--); });
+    auditMaterializer = new AuditMaterializer(db, { busy: () => inFlight > 0, busyMaxLagMs: () => config.auditMaxLagSeconds * 1000 });
+    auditMaterializer.start();
+  }
   let stopping: Promise<void> | undefined;
   return {
     url: `http://127.0.0.1:${port}/fhir`,

@@ -55,7 +55,11 @@ export class AuditWriter {
 
   private async write(batch: Pending[]): Promise<void> {
     const byOrg = new Map<number, Pending[]>();
-    for (const b of batch) byOrg.set(b.orgId, [...(byOrg.get(b.orgId) ?? []), b]);
+    for (const b of batch) {
+      const list = byOrg.get(b.orgId);
+      if (list) list.push(b);
+      else byOrg.set(b.orgId, [b]);
+    }
     // One statement per tenant, each its own transaction: a tenant's events are durable
     // (or failed) together, whatever happens to another tenant's.
     await Promise.all([...byOrg].map(async ([orgId, pending]) => {
