@@ -34,10 +34,6 @@ export interface Config {
   audit: 'on' | 'off';
   /** KILN_AUDIT_WINDOW_MS: how long a read's AuditEvent waits to share one insert with others (group commit). */
   auditWindowMs: number;
-  /** KILN_AUDIT_MATERIALIZE: 'on' (default) runs the audit materializer in this process (queued read events -> FHIR AuditEvents); 'off' leaves it to another server on the same database. */
-  auditMaterialize: 'on' | 'off';
-  /** KILN_AUDIT_MAX_LAG_SECONDS: while requests are being served, how long a queued AuditEvent may wait before it is materialized anyway. */
-  auditMaxLagSeconds: number;
   /** KILN_EXPORT_USER_SCOPES=on: $export also accepts user/ scopes (default: system/ only). */
   exportUserScopes: boolean;
   /** KILN_CORS_ORIGINS: origins browsers may call /fhir from, comma-separated; default '*' (src/http/cors.ts). */
@@ -67,8 +63,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     authMode: env.KILN_AUTH === 'off' ? 'off' : 'smart',
     audit: env.KILN_AUDIT === 'off' ? 'off' : 'on',
     auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 0),
-    auditMaterialize: env.KILN_AUDIT_MATERIALIZE === 'off' ? 'off' : 'on',
-    auditMaxLagSeconds: Number(env.KILN_AUDIT_MAX_LAG_SECONDS ?? 30),
     exportUserScopes: env.KILN_EXPORT_USER_SCOPES === 'on',
     corsOrigins: (env.KILN_CORS_ORIGINS ?? '*').split(',').map((s) => s.trim().replace(/\/+$/, '')).filter(Boolean),
   };

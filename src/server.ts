@@ -9,7 +9,7 @@ import { createApp } from './http/app.ts';
 import { loadDefinitions } from './fhir/validate.ts';
 import { ensureAllOrgPartitions } from './store/tenants.ts';
 import { ExportWorker } from './export/worker.ts';
-import { AuditMaterializer } from './audit/materializer.ts';
+import { drainAuditQueue } from './store/auditQueue.ts';
 
 // Partitions are made months ahead at start; a long-running server tops them up daily.
 const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
@@ -28,6 +28,9 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   const config = { ...loadConfig(), ...overrides };
   loadDefinitions();
   const db = await openDatabase(config);
+  // AuditEvents an older version queued but had not stored yet (write-behind log, before sql/021).
+  const drained = await drainAuditQueue(db.owner);
+  if (drained) console.log(`stored ${drained} AuditEvents left in the old audit queue`);
   const server = http.createServer(createApp(db, config, VERSION));
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
@@ -48,15 +51,6 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   // Bulk $export jobs run here unless a separate `kiln export-worker` process runs them.
   const exportWorker = config.exportWorker === 'inline' ? new ExportWorker(db, config) : undefined;
   exportWorker?.start();
-  // Queued read AuditEvents become FHIR AuditEvents here (write-behind audit log).
-  // It yields to requests in flight (the queued row is already the durable record).
-  let auditMaterializer: AuditMaterializer | undefined;
-  if (config.auditMaterialize === 'on') {
-    let inFlight = 0;
-    server.on('request', (_req, res) => { inFlight++; res.once('close', () => inFlight--); });
-    auditMaterializer = new AuditMaterializer(db, { busy: () => inFlight > 0, busyMaxLagMs: () => config.auditMaxLagSeconds * 1000 });
-    auditMaterializer.start();
-  }
   let stopping: Promise<void> | undefined;
   return {
     url: `http://127.0.0.1:${port}/fhir`,
@@ -76,7 +70,6 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
           server.once('close', () => clearInterval(sweep));
           server.closeIdleConnections();
         });
-        await auditMaterializer?.stop(); // after the last request: what it left queued waits for the next start
         await db.close();
       })();
       return stopping;

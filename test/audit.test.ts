@@ -1,18 +1,13 @@
-// Every access leaves one AuditEvent (IHE BALP style), stored as a FHIR resource that
-// reads and searches like any other, written with the write it records; clients cannot
-// change them; the bulk insert writes exactly the rows of the normal storage path.
-// Reads queue their event (write-behind audit log); searches here flush the queue first,
-// and the queue survives restarts and killed transactions without loss or duplicates.
+// Every access leaves one AuditEvent (IHE BALP style), stored before the response (a
+// write's in its own transaction) as one row that reads and searches as FHIR; clients
+// cannot change them; what an older version left in its audit queue is stored at start.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, removeDataDir, fhir, token, bearer, type TestServer } from './support/server.ts';
-import { flushAuditQueue, materializeBatch } from '../src/store/auditQueue.ts';
-import { withTenant, writeResource } from '../src/store/resources.ts';
-import { insertAuditEvents, prepareAuditEvent } from '../src/store/auditWrite.ts';
-import { auditEvent } from '../src/audit/event.ts';
-import { CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
+import { auditEvent, CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
 import { createOrg } from '../src/store/tenants.ts';
-import { AuditMaterializer } from '../src/audit/materializer.ts';
+import { extractIndex } from '../mappings/search/extract.ts';
+import { rowKeys } from '../mappings/search/rowKeys.ts';
 
 let srv: TestServer;
 let admin: Record<string, string>;
@@ -28,7 +23,6 @@ async function client(name: string, scope = 'user/*.cruds', extra: { patient?: s
 }
 
 async function eventsOf(clientId: string): Promise<any[]> {
-  await flushAuditQueue(srv.db); // the events of reads are materialized in the background
   const r = await as(admin, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|${clientId}`)}&_count=100`);
   assert.equal(r.status, 200, r.text);
   return (r.json.entry ?? []).map((e: any) => e.resource);
@@ -146,7 +140,6 @@ describe('denied and failed requests', () => {
 
     const anon = await fhir(srv.url, 'GET', `Patient/${patient}`);
     assert.equal(anon.status, 401);
-    await flushAuditQueue(srv.db);
     const found = await as(admin, 'GET', `AuditEvent?entity=Patient/${patient}&outcome=4&subtype=read`);
     assert.ok(found.json.entry?.length >= 1, found.text);
   });
@@ -192,7 +185,6 @@ describe('AuditEvents as FHIR', () => {
     const other = (await as(admin, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Other' }] })).json.id;
     await as(admin, 'GET', `Patient/${other}`);
     const me = await client('c-patient', 'patient/AuditEvent.rs', { patient });
-    await flushAuditQueue(srv.db);
     const r = await as(me, 'GET', 'AuditEvent?_count=200');
     assert.equal(r.status, 200);
     assert.ok(r.json.entry.length > 0);
@@ -200,151 +192,83 @@ describe('AuditEvents as FHIR', () => {
     assert.ok(!JSON.stringify(r.json).includes(`Patient/${other}`));
   });
 
-  test('the bulk insert writes exactly the rows writeResource writes', async () => {
-    const event = auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: [`Observation/${obsId}`], patients: [patient], query: { text: 'a=b' } },
-      { clientId: 'rows', fhirUser: 'Practitioner/1', address: '10.0.0.1' }, srv.url, new Date().toISOString());
-    // The same instant for both, so that only the ids differ.
-    const written = await withTenant(srv.db.app, 1, (tx) => writeResource(tx, { type: 'AuditEvent', id: 'path-row', resource: event, method: 'POST' }));
-    await withTenant(srv.db.app, 1, (tx) => insertAuditEvents(tx, [prepareAuditEvent(event, written.lastUpdated, 'bulk-row')]));
-    const norm = (v: unknown) => JSON.parse(JSON.stringify(v).replaceAll('bulk-row', 'ID').replaceAll('path-row', 'ID'));
-    const q = (sql: string, id: string) => srv.db.owner.query(sql, [id]).then((r) => r.rows);
-    for (const [name, sql] of [
-      ['row', `SELECT to_jsonb(t) - 'resource' AS r, resource::text AS body FROM audit_events t WHERE id = $1`],
-      ['locator', `SELECT to_jsonb(t) AS r FROM resource_ids t WHERE id = $1`],
-      ['history', `SELECT to_jsonb(t) - 'resource' AS r, resource::text AS body FROM resource_history t WHERE id = $1`],
-      ...['search_tokens', 'search_strings', 'search_dates', 'search_references', 'search_quantities', 'search_numbers', 'search_uris', 'search_composites']
-        .map((t) => [t, `SELECT to_jsonb(t) AS r FROM ${t} t WHERE id = $1`]),
-    ] as [string, string][]) {
-      const sorted = (rows: unknown[]) => rows.map((r) => JSON.stringify(r)).sort();
-      const a = sorted(norm(await q(sql, 'bulk-row')));
-      const b = sorted(norm(await q(sql, 'path-row')));
-      assert.ok(a.length > 0 || !name.startsWith('row'), name);
-      assert.deepEqual(a, b, `${name} rows differ`);
+  test('one row per event: no locator, history or index-table rows; its keys are the index of the event', async () => {
+    const h = await client('c-rows');
+    assert.equal((await as(h, 'GET', `Observation/${obsId}`)).status, 200);
+    // Stored before the response: no flush, no wait.
+    const { rows } = await srv.db.owner.query(
+      `SELECT id, resource::text AS json, ref_keys, token_keys, patient_id, version_id,
+              clinical_time = last_updated AS at_recorded FROM audit_events WHERE ref_keys @> $1`,
+      [[`agent:identifier=${CLIENT_ID_SYSTEM}|c-rows`]]);
+    assert.equal(rows.length, 1);
+    const [row] = rows;
+    const event = JSON.parse(row.json);
+    const keys = rowKeys(extractIndex(event));
+    assert.deepEqual([row.ref_keys.sort(), row.token_keys.sort()], [keys.refKeys.sort(), keys.tokenKeys.sort()]);
+    assert.ok(row.ref_keys.includes(`entity>Observation/${obsId}`) && row.ref_keys.includes(`entity>Patient/${patient}`), row.ref_keys.join(' '));
+    assert.ok(row.token_keys.includes('action#R') && row.token_keys.includes('subtype=http://hl7.org/fhir/restful-interaction|read'));
+    assert.deepEqual([row.patient_id, row.version_id, row.at_recorded, event.meta.versionId], [patient, 1, true, '1']);
+    for (const t of ['resource_ids', 'resource_history', 'search_tokens', 'search_references', 'search_dates']) {
+      assert.equal((await srv.db.owner.query(`SELECT count(*)::integer AS n FROM ${t} WHERE resource_type = 'AuditEvent'`)).rows[0].n, 0, t);
     }
-  });
-});
-
-describe('write-behind audit log', () => {
-  test('a read is queued before its response and materialized once in the background', async () => {
-    const h = await client('c-background');
-    assert.equal((await as(h, 'GET', `Patient/${patient}`)).status, 200);
-    // The background materializer (not a flush) turns it into a FHIR AuditEvent.
-    let found: any[] = [];
-    for (let i = 0; i < 100 && !found.length; i++) {
-      const r = await as(admin, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|c-background`)}`);
-      found = r.json.entry ?? [];
-      if (!found.length) await new Promise((r) => setTimeout(r, 100));
-    }
-    assert.equal(found.length, 1);
-    assert.equal((await srv.db.owner.query(`SELECT count(*)::integer AS n FROM audit_log_queue WHERE event->>'id' = $1`, [found[0].resource.id])).rows[0].n, 0);
+    // Read, vread and history as FHIR.
+    const read = await as(admin, 'GET', `AuditEvent/${row.id}`);
+    assert.equal(read.text, row.json);
+    assert.equal((await as(admin, 'GET', `AuditEvent/${row.id}/_history/1`)).text, row.json);
+    assert.equal((await as(admin, 'GET', `AuditEvent/${row.id}/_history/2`)).status, 404);
+    const hist = await as(admin, 'GET', `AuditEvent/${row.id}/_history`);
+    assert.deepEqual([hist.json.total, hist.json.entry.map((e: any) => e.request.method)], [1, ['POST']]);
   });
 
-  test('kiln_app may only append to the queue', async () => {
-    const c = await srv.db.app.connect();
+  test('type and system history page AuditEvents in with the versions of other types', async () => {
+    const own = await startTestServer({ auth: 'off', audit: 'off' });
     try {
-      for (const sql of ['SELECT * FROM audit_log_queue', 'DELETE FROM audit_log_queue', "UPDATE audit_log_queue SET event = '{}'"]) {
-        await assert.rejects(c.query(sql), /permission denied/, sql);
+      const made: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        made.push(`Patient/${(await fhir(own.url, 'POST', 'Patient', { resourceType: 'Patient' })).json.id}`);
+        made.push(`AuditEvent/${(await fhir(own.url, 'POST', 'AuditEvent', { resourceType: 'AuditEvent', type: { code: 'x' }, recorded: new Date().toISOString(),
+          agent: [{ requestor: true, who: { display: 'a' } }], source: { observer: { display: 'o' } } })).json.id}`);
       }
+      const walk = async (path: string) => {
+        const seen: string[] = [];
+        let url: string | undefined = path;
+        while (url) {
+          const r = await fhir(own.url, 'GET', url);
+          assert.equal(r.status, 200, r.text);
+          seen.push(...r.json.entry.map((e: any) => `${e.resource.resourceType}/${e.resource.id}`));
+          url = r.json.link.find((l: any) => l.relation === 'next')?.url?.replace(`${own.url}/`, '');
+        }
+        return seen;
+      };
+      assert.deepEqual(await walk('_history?_count=2'), [...made].reverse());
+      assert.deepEqual(await walk('AuditEvent/_history?_count=1'), made.filter((m) => m.startsWith('AuditEvent/')).reverse());
     } finally {
-      c.release();
-    }
-  });
-
-  test('while requests are in flight the materializer leaves events queued up to the lag bound, then catches up', async () => {
-    process.env.KILN_AUDIT_MATERIALIZE = 'off'; // only the materializer made here runs
-    const own = await startTestServer({ auth: 'smart' }).finally(() => { delete process.env.KILN_AUDIT_MATERIALIZE; });
-    let busy = true;
-    let lagMs = 60_000;
-    const m = new AuditMaterializer(own.db, { busy: () => busy, busyMaxLagMs: () => lagMs, idleMs: 20, maxLagMs: 50 });
-    const queued = async () => (await own.db.owner.query('SELECT count(*)::integer AS n FROM audit_log_queue')).rows[0].n as number;
-    const waitFor = async (n: number) => {
-      for (let i = 0; i < 200 && await queued() !== n; i++) await new Promise((r) => setTimeout(r, 25));
-      return queued();
-    };
-    try {
-      const h = bearer(await token(own, { scope: 'system/*.cruds', clientId: 'c-busy' }));
-      const p = (await fhir(own.url, 'POST', 'Patient', { resourceType: 'Patient' }, h)).json.id;
-      for (let i = 0; i < 3; i++) assert.equal((await fhir(own.url, 'GET', `Patient/${p}`, undefined, h)).status, 200);
-      m.start();
-      await new Promise((r) => setTimeout(r, 400));
-      assert.equal(await queued(), 3, 'busy: events younger than the bound stay queued');
-      lagMs = 100;
-      assert.equal(await waitFor(0), 0, 'busy, but older than the bound: materialized');
-      assert.equal(m.stats.events, 3);
-      lagMs = 60_000;
-      for (let i = 0; i < 2; i++) assert.equal((await fhir(own.url, 'GET', `Patient/${p}`, undefined, h)).status, 200);
-      await new Promise((r) => setTimeout(r, 300));
-      assert.equal(await queued(), 2);
-      busy = false;
-      assert.equal(await waitFor(0), 0, 'idle: caught up');
-      assert.equal(m.stats.events, 5);
-    } finally {
-      await m.stop();
       await own.stop();
       removeDataDir(own.dataDir);
     }
   });
+});
 
-  test('a killed materializing transaction loses nothing; the queue survives a restart and is materialized after it, once', async () => {
-    // A server that only queues (its materializer off), so the events stay queued.
-    process.env.KILN_AUDIT_MATERIALIZE = 'off';
-    let first: TestServer | undefined = await startTestServer({ auth: 'smart' }).finally(() => { delete process.env.KILN_AUDIT_MATERIALIZE; });
-    let second: TestServer | undefined;
-    const dataDir = first.dataDir;
+describe('the audit queue of older versions', () => {
+  test('is stored at start, once, in both of its formats', async () => {
+    const own = await startTestServer({ auth: 'off', audit: 'off' });
+    const { dataDir, pgPort } = own;
+    let again: TestServer | undefined;
     try {
-      const h = bearer(await token(first, { scope: 'system/*.cruds', clientId: 'c-restart' }));
-      const p = (await fhir(first.url, 'POST', 'Patient', { resourceType: 'Patient' }, h)).json.id;
-      for (let i = 0; i < 3; i++) assert.equal((await fhir(first.url, 'GET', `Patient/${p}`, undefined, h)).status, 200);
-      const queued = async (srv: TestServer) => (await srv.db.owner.query('SELECT count(*)::integer AS n FROM audit_log_queue')).rows[0].n as number;
-      const events = async (srv: TestServer) => (await srv.db.owner.query(
-        `SELECT id FROM audit_events WHERE resource::jsonb->'agent' @> '[{"altId":"c-restart"}]'::jsonb AND resource::jsonb->'subtype' @> '[{"code":"read"}]'::jsonb`)).rows.map((r) => r.id as string);
-      assert.equal(await queued(first), 3);
-      assert.deepEqual(await events(first), []);
-
-      // Crash mid-materialization: hold the claim between its DELETE and the AuditEvent
-      // insert (audit_events locked), then kill its backend, as a crash of Kiln would.
-      const blocker = await first.db.owner.connect();
-      try {
-        await blocker.query('BEGIN');
-        await blocker.query('LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE');
-        const claim = materializeBatch(first.db.owner, 1, 500);
-        claim.catch(() => {});
-        let pid: number | undefined;
-        for (let i = 0; i < 100 && !pid; i++) {
-          pid = (await first.db.owner.query(`SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH ids AS (INSERT INTO resource_ids%'`)).rows[0]?.pid;
-          if (!pid) await new Promise((r) => setTimeout(r, 50));
-        }
-        assert.ok(pid, 'the claim waits on the lock');
-        await first.db.owner.query('SELECT pg_terminate_backend($1)', [pid]);
-        await assert.rejects(claim);
-      } finally {
-        await blocker.query('ROLLBACK');
-        blocker.release();
-      }
-      assert.equal(await queued(first), 3, 'the killed claim left its events queued');
-      assert.deepEqual(await events(first), []);
-
-      await first.stop();
-      const pgPort = first.pgPort;
-      first = undefined;
-      second = await startTestServer({ auth: 'smart', dataDir, pgPort });
-      // The restarted server's materializer picks the queue up by itself.
-      let ids: string[] = [];
-      for (let i = 0; i < 100 && ids.length < 3; i++) {
-        ids = await events(second);
-        if (ids.length < 3) await new Promise((r) => setTimeout(r, 100));
-      }
-      assert.equal(ids.length, 3);
-      assert.equal(new Set(ids).size, 3);
-      assert.equal(await queued(second), 0);
-      assert.equal(await flushAuditQueue(second.db), 0);
-      assert.equal((await events(second)).length, 3, 'no duplicates');
-      const h2 = bearer(await token(second, { scope: 'system/*.cruds', clientId: 'c-after' }));
-      const r = await fhir(second.url, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|c-restart`)}&subtype=read`, undefined, h2);
-      assert.equal(r.json.entry?.length, 3, 'searchable as FHIR');
+      const recorded = new Date().toISOString();
+      const facts = { id: 'queued-facts', recorded, base: own.url, facts: { subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/q1'], patients: ['q1'] }, agent: { clientId: 'c-queued' } };
+      const whole = { ...auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: [], patients: ['q2'] }, { clientId: 'c-queued' }, own.url, recorded), id: 'queued-whole' };
+      await own.db.owner.query(`INSERT INTO audit_log_queue (org_id, event) VALUES (1, $1), (1, $2)`, [JSON.stringify(facts), JSON.stringify(whole)]);
+      await own.stop();
+      again = await startTestServer({ auth: 'off', audit: 'off', dataDir, pgPort });
+      await again.stop();
+      again = await startTestServer({ auth: 'off', audit: 'off', dataDir, pgPort });
+      assert.equal((await again.db.owner.query('SELECT count(*)::integer AS n FROM audit_log_queue')).rows[0].n, 0);
+      const r = await fhir(again.url, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|c-queued`)}&_sort=_id`);
+      assert.deepEqual(r.json.entry.map((e: any) => e.resource.id), ['queued-facts', 'queued-whole']);
+      assert.equal((await fhir(again.url, 'GET', 'AuditEvent?patient=q1')).json.entry[0].resource.id, 'queued-facts');
     } finally {
-      await first?.stop();
-      await second?.stop();
+      await again?.stop();
       removeDataDir(dataDir);
     }
   });
@@ -363,14 +287,10 @@ describe('AuditEvents are immutable: API (auth off and on) and database (sql/016
     agent: [{ requestor: true, who: { display: 'an external system' } }], source: { observer: { display: 'external' } }, outcome: '0',
   });
 
-  /** Everything stored of one AuditEvent: its row, locator and versions (read as the owner). */
+  /** Everything stored of one AuditEvent: its row (read as the owner). */
   async function storedOf(s: TestServer, id: string) {
     const q = async (sql: string) => (await s.db.owner.query(sql, [id])).rows;
-    return {
-      row: await q(`SELECT version_id, outcome, resource::text AS json FROM audit_events WHERE id = $1`),
-      locator: await q(`SELECT version_id, deleted, last_updated FROM resource_ids WHERE resource_type = 'AuditEvent' AND id = $1`),
-      history: await q(`SELECT version_id, method, resource::text AS json FROM resource_history WHERE resource_type = 'AuditEvent' AND id = $1 ORDER BY version_id`),
-    };
+    return { row: await q(`SELECT version_id, last_updated, token_keys, ref_keys, resource::text AS json FROM audit_events WHERE id = $1`) };
   }
 
   const refused = (r: { status: number; json: any; text: string }, what: string) => {
@@ -455,27 +375,25 @@ describe('AuditEvents are immutable: API (auth off and on) and database (sql/016
     }
   }
 
-  test('kiln_app cannot UPDATE or DELETE AuditEvent rows, their partitions, versions or locator rows', async () => {
+  test('kiln_app cannot UPDATE or DELETE AuditEvent rows or their partitions, nor write AuditEvents into the shared tables', async () => {
     const id = (await fhir(off.url, 'POST', 'AuditEvent', event())).json.id;
     const patientId = (await fhir(off.url, 'POST', 'Patient', { resourceType: 'Patient' })).json.id;
     const before = await storedOf(off, id);
     // The app role sees the rows, so a refusal below is not RLS hiding them.
     assert.equal((await asApp(off, 'SELECT count(*)::integer AS n FROM audit_events WHERE id = $1', [id])).rows[0].n, 1);
     const partition = (await off.db.owner.query('SELECT tableoid::regclass::text AS p FROM audit_events WHERE id = $1', [id])).rows[0].p;
-    for (const sql of [`UPDATE audit_events SET outcome = '8' WHERE id = $1`, 'DELETE FROM audit_events WHERE id = $1',
-      `UPDATE ${partition} SET outcome = '8' WHERE id = $1`, `DELETE FROM ${partition} WHERE id = $1`]) {
+    for (const sql of [`UPDATE audit_events SET token_keys = '{}' WHERE id = $1`, 'DELETE FROM audit_events WHERE id = $1',
+      `UPDATE ${partition} SET token_keys = '{}' WHERE id = $1`, `DELETE FROM ${partition} WHERE id = $1`]) {
       await assert.rejects(asApp(off, sql, [id]), /permission denied/, sql);
     }
     await assert.rejects(asApp(off, 'TRUNCATE audit_events'), /permission denied/);
-    for (const sql of [`UPDATE resource_history SET resource = '{}' WHERE resource_type = 'AuditEvent' AND id = $1`,
-      `DELETE FROM resource_history WHERE resource_type = 'AuditEvent' AND id = $1`,
-      `UPDATE resource_ids SET deleted = true WHERE resource_type = 'AuditEvent' AND id = $1`,
-      `DELETE FROM resource_ids WHERE resource_type = 'AuditEvent' AND id = $1`]) {
-      await assert.rejects(asApp(off, sql, [id]), /AuditEvents are evidence/, sql);
+    // No second copy of an AuditEvent can be made in the tables of versioned resources (sql/021).
+    for (const sql of [`INSERT INTO resource_history (org_id, resource_type, id, version_id, last_updated, method, resource) VALUES (1, 'AuditEvent', $1, 2, now(), 'PUT', '{}')`,
+      `INSERT INTO resource_ids (org_id, resource_type, id, version_id, last_updated) VALUES (1, 'AuditEvent', $1, 2, now())`]) {
+      await assert.rejects(asApp(off, sql, [id]), /violates check constraint/, sql);
     }
-    // The same statements on another type's rows still work for kiln_app (rolled back here).
+    // The same tables take other types' rows from kiln_app (rolled back here).
     assert.equal((await asApp(off, `UPDATE resource_ids SET deleted = deleted WHERE resource_type = 'Patient' AND id = $1`, [patientId])).rowCount, 1);
-    assert.equal((await asApp(off, `DELETE FROM resource_history WHERE resource_type = 'Patient' AND id = $1`, [patientId])).rowCount, 1);
     assert.deepEqual(await storedOf(off, id), before);
   });
 
@@ -489,7 +407,7 @@ describe('AuditEvents are immutable: API (auth off and on) and database (sql/016
       await c.query('GRANT UPDATE, DELETE ON audit_events TO kiln_audit_probe');
       await c.query('SET LOCAL ROLE kiln_audit_probe');
       await c.query(`SELECT set_config('app.org_id', '1', true)`);
-      for (const sql of [`UPDATE audit_events SET outcome = '8' WHERE id = $1`, 'DELETE FROM audit_events WHERE id = $1']) {
+      for (const sql of [`UPDATE audit_events SET token_keys = '{}' WHERE id = $1`, 'DELETE FROM audit_events WHERE id = $1']) {
         await c.query('SAVEPOINT probe');
         await assert.rejects(c.query(sql, [id]), /AuditEvents are evidence: (UPDATE|DELETE) of an AuditEvent row in audit_events_o1_\d+ is refused for role kiln_audit_probe/, sql);
         await c.query('ROLLBACK TO SAVEPOINT probe');
@@ -498,7 +416,7 @@ describe('AuditEvents are immutable: API (auth off and on) and database (sql/016
       await c.query('ROLLBACK');
       c.release();
     }
-    assert.equal((await storedOf(off, id)).row[0].outcome, '0');
+    assert.ok((await storedOf(off, id)).row[0].token_keys.includes('outcome#0'));
   });
 
   test('owner maintenance still moves AuditEvent rows; new partitions, also of a new tenant, carry the trigger and no kiln_app UPDATE/DELETE', async () => {

@@ -146,20 +146,3 @@ export function auditEvent(facts: AuditFacts, agent: AuditAgent, base: string, r
     ...(entity.length ? { entity } : {}),
   };
 }
-
-/**
- * A read's audit record as queued (audit_log_queue): the facts the AuditEvent is made of,
- * a quarter of the event's size, so the read's share of the group commit stays small.
- * auditEventOf() makes the same AuditEvent from it at any later time.
- */
-export interface QueuedAudit {
-  id: string;
-  recorded: string;
-  base: string;
-  facts: AuditFacts;
-  agent: AuditAgent;
-}
-
-export function auditEventOf(q: QueuedAudit): AuditEvent {
-  return { ...auditEvent(q.facts, q.agent, q.base, q.recorded), id: q.id };
-}

@@ -6,8 +6,9 @@ import type { Tx } from '../store/resources.ts';
 import type { AccessContext } from '../auth/verify.ts';
 import { compartmentPatients } from '../auth/scopes.ts';
 import { FhirError } from '../fhir/outcome.ts';
-import { insertAuditEvents, prepareAuditEvent } from '../store/auditWrite.ts';
-import { auditEvent, outcomeOf, type AuditAction, type AuditFacts, type QueuedAudit } from './event.ts';
+import { auditRow, insertAuditEvents } from '../store/auditWrite.ts';
+import type { AuditEvent } from '@medplum/fhirtypes';
+import { auditEvent, outcomeOf, type AuditAction, type AuditFacts } from './event.ts';
 import type { AuditWriter } from './writer.ts';
 
 export interface Touched {
@@ -56,19 +57,10 @@ export class RequestAudit {
     };
   }
 
-  private queued(outcome: AuditFacts['outcome'], outcomeDesc?: string): Omit<QueuedAudit, 'id'> {
+  private event(outcome: AuditFacts['outcome'], outcomeDesc?: string): AuditEvent {
     const a = this.access;
-    return {
-      facts: this.facts(outcome, outcomeDesc),
-      agent: { clientId: a?.clientId, subject: a?.subject, fhirUser: a?.fhirUser, address: this.address },
-      base: this.base,
-      recorded: new Date().toISOString(),
-    };
-  }
-
-  private event(outcome: AuditFacts['outcome']) {
-    const q = this.queued(outcome);
-    return auditEvent(q.facts, q.agent, q.base, q.recorded);
+    const agent = { clientId: a?.clientId, subject: a?.subject, fhirUser: a?.fhirUser, address: this.address };
+    return auditEvent(this.facts(outcome, outcomeDesc), agent, this.base, new Date().toISOString());
   }
 
   /** A successful access, committed (with others) before the response goes out. */
@@ -76,13 +68,14 @@ export class RequestAudit {
     if (this.done) return;
     this.touch(t);
     this.done = true;
-    await this.writer.record(this.orgId, this.queued('0'));
+    await this.writer.record(this.orgId, this.event('0'));
   }
 
   /** A successful write: recorded in the write's own transaction, so it commits or rolls back with it. */
   async inTx(tx: Tx, t: Touched = {}): Promise<void> {
     this.touch(t);
-    await insertAuditEvents(tx, [prepareAuditEvent(this.event('0'), new Date().toISOString())]);
+    const event = this.event('0');
+    await insertAuditEvents(tx, this.orgId, [auditRow(event, event.recorded!)]);
     this.done = true;
   }
 
@@ -92,7 +85,7 @@ export class RequestAudit {
     this.done = true;
     const status = err instanceof FhirError ? err.status : typeof (err as { status?: unknown })?.status === 'number' ? (err as { status: number }).status : 500;
     const desc = err instanceof FhirError ? `${status} ${err.message}` : status < 500 ? `${status} ${(err as Error)?.message ?? ''}` : `${status} internal error`;
-    await this.writer.record(this.orgId, this.queued(outcomeOf(status), desc));
+    await this.writer.record(this.orgId, this.event(outcomeOf(status), desc));
   }
 }
 

@@ -1,17 +1,14 @@
 // Group commit for the AuditEvents of reads (and of refused or failed requests): each
-// request waits until its event is committed, but events arriving within a few
-// milliseconds of each other share one statement (one per tenant) and its commit, so the
-// audit costs a read a short wait rather than a transaction of its own. The insert is
-// an append to the write-behind audit_log_queue (src/store/auditQueue.ts); the
-// materializer turns the queued events into FHIR AuditEvents shortly after.
-import crypto from 'node:crypto';
+// request waits until its AuditEvent is stored and committed, but events that arrive
+// while earlier batches are being written share one statement (one per tenant) and its
+// commit, so the audit costs a read a short wait rather than a transaction of its own.
 import type pg from 'pg';
-import type { QueuedAudit } from './event.ts';
-import { enqueueAuditEvents } from '../store/auditQueue.ts';
+import type { AuditEvent } from '@medplum/fhirtypes';
+import { auditRow, insertAuditEvents, type AuditRow } from '../store/auditWrite.ts';
 
 interface Pending {
   orgId: number;
-  event: QueuedAudit;
+  row: AuditRow;
   done: (e?: unknown) => void;
 }
 
@@ -30,12 +27,11 @@ export class AuditWriter {
 
   constructor(private readonly pool: pg.Pool, private readonly windowMs: number) {}
 
-  /** Resolves once the event is durably queued; rejects when it could not be (the caller answers 500). */
-  record(orgId: number, event: Omit<QueuedAudit, 'id'>): Promise<void> {
-    // The id is fixed now, so the AuditEvent's identity does not depend on when it is materialized.
-    const queued: QueuedAudit = { ...event, id: crypto.randomUUID() };
+  /** Resolves once the event is stored; rejects when it could not be (the caller answers 500). */
+  record(orgId: number, event: AuditEvent): Promise<void> {
+    const row = auditRow(event, event.recorded!);
     return new Promise((resolve, reject) => {
-      this.queue.push({ orgId, event: queued, done: (e) => (e ? reject(e) : resolve()) });
+      this.queue.push({ orgId, row, done: (e) => (e ? reject(e) : resolve()) });
       if (this.queue.length >= MAX_BATCH) this.flushNow();
       else this.timer ??= setTimeout(() => this.flushNow(), this.windowMs);
     });
@@ -65,7 +61,7 @@ export class AuditWriter {
     await Promise.all([...byOrg].map(async ([orgId, pending]) => {
       let failure: unknown;
       try {
-        await enqueueAuditEvents(this.pool, orgId, pending.map((p) => p.event));
+        await insertAuditEvents(this.pool, orgId, pending.map((p) => p.row));
         this.stats.batches++;
         this.stats.events += pending.length;
       } catch (e) {

@@ -7,6 +7,9 @@ import { TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappin
 import { withServerFields } from '../fhir/jsonText.ts';
 import { extractIndex } from '../../mappings/search/extract.ts';
 import { indexCtes } from './searchIndex.ts';
+import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
+import { auditRow, insertAuditEvents } from './auditWrite.ts';
+import type { AuditEvent } from '@medplum/fhirtypes';
 import { FhirError, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome.ts';
 
 export type Tx = pg.PoolClient;
@@ -100,6 +103,8 @@ export async function readCurrent(tx: Tx, type: string, id: string, forUpdate = 
 }
 
 export async function readVersion(tx: Tx, type: string, id: string, versionId: number): Promise<StoredResource | undefined> {
+  // A row-keyed resource (AuditEvent) has one version, its row.
+  if (ROW_KEYED_TYPES.has(type)) return versionId === 1 ? readById(tx, undefined, type, id) : undefined;
   const { rows } = await tx.query(
     `SELECT version_id, method, ${instant('last_updated')} AS last_updated, resource::text AS json
        FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3`,
@@ -156,7 +161,10 @@ async function lockId(tx: Tx, type: string, id: string, refs: { type: string; id
        SELECT t.type || '/' || t.id FROM unnest($3::text[], $4::text[]) AS t(type, id)
         WHERE NOT EXISTS (SELECT 1 FROM resource_ids r
                            WHERE r.org_id = current_setting('app.org_id')::integer AND r.resource_type = t.type
-                             AND r.id = t.id AND NOT r.deleted AND r.version_id > 0)) AS missing
+                             AND r.id = t.id AND NOT r.deleted AND r.version_id > 0)
+          -- AuditEvents have no locator (sql/021).
+          AND NOT (t.type = 'AuditEvent' AND EXISTS (SELECT 1 FROM audit_events a
+                           WHERE a.org_id = current_setting('app.org_id')::integer AND a.id = t.id))) AS missing
        FROM lock`,
     [type, id, refs.map((r) => r.type), refs.map((r) => r.id)]));
   const r = rows[0];
@@ -206,6 +214,7 @@ function versionCtes(p: (v: unknown) => string, type: string, id: string, versio
 }
 
 export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteResult> {
+  if (ROW_KEYED_TYPES.has(req.type)) return createRowKeyed(tx, req);
   const type = req.type;
   const table = tableOf(type);
   const id = req.id ?? crypto.randomUUID();
@@ -259,6 +268,24 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
   return { resource, json, versionId, lastUpdated: lock.now, created: !exists };
 }
 
+/**
+ * A client's AuditEvent: appended as a row (sql/021). It is never changed (the API answers
+ * 405 to updates), so there is no version to lock or check; like the server's own events
+ * it may name resources that do not exist. lastUpdated is taken once the transaction has
+ * its id, as lockId does for other writes (an export's transaction time relies on it).
+ */
+async function createRowKeyed(tx: Tx, req: WriteRequest): Promise<WriteResult> {
+  if (req.id !== undefined || req.mustExist || req.ifMatch !== undefined) {
+    throw new FhirError(405, 'not-supported', `${req.type} resources are created with server-assigned ids and never changed`);
+  }
+  const { rows } = await tx.query(stmt(`SELECT current_setting('app.org_id')::integer AS org, pg_current_xact_id() IS NOT NULL AS xid,
+      ${instant("date_trunc('milliseconds', clock_timestamp())")} AS now`, []));
+  const row = auditRow(req.resource as AuditEvent, rows[0].now, undefined, req.text);
+  await insertAuditEvents(tx, rows[0].org, [row]);
+  const resource = { ...req.resource, id: row.id, meta: { ...req.resource.meta, versionId: '1', lastUpdated: row.lastUpdated } } as Resource;
+  return { resource, json: row.json, versionId: 1, lastUpdated: row.lastUpdated, created: true };
+}
+
 export interface DeleteResult {
   /** False when the id never existed. */
   existed: boolean;
@@ -309,21 +336,37 @@ export interface HistoryQuery {
   count: number;
 }
 
-/** History newest first, keyset-paged so pages stay stable while others write. */
+/**
+ * History newest first, keyset-paged so pages stay stable while others write. Versions
+ * come from resource_history; AuditEvents, which have one version each and no history
+ * rows (sql/021), from their own table, merged in the same order.
+ */
 export async function history(tx: Tx, q: HistoryQuery): Promise<HistoryEntry[]> {
-  const where = [`org_id = current_setting('app.org_id')::integer`];
   const params: unknown[] = [];
   const p = (v: unknown) => { params.push(v); return `$${params.length}`; };
-  if (q.type) where.push(`resource_type = ${p(q.type)}`);
-  if (q.id) where.push(`id = ${p(q.id)}`);
-  if (q.since) where.push(`last_updated >= ${p(q.since)}`);
-  if (q.before) {
-    where.push(`(last_updated, resource_type, id, version_id) < (${p(q.before.lastUpdated)}::timestamptz, ${p(q.before.type)}, ${p(q.before.id)}, ${p(q.before.versionId)}::integer)`);
+  const parts: string[] = [];
+  const conds = (type: string, version: string) => {
+    const where = [`org_id = current_setting('app.org_id')::integer`];
+    if (q.id) where.push(`id = ${p(q.id)}`);
+    if (q.since) where.push(`last_updated >= ${p(q.since)}`);
+    if (q.before) {
+      where.push(`(last_updated, ${type}, id, ${version}) < (${p(q.before.lastUpdated)}::timestamptz, ${p(q.before.type)}, ${p(q.before.id)}, ${p(q.before.versionId)}::integer)`);
+    }
+    return where.join(' AND ');
+  };
+  const order = 'ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC';
+  if (!q.type || !ROW_KEYED_TYPES.has(q.type)) {
+    const typed = q.type ? ` AND resource_type = ${p(q.type)}` : '';
+    parts.push(`(SELECT resource_type, id, version_id, method, last_updated, resource FROM resource_history
+       WHERE ${conds('resource_type', 'version_id')}${typed} ${order} LIMIT ${p(q.count)})`);
+  }
+  if (!q.type || q.type === 'AuditEvent') {
+    parts.push(`(SELECT 'AuditEvent'::text AS resource_type, id, 1 AS version_id, 'POST'::text AS method, last_updated, resource FROM audit_events
+       WHERE ${conds("'AuditEvent'::text", '1')} ORDER BY last_updated DESC, id DESC LIMIT ${p(q.count)})`);
   }
   const { rows } = await tx.query(
     `SELECT resource_type, id, version_id, method, ${instant('last_updated')} AS last_updated, resource::text AS json
-       FROM resource_history WHERE ${where.join(' AND ')}
-      ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT ${p(q.count)}`,
+       FROM (${parts.join(' UNION ALL ')}) h ${order} LIMIT ${p(q.count)}`,
     params);
   return rows.map((r) => ({
     type: r.resource_type, id: r.id, versionId: r.version_id, lastUpdated: r.last_updated,
@@ -332,6 +375,7 @@ export async function history(tx: Tx, q: HistoryQuery): Promise<HistoryEntry[]> 
 }
 
 export async function countHistory(tx: Tx, type: string, id: string): Promise<number> {
+  if (ROW_KEYED_TYPES.has(type)) return (await readById(tx, undefined, type, id)) ? 1 : 0;
   const { rows } = await tx.query(
     'SELECT count(*)::integer AS n FROM resource_history WHERE resource_type = $1 AND id = $2', [type, id]);
   return rows[0].n;

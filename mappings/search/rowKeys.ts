@@ -1,0 +1,67 @@
+// Types whose search index lives in their own row (sql/021): AuditEvent. Every access
+// writes one, so it is stored as a single row with its index as two text arrays instead
+// of a locator, a history version and index rows in the shared tables. The same
+// extraction (extract.ts) fills both kinds of index, so both search alike. Pure: no I/O.
+//
+// Key forms (a parameter code holds only [a-z0-9-:], so the character after it tells
+// the forms apart):
+//   `param=system|code`  a token (`param=|code` when the coding has no system)
+//   `param#code`         a token's code, in any system
+//   `param>Type/id`      a reference to a local resource (`param>url` for other references)
+//   `param>Type/`        the parameter holds a reference of that type (for :missing with a target type)
+//   `param?`             the parameter holds a value (for :missing)
+// Reference and identifier keys (selective) go to `ref_keys`, which has a GIN index; the
+// rest (a few codes shared by most rows, presence) to `token_keys`, which has none: an
+// index over them would cost every insert and serve no selective search.
+import type { IndexRows } from './extract.ts';
+
+export const ROW_KEYED_TYPES: ReadonlySet<string> = new Set(['AuditEvent']);
+
+export interface RowKeys {
+  refKeys: string[];
+  tokenKeys: string[];
+}
+
+export const tokenKey = (param: string, system: string | null, code: string): string => `${param}=${system ?? ''}|${code}`;
+export const codeKey = (param: string, code: string): string => `${param}#${code}`;
+export const refKey = (param: string, target: string): string => `${param}>${target}`;
+export const refTypeKey = (param: string, type: string): string => `${param}>${type}/`;
+export const presenceKey = (param: string): string => `${param}?`;
+
+/** Whether a key of this parameter lives in ref_keys (references, `:identifier` tokens). */
+export function isRefKeyParam(param: string, isReference: boolean): boolean {
+  return isReference || param.endsWith(':identifier');
+}
+
+/** The keys of a row-keyed resource's index rows (tokens and references; dates are the row's clinical time). */
+export function rowKeys(index: IndexRows): RowKeys {
+  const ref = new Set<string>();
+  const tok = new Set<string>();
+  for (const t of index.tokens) {
+    if (t.code === null) continue;
+    const into = isRefKeyParam(t.param, false) ? ref : tok;
+    into.add(tokenKey(t.param, t.system, t.code));
+    into.add(codeKey(t.param, t.code));
+    tok.add(presenceKey(t.param));
+  }
+  for (const r of index.references) {
+    if (r.targetType && r.targetId) {
+      ref.add(refKey(r.param, `${r.targetType}/${r.targetId}`));
+      tok.add(refTypeKey(r.param, r.targetType));
+    } else {
+      ref.add(refKey(r.param, r.reference));
+    }
+    tok.add(presenceKey(r.param));
+  }
+  return { refKeys: [...ref], tokenKeys: [...tok] };
+}
+
+/** `Type/id` targets in a row's ref_keys of the given parameters (for _include), any parameter when undefined. */
+export function refKeyTargets(keys: string[], params: string[] | undefined): { param: string; type: string; id: string }[] {
+  const out: { param: string; type: string; id: string }[] = [];
+  for (const k of keys) {
+    const m = /^([a-z0-9-]+)>([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})$/.exec(k);
+    if (m && (!params || params.includes(m[1]))) out.push({ param: m[1], type: m[2], id: m[3] });
+  }
+  return out;
+}
