@@ -52,6 +52,14 @@ export function splitValues(raw: string): string[] {
   return out.filter((v) => v !== '');
 }
 
+/** The target a reference search value names: `Type/id` (relative, absolute or versioned), a bare id (typed by a `:Type` modifier), or a URL. */
+export function referenceTarget(value: string, modifier: string | undefined): { type?: string; id?: string; url?: string } {
+  const m = /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/\d+)?$/.exec(value);
+  if (m) return { type: m[1], id: m[2] };
+  if (/^[A-Za-z0-9\-.]{1,64}$/.test(value)) return { type: modifier, id: value };
+  return { url: value };
+}
+
 /** Splits a prefixed value (date/number/quantity) into prefix and rest. */
 export function prefixed(value: string): { prefix: Prefix; rest: string } {
   const p = value.slice(0, 2) as Prefix;

@@ -4,6 +4,7 @@ import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { indexRowOf } from './searchSql.ts';
 import { compartmentIndexParams } from '../search/compartment.ts';
+import { ROW_KEYED_TYPES, refKey, refTypeKey } from '../../mappings/search/rowKeys.ts';
 
 export interface EverythingQuery {
   /** Patients whose compartments are wanted; undefined = every patient of the tenant. */
@@ -35,6 +36,12 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
           AND s.resource_type = 'Patient' AND s.param = ANY(${p(compartmentIndexParams('Patient'))}::text[]) AND s.target_type = 'Patient'
           AND s.target_id = ANY(${p(q.patientIds)}::text[])))`);
       }
+    } else if (ROW_KEYED_TYPES.has(type)) {
+      // The references are keys of the row: to the patients (GIN-indexed), or to any patient.
+      const params = compartmentIndexParams(type);
+      conds.push(q.patientIds
+        ? `r.ref_keys && ${p(params.flatMap((x) => q.patientIds!.map((id) => refKey(x, `Patient/${id}`))))}::text[]`
+        : `r.token_keys && ${p(params.map((x) => refTypeKey(x, 'Patient')))}::text[]`);
     } else {
       conds.push(`EXISTS (SELECT 1 FROM search_references s WHERE ${indexRowOf('s', 'r', type, p)}
         AND s.param = ANY(${p(compartmentIndexParams(type))}::text[]) AND s.target_type = 'Patient'

@@ -5,6 +5,7 @@ import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
 import type { Criterion } from '../search/criteria.ts';
 import { searchParamsFor, storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
+import { ROW_KEYED_TYPES, refKey, refKeyTargets } from '../../mappings/search/rowKeys.ts';
 
 export interface SortSpec { def: SearchParamDef; desc: boolean }
 
@@ -53,8 +54,10 @@ export function searchStatements(q: SearchRequest & { orgId: number }): SearchSt
 /** _lastUpdated is a column of the resource row, not of index rows. */
 const onResourceRow = (c: Criterion) => c.def.code === '_lastUpdated';
 
-/** The criterion whose index rows should drive the search (see driverRank), if any. */
+/** The criterion whose index rows should drive the search (see driverRank), if any.
+ * Row-keyed types have no index rows: their criteria are conditions on the row. */
 function bestDriver(q: SearchRequest): { index: number; rank: number } | undefined {
+  if (ROW_KEYED_TYPES.has(q.type)) return undefined;
   let best: { index: number; rank: number } | undefined;
   q.criteria.forEach((c, index) => {
     const rank = driverRank(c);
@@ -153,6 +156,20 @@ function includeRows(inc: IncludeSpec): StoredAs | undefined {
   return def ? storedParams(def) : { params: [inc.param] };
 }
 
+/** The reference parameters whose keys a row-keyed type holds (`*`): those stored as themselves. */
+function referenceParams(type: string): string[] {
+  return searchParamsFor(type).filter((d) => d.type === 'reference' && !d.storedAs).map((d) => d.code);
+}
+
+/** Targets of an _include from row-keyed sources: from their ref_keys. */
+async function keyedIncludeTargets(tx: Tx, inc: IncludeSpec, stored: StoredAs | undefined, sources: string[]): Promise<{ type: string; id: string }[]> {
+  const { rows } = await tx.query(`SELECT ref_keys FROM ${TABLES[inc.sourceType]}
+    WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [sources]);
+  return rows.flatMap((r) => refKeyTargets(r.ref_keys, stored?.params))
+    .filter((k) => TABLES[k.type] && (!inc.targetType || k.type === inc.targetType) && (!stored?.targetType || k.type === stored.targetType))
+    .map((k) => ({ type: k.type, id: k.id }));
+}
+
 /** Resources the page references (_include) or that reference it (_revinclude), de-duplicated. */
 export async function fetchIncludes(tx: Tx, type: string, ids: string[], includes: IncludeSpec[], revincludes: IncludeSpec[],
   limit: number): Promise<{ type: string; id: string; json: string }[]> {
@@ -166,6 +183,10 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
       const sources = frontier.get(inc.sourceType);
       if (!sources?.length) continue;
       const stored = includeRows(inc);
+      if (ROW_KEYED_TYPES.has(inc.sourceType)) {
+        found.push(...await keyedIncludeTargets(tx, inc, stored, sources));
+        continue;
+      }
       const { rows } = await tx.query(
         `SELECT DISTINCT target_type, target_id FROM search_references
           WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND id = ANY($2::text[])
@@ -180,6 +201,15 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
       for (const [targetType, targets] of frontier) {
         if (inc.targetType && inc.targetType !== targetType) continue;
         if (stored?.targetType && stored.targetType !== targetType) continue;
+        if (ROW_KEYED_TYPES.has(inc.sourceType)) {
+          // Rows whose keys name a target: one GIN probe.
+          const params = stored?.params ?? referenceParams(inc.sourceType);
+          const keys = params.flatMap((param) => targets.map((id) => refKey(param, `${targetType}/${id}`)));
+          const { rows } = await tx.query(`SELECT id FROM ${TABLES[inc.sourceType]}
+            WHERE org_id = current_setting('app.org_id')::integer AND ref_keys && $1::text[]`, [keys]);
+          for (const r of rows) found.push({ type: inc.sourceType, id: r.id });
+          continue;
+        }
         const { rows } = await tx.query(
           `SELECT DISTINCT id FROM search_references
             WHERE org_id = current_setting('app.org_id')::integer AND resource_type = $1 AND ($2::text[] IS NULL OR param = ANY($2))
@@ -197,7 +227,8 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
       // LIMIT keeps the lookup a per-id probe: given an id array the planner cannot size,
       // it chose to hash-join the whole table.
       const ids = list.slice(0, limit);
-      const { rows } = TIME_PARTITIONED.has(t)
+      // Row-keyed types have no locator: every time partition's (org_id, id) key is probed.
+      const { rows } = TIME_PARTITIONED.has(t) && !ROW_KEYED_TYPES.has(t)
         ? await tx.query(`SELECT r.id, r.json FROM resource_ids i CROSS JOIN LATERAL (
               SELECT x.id, x.resource::text AS json FROM ${TABLES[t]} x
                WHERE x.org_id = i.org_id AND x.id = i.id AND x.clinical_time = i.clinical_time LIMIT 1) r

@@ -4,9 +4,11 @@
 import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { normalizeString, dateRange, decimalRange } from '../../mappings/search/extract.ts';
-import { prefixed, type Criterion, type Prefix } from '../search/criteria.ts';
+import { prefixed, referenceTarget, type Criterion, type Prefix } from '../search/criteria.ts';
 import { storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 import { badRequest } from '../fhir/outcome.ts';
+import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
+import { ROW_TIME_PARAM, keySortValue, keysNaming, presentCond, referencedIds, referenceKeysCond, refersToCond, tokenKeysCond } from './rowKeySearch.ts';
 
 type P = (v: unknown) => string;
 
@@ -50,6 +52,27 @@ function dateCond(prefix: Prefix, lo: string, hi: string, loCol: string, hiCol: 
   }
 }
 
+/**
+ * dateCond for an instant column (a point in time, not a range), as plain comparisons of
+ * the column so that a partition key column still prunes partitions.
+ */
+function instantCond(prefix: Prefix, lo: string, hi: string, col: string, p: P): string {
+  const L = () => `${p(lo)}::timestamptz`;
+  const H = () => `${p(hi)}::timestamptz`;
+  switch (prefix) {
+    case 'eq': return `(${col} >= ${L()} AND ${col} < ${H()})`;
+    case 'ne': return `NOT (${col} >= ${L()} AND ${col} < ${H()})`;
+    case 'gt': case 'sa': return `${col} >= ${H()}`;
+    case 'lt': case 'eb': return `${col} < ${L()}`;
+    case 'ge': return `${col} >= ${L()}`;
+    case 'le': return `${col} < ${H()}`;
+    case 'ap': {
+      const span = Math.max(86_400_000, Math.abs(Date.now() - Date.parse(lo)) * 0.1);
+      return `(${col} < ${p(new Date(Date.parse(hi) + span).toISOString())}::timestamptz AND ${col} >= ${p(new Date(Date.parse(lo) - span).toISOString())}::timestamptz)`;
+    }
+  }
+}
+
 function numberCond(prefix: Prefix, raw: string, col: string, p: P): string {
   const n = Number(raw);
   const [lo, hi] = searchNumberRange(raw);
@@ -72,13 +95,6 @@ function tokenCond(value: string, s: string, p: P): string {
   if (system === '') return `(${s}.system IS NULL AND ${s}.code = ${p(code)})`;
   if (code === '') return `${s}.system = ${p(system)}`;
   return `(${s}.system = ${p(system)} AND ${s}.code = ${p(code)})`;
-}
-
-function referenceTarget(value: string, modifier: string | undefined): { type?: string; id?: string; url?: string } {
-  const m = /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/\d+)?$/.exec(value);
-  if (m) return { type: m[1], id: m[2] };
-  if (/^[A-Za-z0-9\-.]{1,64}$/.test(value)) return { type: modifier, id: value };
-  return { url: value };
 }
 
 /** The condition one value of a parameter puts on index rows aliased `s`. */
@@ -262,7 +278,11 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
   if (depth > 3) throw badRequest('Search nests chains too deeply');
   const def = c.def;
   const tail = perRow ? ' OFFSET 0' : '';
-  if (c.anyRef) return anyRefSql(c.anyRef, type, r, p, depth, tail);
+  const keyed = ROW_KEYED_TYPES.has(type);
+  if (c.anyRef) {
+    return keyed ? refersToCond(c.anyRef.params, [`${c.anyRef.targetType}/${c.anyRef.targetId}`], r, p)
+      : anyRefSql(c.anyRef, type, r, p, depth, tail);
+  }
   const rowsOf = (cond?: string) => {
     const s = `s${depth}`;
     return `EXISTS (SELECT 1 FROM ${INDEX_TABLE[def.type]} ${s} WHERE ${indexRowOf(s, r, type, p)}
@@ -272,6 +292,13 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const { sourceType, refParam, criterion } = c.has;
     const s = `h${depth}`;
     const t = `ht${depth}`;
+    if (ROW_KEYED_TYPES.has(sourceType)) {
+      // Source rows whose keys name this row: a GIN probe per row.
+      const stored = storedParams(refParam);
+      if (stored.targetType && stored.targetType !== type) return 'false';
+      return `EXISTS (SELECT 1 FROM ${TABLES[sourceType]} ${t} WHERE ${t}.org_id = ${r}.org_id
+        AND ${t}.ref_keys && ${keysNaming(stored.params, type, `${r}.id`, p)} AND ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
+    }
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
       WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(sourceType)} AND ${storedCond(storedParams(refParam), s, p)}
         AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
@@ -280,6 +307,13 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const s = `c${depth}`;
     const t = `ct${depth}`;
     const { targetType, criterion } = c.chain;
+    if (keyed) {
+      // The targets are in the row's own keys.
+      const stored = storedParams(def);
+      if (stored.targetType && stored.targetType !== targetType) return 'false';
+      return `EXISTS (SELECT 1 FROM ${TABLES[targetType]} ${t} WHERE ${t}.org_id = ${r}.org_id
+        AND ${t}.id = ANY(${referencedIds(stored.params, targetType, r, p)}) AND ${criterionSql(criterion, targetType, t, p, depth + 1)}${tail})`;
+    }
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
       WHERE ${indexRowOf(s, r, type, p)} AND ${storedCond(storedParams(def), s, p)}
         AND ${s}.target_type = ${p(targetType)} AND ${criterionSql(criterion, targetType, t, p, depth + 1)}${tail})`;
@@ -297,6 +331,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
       return dateCond(prefix, lo, hi, `${r}.last_updated`, `(${r}.last_updated + interval '1 millisecond')`, p);
     }).join(' OR ')})`;
   }
+  if (keyed) return rowKeyedSql(c, type, r, p);
   if (c.missing !== undefined) return `${c.missing ? 'NOT ' : ''}${rowsOf()}`;
   if (def.type === 'token' && c.modifier === 'not') {
     return `NOT ${rowsOf(`(${c.values.map((v) => tokenCond(v, '§', p)).join(' OR ')})`)}`;
@@ -313,6 +348,35 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
   return rowsOf(`(${c.values.map((v) => valueCond(def, c.modifier, v, '§', p)).join(' OR ')})`);
 }
 
+/**
+ * A criterion on a row-keyed type's own row (rowKeySearch.ts): its time parameter is the
+ * clinical_time column, tokens and references are keys. Other parameters have no keys.
+ */
+function rowKeyedSql(c: Criterion, type: string, r: string, p: P): string {
+  const def = c.def;
+  if (def.code === ROW_TIME_PARAM[type]) {
+    if (c.missing !== undefined) return c.missing ? 'false' : 'true';
+    return `(${c.values.map((v) => {
+      const { prefix, rest } = prefixed(v);
+      const [lo, hi] = searchDateRange(rest);
+      return instantCond(prefix, lo, hi, `${r}.clinical_time`, p);
+    }).join(' OR ')})`;
+  }
+  if (def.type !== 'token' && def.type !== 'reference') throw badRequest(`Search parameter '${def.code}' is not supported on ${type}`);
+  const { params, targetType } = storedParams(def);
+  if (c.missing !== undefined) {
+    const present = presentCond(params, targetType, r, p);
+    return c.missing ? `NOT ${present}` : present;
+  }
+  if (def.type === 'token') {
+    if (c.modifier === 'text' || c.modifier === 'of-type') throw badRequest(`Modifier ':${c.modifier}' is not supported on ${type}`);
+    const cond = tokenKeysCond(params, c.values, r, p);
+    return c.modifier === 'not' ? `NOT ${cond}` : cond;
+  }
+  if (c.modifier === 'identifier') return tokenKeysCond(modifierRows(def, ':identifier').params, c.values, r, p);
+  return referenceKeysCond(def, params, targetType, c.modifier, c.values, r, p);
+}
+
 function ofTypeCond(value: string, s: string, p: P): string {
   const [system, code, val] = value.split('|');
   if (val === undefined) throw badRequest(`:of-type takes system|code|value, got '${value}'`);
@@ -323,6 +387,12 @@ function ofTypeCond(value: string, s: string, p: P): string {
 export function sortKey(def: SearchParamDef, type: string, desc: boolean, p: P): { expr: string; cast: string } {
   if (def.code === '_id') return { expr: 'r.id', cast: 'text' };
   if (def.code === '_lastUpdated') return { expr: 'r.last_updated', cast: 'timestamptz' };
+  if (ROW_KEYED_TYPES.has(type)) {
+    if (def.code === ROW_TIME_PARAM[type]) return { expr: 'r.clinical_time', cast: 'timestamptz' };
+    if (def.type !== 'token' && def.type !== 'reference') throw badRequest(`Cannot sort ${type} by '${def.code}'`);
+    const { params, targetType } = storedParams(def);
+    return { expr: `coalesce(${keySortValue(def, params, targetType, desc, 'r', p)}, ${desc ? `''` : 'chr(1114111)'})`, cast: 'text' };
+  }
   const agg = desc ? 'max' : 'min';
   const col: Record<string, [string, string, string, string]> = {
     // type: [column, cast, sentinel when ascending, sentinel when descending]

@@ -1,0 +1,111 @@
+// Search conditions on the key arrays of row-keyed types (AuditEvent; sql/021,
+// mappings/search/rowKeys.ts): the resource row `r` holds its own index as `ref_keys`
+// (GIN-indexed) and `token_keys` (not indexed), so a criterion is a condition on the
+// row instead of an EXISTS over index rows. searchSql.ts decides which criterion
+// takes which form; everything here is SQL text with pg parameters.
+import type { SearchParamDef } from '../../mappings/search/definitions.ts';
+import { codeKey, isRefKeyParam, presenceKey, refKey, refTypeKey, tokenKey } from '../../mappings/search/rowKeys.ts';
+import { referenceTarget } from '../search/criteria.ts';
+
+type P = (v: unknown) => string;
+
+/** The date parameter of each row-keyed type that is the row's clinical_time (AuditEvent `date` = recorded, sql/021). */
+export const ROW_TIME_PARAM: Readonly<Record<string, string>> = { AuditEvent: 'date' };
+
+const likeEscape = (s: string) => s.replace(/[\\%_]/g, '\\$&');
+
+/** The array column a parameter's keys live in. */
+function keyColumn(r: string, param: string, isReference: boolean): string {
+  return `${r}.${isRefKeyParam(param, isReference) ? 'ref_keys' : 'token_keys'}`;
+}
+
+/**
+ * The row holds one of `keys`, or a key starting with one of `prefixes`. Exact keys are
+ * one `&&` (the GIN index serves it on ref_keys); prefixes need a look at every key of
+ * the row (a filter on rows found otherwise).
+ */
+function anyKeyCond(col: string, keys: string[], prefixes: string[], p: P): string {
+  const conds: string[] = [];
+  if (keys.length) conds.push(`${col} && ${p(keys)}::text[]`);
+  if (prefixes.length) conds.push(`EXISTS (SELECT 1 FROM unnest(${col}) k WHERE k LIKE ANY(${p(prefixes)}::text[]))`);
+  return conds.length ? `(${conds.join(' OR ')})` : 'false';
+}
+
+/**
+ * Token values (`code`, `system|code`, `|code`, `system|`) of the rows of `params`, OR'd.
+ * The params are all in one column (token parameters, or `:identifier` tokens).
+ */
+export function tokenKeysCond(params: string[], values: string[], r: string, p: P): string {
+  const keys: string[] = [];
+  const prefixes: string[] = [];
+  for (const v of values) {
+    const bar = v.indexOf('|');
+    for (const param of params) {
+      if (bar < 0) keys.push(codeKey(param, v));
+      else if (v.slice(bar + 1) === '') prefixes.push(`${likeEscape(tokenKey(param, v.slice(0, bar), ''))}%`);
+      else keys.push(tokenKey(param, v.slice(0, bar) || null, v.slice(bar + 1)));
+    }
+  }
+  return anyKeyCond(keyColumn(r, params[0], false), keys, prefixes, p);
+}
+
+/**
+ * Reference values of `def` (stored as `params`, of `targetType` when set): `Type/id` or a
+ * URL ending in it, a bare id (of each allowed target type, or of the `:Type` modifier),
+ * another URL as written. A value of another type than `targetType` matches nothing.
+ */
+export function referenceKeysCond(def: SearchParamDef, params: string[], targetType: string | undefined,
+  modifier: string | undefined, values: string[], r: string, p: P): string {
+  const keys: string[] = [];
+  const prefixes: string[] = [];
+  for (const v of values) {
+    const t = referenceTarget(v, modifier);
+    if (t.url) {
+      if (!targetType) keys.push(...params.map((x) => refKey(x, t.url!)));
+      continue;
+    }
+    if (t.type && targetType && t.type !== targetType) continue;
+    const types = t.type ? [t.type] : targetType ? [targetType] : def.target;
+    for (const x of params) {
+      // A reference parameter without declared targets: a key of any type with that id.
+      if (!types) prefixes.push(`${likeEscape(refKey(x, ''))}%/${likeEscape(t.id!)}`);
+      else keys.push(...types.map((ty) => refKey(x, `${ty}/${t.id}`)));
+    }
+  }
+  return anyKeyCond(`${r}.ref_keys`, keys, prefixes, p);
+}
+
+/** `:missing=false` condition: the row holds a value of one of `params` (of `targetType` when set). */
+export function presentCond(params: string[], targetType: string | undefined, r: string, p: P): string {
+  const keys = params.map((x) => (targetType ? refTypeKey(x, targetType) : presenceKey(x)));
+  return `${r}.token_keys && ${p(keys)}::text[]`;
+}
+
+/** The row references one of `targets` (`Type/id`) through one of `params`: a GIN `&&`. */
+export function refersToCond(params: string[], targets: string[], r: string, p: P): string {
+  return `${r}.ref_keys && ${p(params.flatMap((x) => targets.map((t) => refKey(x, t))))}::text[]`;
+}
+
+/** The ids of `targetType` that row `r` references through `params`, as an SQL array (for chains). */
+export function referencedIds(params: string[], targetType: string, r: string, p: P): string {
+  // `param>Type/id`: neither a parameter code nor a type holds a '/', an id never does.
+  const prefixes = params.map((x) => `${likeEscape(refTypeKey(x, targetType))}%`);
+  return `ARRAY(SELECT split_part(k, '/', 2) FROM unnest(${r}.ref_keys) k WHERE k LIKE ANY(${p(prefixes)}::text[]))`;
+}
+
+/** The keys with which a row references the resource `Type/<idSql>` through `params` (for _has), as an SQL array. */
+export function keysNaming(params: string[], type: string, idSql: string, p: P): string {
+  return `ARRAY[${params.map((x) => `${p(refKey(x, `${type}/`))}::text || ${idSql}`).join(', ')}]`;
+}
+
+/**
+ * Sort value of a token (its codes) or reference (its targets, `Type/id` or URL) parameter
+ * stored as `params`: the least (greatest when descending) one, NULL when none.
+ */
+export function keySortValue(def: SearchParamDef, params: string[], targetType: string | undefined, desc: boolean, r: string, p: P): string {
+  const reference = def.type === 'reference';
+  const prefixes = params.map((x) => `${likeEscape(reference ? refKey(x, targetType ? `${targetType}/` : '') : codeKey(x, ''))}%`);
+  const sep = reference ? '>' : '#';
+  return `(SELECT ${desc ? 'max' : 'min'}(substr(k, strpos(k, '${sep}') + 1)) FROM unnest(${keyColumn(r, params[0], reference)}) k
+      WHERE k LIKE ANY(${p(prefixes)}::text[]))`;
+}
