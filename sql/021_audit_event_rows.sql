@@ -58,12 +58,27 @@ DROP TRIGGER resource_ids_audit_immutable ON resource_ids;
 ALTER TABLE resource_ids ADD CONSTRAINT resource_ids_not_audit CHECK (resource_type <> 'AuditEvent');
 ALTER TABLE resource_history ADD CONSTRAINT resource_history_not_audit CHECK (resource_type <> 'AuditEvent');
 
--- Columns the keys replace (and the identifier, profile and tag tokens AuditEvents are not searched by).
+-- Columns the keys replace (and the identifier, profile and tag tokens AuditEvents are not
+-- searched by). patient_id held the first patient only: a patient-level export now finds
+-- an event by any patient it names, through the keys (src/store/exportRows.ts).
 ALTER TABLE audit_events
-  DROP COLUMN identifier_tokens, DROP COLUMN profiles, DROP COLUMN tags, DROP COLUMN type_token, DROP COLUMN subtype_tokens, DROP COLUMN action, DROP COLUMN outcome,
+  DROP COLUMN identifier_tokens, DROP COLUMN profiles, DROP COLUMN tags, DROP COLUMN patient_id, DROP COLUMN type_token, DROP COLUMN subtype_tokens, DROP COLUMN action, DROP COLUMN outcome,
   DROP COLUMN recorded, DROP COLUMN agent_who, DROP COLUMN entity_what, DROP COLUMN source_observer;
 
 CREATE INDEX audit_events_ref_keys ON audit_events USING gin (ref_keys);
+-- (Dropping patient_id dropped its index, audit_events_patient.)
+
+-- The AuditEvents of the bound tenant that hold any of p_keys in ref_keys. Under RLS the
+-- planner may not use an index for `&&`, which is not marked leakproof, so kiln_app's
+-- own `ref_keys && ...` reads every partition. This function runs as the owner (no RLS)
+-- and applies the tenant itself, exactly as the policy does; the GIN index serves it.
+CREATE FUNCTION kiln_audit_events_with_keys(p_keys text[]) RETURNS TABLE (id text, clinical_time timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public ROWS 100 AS $$
+  SELECT a.id, a.clinical_time FROM public.audit_events a
+   WHERE a.org_id = current_setting('app.org_id')::integer AND a.ref_keys && p_keys
+$$;
+REVOKE ALL ON FUNCTION kiln_audit_events_with_keys(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kiln_audit_events_with_keys(text[]) TO kiln_app;
 
 -- A read of an AuditEvent has no locator to go through: the row is version 1 for good.
 -- (Its id alone does not name the time partition, so every partition's key is probed.)
@@ -97,15 +112,15 @@ END $$;
 -- Appends AuditEvents in one round trip, in the caller's transaction or (called on its
 -- own) in the statement's: it binds the tenant as kiln_read does, and runs as the caller
 -- (kiln_app), so RLS checks every row. p_rows: a JSON array of
--- [id, last_updated, clinical_time, patient_id, [ref_keys], [token_keys]] per event;
+-- [id, last_updated, clinical_time, [ref_keys], [token_keys]] per event;
 -- p_bodies: their JSON texts joined by U+001E, a character JSON text cannot contain
 -- (one text splits far faster than a text[] literal of escaped JSON is built and parsed).
 CREATE FUNCTION kiln_insert_audit_events(p_org integer, p_rows text, p_bodies text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   PERFORM set_config('app.org_id', p_org::text, true);
-  INSERT INTO audit_events (org_id, id, version_id, last_updated, clinical_time, resource, patient_id, ref_keys, token_keys)
-  SELECT p_org, u.r->>0, 1, (u.r->>1)::timestamptz, (u.r->>2)::timestamptz, u.b::json, u.r->>3,
-         ARRAY(SELECT jsonb_array_elements_text(u.r->4)), ARRAY(SELECT jsonb_array_elements_text(u.r->5))
+  INSERT INTO audit_events (org_id, id, version_id, last_updated, clinical_time, resource, ref_keys, token_keys)
+  SELECT p_org, u.r->>0, 1, (u.r->>1)::timestamptz, (u.r->>2)::timestamptz, u.b::json,
+         ARRAY(SELECT jsonb_array_elements_text(u.r->3)), ARRAY(SELECT jsonb_array_elements_text(u.r->4))
     FROM unnest(ARRAY(SELECT jsonb_array_elements(p_rows::jsonb)), string_to_array(p_bodies, chr(30))) AS u(r, b);
 END $$;
 GRANT EXECUTE ON FUNCTION kiln_insert_audit_events(integer, text, text) TO kiln_app;

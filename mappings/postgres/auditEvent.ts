@@ -1,17 +1,8 @@
 import type { AuditEvent } from '@medplum/fhirtypes';
-import { referenceId, toInstant, type MappedRow } from './common.ts';
+import { toInstant, type MappedRow } from './common.ts';
 
-// The patient the event is about, for patient-level $export: an entity first, since an
-// agent Patient is only the actor. Searches use the row's keys (mappings/search/rowKeys.ts).
-function patientId(a: AuditEvent): string | null {
-  const candidates = [...(a.entity ?? []).map((e) => e.what), ...(a.agent ?? []).map((g) => g.who)];
-  for (const ref of candidates) {
-    const id = referenceId(ref, 'Patient');
-    if (id) return id;
-  }
-  return null;
-}
-
+// An AuditEvent row is its time (recorded, the partition key) and its search keys, which
+// the store fills from the search index (mappings/search/rowKeys.ts, sql/021).
 export function mapAuditEvent(a: AuditEvent): MappedRow {
-  return { columns: { patient_id: patientId(a) }, clinicalTime: toInstant(a.recorded) };
+  return { columns: {}, clinicalTime: toInstant(a.recorded) };
 }

@@ -4,7 +4,8 @@ import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { indexRowOf } from './searchSql.ts';
 import { compartmentIndexParams } from '../search/compartment.ts';
-import { ROW_KEYED_TYPES, refKey, refTypeKey } from '../../mappings/search/rowKeys.ts';
+import { ROW_KEYED_TYPES, refTypeKey } from '../../mappings/search/rowKeys.ts';
+import { refersToCond } from './rowKeySearch.ts';
 
 export interface EverythingQuery {
   /** Patients whose compartments are wanted; undefined = every patient of the tenant. */
@@ -40,7 +41,7 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
       // The references are keys of the row: to the patients (GIN-indexed), or to any patient.
       const params = compartmentIndexParams(type);
       conds.push(q.patientIds
-        ? `r.ref_keys && ${p(params.flatMap((x) => q.patientIds!.map((id) => refKey(x, `Patient/${id}`))))}::text[]`
+        ? refersToCond(type, params, q.patientIds.map((id) => `Patient/${id}`), 'r', p)
         : `r.token_keys && ${p(params.map((x) => refTypeKey(x, 'Patient')))}::text[]`);
     } else {
       conds.push(`EXISTS (SELECT 1 FROM search_references s WHERE ${indexRowOf('s', 'r', type, p)}

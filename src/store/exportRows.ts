@@ -9,6 +9,9 @@ import { to as copyTo } from 'pg-copy-streams';
 import type { Readable } from 'node:stream';
 import type { Tx } from './resources.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
+import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
+import { compartmentIndexParams } from '../search/compartment.ts';
+import { hasRefKeys } from './rowKeySearch.ts';
 
 export interface RowScope {
   /** Patient-level and Group exports: the compartment of the bound patient list, or of any patient. */
@@ -41,7 +44,16 @@ function conditions(type: string, scope: RowScope): string {
   ];
   if (scope.since) conds.push(`r.last_updated > (SELECT current_setting('kiln.export_since')::timestamptz)`);
   const list = `ARRAY(SELECT json_array_elements_text(current_setting('kiln.export_patients')::json))`;
-  if (scope.patients) {
+  if (scope.patients && ROW_KEYED_TYPES.has(type)) {
+    // An AuditEvent is in the export of every patient it names (its compartment
+    // parameters' reference keys, sql/021). The parameter codes are this server's own.
+    const params = compartmentIndexParams(type);
+    if (!params.every((c) => /^[a-z-]+$/.test(c))) throw new Error(`unexpected parameter codes ${params.join(',')}`);
+    const codes = `ARRAY[${params.map((c) => `'${c}'`).join(', ')}]`;
+    conds.push(scope.patients === 'list'
+      ? hasRefKeys(type, 'r', `ARRAY(SELECT c || '>Patient/' || x FROM unnest(${codes}) c, unnest(${list}) x)`)
+      : `r.token_keys && ARRAY(SELECT c || '>Patient/' FROM unnest(${codes}) c)`);
+  } else if (scope.patients) {
     const col = type === 'Patient' ? 'r.id' : 'r.patient_id';
     if (scope.patients === 'list') conds.push(`${col} = ANY(${list})`);
     else if (type !== 'Patient') conds.push(`${col} IS NOT NULL`);

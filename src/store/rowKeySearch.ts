@@ -14,9 +14,25 @@ export const ROW_TIME_PARAM: Readonly<Record<string, string>> = { AuditEvent: 'd
 
 const likeEscape = (s: string) => s.replace(/[\\%_]/g, '\\$&');
 
+/**
+ * The rows of `type` in the bound tenant whose ref_keys hold any of the keys (an SQL
+ * text[] expression), as a FROM item with columns id, clinical_time: through a function
+ * that runs without RLS and applies the tenant itself (sql/021), because under RLS the
+ * planner will not use the GIN index for `&&`, which is not leakproof.
+ */
+export function rowsWithKeys(type: string, keysSql: string): string {
+  if (type !== 'AuditEvent') throw new Error(`no key lookup for ${type}`);
+  return `kiln_audit_events_with_keys(${keysSql})`;
+}
+
+/** Row `r` of `type` holds any of the keys in ref_keys (see rowsWithKeys). */
+export function hasRefKeys(type: string, r: string, keysSql: string): string {
+  return `(${r}.id, ${r}.clinical_time) IN (SELECT w.id, w.clinical_time FROM ${rowsWithKeys(type, keysSql)} w)`;
+}
+
 /** The array column a parameter's keys live in. */
-function keyColumn(r: string, param: string, isReference: boolean): string {
-  return `${r}.${isRefKeyParam(param, isReference) ? 'ref_keys' : 'token_keys'}`;
+function keyColumn(param: string, isReference: boolean): 'ref_keys' | 'token_keys' {
+  return isRefKeyParam(param, isReference) ? 'ref_keys' : 'token_keys';
 }
 
 /**
@@ -24,9 +40,10 @@ function keyColumn(r: string, param: string, isReference: boolean): string {
  * one `&&` (the GIN index serves it on ref_keys); prefixes need a look at every key of
  * the row (a filter on rows found otherwise).
  */
-function anyKeyCond(col: string, keys: string[], prefixes: string[], p: P): string {
+function anyKeyCond(type: string, r: string, column: 'ref_keys' | 'token_keys', keys: string[], prefixes: string[], p: P): string {
+  const col = `${r}.${column}`;
   const conds: string[] = [];
-  if (keys.length) conds.push(`${col} && ${p(keys)}::text[]`);
+  if (keys.length) conds.push(column === 'ref_keys' ? hasRefKeys(type, r, `${p(keys)}::text[]`) : `${col} && ${p(keys)}::text[]`);
   if (prefixes.length) conds.push(`EXISTS (SELECT 1 FROM unnest(${col}) k WHERE k LIKE ANY(${p(prefixes)}::text[]))`);
   return conds.length ? `(${conds.join(' OR ')})` : 'false';
 }
@@ -35,7 +52,7 @@ function anyKeyCond(col: string, keys: string[], prefixes: string[], p: P): stri
  * Token values (`code`, `system|code`, `|code`, `system|`) of the rows of `params`, OR'd.
  * The params are all in one column (token parameters, or `:identifier` tokens).
  */
-export function tokenKeysCond(params: string[], values: string[], r: string, p: P): string {
+export function tokenKeysCond(type: string, params: string[], values: string[], r: string, p: P): string {
   const keys: string[] = [];
   const prefixes: string[] = [];
   for (const v of values) {
@@ -46,7 +63,7 @@ export function tokenKeysCond(params: string[], values: string[], r: string, p: 
       else keys.push(tokenKey(param, v.slice(0, bar) || null, v.slice(bar + 1)));
     }
   }
-  return anyKeyCond(keyColumn(r, params[0], false), keys, prefixes, p);
+  return anyKeyCond(type, r, keyColumn(params[0], false), keys, prefixes, p);
 }
 
 /**
@@ -54,7 +71,7 @@ export function tokenKeysCond(params: string[], values: string[], r: string, p: 
  * URL ending in it, a bare id (of each allowed target type, or of the `:Type` modifier),
  * another URL as written. A value of another type than `targetType` matches nothing.
  */
-export function referenceKeysCond(def: SearchParamDef, params: string[], targetType: string | undefined,
+export function referenceKeysCond(type: string, def: SearchParamDef, params: string[], targetType: string | undefined,
   modifier: string | undefined, values: string[], r: string, p: P): string {
   const keys: string[] = [];
   const prefixes: string[] = [];
@@ -72,7 +89,7 @@ export function referenceKeysCond(def: SearchParamDef, params: string[], targetT
       else keys.push(...types.map((ty) => refKey(x, `${ty}/${t.id}`)));
     }
   }
-  return anyKeyCond(`${r}.ref_keys`, keys, prefixes, p);
+  return anyKeyCond(type, r, 'ref_keys', keys, prefixes, p);
 }
 
 /** `:missing=false` condition: the row holds a value of one of `params` (of `targetType` when set). */
@@ -81,9 +98,9 @@ export function presentCond(params: string[], targetType: string | undefined, r:
   return `${r}.token_keys && ${p(keys)}::text[]`;
 }
 
-/** The row references one of `targets` (`Type/id`) through one of `params`: a GIN `&&`. */
-export function refersToCond(params: string[], targets: string[], r: string, p: P): string {
-  return `${r}.ref_keys && ${p(params.flatMap((x) => targets.map((t) => refKey(x, t))))}::text[]`;
+/** Row `r` of `type` references one of `targets` (`Type/id`) through one of `params` (the GIN index). */
+export function refersToCond(type: string, params: string[], targets: string[], r: string, p: P): string {
+  return hasRefKeys(type, r, `${p(params.flatMap((x) => targets.map((t) => refKey(x, t))))}::text[]`);
 }
 
 /** The ids of `targetType` that row `r` references through `params`, as an SQL array (for chains). */
@@ -106,6 +123,6 @@ export function keySortValue(def: SearchParamDef, params: string[], targetType: 
   const reference = def.type === 'reference';
   const prefixes = params.map((x) => `${likeEscape(reference ? refKey(x, targetType ? `${targetType}/` : '') : codeKey(x, ''))}%`);
   const sep = reference ? '>' : '#';
-  return `(SELECT ${desc ? 'max' : 'min'}(substr(k, strpos(k, '${sep}') + 1)) FROM unnest(${keyColumn(r, params[0], reference)}) k
+  return `(SELECT ${desc ? 'max' : 'min'}(substr(k, strpos(k, '${sep}') + 1)) FROM unnest(${r}.${keyColumn(params[0], reference)}) k
       WHERE k LIKE ANY(${p(prefixes)}::text[]))`;
 }

@@ -3,6 +3,7 @@
 import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
+import { rowsWithKeys } from './rowKeySearch.ts';
 import type { Criterion } from '../search/criteria.ts';
 import { searchParamsFor, storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 import { ROW_KEYED_TYPES, refKey, refKeyTargets } from '../../mappings/search/rowKeys.ts';
@@ -205,8 +206,7 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
           // Rows whose keys name a target: one GIN probe.
           const params = stored?.params ?? referenceParams(inc.sourceType);
           const keys = params.flatMap((param) => targets.map((id) => refKey(param, `${targetType}/${id}`)));
-          const { rows } = await tx.query(`SELECT id FROM ${TABLES[inc.sourceType]}
-            WHERE org_id = current_setting('app.org_id')::integer AND ref_keys && $1::text[]`, [keys]);
+          const { rows } = await tx.query(`SELECT id FROM ${rowsWithKeys(inc.sourceType, '$1::text[]')}`, [keys]);
           for (const r of rows) found.push({ type: inc.sourceType, id: r.id });
           continue;
         }

@@ -8,7 +8,7 @@ import { prefixed, referenceTarget, type Criterion, type Prefix } from '../searc
 import { storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 import { badRequest } from '../fhir/outcome.ts';
 import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
-import { ROW_TIME_PARAM, keySortValue, keysNaming, presentCond, referencedIds, referenceKeysCond, refersToCond, tokenKeysCond } from './rowKeySearch.ts';
+import { ROW_TIME_PARAM, keySortValue, keysNaming, presentCond, referencedIds, referenceKeysCond, refersToCond, rowsWithKeys, tokenKeysCond } from './rowKeySearch.ts';
 
 type P = (v: unknown) => string;
 
@@ -280,7 +280,7 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
   const tail = perRow ? ' OFFSET 0' : '';
   const keyed = ROW_KEYED_TYPES.has(type);
   if (c.anyRef) {
-    return keyed ? refersToCond(c.anyRef.params, [`${c.anyRef.targetType}/${c.anyRef.targetId}`], r, p)
+    return keyed ? refersToCond(type, c.anyRef.params, [`${c.anyRef.targetType}/${c.anyRef.targetId}`], r, p)
       : anyRefSql(c.anyRef, type, r, p, depth, tail);
   }
   const rowsOf = (cond?: string) => {
@@ -296,8 +296,9 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
       // Source rows whose keys name this row: a GIN probe per row.
       const stored = storedParams(refParam);
       if (stored.targetType && stored.targetType !== type) return 'false';
-      return `EXISTS (SELECT 1 FROM ${TABLES[sourceType]} ${t} WHERE ${t}.org_id = ${r}.org_id
-        AND ${t}.ref_keys && ${keysNaming(stored.params, type, `${r}.id`, p)} AND ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
+      return `EXISTS (SELECT 1 FROM ${rowsWithKeys(sourceType, keysNaming(stored.params, type, `${r}.id`, p))} ${s}
+        JOIN ${TABLES[sourceType]} ${t} ON ${t}.org_id = ${r}.org_id AND ${t}.id = ${s}.id AND ${t}.clinical_time = ${s}.clinical_time
+        WHERE ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
     }
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
       WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(sourceType)} AND ${storedCond(storedParams(refParam), s, p)}
@@ -370,11 +371,11 @@ function rowKeyedSql(c: Criterion, type: string, r: string, p: P): string {
   }
   if (def.type === 'token') {
     if (c.modifier === 'text' || c.modifier === 'of-type') throw badRequest(`Modifier ':${c.modifier}' is not supported on ${type}`);
-    const cond = tokenKeysCond(params, c.values, r, p);
+    const cond = tokenKeysCond(type, params, c.values, r, p);
     return c.modifier === 'not' ? `NOT ${cond}` : cond;
   }
-  if (c.modifier === 'identifier') return tokenKeysCond(modifierRows(def, ':identifier').params, c.values, r, p);
-  return referenceKeysCond(def, params, targetType, c.modifier, c.values, r, p);
+  if (c.modifier === 'identifier') return tokenKeysCond(type, modifierRows(def, ':identifier').params, c.values, r, p);
+  return referenceKeysCond(type, def, params, targetType, c.modifier, c.values, r, p);
 }
 
 function ofTypeCond(value: string, s: string, p: P): string {
