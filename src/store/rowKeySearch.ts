@@ -9,9 +9,6 @@ import { referenceTarget } from '../search/criteria.ts';
 
 type P = (v: unknown) => string;
 
-/** The date parameter of each row-keyed type that is the row's clinical_time (AuditEvent `date` = recorded, sql/021). */
-export const ROW_TIME_PARAM: Readonly<Record<string, string>> = { AuditEvent: 'date' };
-
 const likeEscape = (s: string) => s.replace(/[\\%_]/g, '\\$&');
 
 /**

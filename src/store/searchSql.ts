@@ -7,8 +7,8 @@ import { normalizeString, dateRange, decimalRange } from '../../mappings/search/
 import { prefixed, referenceTarget, type Criterion, type Prefix } from '../search/criteria.ts';
 import { storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 import { badRequest } from '../fhir/outcome.ts';
-import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
-import { ROW_TIME_PARAM, keySortValue, keysNaming, presentCond, referencedIds, referenceKeysCond, refersToCond, rowsWithKeys, tokenKeysCond } from './rowKeySearch.ts';
+import { ROW_KEYED_TYPES, ROW_TIME_PARAM } from '../../mappings/search/rowKeys.ts';
+import { keySortValue, keysNaming, presentCond, referencedIds, referenceKeysCond, refersToCond, rowsWithKeys, tokenKeysCond } from './rowKeySearch.ts';
 
 type P = (v: unknown) => string;
 
