@@ -66,6 +66,10 @@ ALTER TABLE audit_events
   DROP COLUMN recorded, DROP COLUMN agent_who, DROP COLUMN entity_what, DROP COLUMN source_observer;
 
 CREATE INDEX audit_events_ref_keys ON audit_events USING gin (ref_keys);
+-- The common audit query is the latest events (`_sort=-date`, often with a date range):
+-- a btree on the time serves it in order; the BRIN index could only narrow a scan.
+CREATE INDEX audit_events_time ON audit_events (org_id, clinical_time);
+DROP INDEX audit_events_time_brin;
 -- (Dropping patient_id dropped its index, audit_events_patient.)
 
 -- The AuditEvents of the bound tenant that hold any of p_keys in ref_keys. Under RLS the
