@@ -85,33 +85,19 @@ REVOKE ALL ON FUNCTION kiln_audit_events_with_keys(text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION kiln_audit_events_with_keys(text[]) TO kiln_app;
 
 -- A read of an AuditEvent has no locator to go through: the row is version 1 for good.
--- (Its id alone does not name the time partition, so every partition's key is probed.)
-CREATE OR REPLACE FUNCTION kiln_read(p_org integer, p_type text, p_table text, p_id text,
+-- kiln_read's counterpart (src/store/resources.ts readById picks it for AuditEvent).
+-- The id alone does not name the time partition, so every partition's key is probed.
+CREATE FUNCTION kiln_read_audit_event(p_org integer, p_id text,
                           OUT version_id integer, OUT deleted boolean, OUT last_updated text, OUT body text)
 RETURNS record LANGUAGE plpgsql AS $$
-DECLARE
-  t timestamptz;
 BEGIN
   PERFORM set_config('app.org_id', p_org::text, true);
-  IF p_type = 'AuditEvent' THEN
-    SELECT 1, false, to_char(a.last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), a.resource::text
-      INTO version_id, deleted, last_updated, body
-      FROM audit_events a WHERE a.org_id = p_org AND a.id = p_id;
-    RETURN;
-  END IF;
-  SELECT l.version_id, l.deleted, to_char(l.last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), l.clinical_time
-    INTO version_id, deleted, last_updated, t
-    FROM resource_ids l
-   WHERE l.org_id = p_org AND l.resource_type = p_type AND l.id = p_id AND l.version_id > 0;
-  IF NOT FOUND OR deleted THEN
-    RETURN;
-  END IF;
-  IF t IS NULL THEN
-    EXECUTE format('SELECT resource::text FROM %I WHERE org_id = $1 AND id = $2', p_table) INTO body USING p_org, p_id;
-  ELSE
-    EXECUTE format('SELECT resource::text FROM %I WHERE org_id = $1 AND id = $2 AND clinical_time = $3', p_table) INTO body USING p_org, p_id, t;
-  END IF;
+  SELECT 1, false, to_char(a.last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), a.resource::text
+    INTO version_id, deleted, last_updated, body
+    FROM audit_events a WHERE a.org_id = p_org AND a.id = p_id;
 END $$;
+GRANT EXECUTE ON FUNCTION kiln_read_audit_event(integer, text) TO kiln_app;
+
 
 -- Appends AuditEvents in one round trip, in the caller's transaction or (called on its
 -- own) in the statement's: it binds the tenant as kiln_read does, and runs as the caller

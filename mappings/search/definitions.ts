@@ -65,7 +65,8 @@ export const ROW_COLUMN_PARAMS: ReadonlySet<string> = new Set(['_id', '_lastUpda
  * its result), not by the other ten (address, agent-name, altid, site, source, ...).
  */
 const SEARCHABLE_ONLY: Record<string, ReadonlySet<string>> = {
-  AuditEvent: new Set(['date', 'agent', 'entity', 'patient', 'type', 'subtype', 'action', 'outcome']),
+  // Resource-level too: _profile and _source (uri) have no row keys (mappings/search/rowKeys.ts).
+  AuditEvent: new Set(['date', 'agent', 'entity', 'patient', 'type', 'subtype', 'action', 'outcome', '_id', '_lastUpdated', '_tag', '_security']),
 };
 const RESOLVE_IS = /\.where\(\s*resolve\(\)\s+is\s+(?:FHIR\.)?([A-Za-z]+)\s*\)\s*$/;
 
@@ -153,7 +154,7 @@ function build(resourceType: string): SearchParamDef[] {
       RESOURCE_LEVEL.has(sp.code ?? '');
     if (!forType && !resourceLevel) continue;
     if (!sp.code || !sp.type || sp.type === 'special' || !sp.expression) continue;
-    if (!resourceLevel && SEARCHABLE_ONLY[resourceType] && !SEARCHABLE_ONLY[resourceType].has(sp.code)) continue;
+    if (SEARCHABLE_ONLY[resourceType] && !SEARCHABLE_ONLY[resourceType].has(sp.code)) continue;
     const expression = restrictExpression(sp.expression, resourceType);
     if (!expression || seen.has(sp.code)) continue;
     const def: SearchParamDef = { code: sp.code, type: sp.type as SearchParamType, expression, url: sp.url ?? '' };

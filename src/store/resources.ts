@@ -84,11 +84,13 @@ function tableOf(type: string): string {
 }
 
 /** Current version of a resource in one round trip (sql/004_read_function.sql):
- * the locator row, then the row from exactly one partition. */
+ * the locator row, then the row from exactly one partition. An AuditEvent has no
+ * locator: its one row is read directly (sql/021). */
 export async function readById(pool: pg.Pool | Tx, orgId: number | undefined, type: string, id: string): Promise<StoredResource | undefined> {
   const org = orgId === undefined ? `current_setting('app.org_id')::integer` : '$4';
-  const { rows } = await pool.query(stmt(`SELECT * FROM kiln_read(${org}, $1, $2, $3)`,
-    orgId === undefined ? [type, tableOf(type), id] : [type, tableOf(type), id, orgId]));
+  const { rows } = await pool.query(ROW_KEYED_TYPES.has(type)
+    ? stmt(`SELECT * FROM kiln_read_audit_event(${org === '$4' ? '$2' : org}, $1)`, orgId === undefined ? [id] : [id, orgId])
+    : stmt(`SELECT * FROM kiln_read(${org}, $1, $2, $3)`, orgId === undefined ? [type, tableOf(type), id] : [type, tableOf(type), id, orgId]));
   const r = rows[0];
   if (!r || r.version_id === null) return undefined;
   return { id, versionId: r.version_id, lastUpdated: r.last_updated, deleted: r.deleted, json: r.body ?? undefined };
