@@ -224,6 +224,8 @@ export interface ExtractOptions {
    * (default true; same rows, several times faster). false runs everything through Medplum.
    */
   fastPath?: boolean;
+  /** Parameters to leave out as well (a row-keyed type's row time: mappings/search/rowKeys.ts). */
+  skip?: readonly string[];
 }
 
 const SYSTEM_TYPES: Record<string, string> = {
@@ -789,11 +791,13 @@ export function extractIndex(resource: Resource, options?: ExtractOptions): Inde
   if (!isResource(resource)) return emptyRows();
   ensureReady();
   const fast = options?.fastPath !== false;
-  const key = `${resource.resourceType}|${fast}`;
+  const skip = options?.skip ?? [];
+  const key = `${resource.resourceType}|${fast}|${skip.join(',')}`;
   let compiled = compiledByType.get(key);
   if (!compiled) {
     const defs = searchParamsFor(resource.resourceType)
-      .filter((d) => !ROW_COLUMN_PARAMS.has(d.code) && (!d.storedAs || (d.type === 'reference' && d.storedAs.targetType)));
+      .filter((d) => !ROW_COLUMN_PARAMS.has(d.code) && !skip.includes(d.code)
+        && (!d.storedAs || (d.type === 'reference' && d.storedAs.targetType)));
     compiled = compile(defs, resource.resourceType, fast, true);
     compiledByType.set(key, compiled);
   }

@@ -14,32 +14,17 @@
 // rest (a few codes shared by most rows, presence) to `token_keys`, which has none: an
 // index over them would cost every insert and serve no selective search.
 import type { Resource } from '@medplum/fhirtypes';
-import { extractIndexWith, type IndexRows } from './extract.ts';
-import { ROW_COLUMN_PARAMS, searchParamsFor, type SearchParamDef } from './definitions.ts';
+import { extractIndex, type IndexRows } from './extract.ts';
 
 export const ROW_KEYED_TYPES: ReadonlySet<string> = new Set(['AuditEvent']);
 
 /** The date parameter of each row-keyed type that is the row's clinical_time (AuditEvent `date` = recorded). */
 export const ROW_TIME_PARAM: Readonly<Record<string, string>> = { AuditEvent: 'date' };
 
-/**
- * The parameters a row-keyed type keeps keys for: those with index rows of their own
- * (not storedAs others, as extractIndex has it) but the row's own columns. One array per
- * type: the extractor compiles once per array.
- */
-const keyedDefs = new Map<string, SearchParamDef[]>();
-function keyedParams(type: string): SearchParamDef[] {
-  let defs = keyedDefs.get(type);
-  if (!defs) {
-    defs = searchParamsFor(type).filter((d) => !d.storedAs && d.code !== ROW_TIME_PARAM[type] && !ROW_COLUMN_PARAMS.has(d.code));
-    keyedDefs.set(type, defs);
-  }
-  return defs;
-}
-
-/** The keys of a row-keyed resource: its index rows of every parameter but the row's own columns. */
+/** The keys of a row-keyed resource: its index rows (extractIndex), but for the row time, a column of the row. */
 export function resourceKeys(resource: Resource): RowKeys {
-  return rowKeys(extractIndexWith(resource, keyedParams(resource.resourceType)));
+  const time = ROW_TIME_PARAM[resource.resourceType];
+  return rowKeys(extractIndex(resource, time ? { skip: [time] } : undefined));
 }
 
 export interface RowKeys {
