@@ -16,7 +16,7 @@ const MAX_BATCH = 500;
 /** Batches written at once: while they run, new events queue up into the next (bigger) batch,
  * which costs the database far less per event than many small concurrent inserts. More than
  * two, because a batch mostly waits for its commit's WAL flush, which concurrent commits share. */
-const MAX_IN_FLIGHT = Number(process.env.KILN_AUDIT_IN_FLIGHT ?? 4);
+const MAX_IN_FLIGHT = 4;
 
 export class AuditWriter {
   private queue: Pending[] = [];

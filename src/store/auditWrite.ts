@@ -8,6 +8,7 @@ import type { AuditEvent, Resource } from '@medplum/fhirtypes';
 import { toRow } from '../../mappings/postgres/index.ts';
 import { resourceKeys, type RowKeys } from '../../mappings/search/rowKeys.ts';
 import { withServerFields } from '../fhir/jsonText.ts';
+import { stmt } from './statements.ts';
 
 export interface AuditRow {
   id: string;
@@ -55,5 +56,5 @@ export function auditRow(event: AuditEvent, lastUpdated: string, id: string = ti
 export async function insertAuditEvents(db: pg.Pool | pg.PoolClient, orgId: number, rows: AuditRow[]): Promise<void> {
   if (!rows.length) return;
   const meta = JSON.stringify(rows.map((r) => [r.id, r.lastUpdated, r.clinicalTime, r.keys.refKeys, r.keys.tokenKeys]));
-  await db.query('SELECT kiln_insert_audit_events($1, $2, $3)', [orgId, meta, rows.map((r) => r.json).join('\x1e')]);
+  await db.query(stmt('SELECT kiln_insert_audit_events($1, $2, $3)', [orgId, meta, rows.map((r) => r.json).join('\x1e')]));
 }

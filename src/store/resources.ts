@@ -7,6 +7,7 @@ import { TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappin
 import { withServerFields } from '../fhir/jsonText.ts';
 import { extractIndex } from '../../mappings/search/extract.ts';
 import { indexCtes } from './searchIndex.ts';
+import { stmt } from './statements.ts';
 import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
 import { auditRow, insertAuditEvents } from './auditWrite.ts';
 import type { AuditEvent } from '@medplum/fhirtypes';
@@ -14,14 +15,6 @@ import { FhirError, gone, notFound, preconditionFailed, unprocessable } from '..
 
 export type Tx = pg.PoolClient;
 
-// Hot statements are prepared once per connection (named by a hash of their text):
-// parsing and planning them on every request cost more than running them. PgBouncer
-// in transaction mode needs max_prepared_statements (1.21+), or KILN_PREPARE=off.
-const PREPARE = process.env.KILN_PREPARE !== 'off';
-function stmt(text: string, values: unknown[]): pg.QueryConfig {
-  if (!PREPARE) return { text, values };
-  return { name: `k${crypto.createHash('sha1').update(text).digest('base64url').slice(0, 20)}`, text, values };
-}
 
 /** Runs fn in one transaction bound to a tenant: RLS sees only org rows. */
 export async function withTenant<T>(pool: pg.Pool, orgId: number, fn: (tx: Tx) => Promise<T>): Promise<T> {
