@@ -19,6 +19,7 @@ import autocannon from 'autocannon';
 import { startTestServer, removeDataDir, token, type TestServer } from '../test/support/server.ts';
 import { patientBody, seedMrn } from './fixtures.ts';
 import { envNumber } from './env.ts';
+import { cpuMsOf, postmasterPid, procSnapshot, treeOf } from './cpu.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SECONDS = envNumber('BENCH_SECONDS', 5);
@@ -28,19 +29,26 @@ const SEED = envNumber('BENCH_SEED', 500);
 const SUSTAINED_SECONDS = envNumber('BENCH_SUSTAINED_SECONDS', 20);
 
 interface Load { origin: string; ids: string[]; token: string; seconds: number; connections: number }
-interface Result { reqPerSec: number; ok: number; non2xx: number; p50: number; p99: number }
+interface Result {
+  reqPerSec: number; ok: number; non2xx: number; p50: number; p99: number;
+  /** CPU per successful read, µs: the load generator's, and (filled by round()) the server's and PostgreSQL's. */
+  cpuUs: { load: number; server?: number; postgres?: number };
+  commitsPerRead?: number;
+}
 
 /** The forked load generator: one autocannon run per message. */
 async function worker(): Promise<void> {
   process.on('message', async (m: Load) => {
     let seq = 0;
+    const c0 = process.cpuUsage();
     const r = await autocannon({
       url: m.origin, connections: m.connections, duration: m.seconds,
       requests: [{ method: 'GET', path: '/fhir/Patient', setupRequest: (req: any) => ({ ...req, path: `/fhir/Patient/${m.ids[seq++ % m.ids.length]}` }) }],
       headers: { accept: 'application/fhir+json', authorization: `Bearer ${m.token}` },
     });
     const ok = r['2xx'];
-    process.send!({ reqPerSec: ok / m.seconds, ok, non2xx: r.non2xx, p50: r.latency.p50, p99: r.latency.p99 } satisfies Result);
+    const c = process.cpuUsage(c0);
+    process.send!({ reqPerSec: ok / m.seconds, ok, non2xx: r.non2xx, p50: r.latency.p50, p99: r.latency.p99, cpuUs: { load: Math.round((c.user + c.system) / ok) } } satisfies Result);
   });
 }
 
@@ -72,20 +80,33 @@ async function main(): Promise<void> {
       }));
       ids.push(...batch);
     }
+    const commits = async () => Number((await server!.db.owner.query(`SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`)).rows[0].xact_commit);
     const stored = async () => (await server!.db.owner.query(`SELECT count(*)::integer AS n FROM audit_events`)).rows[0].n as number;
     const load: Load = { origin, ids, token: bearerToken, seconds: SECONDS, connections: CONNECTIONS };
     // Warm-up with auditing on (JIT, caches, partitions), not measured.
     await runLoad({ ...load, seconds: Math.min(2, SECONDS) });
     const results: Record<'off' | 'on', Result[]> = { off: [], on: [] };
+    // The server runs in this process; PostgreSQL is the postmaster's tree.
+    const postmaster = postmasterPid(path.join(server.dataDir, 'pg'));
     let auditedReads = 0;
     /** One measured round; an on round also counts the AuditEvents it stored. */
     const round = async (label: string, mode: 'off' | 'on', seconds: number): Promise<Result> => {
       server!.config.audit = mode;
       const before = await stored();
+      const x0 = await commits();
+      const p0 = procSnapshot();
+      const c0 = process.cpuUsage();
       const res = await runLoad({ ...load, seconds });
+      const c = process.cpuUsage(c0);
+      const p1 = procSnapshot();
       const events = (await stored()) - before;
+      // pg_stat_database lags by up to its flush interval (1 s): a rough figure.
+      res.commitsPerRead = Math.round((((await commits()) - x0) / res.ok) * 100) / 100;
       if (mode === 'on') auditedReads += events;
-      console.log(`${label} audit ${mode.padEnd(3)}: ${res.reqPerSec.toFixed(0)} reads/s, p50 ${res.p50} ms, p99 ${res.p99} ms, non-2xx ${res.non2xx}, AuditEvents stored ${events}`);
+      res.cpuUs.server = Math.round((c.user + c.system) / res.ok);
+      if (p0 && p1 && postmaster) res.cpuUs.postgres = Math.round((cpuMsOf(p0, p1, treeOf(p1, postmaster)) * 1000) / res.ok);
+      const cpu = `CPU per read ${res.cpuUs.server} µs server + ${res.cpuUs.postgres ?? '?'} µs PostgreSQL + ${res.cpuUs.load} µs load, ${res.commitsPerRead} commits per read`;
+      console.log(`${label} audit ${mode.padEnd(3)}: ${res.reqPerSec.toFixed(0)} reads/s, p50 ${res.p50} ms, p99 ${res.p99} ms, non-2xx ${res.non2xx}, AuditEvents stored ${events}, ${cpu}`);
       return res;
     };
     for (let r = 0; r < ROUNDS; r++) {
@@ -94,7 +115,7 @@ async function main(): Promise<void> {
     const okOn = results.on.reduce((a, x) => a + x.ok, 0);
     const eventsPerRead = auditedReads / okOn;
     const sustained = { off: await round('sustained', 'off', SUSTAINED_SECONDS), on: await round('sustained', 'on', SUSTAINED_SECONDS) };
-    const mean = (xs: Result[], k: keyof Result) => xs.reduce((a, x) => a + x[k], 0) / xs.length;
+    const mean = (xs: Result[], k: 'reqPerSec' | 'p50' | 'p99') => xs.reduce((a, x) => a + x[k], 0) / xs.length;
     const off = mean(results.off, 'reqPerSec');
     const on = mean(results.on, 'reqPerSec');
     const summary = {
