@@ -19,7 +19,7 @@ import autocannon from 'autocannon';
 import { startTestServer, removeDataDir, token, type TestServer } from '../test/support/server.ts';
 import { patientBody, seedMrn } from './fixtures.ts';
 import { envNumber } from './env.ts';
-import { cpuMsOf, postmasterPid, procSnapshot, treeOf } from './cpu.ts';
+import { cpuMsOf, machineCpu, postmasterPid, procSnapshot, treeOf } from './cpu.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SECONDS = envNumber('BENCH_SECONDS', 5);
@@ -34,6 +34,8 @@ interface Result {
   /** CPU per successful read, µs: the load generator's, and (filled by round()) the server's and PostgreSQL's. */
   cpuUs: { load: number; server?: number; postgres?: number };
   commitsPerRead?: number;
+  /** CPU time the hypervisor gave to other guests, % of the round (a busy host slows both sides of a pair). */
+  stealPct?: number;
 }
 
 /** The forked load generator: one autocannon run per message. */
@@ -95,17 +97,20 @@ async function main(): Promise<void> {
       const before = await stored();
       const x0 = await commits();
       const p0 = procSnapshot();
+      const m0 = machineCpu();
       const c0 = process.cpuUsage();
       const res = await runLoad({ ...load, seconds });
       const c = process.cpuUsage(c0);
+      const m1 = machineCpu();
       const p1 = procSnapshot();
+      if (m0 && m1) res.stealPct = Math.round(((m1.steal - m0.steal) / (m1.total - m0.total)) * 100);
       const events = (await stored()) - before;
       // pg_stat_database lags by up to its flush interval (1 s): a rough figure.
       res.commitsPerRead = Math.round((((await commits()) - x0) / res.ok) * 100) / 100;
       if (mode === 'on') auditedReads += events;
       res.cpuUs.server = Math.round((c.user + c.system) / res.ok);
       if (p0 && p1 && postmaster) res.cpuUs.postgres = Math.round((cpuMsOf(p0, p1, treeOf(p1, postmaster)) * 1000) / res.ok);
-      const cpu = `CPU per read ${res.cpuUs.server} µs server + ${res.cpuUs.postgres ?? '?'} µs PostgreSQL + ${res.cpuUs.load} µs load, ${res.commitsPerRead} commits per read`;
+      const cpu = `CPU per read ${res.cpuUs.server} µs server + ${res.cpuUs.postgres ?? '?'} µs PostgreSQL + ${res.cpuUs.load} µs load, ${res.commitsPerRead} commits per read, steal ${res.stealPct ?? '?'}%`;
       console.log(`${label} audit ${mode.padEnd(3)}: ${res.reqPerSec.toFixed(0)} reads/s, p50 ${res.p50} ms, p99 ${res.p99} ms, non-2xx ${res.non2xx}, AuditEvents stored ${events}, ${cpu}`);
       return res;
     };
@@ -116,23 +121,34 @@ async function main(): Promise<void> {
     const eventsPerRead = auditedReads / okOn;
     const sustained = { off: await round('sustained', 'off', SUSTAINED_SECONDS), on: await round('sustained', 'on', SUSTAINED_SECONDS) };
     const mean = (xs: Result[], k: 'reqPerSec' | 'p50' | 'p99') => xs.reduce((a, x) => a + x[k], 0) / xs.length;
+    const r2 = (x: number) => Math.round(x * 100) / 100;
+    // Each off/on pair ran back to back, so its ratio is the least disturbed by the machine's drift.
+    const pairRatios = results.on.map((x, i) => r2(x.reqPerSec / results.off[i].reqPerSec));
+    const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length ? (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2 : NaN; };
+    // Server + PostgreSQL CPU per read, off over on: the throughput ratio a machine with nothing else
+    // to do would give, as the reads are CPU-bound; it does not move with the host's load as much.
+    const cost = (xs: Result[]) => xs.reduce((a, x) => a + (x.cpuUs.server ?? 0) + (x.cpuUs.postgres ?? 0), 0) / xs.length;
     const off = mean(results.off, 'reqPerSec');
     const on = mean(results.on, 'reqPerSec');
     const summary = {
       seconds: SECONDS, rounds: ROUNDS, connections: CONNECTIONS, seed: SEED,
       off: { readsPerSec: Math.round(off), p50: mean(results.off, 'p50'), p99: mean(results.off, 'p99') },
       on: { readsPerSec: Math.round(on), p50: mean(results.on, 'p50'), p99: mean(results.on, 'p99') },
-      ratio: Math.round((on / off) * 100) / 100,
+      ratio: r2(on / off),
+      pairRatios,
+      medianPairRatio: r2(median(pairRatios)),
+      cpuCostRatio: r2(cost(results.off) / cost(results.on)),
       // Every 2xx read with auditing on stored one AuditEvent (the count can exceed it by requests in flight at round ends).
       auditEventsPerRead: Math.round(eventsPerRead * 1000) / 1000,
       non2xx: [...results.off, ...results.on, sustained.off, sustained.on].reduce((a, x) => a + x.non2xx, 0),
       sustained: {
         seconds: SUSTAINED_SECONDS, off: Math.round(sustained.off.reqPerSec), on: Math.round(sustained.on.reqPerSec),
-        ratio: Math.round((sustained.on.reqPerSec / sustained.off.reqPerSec) * 100) / 100,
+        ratio: r2(sustained.on.reqPerSec / sustained.off.reqPerSec),
+        cpuCostRatio: r2(cost([sustained.off]) / cost([sustained.on])),
       },
     };
-    console.log(`\nburst (${SECONDS} s rounds): read Patient with a bearer token: audit off ${summary.off.readsPerSec}/s, on ${summary.on.readsPerSec}/s -> ratio on/off ${summary.ratio} (goal >= 0.8); AuditEvents per audited read ${summary.auditEventsPerRead}`);
-    console.log(`sustained (${SUSTAINED_SECONDS} s rounds): off ${summary.sustained.off}/s, on ${summary.sustained.on}/s -> ratio ${summary.sustained.ratio}`);
+    console.log(`\nburst (${SECONDS} s rounds): read Patient with a bearer token: audit off ${summary.off.readsPerSec}/s, on ${summary.on.readsPerSec}/s -> ratio on/off ${summary.ratio} (goal >= 0.8), per pair ${pairRatios.join(' ')}, median ${summary.medianPairRatio}; CPU cost off/on ${summary.cpuCostRatio}; AuditEvents per audited read ${summary.auditEventsPerRead}`);
+    console.log(`sustained (${SUSTAINED_SECONDS} s rounds): off ${summary.sustained.off}/s, on ${summary.sustained.on}/s -> ratio ${summary.sustained.ratio}; CPU cost off/on ${summary.sustained.cpuCostRatio}`);
     const dir = path.join(HERE, 'results');
     fs.mkdirSync(dir, { recursive: true });
     const file = path.join(dir, `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);

@@ -1,13 +1,14 @@
 // CPU accounting for the benches, from /proc (Linux; undefined elsewhere): the machine's
 // busy time, and each process's, so a figure can say which process paid for it.
 import fs from 'node:fs';
-/** Machine-wide busy/total jiffies from /proc/stat (undefined off Linux). */
-export function machineCpu(): { busy: number; total: number } | undefined {
+
+/** Machine-wide busy, steal (given to other guests by the hypervisor) and total jiffies from /proc/stat (undefined off Linux). */
+export function machineCpu(): { busy: number; steal: number; total: number } | undefined {
   try {
     // user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
     const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map((v) => Number(v) || 0);
     const total = f.reduce((a, b) => a + b, 0);
-    return { busy: total - f[3] - f[4] - f[7], total };
+    return { busy: total - f[3] - f[4] - f[7], steal: f[7], total };
   } catch {
     return undefined;
   }

@@ -587,6 +587,7 @@ const ABSOLUTE_REF = new RegExp(`^[A-Za-z][A-Za-z0-9+.-]*://[^?#]*?/([A-Z][A-Za-
 
 /** Type and id of a `Type/id` or `http(s)://.../Type/id[/_history/v]` reference; undefined otherwise. */
 export function parseReference(reference: string): { type: string; id: string } | undefined {
+  ensureReady(); // isResourceType knows the types once the definitions are loaded
   const m = RELATIVE_REF.exec(reference) ?? ABSOLUTE_REF.exec(reference);
   if (!m || !isResourceType(m[1])) return undefined;
   return { type: m[1], id: m[2] };

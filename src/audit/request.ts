@@ -6,9 +6,9 @@ import type { Tx } from '../store/resources.ts';
 import type { AccessContext } from '../auth/verify.ts';
 import { compartmentPatients } from '../auth/scopes.ts';
 import { FhirError } from '../fhir/outcome.ts';
-import { auditRow, insertAuditEvents } from '../store/auditWrite.ts';
-import type { AuditEvent } from '@medplum/fhirtypes';
+import { auditRow, insertAuditEvents, type AuditRow } from '../store/auditWrite.ts';
 import { auditEvent, outcomeOf, type AuditAction, type AuditFacts } from './event.ts';
+import { auditEventKeys } from './eventKeys.ts';
 import type { AuditWriter } from './writer.ts';
 
 export interface Touched {
@@ -57,10 +57,12 @@ export class RequestAudit {
     };
   }
 
-  private event(outcome: AuditFacts['outcome'], outcomeDesc?: string): AuditEvent {
+  /** The row of this request's AuditEvent (its keys read off the shape auditEvent() gives it). */
+  private row(outcome: AuditFacts['outcome'], outcomeDesc?: string): AuditRow {
     const a = this.access;
     const agent = { clientId: a?.clientId, subject: a?.subject, fhirUser: a?.fhirUser, address: this.address };
-    return auditEvent(this.facts(outcome, outcomeDesc), agent, this.base, new Date().toISOString());
+    const event = auditEvent(this.facts(outcome, outcomeDesc), agent, this.base, new Date().toISOString());
+    return auditRow(event, event.recorded!, { keys: auditEventKeys });
   }
 
   /** A successful access, committed (with others) before the response goes out. */
@@ -68,14 +70,13 @@ export class RequestAudit {
     if (this.done) return;
     this.touch(t);
     this.done = true;
-    await this.writer.record(this.orgId, this.event('0'));
+    await this.writer.record(this.orgId, this.row('0'));
   }
 
   /** A successful write: recorded in the write's own transaction, so it commits or rolls back with it. */
   async inTx(tx: Tx, t: Touched = {}): Promise<void> {
     this.touch(t);
-    const event = this.event('0');
-    await insertAuditEvents(tx, this.orgId, [auditRow(event, event.recorded!)]);
+    await insertAuditEvents(tx, this.orgId, [this.row('0')]);
     this.done = true;
   }
 
@@ -85,7 +86,7 @@ export class RequestAudit {
     this.done = true;
     const status = err instanceof FhirError ? err.status : typeof (err as { status?: unknown })?.status === 'number' ? (err as { status: number }).status : 500;
     const desc = err instanceof FhirError ? `${status} ${err.message}` : status < 500 ? `${status} ${(err as Error)?.message ?? ''}` : `${status} internal error`;
-    await this.writer.record(this.orgId, this.event(outcomeOf(status), desc));
+    await this.writer.record(this.orgId, this.row(outcomeOf(status), desc));
   }
 }
 

@@ -36,7 +36,7 @@ export async function drainAuditQueue(owner: pg.Pool): Promise<number> {
         const e = 'resourceType' in q ? q : { ...auditEvent(q.facts, q.agent, q.base, q.recorded), id: q.id };
         byOrg.set(r.org_id, [...(byOrg.get(r.org_id) ?? []), e]);
       }
-      for (const [org, events] of byOrg) await insertAuditEvents(client, org, events.map((e) => auditRow(e, e.recorded!, e.id)));
+      for (const [org, events] of byOrg) await insertAuditEvents(client, org, events.map((e) => auditRow(e, e.recorded!, { id: e.id })));
       await client.query('COMMIT');
       total += rows.length;
       if (rows.length < BATCH) return total;

@@ -4,7 +4,7 @@
 // write (in its transaction), a client's create.
 import crypto from 'node:crypto';
 import type pg from 'pg';
-import type { AuditEvent, Resource } from '@medplum/fhirtypes';
+import type { AuditEvent } from '@medplum/fhirtypes';
 import { toRow } from '../../mappings/postgres/index.ts';
 import { resourceKeys, type RowKeys } from '../../mappings/search/rowKeys.ts';
 import { withServerFields } from '../fhir/jsonText.ts';
@@ -34,18 +34,20 @@ export function timeOrderedId(now = Date.now()): string {
 /**
  * The row of an AuditEvent stored at `lastUpdated` (pure apart from a new id): id and
  * meta as a create sets them; `text`, the client's JSON text, is kept as sent otherwise.
+ * `keys`: the key extraction (the general one unless the caller knows the event's shape).
  */
-export function auditRow(event: AuditEvent, lastUpdated: string, id: string = timeOrderedId(), text?: string): AuditRow {
+export function auditRow(event: AuditEvent, lastUpdated: string, opts: { id?: string; text?: string; keys?: (r: AuditEvent) => RowKeys } = {}): AuditRow {
+  const { id = timeOrderedId(), text, keys = resourceKeys } = opts;
   const { id: _ignored, ...rest } = event;
   const meta = { ...rest.meta, versionId: '1', lastUpdated };
-  const resource = { ...rest, id, meta } as Resource;
+  const resource = { ...rest, id, meta } as AuditEvent;
   const row = toRow(resource);
   return {
     id,
     json: text ? withServerFields(text, id, meta) : JSON.stringify(resource),
     lastUpdated,
     clinicalTime: row.clinicalTime ?? lastUpdated,
-    keys: resourceKeys(resource),
+    keys: keys(resource),
   };
 }
 

@@ -275,7 +275,7 @@ async function createRowKeyed(tx: Tx, req: WriteRequest): Promise<WriteResult> {
   }
   const { rows } = await tx.query(stmt(`SELECT current_setting('app.org_id')::integer AS org, pg_current_xact_id() IS NOT NULL AS xid,
       ${instant("date_trunc('milliseconds', clock_timestamp())")} AS now`, []));
-  const row = auditRow(req.resource as AuditEvent, rows[0].now, undefined, req.text);
+  const row = auditRow(req.resource as AuditEvent, rows[0].now, { text: req.text });
   await insertAuditEvents(tx, rows[0].org, [row]);
   const resource = { ...req.resource, id: row.id, meta: { ...req.resource.meta, versionId: '1', lastUpdated: row.lastUpdated } } as Resource;
   return { resource, json: row.json, versionId: 1, lastUpdated: row.lastUpdated, created: true };
