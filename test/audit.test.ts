@@ -443,3 +443,25 @@ describe('AuditEvents are immutable: API (auth off and on) and database (sql/016
     assert.deepEqual(rows.filter((r) => r.writable || !r.guarded), []);
   });
 });
+
+describe('references to AuditEvents', () => {
+  // AuditEvents have no locator row; a write that references one is checked against their
+  // own table (src/store/resources.ts lockId), by a statement that other writes never run.
+  const withRef = (ref: string) => ({ resourceType: 'Observation', status: 'final', code: { text: 'refers to an audit' },
+    subject: { reference: `Patient/${patient}` }, derivedFrom: [{ reference: ref }] });
+
+  test('a reference to a stored AuditEvent resolves, one to a missing AuditEvent is 422 and stores nothing', async () => {
+    const h = await client('audit-ref');
+    const e = (await as(admin, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|audit-admin`)}&_count=1`)).json.entry[0].resource;
+    const ok = await as(h, 'POST', 'Observation', withRef(`AuditEvent/${e.id}`));
+    assert.equal(ok.status, 201, ok.text);
+    const missing = await as(h, 'POST', 'Observation', withRef('AuditEvent/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b'));
+    assert.equal(missing.status, 422, missing.text);
+    assert.match(missing.text, /AuditEvent\/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/);
+    const both = await as(h, 'POST', 'Observation', { ...withRef(`AuditEvent/${e.id}`), hasMember: [{ reference: 'Observation/does-not-exist' }] });
+    assert.equal(both.status, 422, both.text);
+    assert.match(both.text, /Observation\/does-not-exist/);
+    const stored = await as(admin, 'GET', `Observation?subject=Patient/${patient}&code:text=refers&_count=10`);
+    assert.equal(stored.json.entry.length, 1, 'only the resolving one is stored');
+  });
+});
