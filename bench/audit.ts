@@ -19,7 +19,7 @@ import autocannon from 'autocannon';
 import { startTestServer, removeDataDir, token, type TestServer } from '../test/support/server.ts';
 import { patientBody, seedMrn } from './fixtures.ts';
 import { envNumber } from './env.ts';
-import { cpuMsOf, machineCpu, postmasterPid, procSnapshot, treeOf } from './cpu.ts';
+import { cpuMsOf, cpuSample, postmasterPid, selfUs, treeOf } from './cpu.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SECONDS = envNumber('BENCH_SECONDS', 5);
@@ -96,19 +96,16 @@ async function main(): Promise<void> {
       server!.config.audit = mode;
       const before = await stored();
       const x0 = await commits();
-      const p0 = procSnapshot();
-      const m0 = machineCpu();
-      const c0 = process.cpuUsage();
+      const s0 = cpuSample();
       const res = await runLoad({ ...load, seconds });
-      const c = process.cpuUsage(c0);
-      const m1 = machineCpu();
-      const p1 = procSnapshot();
+      const s1 = cpuSample();
+      const [m0, m1, p0, p1] = [s0.machine, s1.machine, s0.procs, s1.procs];
       if (m0 && m1) res.stealPct = Math.round(((m1.steal - m0.steal) / (m1.total - m0.total)) * 100);
       const events = (await stored()) - before;
       // pg_stat_database lags by up to its flush interval (1 s): a rough figure.
       res.commitsPerRead = Math.round((((await commits()) - x0) / res.ok) * 100) / 100;
       if (mode === 'on') auditedReads += events;
-      res.cpuUs.server = Math.round((c.user + c.system) / res.ok);
+      res.cpuUs.server = Math.round(selfUs(s0, s1) / res.ok);
       if (p0 && p1 && postmaster) res.cpuUs.postgres = Math.round((cpuMsOf(p0, p1, treeOf(p1, postmaster)) * 1000) / res.ok);
       const cpu = `CPU per read ${res.cpuUs.server} µs server + ${res.cpuUs.postgres ?? '?'} µs PostgreSQL + ${res.cpuUs.load} µs load, ${res.commitsPerRead} commits per read, steal ${res.stealPct ?? '?'}%`;
       console.log(`${label} audit ${mode.padEnd(3)}: ${res.reqPerSec.toFixed(0)} reads/s, p50 ${res.p50} ms, p99 ${res.p99} ms, non-2xx ${res.non2xx}, AuditEvents stored ${events}, ${cpu}`);

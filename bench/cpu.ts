@@ -67,20 +67,33 @@ export interface CpuUse {
   topForeign: { pct: number; process: string }[];
 }
 
+/** The machine's, every process's and this process's CPU counters at one moment. */
+export interface CpuSample {
+  machine: ReturnType<typeof machineCpu>;
+  procs: ProcSnapshot | undefined;
+  self: NodeJS.CpuUsage;
+}
+
+export function cpuSample(): CpuSample {
+  return { machine: machineCpu(), procs: procSnapshot(), self: process.cpuUsage() };
+}
+
+/** This process's CPU microseconds since `from`. */
+export function selfUs(from: CpuSample, to: CpuSample): number {
+  return to.self.user - from.self.user + to.self.system - from.self.system;
+}
+
 export async function withCpu<T>(fn: () => Promise<T>): Promise<{ result: T; cpu: CpuUse }> {
-  const m0 = machineCpu();
-  const p0 = procSnapshot();
-  const c0 = process.cpuUsage();
+  const s0 = cpuSample();
   const t0 = performance.now();
   const result = await fn();
-  const c1 = process.cpuUsage(c0);
+  const s1 = cpuSample();
   const wallMs = performance.now() - t0;
-  const p1 = procSnapshot();
-  const m1 = machineCpu();
+  const [m0, m1, p0, p1] = [s0.machine, s1.machine, s0.procs, s1.procs];
   const span = m0 && m1 ? m1.total - m0.total : 0;
   const pct = (jiffies: number) => Math.max(0, Math.round((jiffies / span) * 100));
   const cpu: CpuUse = {
-    benchProcessPct: Math.round(((c1.user + c1.system) / 1000 / wallMs) * 100),
+    benchProcessPct: Math.round((selfUs(s0, s1) / 1000 / wallMs) * 100),
     machinePct: m0 && m1 && span > 0 ? pct(m1.busy - m0.busy) : null,
     foreignPct: null,
     topForeign: [],
@@ -100,7 +113,6 @@ export async function withCpu<T>(fn: () => Promise<T>): Promise<{ result: T; cpu
   }
   return { result, cpu };
 }
-
 
 /** Milliseconds of CPU per jiffy (USER_HZ, 100 on Linux). */
 const MS_PER_JIFFY = 10;
