@@ -1,0 +1,59 @@
+// What one AuditEvent insert costs PostgreSQL and the server, and what each index of
+// audit_events adds: `npm run bench:audit-insert`. One kiln_app connection writes
+// BENCH_BATCHES group-commit batches of BENCH_BATCH server-made read events (the shape
+// src/audit/request.ts records); then each index is dropped in turn and the run repeated,
+// so each line's difference from the one before is that index's share.
+//   BENCH_BATCHES=1500 BENCH_BATCH=6 npm run bench:audit-insert
+import fs from 'node:fs';
+import { startTestServer, removeDataDir } from '../test/support/server.ts';
+import { auditEvent } from '../src/audit/event.ts';
+import { auditEventKeys } from '../src/audit/eventKeys.ts';
+import { auditRow, insertAuditEvents } from '../src/store/auditWrite.ts';
+import { envNumber } from './env.ts';
+
+const BATCHES = envNumber('BENCH_BATCHES', 1500);
+const BATCH = envNumber('BENCH_BATCH', 6);
+
+/** CPU µs a process has used (user + system), from /proc (clock ticks of 10 ms). */
+function cpuUsOf(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+const server = await startTestServer({ audit: 'on' });
+try {
+  const base = server.url;
+  const row = () => {
+    const event = auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/bench-1'], patients: ['bench-1'] },
+      { clientId: 'bench-client', subject: 'bench-client', address: '127.0.0.1' }, base, new Date().toISOString());
+    return auditRow(event, event.recorded!, { keys: auditEventKeys });
+  };
+  const sample = row();
+  console.log(`one event: ${sample.json.length} bytes of JSON, ${sample.keys.refKeys.length} ref keys, ${sample.keys.tokenKeys.length} token keys; ${BATCHES} batches of ${BATCH}`);
+  const run = async (label: string) => {
+    const c = await server.db.app.connect();
+    try {
+      const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
+      for (let i = 0; i < 100; i++) await insertAuditEvents(c, 1, Array.from({ length: BATCH }, row)); // warm-up
+      const pg0 = cpuUsOf(pid);
+      const self0 = process.cpuUsage();
+      const t0 = process.hrtime.bigint();
+      for (let i = 0; i < BATCHES; i++) await insertAuditEvents(c, 1, Array.from({ length: BATCH }, row));
+      const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
+      const self = process.cpuUsage(self0);
+      const n = BATCHES * BATCH;
+      console.log(`${label.padEnd(34)} PostgreSQL ${((cpuUsOf(pid) - pg0) / n).toFixed(0)} µs/event, server ${((self.user + self.system) / n).toFixed(0)} µs/event (building included), wall ${(wallUs / n).toFixed(0)} µs/event`);
+    } finally {
+      c.release();
+    }
+  };
+  await run('all indexes (warming)');
+  await run('all indexes');
+  for (const index of ['audit_events_last_updated', 'audit_events_time', 'audit_events_ref_keys']) {
+    await server.db.owner.query(`DROP INDEX ${index}`);
+    await run(`without ${index}`);
+  }
+} finally {
+  await server.stop();
+  removeDataDir(server.dataDir);
+}
