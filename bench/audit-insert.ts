@@ -4,21 +4,15 @@
 // src/audit/request.ts records); then each index is dropped in turn and the run repeated,
 // so each line's difference from the one before is that index's share.
 //   BENCH_BATCHES=1500 BENCH_BATCH=6 npm run bench:audit-insert
-import fs from 'node:fs';
 import { startTestServer, removeDataDir } from '../test/support/server.ts';
 import { auditEvent } from '../src/audit/event.ts';
 import { auditEventKeys } from '../src/audit/eventKeys.ts';
 import { auditRow, insertAuditEvents } from '../src/store/auditWrite.ts';
 import { envNumber } from './env.ts';
+import { cpuMsOf, cpuSample, selfUs } from './cpu.ts';
 
 const BATCHES = envNumber('BENCH_BATCHES', 1500);
 const BATCH = envNumber('BENCH_BATCH', 6);
-
-/** CPU µs a process has used (user + system), from /proc (clock ticks of 10 ms). */
-function cpuUsOf(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
 
 const server = await startTestServer({ audit: 'on' });
 try {
@@ -35,14 +29,14 @@ try {
     try {
       const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
       for (let i = 0; i < 100; i++) await insertAuditEvents(c, 1, Array.from({ length: BATCH }, row)); // warm-up
-      const pg0 = cpuUsOf(pid);
-      const self0 = process.cpuUsage();
-      const t0 = process.hrtime.bigint();
+      const s0 = cpuSample();
+      const t0 = performance.now();
       for (let i = 0; i < BATCHES; i++) await insertAuditEvents(c, 1, Array.from({ length: BATCH }, row));
-      const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
-      const self = process.cpuUsage(self0);
+      const wallUs = (performance.now() - t0) * 1000;
+      const s1 = cpuSample();
       const n = BATCHES * BATCH;
-      console.log(`${label.padEnd(34)} PostgreSQL ${((cpuUsOf(pid) - pg0) / n).toFixed(0)} µs/event, server ${((self.user + self.system) / n).toFixed(0)} µs/event (building included), wall ${(wallUs / n).toFixed(0)} µs/event`);
+      const pgUs = s0.procs && s1.procs ? (cpuMsOf(s0.procs, s1.procs, new Set([pid])) * 1000 / n).toFixed(0) : '?';
+      console.log(`${label.padEnd(34)} PostgreSQL ${pgUs} µs/event, server ${(selfUs(s0, s1) / n).toFixed(0)} µs/event (building included), wall ${(wallUs / n).toFixed(0)} µs/event`);
     } finally {
       c.release();
     }
