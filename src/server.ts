@@ -1,5 +1,6 @@
 // Starts Kiln: database (embedded unless DATABASE_URL), validator, HTTP server;
-// stops it cleanly (in-flight requests finish, then the database closes).
+// stops it cleanly (in-flight requests finish, even those whose client hung up, then
+// the database closes).
 import http from 'node:http';
 import fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
@@ -10,9 +11,12 @@ import { loadDefinitions } from './fhir/validate.ts';
 import { ensureAllOrgPartitions } from './store/tenants.ts';
 import { ExportWorker } from './export/worker.ts';
 import { drainAuditQueue } from './store/auditQueue.ts';
+import { InFlight } from './http/inFlight.ts';
 
 // Partitions are made months ahead at start; a long-running server tops them up daily.
 const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
+/** How long a stop waits for running handlers before it closes the database under them. */
+const STOP_GRACE_MS = 60_000;
 
 const VERSION: string = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
 
@@ -31,7 +35,8 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   // AuditEvents an older version queued but had not stored yet (write-behind log, before sql/021).
   const drained = await drainAuditQueue(db.owner);
   if (drained) console.log(`stored ${drained} AuditEvents left in the old audit queue`);
-  const server = http.createServer(createApp(db, config, VERSION));
+  const inFlight = new InFlight();
+  const server = http.createServer(createApp(db, config, VERSION, inFlight));
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -70,6 +75,9 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
           server.once('close', () => clearInterval(sweep));
           server.closeIdleConnections();
         });
+        // A client that hung up leaves no socket, but its handler may still be running
+        // (a read storing its AuditEvent, a write committing): the database stays open for it.
+        if (!await inFlight.settled(STOP_GRACE_MS)) console.error(`stopping with ${inFlight.size} requests still running after ${STOP_GRACE_MS} ms`);
         await db.close();
       })();
       return stopping;

@@ -1,9 +1,10 @@
 // Data written before a stop is there after starting again on the same data dir,
-// and a stop lets in-flight requests finish.
+// and a stop lets in-flight requests finish, those of clients that hung up too.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { startTestServer, removeDataDir, fhir, freePort } from './support/server.ts';
+import { startTestServer, removeDataDir, fhir, freePort, token, bearer } from './support/server.ts';
+import { CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
 
 test('restart on the same data dir keeps every acknowledged write', async () => {
   const first = await startTestServer();
@@ -31,6 +32,38 @@ test('restart on the same data dir keeps every acknowledged write', async () => 
       const r = await fhir(second.url, 'GET', `Patient/${id}`);
       assert.equal(r.status, 200, `Patient/${id} lost across restart`);
     }
+  } finally {
+    await second.stop();
+    removeDataDir(first.dataDir);
+  }
+});
+
+test('a stop waits for the handlers of clients that hung up: their reads are audited', async () => {
+  // A long group-commit window holds the reads' AuditEvents in the writer while their
+  // clients hang up, so the server's sockets are all closed before any event is stored.
+  const first = await startTestServer({ auth: 'smart', auditWindowMs: 1500 });
+  const reads = 20;
+  let stopped = false;
+  try {
+    const admin = bearer(await token(first, { scope: 'system/*.cruds', clientId: 'hang-up-admin' }));
+    const id = (await fhir(first.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'HungUp' }] }, admin)).json.id;
+    const reader = bearer(await token(first, { scope: 'system/*.rs', clientId: 'hung-up-reader' }));
+    const aborts = Array.from({ length: reads }, () => new AbortController());
+    const pending = aborts.map((a) => fetch(`${first.url}/Patient/${id}`, { headers: reader, signal: a.signal }).then((r) => r.status, () => 'aborted'));
+    await new Promise((r) => setTimeout(r, 400));
+    for (const a of aborts) a.abort();
+    assert.deepEqual([...new Set(await Promise.all(pending))], ['aborted'], 'the reads were still waiting for their AuditEvents');
+    await first.stop();
+    stopped = true;
+  } finally {
+    if (!stopped) await first.stop();
+  }
+  const second = await startTestServer({ auth: 'smart', dataDir: first.dataDir, pgPort: first.pgPort });
+  try {
+    const admin = bearer(await token(second, { scope: 'system/*.cruds', clientId: 'hang-up-admin' }));
+    const r = await fhir(second.url, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|hung-up-reader`)}&subtype=read&_summary=count`, undefined, admin);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.total, reads, 'every read that reached the server left an AuditEvent');
   } finally {
     await second.stop();
     removeDataDir(first.dataDir);

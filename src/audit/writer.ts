@@ -73,12 +73,4 @@ export class AuditWriter {
     this.inFlight--;
     if (this.queue.length) this.flushNow();
   }
-
-  /** Waits for queued events to be written (server stop). */
-  async drain(): Promise<void> {
-    while (this.queue.length || this.inFlight) {
-      if (this.queue.length) this.flushNow();
-      await new Promise((r) => setTimeout(r, 2));
-    }
-  }
 }

@@ -15,6 +15,7 @@ import { authorize, consent, login, pick } from './authorize.ts';
 import { introspect, revoke, tokenRequest } from './tokenEndpoint.ts';
 import { errorPage } from './pages.ts';
 import { DEFAULT_TENANT, fhirRoot, tenantBase } from './urls.ts';
+import type { InFlight } from '../http/inFlight.ts';
 
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const PAGES = new Set(['authorize', 'login', 'pick', 'consent']);
@@ -29,7 +30,8 @@ function pageForm(req: Request): URLSearchParams {
   return new URLSearchParams(/^application\/x-www-form-urlencoded\b/i.test(req.get('content-type') ?? '') ? text : '');
 }
 
-export function authRoutes(db: Database, config: Config): express.Router {
+/** `inFlight` counts the endpoints' handlers (a token exchange writes), as for FHIR requests. */
+export function authRoutes(db: Database, config: Config, inFlight: InFlight): express.Router {
   const ring = keyRingFor(db.owner);
   configureExternalIssuer(config.auth.external);
   configureTokenCache(config.auth.tokenCache);
@@ -65,7 +67,7 @@ export function authRoutes(db: Database, config: Config): express.Router {
     const endpoint = req.params.endpoint as string;
     const allowed = METHODS[endpoint];
     if (!allowed) return next();
-    handle(req, res, endpoint, allowed).then((handled) => { if (!handled) next(); }).catch((e) => {
+    inFlight.track(handle(req, res, endpoint, allowed)).then((handled) => { if (!handled) next(); }).catch((e) => {
       if (!(e instanceof OAuthError)) return next(e);
       if (PAGES.has(endpoint)) {
         noStore(res);

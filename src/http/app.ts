@@ -10,8 +10,10 @@ import { sendOutcome } from './format.ts';
 import { authRoutes } from '../auth/routes.ts';
 import { cors } from './cors.ts';
 import { FhirError, outcome } from '../fhir/outcome.ts';
+import type { InFlight } from './inFlight.ts';
 
-export function createApp(db: Database, config: Config, version: string) {
+/** `inFlight` counts the requests being handled (FHIR and authorization), so the server can stop after them. */
+export function createApp(db: Database, config: Config, version: string, inFlight: InFlight) {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', 'loopback');
@@ -30,9 +32,9 @@ export function createApp(db: Database, config: Config, version: string) {
   // Healthie deliveries: signature checked over the raw bytes kept by express.raw above.
   app.post(WEBHOOK_ROUTE, healthieWebhook(db));
   // SMART discovery and the built-in authorization server (src/auth/routes.ts).
-  app.use('/fhir', authRoutes(db, config));
+  app.use('/fhir', authRoutes(db, config, inFlight));
   const dispatch = fhirRouter(db, config, version);
-  app.use('/fhir', (req, res, next) => { dispatch(req, res).catch(next); });
+  app.use('/fhir', (req, res, next) => { inFlight.track(dispatch(req, res)).catch(next); });
   app.use((req, res) => {
     sendOutcome(req, res, 404, outcome([{ severity: 'error', code: 'not-found', diagnostics: `No route for ${req.path}; the FHIR base is /fhir` }]));
   });
