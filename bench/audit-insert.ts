@@ -5,9 +5,8 @@
 // so each line's difference from the one before is that index's share.
 //   BENCH_BATCHES=1500 BENCH_BATCH=6 npm run bench:audit-insert
 import { startTestServer, removeDataDir } from '../test/support/server.ts';
-import { auditEvent } from '../src/audit/event.ts';
-import { auditEventKeys } from '../src/audit/eventKeys.ts';
-import { auditRow, insertAuditEvents } from '../src/store/auditWrite.ts';
+import { serverAuditRow } from '../src/audit/request.ts';
+import { insertAuditEvents } from '../src/store/auditWrite.ts';
 import { envNumber } from './env.ts';
 import { cpuMsOf, cpuSample, selfUs } from './cpu.ts';
 
@@ -17,11 +16,8 @@ const BATCH = envNumber('BENCH_BATCH', 6);
 const server = await startTestServer({ audit: 'on' });
 try {
   const base = server.url;
-  const row = () => {
-    const event = auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/bench-1'], patients: ['bench-1'] },
-      { clientId: 'bench-client', subject: 'bench-client', address: '127.0.0.1' }, base, new Date().toISOString());
-    return auditRow(event, event.recorded!, { keys: auditEventKeys });
-  };
+  const row = () => serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/bench-1'], patients: ['bench-1'] },
+    { clientId: 'bench-client', subject: 'bench-client', address: '127.0.0.1' }, base);
   const sample = row();
   console.log(`one event: ${sample.json.length} bytes of JSON, ${sample.keys.refKeys.length} ref keys, ${sample.keys.tokenKeys.length} token keys; ${BATCHES} batches of ${BATCH}`);
   const run = async (label: string) => {

@@ -7,9 +7,15 @@ import type { AccessContext } from '../auth/verify.ts';
 import { compartmentPatients } from '../auth/scopes.ts';
 import { FhirError } from '../fhir/outcome.ts';
 import { auditRow, insertAuditEvents, type AuditRow } from '../store/auditWrite.ts';
-import { auditEvent, outcomeOf, type AuditAction, type AuditFacts } from './event.ts';
+import { auditEvent, outcomeOf, type AuditAction, type AuditAgent, type AuditFacts } from './event.ts';
 import { auditEventKeys } from './eventKeys.ts';
 import type { AuditWriter } from './writer.ts';
+
+/** The row of an AuditEvent the server records now (its keys read off the shape auditEvent() gives it). */
+export function serverAuditRow(facts: AuditFacts, agent: AuditAgent, base: string): AuditRow {
+  const event = auditEvent(facts, agent, base, new Date().toISOString());
+  return auditRow(event, event.recorded!, { keys: auditEventKeys, clinicalTime: event.recorded });
+}
 
 export interface Touched {
   resources?: string[];
@@ -57,12 +63,9 @@ export class RequestAudit {
     };
   }
 
-  /** The row of this request's AuditEvent (its keys read off the shape auditEvent() gives it). */
   private row(outcome: AuditFacts['outcome'], outcomeDesc?: string): AuditRow {
     const a = this.access;
-    const agent = { clientId: a?.clientId, subject: a?.subject, fhirUser: a?.fhirUser, address: this.address };
-    const event = auditEvent(this.facts(outcome, outcomeDesc), agent, this.base, new Date().toISOString());
-    return auditRow(event, event.recorded!, { keys: auditEventKeys });
+    return serverAuditRow(this.facts(outcome, outcomeDesc), { clientId: a?.clientId, subject: a?.subject, fhirUser: a?.fhirUser, address: this.address }, this.base);
   }
 
   /** A successful access, committed (with others) before the response goes out. */

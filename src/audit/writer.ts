@@ -8,13 +8,16 @@ import { insertAuditEvents, type AuditRow } from '../store/auditWrite.ts';
 interface Pending {
   orgId: number;
   row: AuditRow;
+  /** performance.now() when it was queued. */
+  at: number;
   done: (e?: unknown) => void;
 }
 
 const MAX_BATCH = 500;
 /** Batches written at once. One: events that arrive while a batch commits all wait for the
  * next batch, so under load batches grow by themselves; each batch costs a statement,
- * its executor set-up and a WAL flush, and more batches in flight only split the same
+ * its executor set-up and a WAL flush (on this VM about 110 µs of the backend's CPU and as
+ * much again in the kernel's I/O path), and more batches in flight only split the same
  * events into smaller ones (measured: 1.2 commits per audited read with one in flight,
  * 1.3 with four, and less database CPU per read). */
 const MAX_IN_FLIGHT = 1;
@@ -26,27 +29,37 @@ export class AuditWriter {
   /** Batches committed and events in them (for the bench and tests). */
   readonly stats = { batches: 0, events: 0 };
 
+  /**
+   * `windowMs`: how long the oldest queued event waits for others before its batch is
+   * written, also right after a batch committed: flushing the moment one commits sent
+   * batches of about 4.5 events under bench:audit's load, waiting 1 ms about 8.4.
+   */
   constructor(private readonly pool: pg.Pool, private readonly windowMs: number) {}
 
   /** Resolves once the event is stored; rejects when it could not be (the caller answers 500). */
   record(orgId: number, row: AuditRow): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ orgId, row, done: (e) => (e ? reject(e) : resolve()) });
-      if (this.queue.length >= MAX_BATCH) this.flushNow();
-      else this.timer ??= setTimeout(() => this.flushNow(), this.windowMs);
+      this.queue.push({ orgId, row, at: performance.now(), done: (e) => (e ? reject(e) : resolve()) });
+      this.schedule();
     });
+  }
+
+  /** Flushes once the oldest queued event has waited its window (at once when the batch is full). */
+  private schedule(): void {
+    if (this.inFlight >= MAX_IN_FLIGHT || !this.queue.length) return;
+    if (this.queue.length >= MAX_BATCH) return this.flushNow();
+    if (this.timer) return;
+    const wait = Math.max(0, this.queue[0].at + this.windowMs - performance.now());
+    this.timer = setTimeout(() => this.flushNow(), wait);
   }
 
   private flushNow(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.inFlight >= MAX_IN_FLIGHT) return; // the batch that finishes first takes the queue
     const batch = this.queue.splice(0, MAX_BATCH);
-    if (this.queue.length) this.timer = setTimeout(() => this.flushNow(), this.windowMs);
-    if (batch.length) {
-      this.inFlight++;
-      void this.write(batch);
-    }
+    if (!batch.length) return;
+    this.inFlight++;
+    void this.write(batch);
   }
 
   private async write(batch: Pending[]): Promise<void> {
@@ -71,6 +84,6 @@ export class AuditWriter {
       for (const p of pending) p.done(failure);
     }));
     this.inFlight--;
-    if (this.queue.length) this.flushNow();
+    this.schedule();
   }
 }

@@ -34,19 +34,17 @@ export function timeOrderedId(now = Date.now()): string {
 /**
  * The row of an AuditEvent stored at `lastUpdated` (pure apart from a new id): id and
  * meta as a create sets them; `text`, the client's JSON text, is kept as sent otherwise.
- * `keys`: the key extraction (the general one unless the caller knows the event's shape).
+ * `keys`: the key extraction (the general one unless the caller knows the event's shape);
+ * `clinicalTime`: the partition time when the caller knows it (else read off the event).
  */
-export function auditRow(event: AuditEvent, lastUpdated: string, opts: { id?: string; text?: string; keys?: (r: AuditEvent) => RowKeys } = {}): AuditRow {
+export function auditRow(event: AuditEvent, lastUpdated: string, opts: { id?: string; text?: string; keys?: (r: AuditEvent) => RowKeys; clinicalTime?: string } = {}): AuditRow {
   const { id = timeOrderedId(), text, keys = resourceKeys } = opts;
-  const { id: _ignored, ...rest } = event;
-  const meta = { ...rest.meta, versionId: '1', lastUpdated };
-  const resource = { ...rest, id, meta } as AuditEvent;
-  const row = toRow(resource);
+  const resource: AuditEvent = { ...event, id, meta: { ...event.meta, versionId: '1', lastUpdated } };
   return {
     id,
-    json: text ? withServerFields(text, id, meta) : JSON.stringify(resource),
+    json: text ? withServerFields(text, id, resource.meta!) : JSON.stringify(resource),
     lastUpdated,
-    clinicalTime: row.clinicalTime ?? lastUpdated,
+    clinicalTime: opts.clinicalTime ?? toRow(resource).clinicalTime ?? lastUpdated,
     keys: keys(resource),
   };
 }
