@@ -32,7 +32,7 @@ export interface Config {
   authMode: 'smart' | 'off';
   /** KILN_AUDIT: 'on' (default) records an AuditEvent for every access; 'off' only for benchmarks. */
   audit: 'on' | 'off';
-  /** KILN_AUDIT_WINDOW_MS: how long a read's AuditEvent waits to share one insert with others (group commit; default 1). */
+  /** KILN_AUDIT_WINDOW_MS: how long a read's AuditEvent waits to share one insert with others (group commit). */
   auditWindowMs: number;
   /** KILN_EXPORT_USER_SCOPES=on: $export also accepts user/ scopes (default: system/ only). */
   exportUserScopes: boolean;
@@ -62,7 +62,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     auth: loadAuthSettings(env),
     authMode: env.KILN_AUTH === 'off' ? 'off' : 'smart',
     audit: env.KILN_AUDIT === 'off' ? 'off' : 'on',
-    auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 1),
+    auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 0),
     exportUserScopes: env.KILN_EXPORT_USER_SCOPES === 'on',
     corsOrigins: (env.KILN_CORS_ORIGINS ?? '*').split(',').map((s) => s.trim().replace(/\/+$/, '')).filter(Boolean),
   };

@@ -41,7 +41,7 @@ function decodeSegment(segment: string): string {
 
 export function fhirRouter(db: Database, config: Config, version: string) {
   const orgIds = new Map<string, number>(); // slug -> id; tenants are never renamed
-  const auditor = new AuditWriter(db.app, config.auditWindowMs);
+  const auditor = new AuditWriter(db.audit, config.auditWindowMs);
 
   async function orgId(slug: string): Promise<number> {
     let id = orgIds.get(slug);

@@ -18,6 +18,8 @@ pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
 export interface Database {
   owner: pg.Pool;
   app: pg.Pool;
+  /** The audit group commit's own connection (src/audit/writer.ts), as kiln_app. */
+  audit: pg.Pool;
   ownerUrl: string;
   close(): Promise<void>;
 }
@@ -105,13 +107,17 @@ export async function openDatabase(config: Config): Promise<Database> {
     }
     await ensureAllOrgPartitions(owner);
     const app = new pg.Pool({ connectionString: appUrl, max: config.poolSize });
-    app.on('error', () => {}); // an idle client dying must not crash the process
-    owner.on('error', () => {});
+    // One batch is written at a time, so one connection: always the same backend, whose
+    // caches hold the insert path, and no checkout from (or wait on) the request pool.
+    const audit = new pg.Pool({ connectionString: appUrl, max: 1 });
+    for (const p of [app, audit, owner]) p.on('error', () => {}); // an idle client dying must not crash the process
     return {
       owner,
       app,
+      audit,
       ownerUrl,
       async close() {
+        await audit.end();
         await app.end();
         await owner.end();
         if (embedded) await embedded.stop();
