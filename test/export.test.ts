@@ -265,6 +265,32 @@ describe('Patient and Group export', () => {
     assert.equal(obs.length, stored);
   });
 
+  test('compartments beyond the subject: an Observation through its performer, a Patient through its link', async () => {
+    const made = async (r: { resourceType: string; [k: string]: unknown }) => {
+      const c = await fhir(srv.url, 'POST', r.resourceType, r);
+      assert.equal(c.status, 201, c.text);
+      return c.json.id as string;
+    };
+    // Patients of this test only (the Synthea ones are other tests' group members).
+    const a = await made({ resourceType: 'Patient', name: [{ family: 'CompartmentA' }] });
+    const b = await made({ resourceType: 'Patient', name: [{ family: 'CompartmentB' }] });
+    const performed = await made({ resourceType: 'Observation', status: 'final', code: { text: 'performed by b' }, subject: { reference: `Patient/${a}` }, performer: [{ reference: `Patient/${b}` }] });
+    const subjectless = await made({ resourceType: 'Observation', status: 'final', code: { text: 'no subject' }, performer: [{ reference: `Patient/${b}` }] });
+    const linked = await made({ resourceType: 'Patient', name: [{ family: 'LinkedToB' }], link: [{ other: { reference: `Patient/${b}` }, type: 'seealso' }] });
+    const g = await fhir(srv.url, 'POST', 'Group', { resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${b}` } }] });
+    assert.equal(g.status, 201, g.text);
+    const ids = (lines: Map<string, string[]>, type: string) => (lines.get(type) ?? []).map((l) => JSON.parse(l).id as string);
+    const group = await linesOf((await exportAll(srv.url, `Group/${g.json.id}/$export?_type=Patient,Observation`)).manifest);
+    assert.deepEqual(ids(group, 'Patient').sort(), [b, linked].sort(), 'the member and the Patient linking to it');
+    assert.deepEqual(ids(group, 'Observation').sort(), [performed, subjectless].sort(), 'the Observations the member performed');
+    const all = await linesOf((await exportAll(srv.url, 'Patient/$export?_type=Observation')).manifest);
+    assert.ok(ids(all, 'Observation').includes(subjectless), 'a subjectless Observation is in its performer\'s compartment');
+    const a1 = await linesOf((await exportAll(srv.url, 'Patient/$export', {
+      method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: 'patient', valueReference: { reference: `Patient/${a}` } }, { name: '_type', valueString: 'Observation' }] },
+    })).manifest);
+    assert.ok(ids(a1, 'Observation').includes(performed) && !ids(a1, 'Observation').includes(subjectless));
+  });
+
   test('Group/[id]/$export: only the members\' compartments; unknown group 404', async () => {
     const synthea = (await srv.db.owner.query(
       'SELECT DISTINCT patient_id FROM encounters WHERE org_id = 1 AND patient_id IS NOT NULL ORDER BY patient_id LIMIT 2')).rows.map((r) => r.patient_id as string);

@@ -35,6 +35,17 @@ export async function bindScope(tx: Tx, v: ScopeValues): Promise<void> {
     [v.until, v.since ?? '', JSON.stringify(v.patients ?? []), JSON.stringify(v.types ?? [])]);
 }
 
+/** An SQL array literal of this server's own parameter codes (COPY takes no bind parameters). */
+function codesArray(codes: string[]): string {
+  if (!codes.every((c) => /^[a-z-]+$/.test(c))) throw new Error(`unexpected parameter codes ${codes.join(',')}`);
+  return `ARRAY[${codes.map((c) => `'${c}'`).join(', ')}]::text[]`;
+}
+
+function typeName(type: string): string {
+  if (!TABLES[type] || !/^[A-Z][A-Za-z]+$/.test(type)) throw new Error(`unexpected type ${type}`);
+  return type;
+}
+
 function conditions(type: string, scope: RowScope): string {
   const conds = [
     `r.org_id = current_setting('app.org_id')::integer`,
@@ -46,17 +57,27 @@ function conditions(type: string, scope: RowScope): string {
   const list = `ARRAY(SELECT json_array_elements_text(current_setting('kiln.export_patients')::json))`;
   if (scope.patients && ROW_KEYED_TYPES.has(type)) {
     // An AuditEvent is in the export of every patient it names (its compartment
-    // parameters' reference keys, sql/021). The parameter codes are this server's own.
-    const params = compartmentIndexParams(type);
-    if (!params.every((c) => /^[a-z-]+$/.test(c))) throw new Error(`unexpected parameter codes ${params.join(',')}`);
-    const codes = `ARRAY[${params.map((c) => `'${c}'`).join(', ')}]`;
+    // parameters' reference keys, sql/021).
+    const codes = codesArray(compartmentIndexParams(type));
     conds.push(scope.patients === 'list'
       ? hasRefKeys(type, 'r', `ARRAY(SELECT c || '>Patient/' || x FROM unnest(${codes}) c, unnest(${list}) x)`)
       : `r.token_keys && ARRAY(SELECT c || '>Patient/' FROM unnest(${codes}) c)`);
   } else if (scope.patients) {
-    const col = type === 'Patient' ? 'r.id' : 'r.patient_id';
-    if (scope.patients === 'list') conds.push(`${col} = ANY(${list})`);
-    else if (type !== 'Patient') conds.push(`${col} IS NOT NULL`);
+    // patient_id holds the subject's patient (mappings/postgres); a resource can be in a
+    // compartment through another parameter too (Observation.performer, Patient.link),
+    // found in the reference index: the ids referring to the patients, computed once.
+    const others = compartmentIndexParams(type).filter((c) => c !== 'subject');
+    const referring = others.length
+      ? `r.id IN (SELECT s.id FROM search_references s WHERE s.org_id = current_setting('app.org_id')::integer
+           AND s.resource_type = '${typeName(type)}' AND s.param = ANY(${codesArray(others)}) AND s.target_type = 'Patient'
+           ${scope.patients === 'list' ? `AND s.target_id = ANY(${list})` : 'AND s.target_id IS NOT NULL'})`
+      : undefined;
+    if (type === 'Patient') {
+      if (scope.patients === 'list') conds.push(`(r.id = ANY(${list})${referring ? ` OR ${referring}` : ''})`);
+    } else {
+      const own = scope.patients === 'list' ? `r.patient_id = ANY(${list})` : 'r.patient_id IS NOT NULL';
+      conds.push(referring ? `(${own} OR ${referring})` : own);
+    }
   }
   return conds.join(' AND ');
 }
