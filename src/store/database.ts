@@ -109,7 +109,7 @@ export async function openDatabase(config: Config): Promise<Database> {
     const app = new pg.Pool({ connectionString: appUrl, max: config.poolSize });
     // One batch is written at a time, so one connection: always the same backend, whose
     // caches hold the insert path, and no checkout from (or wait on) the request pool.
-    const audit = new pg.Pool({ connectionString: appUrl, max: 1 });
+    const audit = new pg.Pool({ connectionString: appUrl, max: 1, application_name: 'kiln-audit' });
     for (const p of [app, audit, owner]) p.on('error', () => {}); // an idle client dying must not crash the process
     return {
       owner,
