@@ -251,6 +251,40 @@ describe('AuditEvents as FHIR', () => {
   });
 });
 
+describe('the group commit', () => {
+  test('concurrent reads of two tenants share commits, each tenant in its own transaction, one event per read', async () => {
+    // A window long enough that every read below joins the first batch.
+    const own = await startTestServer({ auth: 'smart', auditWindowMs: 300 });
+    try {
+      await createOrg(own.db.owner, 'gc-two', 'Group commit two');
+      const reads = 10;
+      const run = async (tenant: string) => {
+        const base = tenant === 'default' ? own.url : `${own.url}/${tenant}`;
+        const h = bearer(await token(own, { scope: 'system/*.cruds', clientId: 'gc-reader', tenant, audience: base }));
+        const id = (await fhir(base, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: tenant }] }, h)).json.id as string;
+        const statuses = await Promise.all(Array.from({ length: reads }, () => fhir(base, 'GET', `Patient/${id}`, undefined, h).then((r) => r.status)));
+        assert.deepEqual([...new Set(statuses)], [200]);
+        return id;
+      };
+      const ids = await Promise.all([run('default'), run('gc-two')]);
+      const { rows } = await own.db.owner.query(
+        `SELECT o.slug, a.xmin::text AS tx, a.resource::text AS json FROM audit_events a JOIN organizations o ON o.id = a.org_id
+          WHERE a.ref_keys @> $1 AND a.token_keys @> ARRAY['subtype#read']`, [[`agent:identifier=${CLIENT_ID_SYSTEM}|gc-reader`]]);
+      for (const [i, slug] of ['default', 'gc-two'].entries()) {
+        const mine = rows.filter((r) => r.slug === slug);
+        assert.equal(mine.length, reads, `${slug}: one AuditEvent per read`);
+        assert.ok(mine.every((r) => r.json.includes(`Patient/${ids[i]}`)), `${slug}: only its own reads`);
+        assert.ok(new Set(mine.map((r) => r.tx)).size < reads, `${slug}: reads shared commits`);
+      }
+      const txOf = (slug: string) => new Set(rows.filter((r) => r.slug === slug).map((r) => r.tx));
+      assert.ok([...txOf('default')].every((tx) => !txOf('gc-two').has(tx)), 'no transaction holds two tenants\' events');
+    } finally {
+      await own.stop();
+      removeDataDir(own.dataDir);
+    }
+  });
+});
+
 describe('the audit queue of older versions', () => {
   test('is stored at start, once, in both of its formats', async () => {
     const own = await startTestServer({ auth: 'off', audit: 'off' });
