@@ -14,7 +14,7 @@ import type { AuditWriter } from './writer.ts';
 /** The row of an AuditEvent the server records now (its keys read off the shape auditEvent() gives it). */
 export function serverAuditRow(facts: AuditFacts, agent: AuditAgent, base: string): AuditRow {
   const event = auditEvent(facts, agent, base, new Date().toISOString());
-  return auditRow(event, event.recorded!, { keys: auditEventKeys, clinicalTime: event.recorded });
+  return auditRow(event, event.recorded!, { keys: auditEventKeys });
 }
 
 export interface Touched {

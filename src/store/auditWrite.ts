@@ -34,17 +34,17 @@ export function timeOrderedId(now = Date.now()): string {
 /**
  * The row of an AuditEvent stored at `lastUpdated` (pure apart from a new id): id and
  * meta as a create sets them; `text`, the client's JSON text, is kept as sent otherwise.
- * `keys`: the key extraction (the general one unless the caller knows the event's shape);
- * `clinicalTime`: the partition time when the caller knows it (else read off the event).
+ * `keys`: the key extraction (the general one unless the caller knows the event's shape).
  */
-export function auditRow(event: AuditEvent, lastUpdated: string, opts: { id?: string; text?: string; keys?: (r: AuditEvent) => RowKeys; clinicalTime?: string } = {}): AuditRow {
+export function auditRow(event: AuditEvent, lastUpdated: string, opts: { id?: string; text?: string; keys?: (r: AuditEvent) => RowKeys } = {}): AuditRow {
   const { id = timeOrderedId(), text, keys = resourceKeys } = opts;
   const resource: AuditEvent = { ...event, id, meta: { ...event.meta, versionId: '1', lastUpdated } };
   return {
     id,
     json: text ? withServerFields(text, id, resource.meta!) : JSON.stringify(resource),
     lastUpdated,
-    clinicalTime: opts.clinicalTime ?? toRow(resource).clinicalTime ?? lastUpdated,
+    // An event recorded at the instant it is stored (the server's own) needs no date parsing.
+    clinicalTime: event.recorded === lastUpdated ? lastUpdated : toRow(resource).clinicalTime ?? lastUpdated,
     keys: keys(resource),
   };
 }
