@@ -198,7 +198,8 @@ describe('AuditEvents as FHIR', () => {
     // Stored before the response: no flush, no wait.
     const { rows } = await srv.db.owner.query(
       `SELECT id, resource::text AS json, ref_keys, token_keys, version_id,
-              clinical_time = last_updated AS at_recorded FROM audit_events WHERE ref_keys @> $1`,
+              clinical_time = (resource->>'recorded')::timestamptz AS at_recorded,
+              last_updated >= clinical_time AND to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') = resource->'meta'->>'lastUpdated' AS stamped FROM audit_events WHERE ref_keys @> $1`,
       [[`agent:identifier=${CLIENT_ID_SYSTEM}|c-rows`]]);
     assert.equal(rows.length, 1);
     const [row] = rows;
@@ -207,9 +208,10 @@ describe('AuditEvents as FHIR', () => {
     assert.deepEqual([row.ref_keys.sort(), row.token_keys.sort()], [keys.refKeys.sort(), keys.tokenKeys.sort()]);
     assert.ok(row.ref_keys.includes(`entity>Observation/${obsId}`) && row.ref_keys.includes(`entity>Patient/${patient}`), row.ref_keys.join(' '));
     assert.ok(row.token_keys.includes('action#R') && row.token_keys.includes('subtype=http://hl7.org/fhir/restful-interaction|read'));
-    assert.deepEqual([row.version_id, row.at_recorded, event.meta.versionId], [1, true, '1']);
-    // A UUIDv7: its first 48 bits are the time it was stored.
-    assert.equal(Math.abs(parseInt(row.id.replace(/-/g, '').slice(0, 12), 16) - Date.parse(event.meta.lastUpdated)) < 5, true, row.id);
+    // Partitioned by when it was recorded; lastUpdated is when its batch committed (sql/023), in the JSON too.
+    assert.deepEqual([row.version_id, row.at_recorded, row.stamped, event.meta.versionId], [1, true, true, '1']);
+    // A UUIDv7: its first 48 bits are the time it was recorded.
+    assert.equal(Math.abs(parseInt(row.id.replace(/-/g, '').slice(0, 12), 16) - Date.parse(event.recorded)) < 5, true, row.id);
     for (const t of ['resource_ids', 'resource_history', 'search_tokens', 'search_references', 'search_dates']) {
       assert.equal((await srv.db.owner.query(`SELECT count(*)::integer AS n FROM ${t} WHERE resource_type = 'AuditEvent'`)).rows[0].n, 0, t);
     }
@@ -278,6 +280,50 @@ describe('the group commit', () => {
       }
       const txOf = (slug: string) => new Set(rows.filter((r) => r.slug === slug).map((r) => r.tx));
       assert.ok([...txOf('default')].every((tx) => !txOf('gc-two').has(tx)), 'no transaction holds two tenants\' events');
+    } finally {
+      await own.stop();
+      removeDataDir(own.dataDir);
+    }
+  });
+  test('an event committed after an export\'s transaction time is in the incremental export from it', async () => {
+    // The read's event waits 2 s in the writer's queue while an export of AuditEvents
+    // runs; it must land either in that export or in the next one from its transactionTime.
+    const own = await startTestServer({ auth: 'smart', auditWindowMs: 2000 });
+    try {
+      const h = bearer(await token(own, { scope: 'system/*.cruds', clientId: 'gc-exporter' }));
+      const reader = bearer(await token(own, { scope: 'system/*.cruds', clientId: 'gc-late-reader' }));
+      const id = (await fhir(own.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Late' }] }, h)).json.id as string;
+      const read = fhir(own.url, 'GET', `Patient/${id}`, undefined, reader);
+      await new Promise((r) => setTimeout(r, 300));
+      const exportFrom = async (query: string) => {
+        const k = await fhir(own.url, 'GET', `$export?_type=AuditEvent${query}`, undefined, { ...h, prefer: 'respond-async' });
+        assert.equal(k.status, 202, k.text);
+        for (;;) {
+          const res = await fetch(k.headers.get('content-location')!, { headers: { ...h, accept: 'application/json' } });
+          if (res.status === 200) {
+            const manifest = await res.json() as { transactionTime: string; output: { url: string }[] };
+            const ids: string[] = [];
+            for (const f of manifest.output) {
+              const text = await (await fetch(f.url, { headers: { ...h, accept: 'application/fhir+ndjson' } })).text();
+              ids.push(...text.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l).id as string));
+            }
+            return { transactionTime: manifest.transactionTime, ids };
+          }
+          assert.equal(res.status, 202, await res.text());
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      const first = await exportFrom('');
+      assert.equal((await read).status, 200);
+      const second = await exportFrom(`&_since=${encodeURIComponent(first.transactionTime)}`);
+      const { rows } = await own.db.owner.query(
+        `SELECT id, resource->'meta'->>'lastUpdated' AS meta, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS column
+           FROM audit_events WHERE ref_keys @> $1 AND token_keys @> ARRAY['subtype#read']`, [[`agent:identifier=${CLIENT_ID_SYSTEM}|gc-late-reader`]]);
+      assert.equal(rows.length, 1);
+      const late = rows[0];
+      assert.equal(late.meta, late.column, 'the JSON shows the lastUpdated it is searched and exported by');
+      assert.equal([first.ids, second.ids].filter((ids) => ids.includes(late.id)).length, 1,
+        `the read's event ${late.id} (lastUpdated ${late.meta}) is in exactly one of the exports (first until ${first.transactionTime})`);
     } finally {
       await own.stop();
       removeDataDir(own.dataDir);

@@ -82,7 +82,7 @@ export class AuditWriter {
     await Promise.all([...byOrg].map(async ([orgId, pending]) => {
       let failure: unknown;
       try {
-        await insertAuditEvents(this.pool, orgId, pending.map((p) => p.row));
+        await insertAuditEvents(this.pool, orgId, pending.map((p) => p.row), true);
       } catch (e) {
         failure = e;
         console.error('audit write failed', e);

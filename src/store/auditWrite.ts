@@ -50,11 +50,14 @@ export function auditRow(event: AuditEvent, lastUpdated: string, opts: { id?: st
 }
 
 /**
- * Inserts a tenant's AuditEvents in one round trip (sql/021 kiln_insert_audit_events).
+ * Inserts a tenant's AuditEvents in one round trip (sql/023 kiln_insert_audit_events).
  * On a pool the statement commits by itself; on a transaction's client it is part of it.
+ * `stamp`: the rows were made before this transaction began (the group commit), so their
+ * lastUpdated is taken again inside it, where an export's transaction time can count on
+ * it; their JSON must be auditRow()'s own, which ends with the meta.
  */
-export async function insertAuditEvents(db: pg.Pool | pg.PoolClient, orgId: number, rows: AuditRow[]): Promise<void> {
+export async function insertAuditEvents(db: pg.Pool | pg.PoolClient, orgId: number, rows: AuditRow[], stamp = false): Promise<void> {
   if (!rows.length) return;
   const meta = JSON.stringify(rows.map((r) => [r.id, r.lastUpdated, r.clinicalTime, r.keys.refKeys, r.keys.tokenKeys]));
-  await db.query(stmt('SELECT kiln_insert_audit_events($1, $2, $3)', [orgId, meta, rows.map((r) => r.json).join('\x1e')]));
+  await db.query(stmt('SELECT kiln_insert_audit_events($1, $2, $3, $4)', [orgId, meta, rows.map((r) => r.json).join('\x1e'), stamp]));
 }
