@@ -54,7 +54,7 @@ export function auditRow(event: AuditEvent, lastUpdated: string, opts: { id?: st
  * On a pool the statement commits by itself; on a transaction's client it is part of it.
  * `stamp`: the rows were made before this transaction began (the group commit), so their
  * lastUpdated is taken again inside it, where an export's transaction time can count on
- * it; their JSON must be auditRow()'s own, which ends with the meta.
+ * it; their JSON must be auditRow()'s own, naming lastUpdated once (in the meta).
  */
 export async function insertAuditEvents(db: pg.Pool | pg.PoolClient, orgId: number, rows: AuditRow[], stamp = false): Promise<void> {
   if (!rows.length) return;
