@@ -337,11 +337,13 @@ describe('the audit queue of older versions', () => {
     const { dataDir, pgPort } = own;
     let again: TestServer | undefined;
     try {
-      const recorded = new Date().toISOString();
+      // Queued an hour ago by an older version.
+      const recorded = new Date(Date.now() - 3_600_000).toISOString();
       const facts = { id: 'queued-facts', recorded, base: own.url, facts: { subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/q1'], patients: ['q1'] }, agent: { clientId: 'c-queued' } };
       const whole = { ...auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: [], patients: ['q2'] }, { clientId: 'c-queued' }, own.url, recorded), id: 'queued-whole' };
       await own.db.owner.query(`INSERT INTO audit_log_queue (org_id, event) VALUES (1, $1), (1, $2)`, [JSON.stringify(facts), JSON.stringify(whole)]);
       await own.stop();
+      const restarted = new Date(Date.now() - 1).toISOString();
       again = await startTestServer({ auth: 'off', audit: 'off', dataDir, pgPort });
       await again.stop();
       again = await startTestServer({ auth: 'off', audit: 'off', dataDir, pgPort });
@@ -349,6 +351,20 @@ describe('the audit queue of older versions', () => {
       const r = await fhir(again.url, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|c-queued`)}&_sort=_id`);
       assert.deepEqual(r.json.entry.map((e: any) => e.resource.id), ['queued-facts', 'queued-whole']);
       assert.equal((await fhir(again.url, 'GET', 'AuditEvent?patient=q1')).json.entry[0].resource.id, 'queued-facts');
+      // Stored at the restart: lastUpdated is then (an export's _since from before it
+      // finds them), while recorded and the partition time stay when the access was.
+      for (const e of r.json.entry) {
+        assert.equal(e.resource.recorded, recorded);
+        assert.ok(e.resource.meta.lastUpdated >= restarted, `${e.resource.meta.lastUpdated} >= ${restarted}`);
+      }
+      const rows = (await again.db.owner.query(
+        `SELECT id, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS lu, clinical_time = $1::timestamptz AS at_recorded, resource->'meta'->>'lastUpdated' AS meta_lu
+           FROM audit_events WHERE id IN ('queued-facts', 'queued-whole') ORDER BY id`, [recorded])).rows;
+      assert.equal(rows.length, 2);
+      for (const row of rows) {
+        assert.equal(row.meta_lu, row.lu);
+        assert.equal(row.at_recorded, true);
+      }
     } finally {
       await again?.stop();
       removeDataDir(dataDir);

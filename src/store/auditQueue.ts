@@ -36,7 +36,10 @@ export async function drainAuditQueue(owner: pg.Pool): Promise<number> {
         const e = 'resourceType' in q ? q : { ...auditEvent(q.facts, q.agent, q.base, q.recorded), id: q.id };
         byOrg.set(r.org_id, [...(byOrg.get(r.org_id) ?? []), e]);
       }
-      for (const [org, events] of byOrg) await insertAuditEvents(client, org, events.map((e) => auditRow(e, e.recorded!, { id: e.id })));
+      // lastUpdated is taken in this transaction (stamp), not the queued recorded time: an
+      // export's transaction time handed out before now must not lie above events that
+      // commit only now, or they would be in no incremental export.
+      for (const [org, events] of byOrg) await insertAuditEvents(client, org, events.map((e) => auditRow(e, e.recorded!, { id: e.id })), true);
       await client.query('COMMIT');
       total += rows.length;
       if (rows.length < BATCH) return total;
