@@ -15,7 +15,8 @@
 //    under the same drift. Audited reads are the AuditEvents stored, the others the rest;
 //    each mode's rate is its reads over its time. Background work that audited writes
 //    cause (checkpoints, autovacuum, WAL writer) also falls in the off halves, so this
-//    figure leans towards on: read it next to the others, not instead of them.
+//    figure leans towards on: read it next to the others, not instead of them. It also
+//    splits CPU per read by mode (server, request backends, audit backend, the rest).
 //
 //   BENCH_SECONDS=5 BENCH_ROUNDS=2 BENCH_SUSTAINED_SECONDS=20 BENCH_INTERLEAVED_SECONDS=20 BENCH_TOGGLE_MS=500 BENCH_CONNECTIONS=16 BENCH_SEED=500 npm run bench:audit
 import { fork } from 'node:child_process';
@@ -133,8 +134,30 @@ async function main(): Promise<void> {
       let mode: 'off' | 'on' = 'off';
       let since = 0;
       let timer: NodeJS.Timeout | undefined;
+      // CPU per mode: a sample at every flip; what was used since the last one goes to the mode that ended.
+      const split = () => ({ server: 0, serverKernel: 0, requestBackends: 0, auditBackend: 0, otherPostgres: 0 });
+      const cpu = { off: split(), on: split() };
+      const backends = async (where: string) => new Set<number>((await server!.db.owner.query(`SELECT pid FROM pg_stat_activity WHERE usename = 'kiln_app' AND ${where}`)).rows.map((r) => Number(r.pid)));
+      const auditPids = await backends(`application_name = 'kiln-audit'`);
+      const requestPids = await backends(`application_name <> 'kiln-audit'`);
+      let last = cpuSample();
+      const account = () => {
+        const now = cpuSample();
+        const c = cpu[mode];
+        c.server += selfUs(last, now);
+        c.serverKernel += now.self.system - last.self.system;
+        if (last.procs && now.procs && postmaster) {
+          const tree = treeOf(now.procs, postmaster);
+          const ms = (pids: Set<number>) => cpuMsOf(last.procs!, now.procs!, pids);
+          c.auditBackend += ms(auditPids) * 1000;
+          c.requestBackends += ms(requestPids) * 1000;
+          c.otherPostgres += (ms(tree) - ms(auditPids) - ms(requestPids)) * 1000;
+        }
+        last = now;
+      };
       const flip = () => {
         const now = performance.now();
+        account();
         ms[mode] += now - since;
         since = now;
         mode = mode === 'off' ? 'on' : 'off';
@@ -143,15 +166,22 @@ async function main(): Promise<void> {
       server!.config.audit = 'off';
       const res = await runLoad({ ...load, seconds: INTERLEAVED_SECONDS }, () => {
         since = performance.now();
+        last = cpuSample();
         timer = setInterval(flip, TOGGLE_MS);
       });
       clearInterval(timer);
+      account();
       ms[mode] += performance.now() - since;
       const audited = (await stored()) - before;
       const rate = { off: (res.ok - audited) / (ms.off / 1000), on: audited / (ms.on / 1000) };
       const ratio = Math.round((rate.on / rate.off) * 100) / 100;
+      const reads = { off: res.ok - audited, on: audited };
+      type Split = ReturnType<typeof split>;
+      const perRead = (m: 'off' | 'on') => Object.fromEntries(Object.entries(cpu[m]).map(([k, v]) => [k, Math.round(v / reads[m])])) as Split;
+      const cpuUs = { off: perRead('off'), on: perRead('on') };
+      console.log(`interleaved CPU per read, µs, off / on: ${(Object.keys(cpuUs.off) as (keyof Split)[]).map((k) => `${k} ${cpuUs.off[k]} / ${cpuUs.on[k]}`).join(', ')}`);
       console.log(`interleaved (${INTERLEAVED_SECONDS} s, audit flipped every ${TOGGLE_MS} ms): off ${rate.off.toFixed(0)} reads/s over ${(ms.off / 1000).toFixed(1)} s, on ${rate.on.toFixed(0)} reads/s over ${(ms.on / 1000).toFixed(1)} s, p50 ${res.p50} ms, p99 ${res.p99} ms, non-2xx ${res.non2xx}`);
-      return { seconds: INTERLEAVED_SECONDS, toggleMs: TOGGLE_MS, off: Math.round(rate.off), on: Math.round(rate.on), ratio, non2xx: res.non2xx };
+      return { seconds: INTERLEAVED_SECONDS, toggleMs: TOGGLE_MS, off: Math.round(rate.off), on: Math.round(rate.on), ratio, cpuUs, non2xx: res.non2xx };
     };
     for (let r = 0; r < ROUNDS; r++) {
       for (const mode of ['off', 'on'] as const) results[mode].push(await round(`burst round ${r + 1}`, mode, SECONDS));
