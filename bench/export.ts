@@ -7,7 +7,9 @@
 //   - their ratio (goal: export >= 0.5 of raw COPY),
 //   - CPU seconds of PostgreSQL, the reading client and the server (by thread), and
 //   - the server process's RSS during the export (goal: peak < 300 MB), sampled from
-//     /proc/<pid>/status (the server runs as a child process).
+//     /proc/<pid>/status (the server runs as a child process);
+// then Group exports of BENCH_EXPORT_GROUPS members (default 10,1000) against a raw COPY of
+// the same rows found through the patient indexes.
 // KILN_BENCH_KEEP=1 keeps the data dir; BENCH_EXPORT_DATA_DIR=<dir> reuses its filled tenant.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -33,6 +35,8 @@ const BATCH = 100_000;
 // that competes with the export for the 2 cores; 100 ms bounds the timing error to 0.1 s.
 const POLL_MS = envNumber('BENCH_EXPORT_POLL_MS', 100);
 const ROUNDS = envNumber('BENCH_EXPORT_ROUNDS', 3, 1);
+// Members of the Group exports measured after the full ones (comma-separated; empty = none).
+const GROUP_SIZES = (process.env.BENCH_EXPORT_GROUPS ?? '10,1000').split(',').filter(Boolean).map(Number);
 
 interface Round {
   raw: { rows: number; bytes: number; seconds: number };
@@ -191,16 +195,22 @@ async function fillRows(pool: pg.PoolClient, org: number, lastUpdated: string): 
 }
 
 /** Raw COPY of the stored JSON, read and discarded by this process. */
-async function rawCopy(pool: pg.Pool, org: number): Promise<{ rows: number; bytes: number; seconds: number }> {
+/**
+ * A raw COPY of the filled rows: all of them, or (`patients`) those of a patient list,
+ * found through the patient indexes the way a hand-written query would.
+ */
+async function rawCopy(pool: pg.Pool, org: number, patients?: string[]): Promise<{ rows: number; bytes: number; seconds: number }> {
   const client = await pool.connect();
   const t0 = performance.now();
   let bytes = 0;
   let rows = 0;
   try {
+    // COPY takes no bind parameters: the org (and the list) are bound with set_config, as the server does.
+    await client.query(`SELECT set_config('app.org_id', $1, false), set_config('bench.patients', $2, false)`, [String(org), `{${(patients ?? []).join(',')}}`]);
     for (const table of ['patients', 'encounters', 'observations']) {
-      // COPY takes no bind parameters: the org is bound with set_config, as the server does.
-      await client.query(`SELECT set_config('app.org_id', $1, false)`, [String(org)]);
-      const stream = client.query(copyTo(`COPY (SELECT resource::text FROM ${table} WHERE org_id = current_setting('app.org_id')::integer) TO STDOUT`));
+      // The list as a once-computed subquery, so the planner probes the index with it.
+      const member = patients ? ` AND ${table === 'patients' ? 'id' : 'patient_id'} = ANY((SELECT current_setting('bench.patients')::text[])::text[])` : '';
+      const stream = client.query(copyTo(`COPY (SELECT resource::text FROM ${table} WHERE org_id = current_setting('app.org_id')::integer${member}) TO STDOUT`));
       await pipeline(stream, new Writable({
         write(chunk: Buffer, _e, done) {
           bytes += chunk.length;
@@ -213,6 +223,49 @@ async function rawCopy(pool: pg.Pool, org: number): Promise<{ rows: number; byte
     client.release();
   }
   return { rows, bytes, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** Kick-off to manifest of one export; `pollMs` bounds the timing error. */
+async function runExport(url: string, pollMs: number, onPoll = () => {}): Promise<{ manifest: any; seconds: number; statusUrl: string }> {
+  const t0 = performance.now();
+  const k = await fetch(url, { headers: { accept: 'application/fhir+json', prefer: 'respond-async' } });
+  if (k.status !== 202) throw new Error(`kick-off ${k.status}: ${await k.text()}`);
+  const statusUrl = k.headers.get('content-location')!;
+  for (;;) {
+    onPoll();
+    const st = await fetch(statusUrl);
+    if (st.status === 200) return { manifest: await st.json(), seconds: (performance.now() - t0) / 1000, statusUrl };
+    await st.arrayBuffer();
+    if (st.status !== 202) throw new Error(`status ${st.status}`);
+    await sleep(pollMs);
+  }
+}
+
+/**
+ * Group exports of BENCH_EXPORT_GROUPS members (patients bp1..bpN), against a raw COPY of
+ * the same rows through the patient indexes: a small Group must cost its own rows, not a
+ * scan of every row of the tenant.
+ */
+async function groupExports(pool: pg.Pool, org: number, base: string): Promise<{ members: number; rows: number; seconds: number; rawSeconds: number }[]> {
+  const out = [];
+  for (const members of GROUP_SIZES) {
+    const ids = Array.from({ length: Math.min(members, PATIENTS) }, (_, i) => `bp${i + 1}`);
+    const created = await fetch(`${base}/bench/Group`, {
+      method: 'POST', headers: { 'content-type': 'application/fhir+json' },
+      body: JSON.stringify({ resourceType: 'Group', type: 'person', actual: true, member: ids.map((id) => ({ entity: { reference: `Patient/${id}` } })) }),
+    });
+    if (created.status !== 201) throw new Error(`Group create ${created.status}: ${await created.text()}`);
+    const group = (await created.json()).id as string;
+    await rawCopy(pool, org, ids); // warm-up, as for the full export
+    const raw = await rawCopy(pool, org, ids);
+    const { manifest, seconds, statusUrl } = await runExport(`${base}/bench/Group/${group}/$export?_type=Patient,Encounter,Observation`, 5);
+    const rows = manifest.output.reduce((n: number, o: any) => n + o.count, 0);
+    if (rows !== raw.rows) throw new Error(`Group export of ${ids.length} has ${rows} resources, raw COPY ${raw.rows}`);
+    await fetch(statusUrl, { method: 'DELETE' });
+    console.log(`Group of ${ids.length}: ${rows} resources, export ${seconds.toFixed(3)} s (kick-off to manifest, polled every 5 ms), raw COPY of the same rows ${raw.seconds.toFixed(3)} s`);
+    out.push({ members: ids.length, rows, seconds, rawSeconds: raw.seconds });
+  }
+  return out;
 }
 
 async function main() {
@@ -270,23 +323,8 @@ async function main() {
       const pgBeforeExport = pgCpu(dataDir);
       const serverBefore = cpuSeconds(child.pid!);
       const threadsBefore = threadCpu(child.pid!);
-      const t0 = performance.now();
-      const k = await fetch(`${base}/bench/$export?_type=Patient,Encounter,Observation`, { headers: { accept: 'application/fhir+json', prefer: 'respond-async' } });
-      if (k.status !== 202) throw new Error(`kick-off ${k.status}: ${await k.text()}`);
-      const statusUrl = k.headers.get('content-location')!;
-      let manifest: any;
-      for (;;) {
-        peakRss = Math.max(peakRss, rssKb(child.pid!).rss);
-        const st = await fetch(statusUrl);
-        if (st.status === 200) {
-          manifest = await st.json();
-          break;
-        }
-        await st.arrayBuffer();
-        if (st.status !== 202) throw new Error(`status ${st.status}`);
-        await sleep(POLL_MS);
-      }
-      const exportSeconds = (performance.now() - t0) / 1000;
+      const { manifest, seconds: exportSeconds, statusUrl } = await runExport(`${base}/bench/$export?_type=Patient,Encounter,Observation`, POLL_MS,
+        () => { peakRss = Math.max(peakRss, rssKb(child.pid!).rss); });
       const cpu = { rawPg: pgRaw, rawClient: (clientUsage.user + clientUsage.system) / 1e6,
         exportPg: pgCpuSince(dataDir, pgBeforeExport), exportServer: cpuSeconds(child.pid!) - serverBefore,
         exportServerThreads: {} as Record<string, number> };
@@ -311,6 +349,7 @@ async function main() {
         `server ${cpu.exportServer.toFixed(2)} (${Object.entries(cpu.exportServerThreads).map(([n, v]) => `${n} ${v}`).join(', ')})`);
       if (r < ROUNDS) await fetch(statusUrl, { method: 'DELETE' }); // its files go; the last round's stay for a look
     }
+    const groups = await groupExports(pool, org.id, base);
     const end = rssKb(child.pid!);
     const median = [...rounds].sort((a, b) => a.ratio - b.ratio)[Math.floor((rounds.length - 1) / 2)];
     const { raw, export: exp, ratio } = median;
@@ -330,7 +369,7 @@ async function main() {
     console.log(`files: ${exp.files} (${mb(exp.bytes).toFixed(0)} MB); machine: ${os.cpus().length} cores, load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     for (const l of out.split('\n').filter((x) => x.startsWith('export timing'))) console.log(`  server ${l}`);
     const results = {
-      date: new Date().toISOString(), rows: ROWS, raw, export: exp, ratio, rounds,
+      date: new Date().toISOString(), rows: ROWS, raw, export: exp, ratio, rounds, groups,
       rssKb: { idle: idle.rss, peakDuringExport: peakRss, hwm: end.hwm },
     };
     const resultsDir = path.join(HERE, 'results');

@@ -66,12 +66,16 @@ function conditions(type: string, scope: RowScope): string {
     // patient_id holds the subject's patient (mappings/postgres); a resource can be in a
     // compartment through another parameter too (Observation.performer, Patient.link),
     // found in the reference index: the ids referring to the patients, computed once.
+    // For a list, both sides are `= ANY(array)`, so the planner can OR two index scans
+    // (patient index, primary key). With `id IN (subquery)` it could not, and scanned the
+    // whole table comparing each row's patient_id with every listed patient: a Group of
+    // 1,000 in 300k rows took 4.6 s instead of 0.2 s (bench:export).
     const others = compartmentIndexParams(type).filter((c) => c !== 'subject');
-    const referring = others.length
-      ? `r.id IN (SELECT s.id FROM search_references s WHERE s.org_id = current_setting('app.org_id')::integer
+    const referringIds = `SELECT s.id FROM search_references s WHERE s.org_id = current_setting('app.org_id')::integer
            AND s.resource_type = '${typeName(type)}' AND s.param = ANY(${codesArray(others)}) AND s.target_type = 'Patient'
-           ${scope.patients === 'list' ? `AND s.target_id = ANY(${list})` : 'AND s.target_id IS NOT NULL'})`
-      : undefined;
+           ${scope.patients === 'list' ? `AND s.target_id = ANY(${list})` : 'AND s.target_id IS NOT NULL'}`;
+    const referring = !others.length ? undefined
+      : scope.patients === 'list' ? `r.id = ANY(ARRAY(${referringIds}))` : `r.id IN (${referringIds})`;
     if (type === 'Patient') {
       if (scope.patients === 'list') conds.push(`(r.id = ANY(${list})${referring ? ` OR ${referring}` : ''})`);
     } else {
