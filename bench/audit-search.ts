@@ -16,7 +16,7 @@ import { auditEvent, type AuditFacts } from '../src/audit/event.ts';
 import { auditEventKeys } from '../src/audit/eventKeys.ts';
 import { auditRow, insertAuditEvents, timeOrderedId } from '../src/store/auditWrite.ts';
 import { parseSearch } from '../src/search/query.ts';
-import { searchStatements } from '../src/store/searchRun.ts';
+import { searchKeyForms, searchStatements } from '../src/store/searchRun.ts';
 import { envNumber } from './env.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -93,11 +93,12 @@ try {
     if (type !== 'AuditEvent' || !qs) return undefined;
     const pairs = [...new URLSearchParams(qs).entries()].filter(([n]) => !['_count', '_total'].includes(n)) as [string, string][];
     const q = parseSearch('AuditEvent', pairs);
-    const st = searchStatements({ orgId, type, criteria: q.criteria, sort: q.sort, count: 10, total: 'none' });
     const c = await server!.db.app.connect();
     try {
       await c.query('BEGIN');
       await c.query(`SELECT set_config('app.org_id', $1, true)`, [String(orgId)]);
+      const req = { orgId, type, criteria: q.criteria, sort: q.sort, count: 10, total: 'none' as const };
+      const st = searchStatements({ ...req, keyForms: await searchKeyForms(c, req) });
       const lines = (await c.query(`EXPLAIN (ANALYZE, BUFFERS) ${st.page.sql}`, st.page.values)).rows.map((r) => r['QUERY PLAN'] as string);
       await c.query('ROLLBACK');
       const ms = (label: string) => Number(/([\d.]+) ms/.exec(lines.find((l) => l.startsWith(label)) ?? '')?.[1] ?? NaN);

@@ -7,7 +7,17 @@ import type { SearchParamDef } from '../../mappings/search/definitions.ts';
 import { codeKey, isRefKeyParam, presenceKey, refKey, refTypeKey, tokenKey } from '../../mappings/search/rowKeys.ts';
 import { referenceTarget } from '../search/criteria.ts';
 
-type P = (v: unknown) => string;
+/**
+ * How a search writes its ref_keys lookups: runSearch collects them (`seen`) in a first
+ * pass, asks which are `common` in the tenant, and builds again (see refKeysCond).
+ */
+export interface KeyForms {
+  common?: (keys: string[]) => boolean;
+  seen?: string[][];
+}
+
+/** A statement's parameter binder, carrying the search's key forms when it has them. */
+type P = ((v: unknown) => string) & { keyForms?: KeyForms };
 
 const likeEscape = (s: string) => s.replace(/[\\%_]/g, '\\$&');
 
@@ -27,6 +37,16 @@ export function hasRefKeys(type: string, r: string, keysSql: string): string {
   return `(${r}.id, ${r}.clinical_time) IN (SELECT w.id, w.clinical_time FROM ${rowsWithKeys(type, keysSql)} w)`;
 }
 
+/**
+ * Row `r` holds one of `keys` in ref_keys. Keys that are common in the tenant are checked
+ * on the rows the search walks in its order (RLS allows `&&` as a filter), which stops at
+ * a page; others go through the GIN index (hasRefKeys), which finds every match.
+ */
+function refKeysCond(type: string, r: string, keys: string[], p: P): string {
+  p.keyForms?.seen?.push(keys);
+  return p.keyForms?.common?.(keys) ? `${r}.ref_keys && ${p(keys)}::text[]` : hasRefKeys(type, r, `${p(keys)}::text[]`);
+}
+
 /** The array column a parameter's keys live in. */
 function keyColumn(param: string, isReference: boolean): 'ref_keys' | 'token_keys' {
   return isRefKeyParam(param, isReference) ? 'ref_keys' : 'token_keys';
@@ -40,7 +60,7 @@ function keyColumn(param: string, isReference: boolean): 'ref_keys' | 'token_key
 function anyKeyCond(type: string, r: string, column: 'ref_keys' | 'token_keys', keys: string[], prefixes: string[], p: P): string {
   const col = `${r}.${column}`;
   const conds: string[] = [];
-  if (keys.length) conds.push(column === 'ref_keys' ? hasRefKeys(type, r, `${p(keys)}::text[]`) : `${col} && ${p(keys)}::text[]`);
+  if (keys.length) conds.push(column === 'ref_keys' ? refKeysCond(type, r, keys, p) : `${col} && ${p(keys)}::text[]`);
   if (prefixes.length) conds.push(`EXISTS (SELECT 1 FROM unnest(${col}) k WHERE k LIKE ANY(${p(prefixes)}::text[]))`);
   return conds.length ? `(${conds.join(' OR ')})` : 'false';
 }
@@ -97,7 +117,7 @@ export function presentCond(params: string[], targetType: string | undefined, r:
 
 /** Row `r` of `type` references one of `targets` (`Type/id`) through one of `params` (the GIN index). */
 export function refersToCond(type: string, params: string[], targets: string[], r: string, p: P): string {
-  return hasRefKeys(type, r, `${p(params.flatMap((x) => targets.map((t) => refKey(x, t))))}::text[]`);
+  return refKeysCond(type, r, params.flatMap((x) => targets.map((t) => refKey(x, t))), p);
 }
 
 /** The ids of `targetType` that row `r` references through `params`, as an SQL array (for chains). */

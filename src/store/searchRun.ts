@@ -3,7 +3,7 @@
 import type { Tx } from './resources.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
-import { rowsWithKeys } from './rowKeySearch.ts';
+import { rowsWithKeys, type KeyForms } from './rowKeySearch.ts';
 import type { Criterion } from '../search/criteria.ts';
 import { searchParamsFor, storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 import { ROW_KEYED_TYPES, refKey, refKeyTargets } from '../../mappings/search/rowKeys.ts';
@@ -21,6 +21,8 @@ export interface SearchRequest {
   /** The transaction's tenant (read from it when not given). As a plain value it lets
    * the planner prune other tenants' partitions, which halves planning time or better. */
   orgId?: number;
+  /** How ref_keys lookups of row-keyed types are written (runSearch sets it). */
+  keyForms?: KeyForms;
 }
 
 export interface SearchPage {
@@ -30,9 +32,9 @@ export interface SearchPage {
   total?: number;
 }
 
-function params() {
+function params(keyForms?: KeyForms) {
   const values: unknown[] = [];
-  return { values, p: (v: unknown) => { values.push(v); return `$${values.length}`; } };
+  return { values, p: Object.assign((v: unknown) => { values.push(v); return `$${values.length}`; }, { keyForms }) };
 }
 
 export interface SearchStatements {
@@ -89,7 +91,7 @@ function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p
  * such searches take the sorted plan.)
  */
 function unsortedPage(q: SearchRequest & { orgId: number }, driverIndex: number): { sql: string; values: unknown[] } {
-  const { values, p } = params();
+  const { values, p } = params(q.keyForms);
   const from = drivenRows(q, driverIndex, p, (d) =>
     `${q.after ? ` AND ${d}.id > ${p(q.after[0])}::text` : ''} ORDER BY ${d}.id LIMIT ${p(q.count + 1)}`);
   return { sql: `SELECT r.id, r.resource::text AS json FROM ${from} ORDER BY r.id`, values };
@@ -98,7 +100,7 @@ function unsortedPage(q: SearchRequest & { orgId: number }, driverIndex: number)
 /** A page in _sort order (then id); from the driver's rows when given, else from the
  * resource table with every criterion as EXISTS. */
 function sortedPage(q: SearchRequest & { orgId: number }, driverIndex?: number): { sql: string; values: unknown[] } {
-  const { values, p } = params();
+  const { values, p } = params(q.keyForms);
   const from = driverIndex === undefined ? `${TABLES[q.type]} r` : drivenRows(q, driverIndex, p, () => '');
   const where = driverIndex === undefined
     ? [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))]
@@ -128,8 +130,31 @@ export async function txOrgId(tx: Tx): Promise<number> {
   return Number((await tx.query(`SELECT current_setting('app.org_id') AS o`)).rows[0].o);
 }
 
+/**
+ * The key forms of a search on a row-keyed type: which of its ref_keys lookups are common
+ * in the tenant (sql/024), so that its page walks the sort order instead of collecting
+ * every match. The total (count) keeps the index form: it needs every match either way.
+ */
+export async function searchKeyForms(tx: Tx, q: SearchRequest & { orgId: number }): Promise<KeyForms | undefined> {
+  if (!ROW_KEYED_TYPES.has(q.type)) return undefined;
+  const seen: string[][] = [];
+  searchStatements({ ...q, keyForms: { seen } });
+  // Only lookups of agents are asked about: agents (clients, users, this server) are few and
+  // each is in a large share of the events, while resources and patients are many and each
+  // is in few. The estimate costs a plan over every partition (3-5 ms with 72 of them).
+  const distinct = [...new Map(seen.filter((keys) => keys.every((k) => /^agent[>:]/.test(k))).map((k) => [JSON.stringify(k), k])).entries()];
+  if (!distinct.length) return undefined;
+  const common = new Set<string>();
+  for (const [name, keys] of distinct) {
+    const { rows } = await tx.query('SELECT kiln_audit_keys_common($1::text[]) AS common', [keys]);
+    if (rows[0].common) common.add(name);
+  }
+  return { common: (keys) => common.has(JSON.stringify(keys)) };
+}
+
 export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
-  const st = searchStatements({ ...q, orgId: q.orgId ?? await txOrgId(tx) });
+  const req = { ...q, orgId: q.orgId ?? await txOrgId(tx) };
+  const st = searchStatements({ ...req, keyForms: await searchKeyForms(tx, req) });
   const { rows } = await tx.query(st.page.sql, st.page.values);
   const page = rows.slice(0, q.count);
   const last = page[page.length - 1];
