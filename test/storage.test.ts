@@ -8,6 +8,9 @@ import pg from 'pg';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
 import { migrate } from '../src/store/migrate.ts';
 import { readById } from '../src/store/resources.ts';
+import { auditEvent } from '../src/audit/event.ts';
+import { auditEventKeys } from '../src/audit/eventKeys.ts';
+import { auditRow, insertAuditEvents } from '../src/store/auditWrite.ts';
 
 const run = promisify(execFile);
 let srv: TestServer;
@@ -142,6 +145,41 @@ describe('partitions', () => {
       const plan = (await client.query(`EXPLAIN (COSTS OFF) SELECT resource::text FROM observations WHERE org_id = $1 AND id = $2 AND clinical_time = $3`,
         [1, obs.json.id, loc.rows[0].clinical_time])).rows.map((r) => r['QUERY PLAN']).join('\n');
       assert.equal(plan.match(/ on observations_\w+/g)?.length, 1, plan);
+      await client.query('ROLLBACK');
+    } finally {
+      client.release();
+    }
+  });
+
+  test('a read of an AuditEvent by id probes the partitions of its id\'s time; a client\'s event of another time is still found', async () => {
+    // A server-made event (UUIDv7 id, recorded now) and a client's, recorded in 2019.
+    const made = auditRow(auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/x'], patients: ['x'] }, {}, srv.url, new Date().toISOString()),
+      new Date().toISOString(), { keys: auditEventKeys });
+    await insertAuditEvents(srv.db.app, 1, [made]);
+    const sent = await fhir(srv.url, 'POST', 'AuditEvent', {
+      resourceType: 'AuditEvent', type: { code: 'rest' }, action: 'R', recorded: '2019-03-04T05:06:07Z', outcome: '0',
+      agent: [{ requestor: true, who: { display: 'someone' } }], source: { observer: { display: 'elsewhere' } },
+    });
+    assert.equal(sent.status, 201, sent.text);
+    const client = await srv.db.app.connect();
+    try {
+      await client.query('BEGIN');
+      const scans = async () => new Map((await client.query(
+        `SELECT relname, coalesce(seq_scan, 0) + coalesce(idx_scan, 0) AS n FROM pg_stat_xact_user_tables
+          WHERE relname LIKE 'audit_events_o1%'`)).rows.map((r) => [r.relname as string, Number(r.n)]));
+      const touched = async (id: string) => {
+        const before = await scans();
+        const stored = await readById(client as any, 1, 'AuditEvent', id);
+        const after = await scans();
+        return { stored, partitions: [...after].filter(([t, n]) => n > (before.get(t) ?? 0)).length };
+      };
+      const own = await touched(made.id);
+      assert.equal(own.stored?.json, made.json);
+      assert.ok(own.partitions <= 2, `the hour around the id's time: ${own.partitions} partitions`);
+      const theirs = await touched(sent.json.id);
+      assert.equal(JSON.parse(theirs.stored!.json!).recorded, '2019-03-04T05:06:07Z');
+      assert.ok(theirs.partitions > 10, `then every partition: ${theirs.partitions}`);
+      assert.equal((await touched('0190aaaa-bbbb-7ccc-8ddd-eeeeffff0000')).stored, undefined);
       await client.query('ROLLBACK');
     } finally {
       client.release();
