@@ -8,9 +8,8 @@ import pg from 'pg';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
 import { migrate } from '../src/store/migrate.ts';
 import { readById } from '../src/store/resources.ts';
-import { auditEvent } from '../src/audit/event.ts';
-import { auditEventKeys } from '../src/audit/eventKeys.ts';
-import { auditRow, insertAuditEvents } from '../src/store/auditWrite.ts';
+import { serverAuditRow } from '../src/audit/request.ts';
+import { insertAuditEvents } from '../src/store/auditWrite.ts';
 
 const run = promisify(execFile);
 let srv: TestServer;
@@ -27,6 +26,21 @@ async function partitionsOf(table: string): Promise<string[]> {
   const { rows } = await srv.db.owner.query(
     `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass ORDER BY 1`, [table]);
   return rows.map((r) => r.relname);
+}
+
+/**
+ * The partitions of `prefix` that `read` scanned, from the backend's table statistics
+ * before and after it (they may hold earlier, unflushed counts of this pooled
+ * connection, hence the difference).
+ */
+async function partitionsScanned<T>(client: pg.PoolClient, prefix: string, read: () => Promise<T>): Promise<{ result: T; partitions: string[] }> {
+  const scans = async () => new Map((await client.query(
+    `SELECT relname, coalesce(seq_scan, 0) + coalesce(idx_scan, 0) AS n FROM pg_stat_xact_user_tables
+      WHERE relname LIKE $1`, [`${prefix}%`])).rows.map((r) => [r.relname as string, Number(r.n)]));
+  const before = await scans();
+  const result = await read();
+  const after = await scans();
+  return { result, partitions: [...after].filter(([t, n]) => n > (before.get(t) ?? 0)).map(([t]) => t) };
 }
 
 describe('tenants', () => {
@@ -128,17 +142,10 @@ describe('partitions', () => {
     const client = await srv.db.app.connect();
     try {
       await client.query('BEGIN');
-      // The very call the read interaction makes; the backend's table statistics before
-      // and after it show which partitions it scanned (they may hold earlier, unflushed
-      // counts of this pooled connection, hence the difference).
-      const scans = async () => new Map((await client.query(
-        `SELECT relname, coalesce(seq_scan, 0) + coalesce(idx_scan, 0) AS n FROM pg_stat_xact_user_tables
-          WHERE relname LIKE 'observations%'`)).rows.map((r) => [r.relname as string, Number(r.n)]));
-      const before = await scans();
-      const stored = await readById(client as any, 1, 'Observation', obs.json.id);
+      // The very call the read interaction makes.
+      const { result: stored, partitions: touched } = await partitionsScanned(client, 'observations',
+        () => readById(client as any, 1, 'Observation', obs.json.id));
       assert.equal(JSON.parse(stored!.json!).id, obs.json.id);
-      const after = await scans();
-      const touched = [...after].filter(([t, n]) => n > (before.get(t) ?? 0)).map(([t]) => t);
       assert.deepEqual(touched, [`observations_o1_${new Date().toISOString().slice(0, 7).replace('-', '')}01`]);
       // And the statement inside kiln_read, as EXPLAIN shows it, plans one partition.
       const loc = await client.query(`SELECT clinical_time FROM resource_ids WHERE resource_type = 'Observation' AND id = $1`, [obs.json.id]);
@@ -153,8 +160,7 @@ describe('partitions', () => {
 
   test('a read of an AuditEvent by id probes the partitions of its id\'s time; a client\'s event of another time is still found', async () => {
     // A server-made event (UUIDv7 id, recorded now) and a client's, recorded in 2019.
-    const made = auditRow(auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/x'], patients: ['x'] }, {}, srv.url, new Date().toISOString()),
-      new Date().toISOString(), { keys: auditEventKeys });
+    const made = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/x'], patients: ['x'] }, {}, srv.url);
     await insertAuditEvents(srv.db.app, 1, [made]);
     const sent = await fhir(srv.url, 'POST', 'AuditEvent', {
       resourceType: 'AuditEvent', type: { code: 'rest' }, action: 'R', recorded: '2019-03-04T05:06:07Z', outcome: '0',
@@ -164,14 +170,9 @@ describe('partitions', () => {
     const client = await srv.db.app.connect();
     try {
       await client.query('BEGIN');
-      const scans = async () => new Map((await client.query(
-        `SELECT relname, coalesce(seq_scan, 0) + coalesce(idx_scan, 0) AS n FROM pg_stat_xact_user_tables
-          WHERE relname LIKE 'audit_events_o1%'`)).rows.map((r) => [r.relname as string, Number(r.n)]));
       const touched = async (id: string) => {
-        const before = await scans();
-        const stored = await readById(client as any, 1, 'AuditEvent', id);
-        const after = await scans();
-        return { stored, partitions: [...after].filter(([t, n]) => n > (before.get(t) ?? 0)).length };
+        const { result: stored, partitions } = await partitionsScanned(client, 'audit_events_o1', () => readById(client as any, 1, 'AuditEvent', id));
+        return { stored, partitions: partitions.length };
       };
       const own = await touched(made.id);
       assert.equal(own.stored?.json, made.json);
