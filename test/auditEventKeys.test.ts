@@ -1,11 +1,14 @@
 // The server's AuditEvents get their search keys from their known shape
-// (src/audit/eventKeys.ts); this checks, for any facts and agent, that those are exactly
-// the keys the general extraction (FHIRPath over every AuditEvent parameter) gives.
+// (src/audit/eventKeys.ts) and their JSON text from kept parts (src/audit/eventText.ts);
+// this checks, for any facts and agent, that those keys are exactly the ones the general
+// extraction (FHIRPath over every AuditEvent parameter) gives, and that the text is the
+// event auditEvent() describes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { auditEvent, type AuditFacts, type AuditAgent } from '../src/audit/event.ts';
 import { auditEventKeys } from '../src/audit/eventKeys.ts';
+import { auditEventText } from '../src/audit/eventText.ts';
 import { resourceKeys } from '../mappings/search/rowKeys.ts';
 
 const RUNS = Number(process.env.KILN_PROPERTY_RUNS ?? 300);
@@ -47,6 +50,21 @@ test('the keys read off a server AuditEvent equal the general extraction, for an
   fc.assert(fc.property(facts, agent, base, (f, a, b) => {
     const event = { ...auditEvent(f, a, b, '2026-03-04T05:06:07.089Z'), id: '0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b' };
     assert.deepEqual(sorted(auditEventKeys(event)), sorted(resourceKeys(event)));
+  }), { numRuns: RUNS });
+});
+
+test('the text of a server AuditEvent is auditEvent()\'s event with its id and meta, and has its keys, for any facts and agent', () => {
+  const recorded = '2026-03-04T05:06:07.089Z';
+  const id = '0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b';
+  // Each case twice: the second time the kept parts make the text.
+  fc.assert(fc.property(facts, agent, base, (f, a, b) => {
+    const event = { ...auditEvent(f, a, b, recorded), id, meta: { versionId: '1', lastUpdated: recorded } };
+    for (let i = 0; i < 2; i++) {
+      const { json, keys } = auditEventText(f, a, b, recorded, id);
+      assert.deepEqual(JSON.parse(json), event);
+      assert.deepEqual(sorted(keys), sorted(auditEventKeys(event)));
+      assert.equal(json.split('"lastUpdated"').length, 2); // the group commit's stamp replaces it (sql/026)
+    }
   }), { numRuns: RUNS });
 });
 

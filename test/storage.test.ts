@@ -187,6 +187,39 @@ describe('partitions', () => {
     }
   });
 
+  test('AuditEvent rows keep their keys through the insert\'s text rows (sql/026); separators in a key become U+FFFD; a stamp needs the text\'s lastUpdated', async () => {
+    // Clients cannot send control characters in strings; a token's subject can hold them.
+    const sent = await fhir(srv.url, 'POST', 'AuditEvent', {
+      resourceType: 'AuditEvent', type: { code: 'rest' }, action: 'R', recorded: '2019-03-04T05:06:07Z', outcome: '0',
+      agent: [{ requestor: true, who: { identifier: { system: 'urn:s', value: 'a\u001fb' } } }], source: { observer: { display: 'elsewhere' } },
+    });
+    assert.equal(sent.status, 400, sent.text);
+    const keysOf = async (id: string) => (await srv.db.owner.query(
+      `SELECT ref_keys, token_keys, resource::text AS body, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS lu FROM audit_events WHERE id = $1`, [id])).rows[0];
+    const odd = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: [], patients: [] }, { clientId: 'c\u001dx', subject: 'a\u001fb\u001ec' }, srv.url);
+    await insertAuditEvents(srv.db.app, 1, [odd]);
+    const stored = await keysOf(odd.id);
+    assert.deepEqual(stored.ref_keys.filter((k: string) => !k.includes(srv.url)).sort(),
+      ['agent:identifier#a\ufffdb\ufffdc', 'agent:identifier#c\ufffdx', 'agent:identifier=urn:kiln:client-id|c\ufffdx', 'agent:identifier=urn:kiln:user|a\ufffdb\ufffdc']);
+    assert.deepEqual([...stored.token_keys].sort(), [...odd.keys.tokenKeys].sort());
+    assert.equal(JSON.parse(stored.body).agent[0].name, 'a\u001fb\u001ec'); // the text keeps them
+    // A server row, stamped in the insert's transaction: its text shows the stamped time.
+    const made = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/sep'], patients: ['sep'] }, { clientId: 'c1' }, srv.url);
+    await new Promise((r) => setTimeout(r, 5));
+    await insertAuditEvents(srv.db.app, 1, [made], true);
+    const ours = await keysOf(made.id);
+    assert.equal(JSON.parse(ours.body).meta.lastUpdated, ours.lu);
+    assert.ok(ours.lu > made.lastUpdated, `${ours.lu} after ${made.lastUpdated}`);
+    assert.deepEqual([...ours.ref_keys].sort(), [...made.keys.refKeys].sort());
+    assert.deepEqual([...ours.token_keys].sort(), [...made.keys.tokenKeys].sort());
+    // A text that does not hold its lastUpdated is refused when stamped, with the rest of its batch.
+    const other = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: [], patients: [] }, {}, srv.url);
+    const broken = { ...made, id: `${made.id.slice(0, -4)}beef`, json: made.json.replace('"lastUpdated"', '"lastupdated"') };
+    await new Promise((r) => setTimeout(r, 5));
+    await assert.rejects(insertAuditEvents(srv.db.app, 1, [other, broken], true), /does not hold its lastUpdated/);
+    assert.equal(await keysOf(other.id), undefined);
+  });
+
   test('an update that changes clinical time moves the row; old or future dates land in DEFAULT', async () => {
     const pid = await createPatient(srv.url, 'Move');
     const body = (when: string) => ({ resourceType: 'Encounter', status: 'finished', class: { code: 'AMB' }, subject: { reference: `Patient/${pid}` }, period: { start: when } });

@@ -64,7 +64,8 @@ function reference(ref: string): { reference?: string; display?: string } {
   return /^https?:\/\//.test(ref) || /^[A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64}(\/_history\/\d+)?$/.test(ref) ? { reference: ref } : { display: ref };
 }
 
-function agents(agent: AuditAgent, base: string): AuditEventAgent[] {
+/** The agents: the user (when there is one), the client application, this server. */
+export function agents(agent: AuditAgent, base: string): AuditEventAgent[] {
   const network = agent.address ? { network: { address: agent.address, type: '2' as const } } : {};
   const out: AuditEventAgent[] = [];
   const user = agent.fhirUser ?? (agent.subject && agent.subject !== agent.clientId ? agent.subject : undefined);
@@ -95,7 +96,8 @@ function agents(agent: AuditAgent, base: string): AuditEventAgent[] {
   return out;
 }
 
-function entities(facts: AuditFacts): AuditEventEntity[] {
+/** The entities: the resources touched, the query, the patients. */
+export function entities(facts: AuditFacts): AuditEventEntity[] {
   const out: AuditEventEntity[] = [];
   const patients = new Set(facts.patients);
   for (const r of facts.resources) {
@@ -124,25 +126,38 @@ function entities(facts: AuditFacts): AuditEventEntity[] {
   return out;
 }
 
-export function auditEvent(facts: AuditFacts, agent: AuditAgent, base: string, recorded: string): AuditEvent {
+/** What names the interaction: the event's type, subtype, action and outcome. */
+export function interaction(facts: AuditFacts): Pick<AuditEvent, 'type' | 'subtype' | 'action' | 'outcome'> {
   const subtype: Coding[] = [];
   if (facts.subtype) subtype.push({ system: REST_INTERACTION, code: facts.subtype });
   if (facts.operation) subtype.push({ system: KILN_OPERATION, code: facts.operation, display: `$${facts.operation.replace(/-.*$/, '')}` });
-  const entity = entities(facts);
   return {
-    resourceType: 'AuditEvent',
     type: { system: 'http://terminology.hl7.org/CodeSystem/audit-event-type', code: 'rest', display: 'Restful Operation' },
     ...(subtype.length ? { subtype } : {}),
     action: facts.action,
-    recorded,
     outcome: facts.outcome,
+  };
+}
+
+/** This server as the event's source. */
+export function source(base: string): AuditEvent['source'] {
+  return {
+    site: base,
+    observer: { display: 'Kiln FHIR server', identifier: { system: 'urn:ietf:rfc:3986', value: base } },
+    type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' }],
+  };
+}
+
+/** The event as an object (src/audit/eventText.ts gives the same event as JSON text, faster). */
+export function auditEvent(facts: AuditFacts, agent: AuditAgent, base: string, recorded: string): AuditEvent {
+  const entity = entities(facts);
+  return {
+    resourceType: 'AuditEvent',
+    ...interaction(facts),
+    recorded,
     ...(facts.outcomeDesc ? { outcomeDesc: facts.outcomeDesc.slice(0, 1000) } : {}),
     agent: agents(agent, base),
-    source: {
-      site: base,
-      observer: { display: 'Kiln FHIR server', identifier: { system: 'urn:ietf:rfc:3986', value: base } },
-      type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' }],
-    },
+    source: source(base),
     ...(entity.length ? { entity } : {}),
   };
 }

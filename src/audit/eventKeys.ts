@@ -2,42 +2,78 @@
 // read straight off its known shape. Every access records one, and the general
 // extraction (FHIRPath over all AuditEvent parameters) cost more than building the event
 // itself. test/auditEventKeys.test.ts checks that both give the same keys for any facts;
-// AuditEvents that clients send still go through the general extraction. Pure: no I/O.
-import type { AuditEvent, Coding, Reference } from '@medplum/fhirtypes';
+// AuditEvents that clients send still go through the general extraction. The keys come in
+// parts (the interaction's codes, the agents, the entities) so that src/audit/eventText.ts
+// can compute the parts that repeat across events once. Pure: no I/O.
+import type { AuditEvent, AuditEventAgent, AuditEventEntity, Coding, Reference } from '@medplum/fhirtypes';
 import { parseReference } from '../../mappings/search/extract.ts';
 import { codeKey, presenceKey, refKey, refTypeKey, tokenKey, type RowKeys } from '../../mappings/search/rowKeys.ts';
 
-/** The keys of an AuditEvent built by auditEvent() (no contained resources, no Reference.type). */
-export function auditEventKeys(event: AuditEvent): RowKeys {
-  const ref = new Set<string>();
-  const tok = new Set<string>();
-  const token = (param: string, into: Set<string>, system: string | undefined, code: string | undefined) => {
+/** Collects one part's keys. */
+class Keys {
+  readonly ref = new Set<string>();
+  readonly tok = new Set<string>();
+
+  token(param: string, into: Set<string>, system: string | undefined, code: string | undefined): void {
     if (!code) return;
     into.add(tokenKey(param, system || null, code));
     into.add(codeKey(param, code));
-    tok.add(presenceKey(param));
-  };
-  const coding = (param: string, c: Coding | undefined) => token(param, tok, c?.system, c?.code);
-  const reference = (param: string, r: Reference | undefined) => {
+    this.tok.add(presenceKey(param));
+  }
+
+  coding(param: string, c: Coding | undefined): void {
+    this.token(param, this.tok, c?.system, c?.code);
+  }
+
+  reference(param: string, r: Reference | undefined): void {
     const target = r?.reference ? parseReference(r.reference) : undefined;
     // `patient` is read from the agent and entity keys (storedAs), but for its identifiers
-    if (target?.type === 'Patient') token('patient:identifier', ref, r?.identifier?.system, r?.identifier?.value);
+    if (target?.type === 'Patient') this.token('patient:identifier', this.ref, r?.identifier?.system, r?.identifier?.value);
     if (r?.reference) {
       if (target) {
-        ref.add(refKey(param, `${target.type}/${target.id}`));
-        tok.add(refTypeKey(param, target.type));
+        this.ref.add(refKey(param, `${target.type}/${target.id}`));
+        this.tok.add(refTypeKey(param, target.type));
       } else {
-        ref.add(refKey(param, r.reference));
+        this.ref.add(refKey(param, r.reference));
       }
-      tok.add(presenceKey(param));
+      this.tok.add(presenceKey(param));
     }
-    token(`${param}:identifier`, ref, r?.identifier?.system, r?.identifier?.value);
-  };
-  coding('type', event.type);
-  for (const c of event.subtype ?? []) coding('subtype', c);
-  token('action', tok, undefined, event.action);
-  token('outcome', tok, undefined, event.outcome);
-  for (const a of event.agent) reference('agent', a.who);
-  for (const e of event.entity ?? []) reference('entity', e.what);
-  return { refKeys: [...ref], tokenKeys: [...tok] };
+    this.token(`${param}:identifier`, this.ref, r?.identifier?.system, r?.identifier?.value);
+  }
+
+  rowKeys(): RowKeys {
+    return { refKeys: [...this.ref], tokenKeys: [...this.tok] };
+  }
+}
+
+/** The keys of the interaction: type, subtype, action, outcome. */
+export function interactionKeys(event: Pick<AuditEvent, 'type' | 'subtype' | 'action' | 'outcome'>): RowKeys {
+  const k = new Keys();
+  k.coding('type', event.type);
+  for (const c of event.subtype ?? []) k.coding('subtype', c);
+  k.token('action', k.tok, undefined, event.action);
+  k.token('outcome', k.tok, undefined, event.outcome);
+  return k.rowKeys();
+}
+
+export function agentKeys(agents: AuditEventAgent[]): RowKeys {
+  const k = new Keys();
+  for (const a of agents) k.reference('agent', a.who);
+  return k.rowKeys();
+}
+
+export function entityKeys(entities: AuditEventEntity[]): RowKeys {
+  const k = new Keys();
+  for (const e of entities) k.reference('entity', e.what);
+  return k.rowKeys();
+}
+
+/** The parts' keys together. Each key names its parameter, and no two parts have a parameter in common, so none repeats. */
+export function joinKeys(first: RowKeys, ...rest: RowKeys[]): RowKeys {
+  return { refKeys: first.refKeys.concat(...rest.map((p) => p.refKeys)), tokenKeys: first.tokenKeys.concat(...rest.map((p) => p.tokenKeys)) };
+}
+
+/** The keys of an AuditEvent built by auditEvent() (no contained resources, no Reference.type). */
+export function auditEventKeys(event: AuditEvent): RowKeys {
+  return joinKeys(interactionKeys(event), agentKeys(event.agent), entityKeys(event.entity ?? []));
 }

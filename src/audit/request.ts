@@ -6,15 +6,17 @@ import type { Tx } from '../store/resources.ts';
 import type { AccessContext } from '../auth/verify.ts';
 import { compartmentPatients } from '../auth/scopes.ts';
 import { FhirError } from '../fhir/outcome.ts';
-import { auditRow, insertAuditEvents, type AuditRow } from '../store/auditWrite.ts';
-import { auditEvent, outcomeOf, type AuditAction, type AuditAgent, type AuditFacts } from './event.ts';
-import { auditEventKeys } from './eventKeys.ts';
+import { insertAuditEvents, timeOrderedId, type AuditRow } from '../store/auditWrite.ts';
+import { outcomeOf, type AuditAction, type AuditAgent, type AuditFacts } from './event.ts';
+import { auditEventText } from './eventText.ts';
 import type { AuditWriter } from './writer.ts';
 
-/** The row of an AuditEvent the server records now (its keys read off the shape auditEvent() gives it). */
+/** The row of an AuditEvent the server records now. */
 export function serverAuditRow(facts: AuditFacts, agent: AuditAgent, base: string): AuditRow {
-  const event = auditEvent(facts, agent, base, new Date().toISOString());
-  return auditRow(event, event.recorded!, { keys: auditEventKeys });
+  const recorded = new Date().toISOString();
+  const id = timeOrderedId();
+  const { json, keys } = auditEventText(facts, agent, base, recorded, id);
+  return { id, json, lastUpdated: recorded, clinicalTime: recorded, keys };
 }
 
 export interface Touched {
