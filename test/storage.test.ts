@@ -203,6 +203,10 @@ describe('partitions', () => {
       ['agent:identifier#a\ufffdb\ufffdc', 'agent:identifier#c\ufffdx', 'agent:identifier=urn:kiln:client-id|c\ufffdx', 'agent:identifier=urn:kiln:user|a\ufffdb\ufffdc']);
     assert.deepEqual([...stored.token_keys].sort(), [...odd.keys.tokenKeys].sort());
     assert.equal(JSON.parse(stored.body).agent[0].name, 'a\u001fb\u001ec'); // the text keeps them
+    // A search for the value as it is finds it: its key is cleaned alike.
+    const found = await fhir(srv.url, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent('urn:kiln:user|a\u001fb\u001ec')}`);
+    assert.equal(found.status, 200, found.text);
+    assert.deepEqual(found.json.entry?.map((e: any) => e.resource.id), [odd.id]);
     // A server row, stamped in the insert's transaction: its text shows the stamped time.
     const made = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/sep'], patients: ['sep'] }, { clientId: 'c1' }, srv.url);
     await new Promise((r) => setTimeout(r, 5));

@@ -32,10 +32,17 @@ export interface RowKeys {
   tokenKeys: string[];
 }
 
-export const tokenKey = (param: string, system: string | null, code: string): string => `${param}=${system ?? ''}|${code}`;
-export const codeKey = (param: string, code: string): string => `${param}#${code}`;
-export const refKey = (param: string, target: string): string => `${param}>${target}`;
-export const refTypeKey = (param: string, type: string): string => `${param}>${type}/`;
+/** U+001D-U+001F separate keys and fields in the insert's row text (sql/026); FHIR strings
+ * should not hold them (a client's cannot: validation), a token's claims might. A value's
+ * key holds U+FFFD in their place, on the way in and in searches alike. */
+const SEPARATOR = /[\x1d-\x1f]/;
+const SEPARATORS = /[\x1d-\x1f]/g;
+const clean = (key: string): string => (SEPARATOR.test(key) ? key.replace(SEPARATORS, '\ufffd') : key);
+
+export const tokenKey = (param: string, system: string | null, code: string): string => clean(`${param}=${system ?? ''}|${code}`);
+export const codeKey = (param: string, code: string): string => clean(`${param}#${code}`);
+export const refKey = (param: string, target: string): string => clean(`${param}>${target}`);
+export const refTypeKey = (param: string, type: string): string => clean(`${param}>${type}/`);
 export const presenceKey = (param: string): string => `${param}?`;
 
 /** Whether a key of this parameter lives in ref_keys (references, `:identifier` tokens). */

@@ -49,21 +49,6 @@ export function auditRow(event: AuditEvent, lastUpdated: string, opts: { id?: st
   };
 }
 
-/** Separators of kiln_insert_audit_events' row text (sql/026); FHIR strings should not hold them. */
-const SEPARATOR = /[\x1d-\x1f]/;
-const SEPARATORS = /[\x1d-\x1f]/g;
-
-/** A key with any separator replaced by U+FFFD (a value that holds one is searchable no other way either). */
-function keyText(key: string): string {
-  return SEPARATOR.test(key) ? key.replace(SEPARATORS, '\ufffd') : key;
-}
-
-function keyList(keys: string[]): string {
-  let out = '';
-  for (let i = 0; i < keys.length; i++) out += (i ? '\x1d' : '') + keyText(keys[i]);
-  return out;
-}
-
 /**
  * Inserts a tenant's AuditEvents in one round trip (sql/026 kiln_insert_audit_events).
  * On a pool the statement commits by itself; on a transaction's client it is part of it.
@@ -77,8 +62,8 @@ export async function insertAuditEvents(db: pg.Pool | pg.PoolClient, orgId: numb
   let bodies = '';
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i];
-    // id, lastUpdated and clinicalTime are an id and instants: no separators in them
-    meta += `${i ? '\x1e' : ''}${r.id}\x1f${r.lastUpdated}\x1f${r.clinicalTime}\x1f${keyList(r.keys.refKeys)}\x1f${keyList(r.keys.tokenKeys)}`;
+    // Fields joined by U+001F, keys by U+001D: an id and instants hold neither, keys never (rowKeys.ts).
+    meta += `${i ? '\x1e' : ''}${r.id}\x1f${r.lastUpdated}\x1f${r.clinicalTime}\x1f${r.keys.refKeys.join('\x1d')}\x1f${r.keys.tokenKeys.join('\x1d')}`;
     bodies += (i ? '\x1e' : '') + r.json;
   }
   await db.query(stmt('SELECT kiln_insert_audit_events($1, $2, $3, $4)', [orgId, meta, bodies, stamp]));
