@@ -5,11 +5,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
-import { auditEvent } from '../src/audit/event.ts';
-import { auditEventKeys } from '../src/audit/eventKeys.ts';
-import { auditRow, insertAuditEvents, timeOrderedId } from '../src/store/auditWrite.ts';
+import { serverAuditRow } from '../src/audit/request.ts';
+import { insertAuditEvents } from '../src/store/auditWrite.ts';
 import { parseSearch } from '../src/search/query.ts';
-import { searchKeyForms, searchStatements } from '../src/store/searchRun.ts';
+import { runSearch, searchKeyForms, searchStatements } from '../src/store/searchRun.ts';
 
 let srv: TestServer;
 let orgId: number;
@@ -63,11 +62,9 @@ describe('AuditEvent search by a common key', () => {
     const rows = Array.from({ length: BUSY + RARE }, (_, i) => {
       // Three days of events, recorded out of order, some at the same millisecond.
       const ms = now - ((i * 7919) % (3 * 86_400)) * 1000 - (i % 3 === 0 ? 0 : i % 7);
-      const recorded = new Date(ms).toISOString();
       const client = i < BUSY ? 'busy' : 'rare';
-      const event = auditEvent({ subtype: 'read', action: 'R', outcome: '0', resources: [`Patient/p${i % 40}`], patients: [`p${i % 40}`] },
-        { clientId: client, subject: client }, srv.url, recorded);
-      return auditRow(event, recorded, { id: timeOrderedId(ms), keys: auditEventKeys });
+      return serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: [`Patient/p${i % 40}`], patients: [`p${i % 40}`] },
+        { clientId: client, subject: client }, srv.url, ms);
     });
     for (let i = 0; i < rows.length; i += 500) await insertAuditEvents(srv.db.app, orgId, rows.slice(i, i + 500));
     await srv.db.owner.query('ANALYZE audit_events');
@@ -85,6 +82,28 @@ describe('AuditEvent search by a common key', () => {
     const rare = await plan('rare');
     assert.equal(rare.common, false, 'the rare client is not');
     assert.ok(rare.sql.includes('kiln_audit_events_with_keys'), rare.sql);
+  });
+
+  test('the page and the total run as prepared statements on their generic plan; the mode is the default again after', async () => {
+    const c = await srv.db.app.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query(`SELECT set_config('app.org_id', $1, true)`, [String(orgId)]);
+      const plans = async () => (await c.query(`SELECT coalesce(sum(generic_plans), 0)::integer AS g, coalesce(sum(custom_plans), 0)::integer AS c
+        FROM pg_prepared_statements WHERE statement LIKE '%FROM audit_events%'`)).rows[0];
+      const before = await plans();
+      const parsed = parseSearch('AuditEvent', [['entity', 'Patient/p3'], ['_sort', '-date']]);
+      const page = await runSearch(c as any, { orgId, type: 'AuditEvent', criteria: parsed.criteria, sort: parsed.sort, count: 5, total: 'accurate' });
+      const now = await plans();
+      assert.deepEqual({ generic: now.g - before.g, custom: now.c - before.c }, { generic: 2, custom: 0 });
+      const n = (await srv.db.owner.query(`SELECT count(*)::integer AS n FROM audit_events WHERE org_id = $1 AND ref_keys @> ARRAY['entity>Patient/p3']`, [orgId])).rows[0].n;
+      assert.equal(page.total, n);
+      assert.equal(page.rows.length, 5);
+      assert.equal((await c.query(`SELECT current_setting('plan_cache_mode') AS m`)).rows[0].m, 'auto');
+      await c.query('ROLLBACK');
+    } finally {
+      c.release();
+    }
   });
 
   for (const client of ['busy', 'rare']) {

@@ -11,10 +11,10 @@ import { outcomeOf, type AuditAction, type AuditAgent, type AuditFacts } from '.
 import { auditEventText } from './eventText.ts';
 import type { AuditWriter } from './writer.ts';
 
-/** The row of an AuditEvent the server records now. */
-export function serverAuditRow(facts: AuditFacts, agent: AuditAgent, base: string): AuditRow {
-  const recorded = new Date().toISOString();
-  const id = timeOrderedId();
+/** The row of an AuditEvent the server records now (`at`, ms: another time, for tests and benchmarks). */
+export function serverAuditRow(facts: AuditFacts, agent: AuditAgent, base: string, at = Date.now()): AuditRow {
+  const recorded = new Date(at).toISOString();
+  const id = timeOrderedId(at);
   const { json, keys } = auditEventText(facts, agent, base, recorded, id);
   return { id, json, lastUpdated: recorded, clinicalTime: recorded, keys };
 }
