@@ -84,6 +84,26 @@ describe('AuditEvent search by a common key', () => {
     assert.ok(rare.sql.includes('kiln_audit_events_with_keys'), rare.sql);
   });
 
+  test('the estimate is asked once per lookup and kept', async () => {
+    const c = await srv.db.app.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query(`SELECT set_config('app.org_id', $1, true)`, [String(orgId)]);
+      let queries = 0;
+      const counted = { query: (...args: unknown[]) => { queries++; return (c.query as any)(...args); } };
+      const parsed = parseSearch('AuditEvent', [['agent:identifier', 'urn:kiln:client-id|kept-once']]);
+      const req = { orgId, type: 'AuditEvent', criteria: parsed.criteria, sort: parsed.sort, count: 10, total: 'none' as const };
+      await searchKeyForms(counted as any, req);
+      assert.equal(queries, 1);
+      const again = await searchKeyForms(counted as any, req);
+      assert.equal(queries, 1, 'the second search asks nothing');
+      assert.equal(again?.common?.(['agent:identifier=urn:kiln:client-id|kept-once']), false);
+      await c.query('ROLLBACK');
+    } finally {
+      c.release();
+    }
+  });
+
   test('the page and the total run as prepared statements on their generic plan; the mode is the default again after', async () => {
     const c = await srv.db.app.connect();
     try {
