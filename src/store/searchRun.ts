@@ -1,7 +1,7 @@
 // Runs a search: matches in a stable order with a keyset cursor (so walking pages
 // returns each match once even while others write), totals, and included resources.
 import type { Tx } from './resources.ts';
-import { stmt } from './statements.ts';
+import { PREPARE, stmt } from './statements.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
 import { rowsWithKeys, type KeyForms } from './rowKeySearch.ts';
@@ -175,8 +175,9 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   // query. Its page and count run as prepared statements on their generic plan, planned
   // once per connection and statement; run-time pruning still skips the partitions outside
   // a date range. The mode is the transaction's only while they run: an unnamed statement
-  // on a generic plan is planned every time and prunes nothing at plan time.
-  const generic = ROW_KEYED_TYPES.has(q.type);
+  // on a generic plan is planned every time and prunes nothing at plan time (so without
+  // prepared statements, KILN_PREPARE=off, the searches keep their custom plans).
+  const generic = PREPARE && ROW_KEYED_TYPES.has(q.type);
   const run = (s: { sql: string; values: unknown[] }) => tx.query(generic ? stmt(s.sql, s.values) : { text: s.sql, values: s.values });
   if (generic) await tx.query(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`);
   const { rows } = await run(st.page);

@@ -4,7 +4,8 @@
 import crypto from 'node:crypto';
 import type pg from 'pg';
 
-const PREPARE = process.env.KILN_PREPARE !== 'off';
+/** Whether stmt() names statements (prepared once per connection). */
+export const PREPARE = process.env.KILN_PREPARE !== 'off';
 
 /** Statement texts and their names: hashing the text on every call cost ~0.75 µs.
  * Write texts vary with the resource's index shape, so the map is capped. */
