@@ -173,20 +173,22 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   // A search of audit_events plans every weekly partition a date range does not rule out
   // (72 a year and a half in, 52 more a year), and planning cost more than running the
   // query. Its page and count run as prepared statements on their generic plan, planned
-  // once per connection and statement; run-time pruning still skips the partitions outside
-  // a date range. The mode is the transaction's only while they run: an unnamed statement
-  // on a generic plan is planned every time and prunes nothing at plan time (so without
-  // prepared statements, KILN_PREPARE=off, the searches keep their custom plans).
+  // once per connection and statement (and again when ANALYZE or a new partition
+  // invalidates it); run-time pruning still skips the partitions outside a date range.
+  // kiln_app plans everything else per execution (sql/006), so the mode is set only while
+  // they run, then put back: an unnamed statement on a generic plan is planned every time
+  // and prunes nothing at plan time (so with KILN_PREPARE=off they keep custom plans).
   const generic = PREPARE && ROW_KEYED_TYPES.has(q.type);
   const run = (s: { sql: string; values: unknown[] }) => tx.query(generic ? stmt(s.sql, s.values) : { text: s.sql, values: s.values });
-  if (generic) await tx.query(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`);
+  const mode = generic ? (await tx.query(`SELECT b.mode, set_config('plan_cache_mode', 'force_generic_plan', true)
+    FROM (SELECT current_setting('plan_cache_mode') AS mode) b`)).rows[0].mode as string : undefined;
   const { rows } = await run(st.page);
   const page = rows.slice(0, q.count);
   const last = page[page.length - 1];
   const next = rows.length > q.count && last ? [...Array.from({ length: st.keys }, (_, i) => String(last[`k${i}`])), last.id] : undefined;
   let total: number | undefined;
   if (q.total === 'accurate') total = (await run(st.count)).rows[0].n;
-  if (generic) await tx.query(`SELECT set_config('plan_cache_mode', 'auto', true)`);
+  if (mode) await tx.query(`SELECT set_config('plan_cache_mode', $1, true)`, [mode]);
   if (q.total === 'estimate') total = await estimateRows(tx, st.count.sql, st.count.values);
   return { rows: page.map((r) => ({ id: r.id, json: r.json })), next, total };
 }
