@@ -73,7 +73,8 @@ export function joinKeys(first: RowKeys, ...rest: RowKeys[]): RowKeys {
   return { refKeys: first.refKeys.concat(...rest.map((p) => p.refKeys)), tokenKeys: first.tokenKeys.concat(...rest.map((p) => p.tokenKeys)) };
 }
 
-/** The keys of an AuditEvent built by auditEvent() (no contained resources, no Reference.type). */
+/** The keys of a whole AuditEvent built by auditEvent() (no contained resources, no Reference.type):
+ * the parts joined, as test/auditEventKeys.test.ts checks them against the general extraction. */
 export function auditEventKeys(event: AuditEvent): RowKeys {
   return joinKeys(interactionKeys(event), agentKeys(event.agent), entityKeys(event.entity ?? []));
 }

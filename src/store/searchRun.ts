@@ -1,7 +1,7 @@
 // Runs a search: matches in a stable order with a keyset cursor (so walking pages
 // returns each match once even while others write), totals, and included resources.
 import type { Tx } from './resources.ts';
-import { PREPARE, stmt } from './statements.ts';
+import { onGenericPlans } from './statements.ts';
 import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
 import { rowsWithKeys, type KeyForms } from './rowKeySearch.ts';
@@ -148,12 +148,13 @@ export async function searchKeyForms(tx: Tx, q: SearchRequest & { orgId: number 
   const common = new Set<string>();
   const now = Date.now();
   for (const [name, keys] of distinct) {
-    const kept = commonKeys.get(`${q.orgId} ${name}`);
+    const cacheKey = `${q.orgId} ${name}`;
+    const kept = commonKeys.get(cacheKey);
     let isCommon = kept && now - kept.at < COMMON_KEYS_TTL_MS ? kept.common : undefined;
     if (isCommon === undefined) {
       isCommon = Boolean((await tx.query('SELECT kiln_audit_keys_common($1::text[]) AS common', [keys])).rows[0].common);
       if (commonKeys.size >= COMMON_KEYS_MAX) commonKeys.clear();
-      commonKeys.set(`${q.orgId} ${name}`, { common: isCommon, at: now });
+      commonKeys.set(cacheKey, { common: isCommon, at: now });
     }
     if (isCommon) common.add(name);
   }
@@ -172,23 +173,17 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   const st = searchStatements({ ...req, keyForms: await searchKeyForms(tx, req) });
   // A search of audit_events plans every weekly partition a date range does not rule out
   // (72 a year and a half in, 52 more a year), and planning cost more than running the
-  // query. Its page and count run as prepared statements on their generic plan, planned
-  // once per connection and statement (and again when ANALYZE or a new partition
-  // invalidates it); run-time pruning still skips the partitions outside a date range.
-  // kiln_app plans everything else per execution (sql/006), so the mode is set only while
-  // they run, then put back: an unnamed statement on a generic plan is planned every time
-  // and prunes nothing at plan time (so with KILN_PREPARE=off they keep custom plans).
-  const generic = PREPARE && ROW_KEYED_TYPES.has(q.type);
-  const run = (s: { sql: string; values: unknown[] }) => tx.query(generic ? stmt(s.sql, s.values) : { text: s.sql, values: s.values });
-  const mode = generic ? (await tx.query(`SELECT b.mode, set_config('plan_cache_mode', 'force_generic_plan', true)
-    FROM (SELECT current_setting('plan_cache_mode') AS mode) b`)).rows[0].mode as string : undefined;
-  const { rows } = await run(st.page);
+  // query: its page and total run on their generic plans (run-time pruning still skips
+  // the partitions outside a date range).
+  const found = await onGenericPlans(tx, ROW_KEYED_TYPES.has(q.type), async (run) => ({
+    rows: (await run(st.page)).rows,
+    total: q.total === 'accurate' ? (await run(st.count)).rows[0].n as number : undefined,
+  }));
+  const { rows } = found;
   const page = rows.slice(0, q.count);
   const last = page[page.length - 1];
   const next = rows.length > q.count && last ? [...Array.from({ length: st.keys }, (_, i) => String(last[`k${i}`])), last.id] : undefined;
-  let total: number | undefined;
-  if (q.total === 'accurate') total = (await run(st.count)).rows[0].n;
-  if (mode) await tx.query(`SELECT set_config('plan_cache_mode', $1, true)`, [mode]);
+  let total = found.total;
   if (q.total === 'estimate') total = await estimateRows(tx, st.count.sql, st.count.values);
   return { rows: page.map((r) => ({ id: r.id, json: r.json })), next, total };
 }
