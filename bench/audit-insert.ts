@@ -19,15 +19,16 @@ try {
   const row = () => serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/bench-1'], patients: ['bench-1'] },
     { clientId: 'bench-client', subject: 'bench-client', address: '127.0.0.1' }, base);
   const sample = row();
-  console.log(`one event: ${sample.json.length} bytes of JSON, ${sample.keys.refKeys.length} ref keys, ${sample.keys.tokenKeys.length} token keys; ${BATCHES} batches of ${BATCH}`);
+  console.log(`one event: ${sample.detail!.length} bytes of detail (its part: ${sample.part!.json.length}, stored once), ${sample.keys.refKeys.length} ref keys, ${sample.keys.tokenKeys.length} token keys; ${BATCHES} batches of ${BATCH}`);
   const run = async (label: string) => {
     const c = await server.db.app.connect();
     try {
       const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p as number;
-      for (let i = 0; i < 100; i++) await insertAuditEvents(c, 1, Array.from({ length: BATCH }, row), true); // warm-up
+      for (let i = 0; i < 100; i++) await insertAuditEvents(c, 1, Array.from({ length: BATCH }, row), { stamp: true }); // warm-up; stores the part
+      // As the group commit does: a part it has stored is not sent again.
       const s0 = cpuSample();
       const t0 = performance.now();
-      for (let i = 0; i < BATCHES; i++) await insertAuditEvents(c, 1, Array.from({ length: BATCH }, row), true);
+      for (let i = 0; i < BATCHES; i++) await insertAuditEvents(c, 1, Array.from({ length: BATCH }, row), { stamp: true, parts: [] });
       const wallUs = (performance.now() - t0) * 1000;
       const s1 = cpuSample();
       const n = BATCHES * BATCH;

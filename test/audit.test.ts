@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import { startTestServer, removeDataDir, fhir, token, bearer, type TestServer } from './support/server.ts';
 import { auditEvent, CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
 import { createOrg } from '../src/store/tenants.ts';
+import { serverAuditRow } from '../src/audit/request.ts';
+import { insertAuditEvents } from '../src/store/auditWrite.ts';
 import { extractIndex } from '../mappings/search/extract.ts';
 import { rowKeys } from '../mappings/search/rowKeys.ts';
 
@@ -197,9 +199,10 @@ describe('AuditEvents as FHIR', () => {
     assert.equal((await as(h, 'GET', `Observation/${obsId}`)).status, 200);
     // Stored before the response: no flush, no wait.
     const { rows } = await srv.db.owner.query(
-      `SELECT id, resource::text AS json, ref_keys, token_keys, version_id,
-              clinical_time = (resource->>'recorded')::timestamptz AS at_recorded,
-              last_updated >= clinical_time AND to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') = resource->'meta'->>'lastUpdated' AS stamped FROM audit_events WHERE ref_keys @> $1`,
+      `SELECT id, resource AS json, ref_keys, token_keys, version_id,
+              clinical_time = (resource::json->>'recorded')::timestamptz AS at_recorded,
+              last_updated >= clinical_time AND to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') = resource::json->'meta'->>'lastUpdated' AS stamped
+         FROM audit_event_resources WHERE ref_keys @> $1`,
       [[`agent:identifier=${CLIENT_ID_SYSTEM}|c-rows`]]);
     assert.equal(rows.length, 1);
     const [row] = rows;
@@ -270,7 +273,7 @@ describe('the group commit', () => {
       };
       const ids = await Promise.all([run('default'), run('gc-two')]);
       const { rows } = await own.db.owner.query(
-        `SELECT o.slug, a.xmin::text AS tx, a.resource::text AS json FROM audit_events a JOIN organizations o ON o.id = a.org_id
+        `SELECT o.slug, a.xmin::text AS tx, r.resource AS json FROM audit_events a JOIN audit_event_resources r USING (org_id, id) JOIN organizations o ON o.id = a.org_id
           WHERE a.ref_keys @> $1 AND a.token_keys @> ARRAY['subtype#read']`, [[`agent:identifier=${CLIENT_ID_SYSTEM}|gc-reader`]]);
       for (const [i, slug] of ['default', 'gc-two'].entries()) {
         const mine = rows.filter((r) => r.slug === slug);
@@ -317,8 +320,8 @@ describe('the group commit', () => {
       assert.equal((await read).status, 200);
       const second = await exportFrom(`&_since=${encodeURIComponent(first.transactionTime)}`);
       const { rows } = await own.db.owner.query(
-        `SELECT id, resource->'meta'->>'lastUpdated' AS meta, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS column
-           FROM audit_events WHERE ref_keys @> $1 AND token_keys @> ARRAY['subtype#read']`, [[`agent:identifier=${CLIENT_ID_SYSTEM}|gc-late-reader`]]);
+        `SELECT id, resource::json->'meta'->>'lastUpdated' AS meta, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS column
+           FROM audit_event_resources WHERE ref_keys @> $1 AND token_keys @> ARRAY['subtype#read']`, [[`agent:identifier=${CLIENT_ID_SYSTEM}|gc-late-reader`]]);
       assert.equal(rows.length, 1);
       const late = rows[0];
       assert.equal(late.meta, late.column, 'the JSON shows the lastUpdated it is searched and exported by');
@@ -358,8 +361,8 @@ describe('the audit queue of older versions', () => {
         assert.ok(e.resource.meta.lastUpdated >= restarted, `${e.resource.meta.lastUpdated} >= ${restarted}`);
       }
       const rows = (await again.db.owner.query(
-        `SELECT id, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS lu, clinical_time = $1::timestamptz AS at_recorded, resource->'meta'->>'lastUpdated' AS meta_lu
-           FROM audit_events WHERE id IN ('queued-facts', 'queued-whole') ORDER BY id`, [recorded])).rows;
+        `SELECT id, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS lu, clinical_time = $1::timestamptz AS at_recorded, resource::json->'meta'->>'lastUpdated' AS meta_lu
+           FROM audit_event_resources WHERE id IN ('queued-facts', 'queued-whole') ORDER BY id`, [recorded])).rows;
       assert.equal(rows.length, 2);
       for (const row of rows) {
         assert.equal(row.meta_lu, row.lu);
@@ -385,10 +388,15 @@ describe('AuditEvents are immutable: API (auth off and on) and database (sql/016
     agent: [{ requestor: true, who: { display: 'an external system' } }], source: { observer: { display: 'external' } }, outcome: '0',
   });
 
+  /** A server-made event (its part stored), as a read records it (this server does not audit). */
+  async function serverEvent(s: TestServer): Promise<void> {
+    await insertAuditEvents(s.db.app, 1, [serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: [], patients: [] }, { clientId: 'probe' }, s.url)]);
+  }
+
   /** Everything stored of one AuditEvent: its row (read as the owner). */
   async function storedOf(s: TestServer, id: string) {
     const q = async (sql: string) => (await s.db.owner.query(sql, [id])).rows;
-    return { row: await q(`SELECT version_id, last_updated, token_keys, ref_keys, resource::text AS json FROM audit_events WHERE id = $1`) };
+    return { row: await q(`SELECT version_id, last_updated, token_keys, ref_keys, resource AS json FROM audit_event_resources WHERE id = $1`) };
   }
 
   const refused = (r: { status: number; json: any; text: string }, what: string) => {
@@ -485,6 +493,12 @@ describe('AuditEvents are immutable: API (auth off and on) and database (sql/016
       await assert.rejects(asApp(off, sql, [id]), /permission denied/, sql);
     }
     await assert.rejects(asApp(off, 'TRUNCATE audit_events'), /permission denied/);
+    // Nor the shared parts that server-made events are rendered from (sql/027).
+    await serverEvent(off);
+    assert.ok((await asApp(off, 'SELECT count(*)::integer AS n FROM audit_event_parts')).rows[0].n > 0);
+    for (const sql of [`UPDATE audit_event_parts SET json = json`, 'DELETE FROM audit_event_parts', 'TRUNCATE audit_event_parts']) {
+      await assert.rejects(asApp(off, sql), /permission denied/, sql);
+    }
     // No second copy of an AuditEvent can be made in the tables of versioned resources (sql/021).
     for (const sql of [`INSERT INTO resource_history (org_id, resource_type, id, version_id, last_updated, method, resource) VALUES (1, 'AuditEvent', $1, 2, now(), 'PUT', '{}')`,
       `INSERT INTO resource_ids (org_id, resource_type, id, version_id, last_updated) VALUES (1, 'AuditEvent', $1, 2, now())`]) {
@@ -497,17 +511,23 @@ describe('AuditEvents are immutable: API (auth off and on) and database (sql/016
 
   test('the trigger refuses any role but the owner, even one granted UPDATE and DELETE', async () => {
     const id = (await fhir(off.url, 'POST', 'AuditEvent', event())).json.id;
+    await serverEvent(off);
     const c = await off.db.owner.connect();
     try {
       await c.query('BEGIN');
       // A member of kiln_app (so the tenant policy applies) that also holds UPDATE, DELETE.
       await c.query('CREATE ROLE kiln_audit_probe IN ROLE kiln_app');
-      await c.query('GRANT UPDATE, DELETE ON audit_events TO kiln_audit_probe');
+      await c.query('GRANT UPDATE, DELETE ON audit_events, audit_event_parts TO kiln_audit_probe');
       await c.query('SET LOCAL ROLE kiln_audit_probe');
       await c.query(`SELECT set_config('app.org_id', '1', true)`);
       for (const sql of [`UPDATE audit_events SET token_keys = '{}' WHERE id = $1`, 'DELETE FROM audit_events WHERE id = $1']) {
         await c.query('SAVEPOINT probe');
         await assert.rejects(c.query(sql, [id]), /AuditEvents are evidence: (UPDATE|DELETE) of an AuditEvent row in audit_events_o1_\d+ is refused for role kiln_audit_probe/, sql);
+        await c.query('ROLLBACK TO SAVEPOINT probe');
+      }
+      for (const sql of [`UPDATE audit_event_parts SET json = json`, 'DELETE FROM audit_event_parts']) {
+        await c.query('SAVEPOINT probe');
+        await assert.rejects(c.query(sql), /AuditEvents are evidence: (UPDATE|DELETE) of an AuditEvent row in audit_event_parts is refused for role kiln_audit_probe/, sql);
         await c.query('ROLLBACK TO SAVEPOINT probe');
       }
     } finally {

@@ -110,7 +110,7 @@ describe('AuditEvent search by a common key', () => {
       await c.query('BEGIN');
       await c.query(`SELECT set_config('app.org_id', $1, true)`, [String(orgId)]);
       const plans = async () => (await c.query(`SELECT coalesce(sum(generic_plans), 0)::integer AS g, coalesce(sum(custom_plans), 0)::integer AS c
-        FROM pg_prepared_statements WHERE statement LIKE '%FROM audit_events%'`)).rows[0];
+        FROM pg_prepared_statements WHERE statement LIKE '%FROM audit_event_resources%'`)).rows[0];
       const mode = async () => (await c.query(`SELECT current_setting('plan_cache_mode') AS m`)).rows[0].m;
       const modeBefore = await mode();
       assert.equal(modeBefore, 'force_custom_plan'); // kiln_app's own (sql/006)

@@ -372,8 +372,8 @@ const INLINE_EXAMPLES: Record<string, Resource[]> = {
   ],
 };
 
-// Columns the store fills itself rather than the mapping (an AuditEvent's keys come from its search index).
-const STORE_COLUMNS = new Set(['org_id', 'id', 'version_id', 'last_updated', 'resource', 'clinical_time', 'ref_keys', 'token_keys']);
+// Columns the store fills itself rather than the mapping (an AuditEvent's keys come from its search index, its part and detail from the server's event text).
+const STORE_COLUMNS = new Set(['org_id', 'id', 'version_id', 'last_updated', 'resource', 'clinical_time', 'ref_keys', 'token_keys', 'part', 'detail']);
 const INSTANT = /^-?\d{4,6}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
 function checkValue(sqlType: string, value: unknown, where: string): void {

@@ -9,6 +9,7 @@ import { startTestServer, removeDataDir, fhir, type TestServer } from './support
 import { migrate } from '../src/store/migrate.ts';
 import { readById } from '../src/store/resources.ts';
 import { serverAuditRow } from '../src/audit/request.ts';
+import { auditEventJson } from '../src/audit/eventText.ts';
 import { insertAuditEvents } from '../src/store/auditWrite.ts';
 
 const run = promisify(execFile);
@@ -175,7 +176,7 @@ describe('partitions', () => {
         return { stored, partitions: partitions.length };
       };
       const own = await touched(made.id);
-      assert.equal(own.stored?.json, made.json);
+      assert.equal(own.stored?.json, auditEventJson(made.part!, made.detail!, made.lastUpdated));
       assert.ok(own.partitions <= 2, `the hour around the id's time: ${own.partitions} partitions`);
       const theirs = await touched(sent.json.id);
       assert.equal(JSON.parse(theirs.stored!.json!).recorded, '2019-03-04T05:06:07Z');
@@ -187,7 +188,7 @@ describe('partitions', () => {
     }
   });
 
-  test('AuditEvent rows keep their keys through the insert\'s text rows (sql/026); separators in a key become U+FFFD; a stamp needs the text\'s lastUpdated', async () => {
+  test('AuditEvent rows keep their keys through the insert\'s text rows (sql/026); separators in a key become U+FFFD; a stamp closes the detail; parts are stored once and needed', async () => {
     // Clients cannot send control characters in strings; a token's subject can hold them.
     const sent = await fhir(srv.url, 'POST', 'AuditEvent', {
       resourceType: 'AuditEvent', type: { code: 'rest' }, action: 'R', recorded: '2019-03-04T05:06:07Z', outcome: '0',
@@ -195,7 +196,7 @@ describe('partitions', () => {
     });
     assert.equal(sent.status, 400, sent.text);
     const keysOf = async (id: string) => (await srv.db.owner.query(
-      `SELECT ref_keys, token_keys, resource::text AS body, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS lu FROM audit_events WHERE id = $1`, [id])).rows[0];
+      `SELECT ref_keys, token_keys, resource AS body, to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS lu FROM audit_event_resources WHERE id = $1`, [id])).rows[0];
     const odd = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: [], patients: [] }, { clientId: 'c\u001dx', subject: 'a\u001fb\u001ec' }, srv.url);
     await insertAuditEvents(srv.db.app, 1, [odd]);
     const stored = await keysOf(odd.id);
@@ -210,18 +211,31 @@ describe('partitions', () => {
     // A server row, stamped in the insert's transaction: its text shows the stamped time.
     const made = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/sep'], patients: ['sep'] }, { clientId: 'c1' }, srv.url);
     await new Promise((r) => setTimeout(r, 5));
-    await insertAuditEvents(srv.db.app, 1, [made], true);
+    await insertAuditEvents(srv.db.app, 1, [made], { stamp: true });
     const ours = await keysOf(made.id);
     assert.equal(JSON.parse(ours.body).meta.lastUpdated, ours.lu);
     assert.ok(ours.lu > made.lastUpdated, `${ours.lu} after ${made.lastUpdated}`);
     assert.deepEqual([...ours.ref_keys].sort(), [...made.keys.refKeys].sort());
     assert.deepEqual([...ours.token_keys].sort(), [...made.keys.tokenKeys].sort());
-    // A text that does not hold its lastUpdated is refused when stamped, with the rest of its batch.
+    // The part is stored once: the same interaction by the same agents again adds no part.
+    const parts = async () => (await srv.db.owner.query('SELECT id, json FROM audit_event_parts WHERE org_id = 1')).rows;
+    const known = await parts();
+    assert.equal(known.filter((p) => p.id === made.part!.id && p.json === made.part!.json).length, 1);
+    const again = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/sep2'], patients: ['sep2'] }, { clientId: 'c1' }, srv.url);
+    assert.equal(again.part!.id, made.part!.id);
+    await insertAuditEvents(srv.db.app, 1, [again]);
+    assert.equal((await parts()).length, known.length);
+    assert.equal(JSON.parse((await keysOf(again.id)).body).entity[0].what.reference, 'Patient/sep2');
+    // An event whose part is neither sent nor stored is refused, with the rest of its batch.
     const other = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: [], patients: [] }, {}, srv.url);
-    const broken = { ...made, id: `${made.id.slice(0, -4)}beef`, json: made.json.replace('"lastUpdated"', '"lastupdated"') };
-    await new Promise((r) => setTimeout(r, 5));
-    await assert.rejects(insertAuditEvents(srv.db.app, 1, [other, broken], true), /does not hold its lastUpdated/);
+    const unknown = serverAuditRow({ subtype: 'search-type', action: 'E', outcome: '4', resources: [], patients: [] }, { clientId: 'never-seen' }, srv.url);
+    await assert.rejects(insertAuditEvents(srv.db.app, 1, [other, unknown], { parts: [] }), /AuditEvent part \S+ is not stored/);
+    // A whole event (a client's) cannot be stamped: its text would not show the stamp.
+    const whole = { id: `${other.id.slice(0, -4)}beef`, json: auditEventJson(other.part!, other.detail!, other.lastUpdated), lastUpdated: other.lastUpdated, clinicalTime: other.clinicalTime, keys: other.keys };
+    await assert.rejects(insertAuditEvents(srv.db.app, 1, [other, whole], { stamp: true }), /sent whole and cannot be stamped/);
     assert.equal(await keysOf(other.id), undefined);
+    assert.equal(await keysOf(unknown.id), undefined);
+    assert.ok(!(await parts()).some((p) => p.id === unknown.part!.id));
   });
 
   test('an update that changes clinical time moves the row; old or future dates land in DEFAULT', async () => {

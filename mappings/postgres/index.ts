@@ -21,6 +21,12 @@ export const TABLES: Record<string, string> = {
   Group: 'groups',
 };
 
+/**
+ * Where queries read a type's rows, `resource` being the JSON text: its table, but for
+ * AuditEvent the view that renders the server's events from their stored parts (sql/027).
+ */
+export const READ_FROM: Record<string, string> = { ...TABLES, AuditEvent: 'audit_event_resources' };
+
 /** Types whose tables are RANGE-partitioned on clinical_time. */
 export const TIME_PARTITIONED = new Set(['Encounter', 'Observation', 'MedicationStatement', 'AuditEvent']);
 

@@ -6,7 +6,7 @@ import type { Tx } from '../store/resources.ts';
 import type { AccessContext } from '../auth/verify.ts';
 import { compartmentPatients } from '../auth/scopes.ts';
 import { FhirError } from '../fhir/outcome.ts';
-import { insertAuditEvents, timeOrderedId, type AuditRow } from '../store/auditWrite.ts';
+import { insertAuditEvents, partsOf, timeOrderedId, type AuditRow } from '../store/auditWrite.ts';
 import { outcomeOf, type AuditAction, type AuditAgent, type AuditFacts } from './event.ts';
 import { auditEventText } from './eventText.ts';
 import type { AuditWriter } from './writer.ts';
@@ -15,8 +15,8 @@ import type { AuditWriter } from './writer.ts';
 export function serverAuditRow(facts: AuditFacts, agent: AuditAgent, base: string, at = Date.now()): AuditRow {
   const recorded = new Date(at).toISOString();
   const id = timeOrderedId(at);
-  const { json, keys } = auditEventText(facts, agent, base, recorded, id);
-  return { id, json, lastUpdated: recorded, clinicalTime: recorded, keys };
+  const { part, detail, keys } = auditEventText(facts, agent, base, recorded, id);
+  return { id, part, detail, lastUpdated: recorded, clinicalTime: recorded, keys };
 }
 
 export interface Touched {
@@ -78,10 +78,15 @@ export class RequestAudit {
     await this.writer.record(this.orgId, this.row('0'));
   }
 
-  /** A successful write: recorded in the write's own transaction, so it commits or rolls back with it. */
+  /**
+   * A successful write: recorded in the write's own transaction, so it commits or rolls
+   * back with it. Its part is stored by the group commit first (writer.ts storeParts).
+   */
   async inTx(tx: Tx, t: Touched = {}): Promise<void> {
     this.touch(t);
-    await insertAuditEvents(tx, this.orgId, [this.row('0')]);
+    const row = this.row('0');
+    await this.writer.storeParts(this.orgId, partsOf([row]));
+    await insertAuditEvents(tx, this.orgId, [row], { parts: [] });
     this.done = true;
   }
 

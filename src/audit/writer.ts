@@ -3,7 +3,8 @@
 // while earlier batches are being written share one statement (one per tenant) and its
 // commit, so the audit costs a read a short wait rather than a transaction of its own.
 import type pg from 'pg';
-import { insertAuditEvents, type AuditRow } from '../store/auditWrite.ts';
+import { insertAuditEvents, partsOf, type AuditRow } from '../store/auditWrite.ts';
+import type { AuditPart } from './eventText.ts';
 
 interface Pending {
   orgId: number;
@@ -14,6 +15,8 @@ interface Pending {
 }
 
 const MAX_BATCH = 500;
+/** Parts remembered as stored (per tenant); past this many the memory starts again. */
+const MAX_STORED_PARTS = 10_000;
 /** Batches written at once. One: events that arrive while a batch commits all wait for the
  * next batch, so under load batches grow by themselves; each batch costs a statement,
  * its executor set-up and a WAL flush (on this VM about 110 µs of the backend's CPU and as
@@ -27,6 +30,12 @@ export class AuditWriter {
   /** The flush scheduled next (a timer, or the next turn of the event loop). */
   private next?: () => void;
   private inFlight = 0;
+  /**
+   * `org id` of parts (sql/027) this process has committed: a batch sends only the others.
+   * Only this writer stores parts, each in a statement that commits at once, so a part
+   * another statement is inserting is never held by a long transaction.
+   */
+  private readonly storedParts = new Set<string>();
 
   /**
    * `pool`: the writer's own connection (one backend, whose caches hold the insert path).
@@ -44,6 +53,27 @@ export class AuditWriter {
       this.queue.push({ orgId, row, at: performance.now(), done: (e) => (e ? reject(e) : resolve()) });
       this.schedule();
     });
+  }
+
+  /**
+   * Stores parts not yet known to be stored, at once, on this writer's connection: a write's
+   * event names its part inside the write's transaction, and the part must be there, and
+   * committed, whatever becomes of that transaction.
+   */
+  async storeParts(orgId: number, parts: AuditPart[]): Promise<void> {
+    const missing = this.unstored(orgId, parts);
+    if (!missing.length) return;
+    await insertAuditEvents(this.pool, orgId, [], { parts: missing });
+    this.remember(orgId, missing);
+  }
+
+  private unstored(orgId: number, parts: AuditPart[]): AuditPart[] {
+    return parts.filter((p) => !this.storedParts.has(`${orgId} ${p.id}`));
+  }
+
+  private remember(orgId: number, parts: AuditPart[]): void {
+    if (this.storedParts.size + parts.length > MAX_STORED_PARTS) this.storedParts.clear();
+    for (const p of parts) this.storedParts.add(`${orgId} ${p.id}`);
   }
 
   /** Flushes once the oldest queued event has waited its window (at once when the batch is full). */
@@ -82,7 +112,10 @@ export class AuditWriter {
     await Promise.all([...byOrg].map(async ([orgId, pending]) => {
       let failure: unknown;
       try {
-        await insertAuditEvents(this.pool, orgId, pending.map((p) => p.row), true);
+        const rows = pending.map((p) => p.row);
+        const parts = this.unstored(orgId, partsOf(rows));
+        await insertAuditEvents(this.pool, orgId, rows, { stamp: true, parts });
+        this.remember(orgId, parts);
       } catch (e) {
         failure = e;
         console.error('audit write failed', e);

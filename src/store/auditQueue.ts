@@ -5,6 +5,7 @@
 import type pg from 'pg';
 import type { AuditEvent } from '@medplum/fhirtypes';
 import { auditRow, insertAuditEvents } from './auditWrite.ts';
+import { transactionInstant } from './resources.ts';
 import { auditEvent, type AuditAgent, type AuditFacts } from '../audit/event.ts';
 
 const BATCH = 500;
@@ -36,10 +37,11 @@ export async function drainAuditQueue(owner: pg.Pool): Promise<number> {
         const e = 'resourceType' in q ? q : { ...auditEvent(q.facts, q.agent, q.base, q.recorded), id: q.id };
         byOrg.set(r.org_id, [...(byOrg.get(r.org_id) ?? []), e]);
       }
-      // lastUpdated is taken in this transaction (stamp), not the queued recorded time: an
+      // lastUpdated is taken in this transaction, not the queued recorded time: an
       // export's transaction time handed out before now must not lie above events that
       // commit only now, or they would be in no incremental export.
-      for (const [org, events] of byOrg) await insertAuditEvents(client, org, events.map((e) => auditRow(e, e.recorded!, { id: e.id })), true);
+      const { now } = await transactionInstant(client);
+      for (const [org, events] of byOrg) await insertAuditEvents(client, org, events.map((e) => auditRow(e, now, { id: e.id })));
       await client.query('COMMIT');
       total += rows.length;
       if (rows.length < BATCH) return total;

@@ -1,7 +1,7 @@
 // Patient/$everything: the patient compartment (compartmentdefinition-patient) across
 // the stored types, in a stable (type, id) order so it pages with a keyset cursor.
 import type { Tx } from './resources.ts';
-import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
+import { READ_FROM, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { indexRowOf } from './searchSql.ts';
 import { compartmentIndexParams } from '../search/compartment.ts';
 import { ROW_KEYED_TYPES, refTypeKey } from '../../mappings/search/rowKeys.ts';
@@ -48,7 +48,7 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
         AND s.param = ANY(${p(compartmentIndexParams(type))}::text[]) AND s.target_type = 'Patient'
         AND ${q.patientIds ? `s.target_id = ANY(${p(q.patientIds)}::text[])` : 's.target_id IS NOT NULL'})`);
     }
-    parts.push(`SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${TABLES[type]} r WHERE ${conds.join(' AND ')}`);
+    parts.push(`SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${READ_FROM[type]} r WHERE ${conds.join(' AND ')}`);
   }
   if (!parts.length) return [];
   const keyset = q.after ? `WHERE (type, id) > (${p(q.after.type)}::text, ${p(q.after.id)}::text)` : '';

@@ -8,7 +8,7 @@ import type pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import type { Readable } from 'node:stream';
 import type { Tx } from './resources.ts';
-import { TABLES } from '../../mappings/postgres/index.ts';
+import { READ_FROM, TABLES } from '../../mappings/postgres/index.ts';
 import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
 import { compartmentIndexParams } from '../search/compartment.ts';
 import { hasRefKeys } from './rowKeySearch.ts';
@@ -93,12 +93,12 @@ function conditions(type: string, scope: RowScope): string {
  * (src/export/ndjson.ts), which is cheaper there than a replace() per row here.
  */
 export function copyRows(tx: Tx, type: string, scope: RowScope): Readable {
-  const sql = `COPY (SELECT r.resource::text FROM ${TABLES[type]} r WHERE ${conditions(type, scope)}) TO STDOUT`;
+  const sql = `COPY (SELECT r.resource::text FROM ${READ_FROM[type]} r WHERE ${conditions(type, scope)}) TO STDOUT`;
   return tx.query(copyTo(sql));
 }
 
 export async function countRows(tx: Tx, type: string, scope: RowScope): Promise<number> {
-  const { rows } = await tx.query(`SELECT count(*)::bigint AS n FROM ${TABLES[type]} r WHERE ${conditions(type, scope)}`);
+  const { rows } = await tx.query(`SELECT count(*)::bigint AS n FROM ${READ_FROM[type]} r WHERE ${conditions(type, scope)}`);
   return Number(rows[0].n);
 }
 

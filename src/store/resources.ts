@@ -3,7 +3,7 @@
 import crypto from 'node:crypto';
 import type pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
-import { TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappings/postgres/index.ts';
+import { READ_FROM, TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappings/postgres/index.ts';
 import { withServerFields } from '../fhir/jsonText.ts';
 import { extractIndex } from '../../mappings/search/extract.ts';
 import { indexCtes } from './searchIndex.ts';
@@ -275,6 +275,16 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
 }
 
 /**
+ * The lastUpdated of a write made in this transaction, taken once it has its id (an
+ * export's transaction time relies on that, src/store/exportRows.ts), and the bound tenant.
+ */
+export async function transactionInstant(tx: Tx | pg.PoolClient): Promise<{ org: number | null; now: string }> {
+  const { rows } = await tx.query(stmt(`SELECT nullif(current_setting('app.org_id', true), '')::integer AS org, pg_current_xact_id() IS NOT NULL AS xid,
+      ${instant("date_trunc('milliseconds', clock_timestamp())")} AS now`, []));
+  return { org: rows[0].org, now: rows[0].now };
+}
+
+/**
  * A client's AuditEvent: appended as a row (sql/021). It is never changed (the API answers
  * 405 to updates), so there is no version to lock or check; like the server's own events
  * it may name resources that do not exist. lastUpdated is taken once the transaction has
@@ -284,10 +294,9 @@ async function createRowKeyed(tx: Tx, req: WriteRequest): Promise<WriteResult> {
   if (req.id !== undefined || req.mustExist || req.ifMatch !== undefined) {
     throw new FhirError(405, 'not-supported', `${req.type} resources are created with server-assigned ids and never changed`);
   }
-  const { rows } = await tx.query(stmt(`SELECT current_setting('app.org_id')::integer AS org, pg_current_xact_id() IS NOT NULL AS xid,
-      ${instant("date_trunc('milliseconds', clock_timestamp())")} AS now`, []));
-  const row = auditRow(req.resource as AuditEvent, rows[0].now, { text: req.text });
-  await insertAuditEvents(tx, rows[0].org, [row]);
+  const { org, now } = await transactionInstant(tx);
+  const row = auditRow(req.resource as AuditEvent, now, { text: req.text });
+  await insertAuditEvents(tx, org!, [row]);
   const resource = { ...req.resource, id: row.id, meta: { ...req.resource.meta, versionId: '1', lastUpdated: row.lastUpdated } } as Resource;
   return { resource, json: row.json, versionId: 1, lastUpdated: row.lastUpdated, created: true };
 }
@@ -363,11 +372,11 @@ export async function history(tx: Tx, q: HistoryQuery): Promise<HistoryEntry[]> 
   const order = 'ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC';
   if (!q.type || !ROW_KEYED_TYPES.has(q.type)) {
     const typed = q.type ? ` AND resource_type = ${p(q.type)}` : '';
-    parts.push(`(SELECT resource_type, id, version_id, method, last_updated, resource FROM resource_history
+    parts.push(`(SELECT resource_type, id, version_id, method, last_updated, resource::text AS resource FROM resource_history
        WHERE ${conds('resource_type', 'version_id')}${typed} ${order} LIMIT ${p(q.count)})`);
   }
   if (!q.type || q.type === 'AuditEvent') {
-    parts.push(`(SELECT 'AuditEvent'::text AS resource_type, id, 1 AS version_id, 'POST'::text AS method, last_updated, resource FROM audit_events
+    parts.push(`(SELECT 'AuditEvent'::text AS resource_type, id, 1 AS version_id, 'POST'::text AS method, last_updated, resource FROM ${READ_FROM.AuditEvent}
        WHERE ${conds("'AuditEvent'::text", '1')} ORDER BY last_updated DESC, id DESC LIMIT ${p(q.count)})`);
   }
   const { rows } = await tx.query(

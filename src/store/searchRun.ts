@@ -2,7 +2,7 @@
 // returns each match once even while others write), totals, and included resources.
 import type { Tx } from './resources.ts';
 import { onGenericPlans } from './statements.ts';
-import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
+import { READ_FROM, TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
 import { rowsWithKeys, type KeyForms } from './rowKeySearch.ts';
 import type { Criterion } from '../search/criteria.ts';
@@ -48,7 +48,7 @@ export interface SearchStatements {
 export function searchStatements(q: SearchRequest & { orgId: number }): SearchStatements {
   const c = params();
   const countWhere = [`r.org_id = ${c.p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
-  const count = { sql: `SELECT count(*)::integer AS n FROM ${TABLES[q.type]} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
+  const count = { sql: `SELECT count(*)::integer AS n FROM ${READ_FROM[q.type]} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
   const driver = bestDriver(q);
   const page = !q.sort.length && driver && !q.criteria.some(onResourceRow) ? unsortedPage(q, driver.index)
     : sortedPage(q, driver?.rank === 0 ? driver.index : undefined);
@@ -81,7 +81,7 @@ function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p
   const others = (d: string) => q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, d, p, 0, true)}`).join('');
   const timed = TIME_PARTITIONED.has(q.type);
   return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${driverRows(driver, q.type, q.orgId, p, others, extra)}) m
-    CROSS JOIN LATERAL (SELECT x.org_id, x.id, x.last_updated, x.resource${timed ? ', x.clinical_time' : ''} FROM ${TABLES[q.type]} x
+    CROSS JOIN LATERAL (SELECT x.org_id, x.id, x.last_updated, x.resource${timed ? ', x.clinical_time' : ''} FROM ${READ_FROM[q.type]} x
        WHERE x.org_id = m.org_id AND x.id = m.id${timed ? ' AND x.clinical_time = m.clinical_time' : ''} LIMIT 1) r`;
 }
 
@@ -102,7 +102,7 @@ function unsortedPage(q: SearchRequest & { orgId: number }, driverIndex: number)
  * resource table with every criterion as EXISTS. */
 function sortedPage(q: SearchRequest & { orgId: number }, driverIndex?: number): { sql: string; values: unknown[] } {
   const { values, p } = params(q.keyForms);
-  const from = driverIndex === undefined ? `${TABLES[q.type]} r` : drivenRows(q, driverIndex, p, () => '');
+  const from = driverIndex === undefined ? `${READ_FROM[q.type]} r` : drivenRows(q, driverIndex, p, () => '');
   const where = driverIndex === undefined
     ? [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((c) => criterionSql(c, q.type, 'r', p))]
     : ['true', ...q.criteria.filter(onResourceRow).map((c) => criterionSql(c, q.type, 'r', p))];
@@ -212,7 +212,7 @@ function referenceParams(type: string): string[] {
 
 /** Targets of an _include from row-keyed sources: from their ref_keys. */
 async function keyedIncludeTargets(tx: Tx, inc: IncludeSpec, stored: StoredAs | undefined, sources: string[]): Promise<{ type: string; id: string }[]> {
-  const { rows } = await tx.query(`SELECT ref_keys FROM ${TABLES[inc.sourceType]}
+  const { rows } = await tx.query(`SELECT ref_keys FROM ${READ_FROM[inc.sourceType]}
     WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [sources]);
   return rows.flatMap((r) => refKeyTargets(r.ref_keys, stored?.params))
     .filter((k) => TABLES[k.type] && (!inc.targetType || k.type === inc.targetType) && (!stored?.targetType || k.type === stored.targetType))
@@ -278,10 +278,10 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
       // Row-keyed types have no locator: every time partition's (org_id, id) key is probed.
       const { rows } = TIME_PARTITIONED.has(t) && !ROW_KEYED_TYPES.has(t)
         ? await tx.query(`SELECT r.id, r.json FROM resource_ids i CROSS JOIN LATERAL (
-              SELECT x.id, x.resource::text AS json FROM ${TABLES[t]} x
+              SELECT x.id, x.resource::text AS json FROM ${READ_FROM[t]} x
                WHERE x.org_id = i.org_id AND x.id = i.id AND x.clinical_time = i.clinical_time LIMIT 1) r
             WHERE i.org_id = current_setting('app.org_id')::integer AND i.resource_type = $2 AND i.id = ANY($1::text[])`, [ids, t])
-        : await tx.query(`SELECT id, resource::text AS json FROM ${TABLES[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [ids]);
+        : await tx.query(`SELECT id, resource::text AS json FROM ${READ_FROM[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [ids]);
       out.push(...rows.map((r) => ({ type: t, id: r.id, json: r.json })));
     }
   }
@@ -301,7 +301,7 @@ export async function runSystemSearch(tx: Tx, q: SystemSearchRequest): Promise<{
   const { values, p } = params();
   const selects = q.types.map(({ type, criteria }) => {
     const where = [`r.org_id = current_setting('app.org_id')::integer`, ...criteria.map((c) => criterionSql(c, type, 'r', p))];
-    return `SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${TABLES[type]} r WHERE ${where.join(' AND ')}`;
+    return `SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${READ_FROM[type]} r WHERE ${where.join(' AND ')}`;
   });
   const union = selects.join(' UNION ALL ');
   const keyset = q.after ? `WHERE (type, id) > (${p(q.after.type)}::text, ${p(q.after.id)}::text)` : '';
@@ -313,7 +313,7 @@ export async function runSystemSearch(tx: Tx, q: SystemSearchRequest): Promise<{
     const c = params();
     const counts = q.types.map(({ type, criteria }) => {
       const where = [`r.org_id = current_setting('app.org_id')::integer`, ...criteria.map((cr) => criterionSql(cr, type, 'r', c.p))];
-      return `(SELECT count(*) FROM ${TABLES[type]} r WHERE ${where.join(' AND ')})`;
+      return `(SELECT count(*) FROM ${READ_FROM[type]} r WHERE ${where.join(' AND ')})`;
     });
     total = (await tx.query(`SELECT (${counts.join(' + ')})::integer AS n`, c.values)).rows[0].n;
   }

@@ -2,7 +2,7 @@
 // index side tables (sql/005_search_index.sql), and runs paged searches with
 // stable keyset cursors, _sort, totals, _include and _revinclude.
 import type { Tx } from './resources.ts';
-import { TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
+import { READ_FROM, TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { normalizeString, dateRange, decimalRange } from '../../mappings/search/extract.ts';
 import { prefixed, referenceTarget, type Criterion, type Prefix } from '../search/criteria.ts';
 import { storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
@@ -297,10 +297,10 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
       const stored = storedParams(refParam);
       if (stored.targetType && stored.targetType !== type) return 'false';
       return `EXISTS (SELECT 1 FROM ${rowsWithKeys(sourceType, keysNaming(stored.params, type, `${r}.id`, p))} ${s}
-        JOIN ${TABLES[sourceType]} ${t} ON ${t}.org_id = ${r}.org_id AND ${t}.id = ${s}.id AND ${t}.clinical_time = ${s}.clinical_time
+        JOIN ${READ_FROM[sourceType]} ${t} ON ${t}.org_id = ${r}.org_id AND ${t}.id = ${s}.id AND ${t}.clinical_time = ${s}.clinical_time
         WHERE ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
     }
-    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
+    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${READ_FROM[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
       WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(sourceType)} AND ${storedCond(storedParams(refParam), s, p)}
         AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
   }
@@ -312,10 +312,10 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
       // The targets are in the row's own keys.
       const stored = storedParams(def);
       if (stored.targetType && stored.targetType !== targetType) return 'false';
-      return `EXISTS (SELECT 1 FROM ${TABLES[targetType]} ${t} WHERE ${t}.org_id = ${r}.org_id
+      return `EXISTS (SELECT 1 FROM ${READ_FROM[targetType]} ${t} WHERE ${t}.org_id = ${r}.org_id
         AND ${t}.id = ANY(${referencedIds(stored.params, targetType, r, p)}) AND ${criterionSql(criterion, targetType, t, p, depth + 1)}${tail})`;
     }
-    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${TABLES[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
+    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${READ_FROM[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
       WHERE ${indexRowOf(s, r, type, p)} AND ${storedCond(storedParams(def), s, p)}
         AND ${s}.target_type = ${p(targetType)} AND ${criterionSql(criterion, targetType, t, p, depth + 1)}${tail})`;
   }
