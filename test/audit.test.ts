@@ -288,6 +288,39 @@ describe('the group commit', () => {
       removeDataDir(own.dataDir);
     }
   });
+  test('a part is sent once per writer connection, and again over a new one; a write\'s event finds its part stored', async () => {
+    const own = await startTestServer({ auth: 'off', audit: 'on' });
+    try {
+      const id = (await fhir(own.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Parts' }] })).json.id as string;
+      const readEvents = async () => (await own.db.owner.query(
+        `SELECT a.id, a.part, r.resource FROM audit_events a JOIN audit_event_resources r USING (org_id, id)
+          WHERE a.ref_keys @> $1 AND a.token_keys @> ARRAY['subtype#read'] ORDER BY a.id`, [[`entity>Patient/${id}`]])).rows;
+      // The create's event (in the write's transaction) names a part the writer stored first.
+      const created = (await own.db.owner.query(`SELECT r.resource FROM audit_event_resources r WHERE ref_keys @> $1 AND token_keys @> ARRAY['subtype#create']`, [[`entity>Patient/${id}`]])).rows;
+      assert.equal(created.length, 1);
+      assert.equal(JSON.parse(created[0].resource).entity[0].what.reference, `Patient/${id}`);
+      assert.equal((await fhir(own.url, 'GET', `Patient/${id}`)).status, 200);
+      const [first] = await readEvents();
+      assert.ok(first.part && JSON.parse(first.resource).subtype[0].code === 'read');
+      // Remove the part behind the writer's back (the owner may): the next read's event is
+      // not sent with it, as the writer knows it stored it over this connection.
+      await own.db.owner.query('DELETE FROM audit_event_parts WHERE id = $1', [first.part]);
+      assert.equal((await fhir(own.url, 'GET', `Patient/${id}`)).status, 200);
+      const second = await readEvents();
+      assert.deepEqual(second.map((e) => [e.part, e.resource]), [[first.part, null], [first.part, null]]);
+      // A new connection (here: the old one ended) starts the memory again.
+      await own.db.owner.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'kiln-audit'`);
+      await new Promise((r) => setTimeout(r, 300));
+      let status = 0;
+      for (let i = 0; i < 3 && status !== 200; i++) status = (await fhir(own.url, 'GET', `Patient/${id}`)).status; // the first may meet the dead connection
+      assert.equal(status, 200);
+      const third = await readEvents();
+      assert.ok(third.length >= 3 && third.every((e) => e.part === first.part && JSON.parse(e.resource).entity.some((x: any) => x.what.reference === `Patient/${id}`)));
+    } finally {
+      await own.stop();
+      removeDataDir(own.dataDir);
+    }
+  });
   test('an event committed after an export\'s transaction time is in the incremental export from it', async () => {
     // The read's event waits 2 s in the writer's queue while an export of AuditEvents
     // runs; it must land either in that export or in the next one from its transactionTime.

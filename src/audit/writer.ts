@@ -31,11 +31,16 @@ export class AuditWriter {
   private next?: () => void;
   private inFlight = 0;
   /**
-   * `org id` of parts (sql/027) this process has committed: a batch sends only the others.
-   * Only this writer stores parts, each in a statement that commits at once, so a part
-   * another statement is inserting is never held by a long transaction.
+   * `org id` of parts (sql/027) this writer has committed over its current connection: a
+   * batch sends only the others, and the database does not check that an event's part is
+   * there. A new connection starts the memory again (it may reach another server, after a
+   * failover or a restore, that lacks what the old one had). Only this writer stores
+   * parts, each in a statement that commits at once, so a part another statement is
+   * inserting is never held by a long transaction.
    */
   private readonly storedParts = new Set<string>();
+  /** The connection storedParts holds for; unset when the pool drops it. */
+  private partsConnection?: pg.PoolClient;
 
   /**
    * `pool`: the writer's own connection (one backend, whose caches hold the insert path).
@@ -45,7 +50,11 @@ export class AuditWriter {
    * handled first and their events join it: writing the next batch inside the commit's
    * callback gave batches of about 4.5 events under bench:audit's load, this about 8.
    */
-  constructor(private readonly pool: pg.Pool, private readonly windowMs: number) {}
+  constructor(private readonly pool: pg.Pool, private readonly windowMs: number) {
+    pool.on('remove', (c) => {
+      if (c === this.partsConnection) this.partsConnection = undefined;
+    });
+  }
 
   /** Resolves once the event is stored; rejects when it could not be (the caller answers 500). */
   record(orgId: number, row: AuditRow): Promise<void> {
@@ -61,10 +70,29 @@ export class AuditWriter {
    * committed, whatever becomes of that transaction.
    */
   async storeParts(orgId: number, parts: AuditPart[]): Promise<void> {
-    const missing = this.unstored(orgId, parts);
-    if (!missing.length) return;
-    await insertAuditEvents(this.pool, orgId, [], { parts: missing });
-    this.remember(orgId, missing);
+    if (this.partsConnection && !this.unstored(orgId, parts).length) return;
+    await this.insert(orgId, [], false, parts);
+  }
+
+  /**
+   * Inserts rows and the parts not yet stored over the writer's connection, in one
+   * statement that commits by itself; `extra`: parts wanted whether rows name them or not.
+   */
+  private async insert(orgId: number, rows: AuditRow[], stamp: boolean, extra: AuditPart[] = []): Promise<void> {
+    const c = await this.pool.connect();
+    try {
+      if (c !== this.partsConnection) {
+        this.storedParts.clear();
+        this.partsConnection = c;
+      }
+      const parts = this.unstored(orgId, [...partsOf(rows), ...extra]);
+      await insertAuditEvents(c, orgId, rows, { stamp, parts });
+      this.remember(orgId, parts);
+      c.release();
+    } catch (e) {
+      c.release(e as Error); // a broken connection is not reused
+      throw e;
+    }
   }
 
   private unstored(orgId: number, parts: AuditPart[]): AuditPart[] {
@@ -112,10 +140,7 @@ export class AuditWriter {
     await Promise.all([...byOrg].map(async ([orgId, pending]) => {
       let failure: unknown;
       try {
-        const rows = pending.map((p) => p.row);
-        const parts = this.unstored(orgId, partsOf(rows));
-        await insertAuditEvents(this.pool, orgId, rows, { stamp: true, parts });
-        this.remember(orgId, parts);
+        await this.insert(orgId, pending.map((p) => p.row), true);
       } catch (e) {
         failure = e;
         console.error('audit write failed', e);
