@@ -15,7 +15,7 @@ interface Pending {
 }
 
 const MAX_BATCH = 500;
-/** Parts remembered as stored (per tenant); past this many the memory starts again. */
+/** Parts remembered as stored (all tenants together); past this many the memory starts again. */
 const MAX_STORED_PARTS = 10_000;
 /** Batches written at once. One: events that arrive while a batch commits all wait for the
  * next batch, so under load batches grow by themselves; each batch costs a statement,
