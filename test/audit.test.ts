@@ -95,6 +95,15 @@ describe('one AuditEvent per access', () => {
     });
   }
 
+  test('the agent address: the socket peer, or from a loopback proxy the X-Forwarded-For client', async () => {
+    const direct = await client('c-address-direct');
+    assert.equal((await as(direct, 'GET', `Observation/${obsId}`)).status, 200);
+    assert.equal((await oneEvent('c-address-direct')).agent.find((a: any) => a.requestor).network.address, '127.0.0.1');
+    const proxied = await client('c-address-proxied');
+    assert.equal((await as(proxied, 'GET', `Observation/${obsId}`, undefined, { 'x-forwarded-for': '203.0.113.7' })).status, 200);
+    assert.equal((await oneEvent('c-address-proxied')).agent.find((a: any) => a.requestor).network.address, '203.0.113.7');
+  });
+
   test('delete: one event, action D, the deleted resource as entity', async () => {
     const victim = (await as(admin, 'POST', 'Observation', obs(patient))).json.id;
     const h = await client('c-delete');

@@ -11,7 +11,10 @@ interface Pending {
   row: AuditRow;
   /** performance.now() when it was queued. */
   at: number;
-  done: (e?: unknown) => void;
+  // The promise's own functions, not a closure over them: tsx's keepNames gives each named
+  // closure made per event an Object.defineProperty (about 9 µs an audited read here).
+  resolve: () => void;
+  reject: (e: unknown) => void;
 }
 
 const MAX_BATCH = 500;
@@ -59,7 +62,7 @@ export class AuditWriter {
   /** Resolves once the event is stored; rejects when it could not be (the caller answers 500). */
   record(orgId: number, row: AuditRow): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ orgId, row, at: performance.now(), done: (e) => (e ? reject(e) : resolve()) });
+      this.queue.push({ orgId, row, at: performance.now(), resolve, reject });
       this.schedule();
     });
   }
@@ -138,14 +141,14 @@ export class AuditWriter {
     // One statement per tenant, each its own transaction: a tenant's events are durable
     // (or failed) together, whatever happens to another tenant's.
     await Promise.all([...byOrg].map(async ([orgId, pending]) => {
-      let failure: unknown;
       try {
         await this.insert(orgId, pending.map((p) => p.row), true);
       } catch (e) {
-        failure = e;
         console.error('audit write failed', e);
+        for (const p of pending) p.reject(e);
+        return;
       }
-      for (const p of pending) p.done(failure);
+      for (const p of pending) p.resolve();
     }));
     this.inFlight--;
     this.schedule();

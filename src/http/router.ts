@@ -39,6 +39,28 @@ function decodeSegment(segment: string): string {
   }
 }
 
+/**
+ * The client's address for the AuditEvent: req.ip, which without an X-Forwarded-For header
+ * is the socket's peer whatever 'trust proxy' says; the shortcut skips proxy-addr's
+ * parsing and trust checks (about 5 µs an audited read here).
+ */
+function clientAddress(req: Request): string | undefined {
+  return req.headers['x-forwarded-for'] === undefined ? req.socket.remoteAddress : req.ip;
+}
+
+/** Names the interaction for the request's AuditEvent. (Module functions, not closures
+ * made per request: tsx's keepNames gives each named closure an Object.defineProperty,
+ * about 6 µs a request each on this machine.) */
+function nameInteraction(ctx: Ctx, subtype: string | undefined, type?: string, query?: string): void {
+  ctx.audit?.interaction(subtype, actionOf(subtype, ctx.req.method), query !== undefined ? { query, type } : {});
+}
+
+/** Names a type-level or instance interaction (for the audit) and refuses it with 405 when the type does not support it. */
+function typeLevel(ctx: Ctx, type: string, interaction: TypeInteraction, query?: string): void {
+  nameInteraction(ctx, interaction, type, query);
+  requireSupported(type, interaction);
+}
+
 export function fhirRouter(db: Database, config: Config, version: string) {
   const orgIds = new Map<string, number>(); // slug -> id; tenants are never renamed
   const auditor = new AuditWriter(db.audit, config.auditWindowMs);
@@ -68,7 +90,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       return sendJson(req, res, 200, capabilityStatement(base, version, { smart: config.authMode === 'smart' }));
     }
     // Read at each request, so a benchmark can compare auditing on and off in one run.
-    if (config.audit === 'on') ctx.audit = new RequestAudit(auditor, ctx.orgId, base, req.ip);
+    if (config.audit === 'on') ctx.audit = new RequestAudit(auditor, ctx.orgId, base, clientAddress(req));
     try {
       const handler = route(ctx, segments);
       await authenticate(ctx);
@@ -87,18 +109,16 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     const [first, second, third, fourth] = segments;
     const path = segments.join('/');
     const rawQuery = req.originalUrl.includes('?') ? req.originalUrl.slice(req.originalUrl.indexOf('?') + 1) : '';
-    const name = (subtype: string | undefined, type?: string, query?: string) =>
-      ctx.audit?.interaction(subtype, actionOf(subtype, m), query !== undefined ? { query, type } : {});
 
     if (segments.length === 0) {
-      if (m === 'POST') { name(undefined); return () => bundleInteraction(ctx); }
-      if (m === 'GET') { name('search-system', undefined, rawQuery); return () => systemSearchInteraction(ctx, queryPairs(req)); }
+      if (m === 'POST') { nameInteraction(ctx, undefined); return () => bundleInteraction(ctx); }
+      if (m === 'GET') { nameInteraction(ctx, 'search-system', undefined, rawQuery); return () => systemSearchInteraction(ctx, queryPairs(req)); }
       throw methodNotAllowed(m, '');
     }
-    if (isExportPath(segments)) { name('operation'); return () => exportInteraction(ctx, segments); }
+    if (isExportPath(segments)) { nameInteraction(ctx, 'operation'); return () => exportInteraction(ctx, segments); }
     if (first === '_history' && segments.length === 1) {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      name('history-system', undefined, rawQuery);
+      nameInteraction(ctx, 'history-system', undefined, rawQuery);
       return () => historyInteraction(ctx);
     }
     if (!TABLES[first]) {
@@ -106,23 +126,18 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       throw notFound(`No route for /${path}`);
     }
     const type = first;
-    /** Names the interaction (for the audit) and refuses it with 405 when the type does not support it. */
-    const typeLevel = (interaction: TypeInteraction, query?: string) => {
-      name(interaction, type, query);
-      requireSupported(type, interaction);
-    };
     if (segments.length === 1) {
-      if (m === 'GET') { typeLevel('search-type', rawQuery); return () => searchInteraction(ctx, type, queryPairs(req)); }
-      if (m === 'POST') { typeLevel('create'); return () => crud.create(ctx, type); }
-      if (m === 'PUT') { typeLevel('update', rawQuery); return () => crud.conditionalUpdate(ctx, type); }
-      if (m === 'DELETE') { typeLevel('delete', rawQuery); return () => crud.conditionalDelete(ctx, type); }
+      if (m === 'GET') { typeLevel(ctx, type, 'search-type', rawQuery); return () => searchInteraction(ctx, type, queryPairs(req)); }
+      if (m === 'POST') { typeLevel(ctx, type, 'create'); return () => crud.create(ctx, type); }
+      if (m === 'PUT') { typeLevel(ctx, type, 'update', rawQuery); return () => crud.conditionalUpdate(ctx, type); }
+      if (m === 'DELETE') { typeLevel(ctx, type, 'delete', rawQuery); return () => crud.conditionalDelete(ctx, type); }
       throw methodNotAllowed(m, path);
     }
     if (segments.length === 2 && second === '_search') {
       if (m !== 'POST') throw methodNotAllowed(m, path);
       const form = Buffer.isBuffer(req.body) && /x-www-form-urlencoded/.test(req.get('content-type') ?? '') ? req.body.toString('utf8') : '';
       const pairs = [...queryPairs(req), ...new URLSearchParams(form).entries()];
-      typeLevel('search-type', new URLSearchParams(pairs).toString());
+      typeLevel(ctx, type, 'search-type', new URLSearchParams(pairs).toString());
       return () => searchInteraction(ctx, type, pairs);
     }
     if (type === 'Patient' && (second === '$everything' || (segments.length === 3 && third === '$everything'))) {
@@ -133,26 +148,26 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     }
     if (segments.length === 2 && second === '_history') {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      typeLevel('history-type', rawQuery);
+      typeLevel(ctx, type, 'history-type', rawQuery);
       return () => historyInteraction(ctx, type);
     }
     // The resource is the audit's entity even when the request is refused before it runs.
     if (second && !second.startsWith('_') && !second.startsWith('$')) ctx.audit?.touch({ resources: [`${type}/${second}${third === '_history' && fourth ? `/_history/${fourth}` : ''}`] });
     if (segments.length === 2) {
-      if (m === 'GET' || m === 'HEAD') { typeLevel('read'); return () => crud.read(ctx, type, second); }
-      if (m === 'PUT') { typeLevel('update'); return () => crud.update(ctx, type, second); }
-      if (m === 'PATCH') { typeLevel('patch'); return () => crud.patch(ctx, type, second); }
-      if (m === 'DELETE') { typeLevel('delete'); return () => crud.remove(ctx, type, second); }
+      if (m === 'GET' || m === 'HEAD') { typeLevel(ctx, type, 'read'); return () => crud.read(ctx, type, second); }
+      if (m === 'PUT') { typeLevel(ctx, type, 'update'); return () => crud.update(ctx, type, second); }
+      if (m === 'PATCH') { typeLevel(ctx, type, 'patch'); return () => crud.patch(ctx, type, second); }
+      if (m === 'DELETE') { typeLevel(ctx, type, 'delete'); return () => crud.remove(ctx, type, second); }
       throw methodNotAllowed(m, path);
     }
     if (third === '_history' && segments.length === 3) {
       if (m !== 'GET') throw methodNotAllowed(m, path);
-      typeLevel('history-instance');
+      typeLevel(ctx, type, 'history-instance');
       return () => historyInteraction(ctx, type, second);
     }
     if (third === '_history' && segments.length === 4) {
       if (m !== 'GET' && m !== 'HEAD') throw methodNotAllowed(m, path);
-      typeLevel('vread');
+      typeLevel(ctx, type, 'vread');
       return () => crud.vread(ctx, type, second, fourth);
     }
     throw notFound(`No route for /${path}`);
