@@ -8,10 +8,8 @@ import type pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import type { Readable } from 'node:stream';
 import type { Tx } from './resources.ts';
-import { READ_FROM, TABLES } from '../../mappings/postgres/index.ts';
-import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
-import { compartmentIndexParams } from '../search/compartment.ts';
-import { hasRefKeys } from './rowKeySearch.ts';
+import { READ_FROM } from '../../mappings/postgres/index.ts';
+import { compartmentCond } from './compartmentSql.ts';
 
 export interface RowScope {
   /** Patient-level and Group exports: the compartment of the bound patient list, or of any patient. */
@@ -35,15 +33,12 @@ export async function bindScope(tx: Tx, v: ScopeValues): Promise<void> {
     [v.until, v.since ?? '', JSON.stringify(v.patients ?? []), JSON.stringify(v.types ?? [])]);
 }
 
-/** An SQL array literal of this server's own parameter codes (COPY takes no bind parameters). */
-function codesArray(codes: string[]): string {
-  if (!codes.every((c) => /^[a-z-]+$/.test(c))) throw new Error(`unexpected parameter codes ${codes.join(',')}`);
-  return `ARRAY[${codes.map((c) => `'${c}'`).join(', ')}]::text[]`;
-}
-
-function typeName(type: string): string {
-  if (!TABLES[type] || !/^[A-Z][A-Za-z]+$/.test(type)) throw new Error(`unexpected type ${type}`);
-  return type;
+/** An SQL literal of a constant of this server's own (COPY takes no bind parameters): a type name, codes, keys. */
+function literal(value: string | string[]): string {
+  const values = typeof value === 'string' ? [value] : value;
+  if (!values.every((c) => /^[A-Za-z0-9>/-]+$/.test(c))) throw new Error(`unexpected constants ${values.join(',')}`);
+  const quoted = values.map((c) => `'${c}'`);
+  return typeof value === 'string' ? `${quoted[0]}::text` : `ARRAY[${quoted.join(', ')}]::text[]`;
 }
 
 function conditions(type: string, scope: RowScope): string {
@@ -54,34 +49,10 @@ function conditions(type: string, scope: RowScope): string {
     `r.last_updated <= (SELECT current_setting('kiln.export_until')::timestamptz)`,
   ];
   if (scope.since) conds.push(`r.last_updated > (SELECT current_setting('kiln.export_since')::timestamptz)`);
-  const list = `ARRAY(SELECT json_array_elements_text(current_setting('kiln.export_patients')::json))`;
-  if (scope.patients && ROW_KEYED_TYPES.has(type)) {
-    // An AuditEvent is in the export of every patient it names (its compartment
-    // parameters' reference keys, sql/021).
-    const codes = codesArray(compartmentIndexParams(type));
-    conds.push(scope.patients === 'list'
-      ? hasRefKeys(type, 'r', `ARRAY(SELECT c || '>Patient/' || x FROM unnest(${codes}) c, unnest(${list}) x)`)
-      : `r.token_keys && ARRAY(SELECT c || '>Patient/' FROM unnest(${codes}) c)`);
-  } else if (scope.patients) {
-    // patient_id holds the subject's patient (mappings/postgres); a resource can be in a
-    // compartment through another parameter too (Observation.performer, Patient.link),
-    // found in the reference index: the ids referring to the patients, computed once.
-    // For a list, both sides are `= ANY(array)`, so the planner can OR two index scans
-    // (patient index, primary key). With `id IN (subquery)` it could not, and scanned the
-    // whole table comparing each row's patient_id with every listed patient: a Group of
-    // 1,000 in 300k rows took 4.6 s instead of 0.2 s (bench:export).
-    const others = compartmentIndexParams(type).filter((c) => c !== 'subject');
-    const referringIds = `SELECT s.id FROM search_references s WHERE s.org_id = current_setting('app.org_id')::integer
-           AND s.resource_type = '${typeName(type)}' AND s.param = ANY(${codesArray(others)}) AND s.target_type = 'Patient'
-           ${scope.patients === 'list' ? `AND s.target_id = ANY(${list})` : 'AND s.target_id IS NOT NULL'}`;
-    const referring = !others.length ? undefined
-      : scope.patients === 'list' ? `r.id = ANY(ARRAY(${referringIds}))` : `r.id IN (${referringIds})`;
-    if (type === 'Patient') {
-      if (scope.patients === 'list') conds.push(`(r.id = ANY(${list})${referring ? ` OR ${referring}` : ''})`);
-    } else {
-      const own = scope.patients === 'list' ? `r.patient_id = ANY(${list})` : 'r.patient_id IS NOT NULL';
-      conds.push(referring ? `(${own} OR ${referring})` : own);
-    }
+  if (scope.patients) {
+    const list = `ARRAY(SELECT json_array_elements_text(current_setting('kiln.export_patients')::json))`;
+    const inCompartment = compartmentCond(type, 'r', { patients: scope.patients === 'list' ? () => list : undefined, constant: literal });
+    if (inCompartment) conds.push(inCompartment);
   }
   return conds.join(' AND ');
 }
