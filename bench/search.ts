@@ -119,7 +119,8 @@ async function buildDataset(label: string, patients: number, observations: numbe
 
 // ------------------------------------------------------------ queries
 
-interface QueryDef { name: string; path: (ctx: QCtx) => string; walk?: number }
+/** `operation`: not a search (no EXPLAIN of the search SQL). */
+interface QueryDef { name: string; path: (ctx: QCtx) => string; walk?: number; operation?: true }
 interface QCtx { patient: string; mrn: string }
 
 const QUERIES: QueryDef[] = [
@@ -132,6 +133,7 @@ const QUERIES: QueryDef[] = [
   { name: 'Obs code+value-quantity _total=accurate', path: () => `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt100&_count=20&_total=accurate` },
   { name: 'Encounter patient _revinclude', path: (c) => `Encounter?patient=${c.patient}&_revinclude=Observation:encounter` },
   { name: '10-page walk -date', path: (c) => `Observation?patient=${c.patient}&_count=10&_sort=-date`, walk: 10 },
+  { name: 'Patient $everything', path: (c) => `Patient/${c.patient}/$everything?_type=Patient,Encounter,Observation,MedicationStatement&_count=100`, operation: true },
 ];
 
 interface Measure { p50: number; p95: number; reqPerSec: number; n: number; resultEntries: number; total?: number; errors: number; firstError?: string }
@@ -204,7 +206,7 @@ async function explainAll(server: TestServer, orgId: number, ctx: QCtx): Promise
     const explain = async (sql: string, values: unknown[]) =>
       (await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${inline(sql, values)}`)).rows.map((r) => r['QUERY PLAN']).join('\n');
     for (const q of QUERIES) {
-      if (q.name.includes('_total=')) continue;
+      if (q.name.includes('_total=') || q.operation) continue;
       const rel = q.path(ctx);
       const [type, qs] = rel.split('?');
       const pairs = [...new URLSearchParams(qs).entries()] as [string, string][];
