@@ -38,6 +38,8 @@ export interface Config {
   exportUserScopes: boolean;
   /** KILN_CORS_ORIGINS: origins browsers may call /fhir from, comma-separated; default '*' (src/http/cors.ts). */
   corsOrigins: string[];
+  /** KILN_STOP_GRACE_MS: how long a stop waits for handlers still running (clients that hung up) before it closes the database. */
+  stopGraceMs: number;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -64,6 +66,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     audit: env.KILN_AUDIT === 'off' ? 'off' : 'on',
     auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 0),
     exportUserScopes: env.KILN_EXPORT_USER_SCOPES === 'on',
+    stopGraceMs: Number(env.KILN_STOP_GRACE_MS ?? 60_000),
     corsOrigins: (env.KILN_CORS_ORIGINS ?? '*').split(',').map((s) => s.trim().replace(/\/+$/, '')).filter(Boolean),
   };
 }

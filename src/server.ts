@@ -15,8 +15,6 @@ import { InFlight } from './http/inFlight.ts';
 
 // Partitions are made months ahead at start; a long-running server tops them up daily.
 const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
-/** How long a stop waits for running handlers before it closes the database under them. */
-const STOP_GRACE_MS = 60_000;
 
 const VERSION: string = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
 
@@ -77,7 +75,7 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
         });
         // A client that hung up leaves no socket, but its handler may still be running
         // (a read storing its AuditEvent, a write committing): the database stays open for it.
-        if (!await inFlight.settled(STOP_GRACE_MS)) console.error(`stopping with ${inFlight.size} requests still running after ${STOP_GRACE_MS} ms`);
+        if (!await inFlight.settled(config.stopGraceMs)) console.error(`stopping with ${inFlight.size} requests still running after ${config.stopGraceMs} ms`);
         await db.close();
       })();
       return stopping;

@@ -70,6 +70,28 @@ test('a stop waits for the handlers of clients that hung up: their reads are aud
   }
 });
 
+test('a stop waits for such handlers no longer than KILN_STOP_GRACE_MS', async () => {
+  // The read's AuditEvent waits 3 s in the writer; a grace of 200 ms closes the database before.
+  const srv = await startTestServer({ auth: 'smart', auditWindowMs: 3000, stopGraceMs: 200 });
+  let stopped = false;
+  try {
+    const reader = bearer(await token(srv, { scope: 'system/*.rs', clientId: 'grace-reader' }));
+    const abort = new AbortController();
+    const pending = fetch(`${srv.url}/Patient/nobody`, { headers: reader, signal: abort.signal }).then((r) => r.status, () => 'aborted');
+    await new Promise((r) => setTimeout(r, 300));
+    abort.abort();
+    assert.equal(await pending, 'aborted', 'the read was still waiting for its AuditEvent');
+    const t0 = performance.now();
+    await srv.stop();
+    stopped = true;
+    const took = performance.now() - t0;
+    assert.ok(took < 2000, `the stop took ${Math.round(took)} ms, not about the 200 ms grace`);
+  } finally {
+    if (!stopped) await srv.stop();
+    removeDataDir(srv.dataDir);
+  }
+});
+
 test('the start script serves, and SIGTERM stops the server and its embedded PostgreSQL', async () => {
   const port = await freePort();
   const pgPort = await freePort();

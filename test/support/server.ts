@@ -30,7 +30,7 @@ export interface TestServer extends RunningServer {
  * Authorization is off unless `auth: 'smart'`; auditing follows it unless `audit` says otherwise
  * (the suites written before SMART run unchanged, without AuditEvents among their data).
  */
-export async function startTestServer(opts: { dataDir?: string; pgPort?: number; bodyLimit?: string; auth?: 'smart' | 'off'; audit?: 'on' | 'off'; exportUserScopes?: boolean; auditWindowMs?: number } = {}): Promise<TestServer> {
+export async function startTestServer(opts: { dataDir?: string; pgPort?: number; bodyLimit?: string; auth?: 'smart' | 'off'; audit?: 'on' | 'off'; exportUserScopes?: boolean; auditWindowMs?: number; stopGraceMs?: number } = {}): Promise<TestServer> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-test-'));
   const pgPort = opts.pgPort ?? await freePort();
   const server = await startServer({
@@ -39,6 +39,7 @@ export async function startTestServer(opts: { dataDir?: string; pgPort?: number;
     authMode: opts.auth ?? 'off', audit: opts.audit ?? (opts.auth === 'smart' ? 'on' : 'off'),
     ...(opts.exportUserScopes !== undefined ? { exportUserScopes: opts.exportUserScopes } : {}),
     ...(opts.auditWindowMs !== undefined ? { auditWindowMs: opts.auditWindowMs } : {}),
+    ...(opts.stopGraceMs !== undefined ? { stopGraceMs: opts.stopGraceMs } : {}),
   });
   return { ...server, dataDir, pgPort };
 }
