@@ -7,6 +7,7 @@ import { startTestServer, removeDataDir, fhir, token, bearer, type TestServer } 
 import { auditEvent, CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
 import { createOrg } from '../src/store/tenants.ts';
 import { serverAuditRow } from '../src/audit/request.ts';
+import { auditEventText, auditPartId } from '../src/audit/eventText.ts';
 import { insertAuditEvents } from '../src/store/auditWrite.ts';
 import { extractIndex } from '../mappings/search/extract.ts';
 import { rowKeys } from '../mappings/search/rowKeys.ts';
@@ -621,5 +622,83 @@ describe('references to AuditEvents', () => {
     assert.match(both.text, /Observation\/does-not-exist/);
     const stored = await as(admin, 'GET', `Observation?subject=Patient/${patient}&code:text=refers&_count=10`);
     assert.equal(stored.json.entry.length, 1, 'only the resolving one is stored');
+  });
+});
+
+describe('what an AuditEvent says is what the server recorded', () => {
+  test('a part planted by the request role (kiln_app) under the id of a real read\'s part cannot change that read\'s event', async () => {
+    // The part a read by this client from this address will name (src/audit/eventText.ts).
+    const facts = { subtype: 'read', action: 'R' as const, outcome: '0' as const, resources: [], patients: [] };
+    const recorded = new Date().toISOString();
+    const real = auditEventText(facts, { clientId: 'c-planted', subject: 'c-planted', address: '127.0.0.1' }, srv.url, recorded, 'x').part;
+    const forged = auditEventText(facts, { clientId: 'c-forger', subject: 'dr-forger', fhirUser: 'Practitioner/forged', address: '198.51.100.9' }, srv.url, recorded, 'x').part;
+    // Planted ahead of the read, by anyone holding kiln_app's password: refused, or harmless.
+    const c = await srv.db.app.connect();
+    let planted = true;
+    try {
+      await c.query('BEGIN');
+      await c.query(`SELECT set_config('app.org_id', '1', true)`);
+      await c.query('INSERT INTO audit_event_parts (org_id, id, json) VALUES (1, $1, $2)', [real.id, forged.json]);
+      await c.query('COMMIT');
+    } catch (e) {
+      planted = false;
+      await c.query('ROLLBACK');
+      assert.match((e as Error).message, /audit_event_parts_id_is_hash/);
+    } finally {
+      c.release();
+    }
+    const h = await client('c-planted');
+    assert.equal((await as(h, 'GET', `Observation/${obsId}`)).status, 200);
+    const e = await oneEvent('c-planted');
+    const app = e.agent.find((a: any) => a.who.identifier?.system === CLIENT_ID_SYSTEM);
+    assert.equal(app.who.identifier.value, 'c-planted');
+    assert.equal(app.network.address, '127.0.0.1');
+    assert.ok(!JSON.stringify(e).includes('forge'), JSON.stringify(e.agent));
+    assert.equal(planted, false, 'kiln_app stored a part whose id is not the hash of its text');
+    // A part whose id is the hash of its text is the text the server names by that id.
+    const { rows } = await srv.db.owner.query('SELECT count(*)::integer AS n FROM audit_event_parts WHERE id = $1 AND json = $2', [real.id, real.json]);
+    assert.equal(rows[0].n, 1);
+    // The database's hash is the server's, for any text (sql/028, src/audit/eventText.ts).
+    for (const text of [real.json, '"agent":[{"name":"Zoë 患者 🩺"}]', '']) {
+      assert.equal((await srv.db.owner.query('SELECT kiln_audit_part_id($1) AS id', [text])).rows[0].id, auditPartId(text), text);
+    }
+  });
+});
+
+describe('no credentials in an AuditEvent', () => {
+  const secret = 'eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.c2ln';
+  const queryOf = (e: any) => Buffer.from(e.entity.find((x: any) => x.role?.code === '24').query, 'base64').toString('utf8');
+
+  test('access_token and other credential parameters in a query string are not recorded; the rest of the query is, as sent', async () => {
+    const h = await client('c-query-token');
+    const q = `family=Audited&access_token=${secret}&_format=json&client_secret=s3cret&Refresh_Token=r1&access%5Ftoken=${secret}&password=pw&client_assertion=a.b.c&id_token=i.d.t&code=http://loinc.org|1234-5`;
+    const r = await as(h, 'GET', `Patient?${q}`);
+    assert.equal(r.status, 200, r.text);
+    const text = queryOf(await oneEvent('c-query-token'));
+    for (const s of [secret, 's3cret', 'r1', 'pw', 'a.b.c', 'i.d.t', 'access_token', 'access%5Ftoken']) assert.ok(!text.includes(s), `${s} in ${text}`);
+    // FHIR's own `code` search parameter is a search criterion, not an OAuth code.
+    assert.equal(text, 'family=Audited&_format=json&code=http://loinc.org|1234-5');
+  });
+
+  test('also in $everything, in a POST _search form and in a refused search', async () => {
+    const h = await client('c-query-token-2');
+    assert.equal((await as(h, 'GET', `Patient/${patient}/$everything?access_token=${secret}`)).status, 200);
+    const form = await fetch(`${srv.url}/Patient/_search`, { method: 'POST', body: `family=Audited&access_token=${secret}`,
+      headers: { ...h, accept: 'application/fhir+json', 'content-type': 'application/x-www-form-urlencoded' } });
+    assert.equal(form.status, 200);
+    assert.equal((await as(h, 'GET', `Patient?access_token=${secret}&bogus-param=1`, undefined, { prefer: 'handling=strict' })).status, 400);
+    const events = await eventsOf('c-query-token-2');
+    assert.equal(events.length, 3);
+    for (const e of events) assert.ok(!queryOf(e).includes(secret) && !queryOf(e).includes('access_token'), queryOf(e));
+  });
+
+  test('an access_token in the query string is no credential: without an Authorization header the request is 401', async () => {
+    const t = await token(srv, { scope: 'user/*.cruds', clientId: 'c-query-only' });
+    const r = await fhir(srv.url, 'GET', `Patient?access_token=${t}`);
+    assert.equal(r.status, 401, r.text);
+    const found = await as(admin, 'GET', `AuditEvent?outcome=4&subtype=search-type&_count=200`);
+    const refused = (found.json.entry ?? []).map((x: any) => x.resource).filter((e: any) => e.outcomeDesc?.startsWith('401'));
+    assert.ok(refused.length > 0, found.text);
+    for (const e of refused) assert.ok(!queryOf(e).includes(t) && !queryOf(e).includes('access_token'), queryOf(e));
   });
 });

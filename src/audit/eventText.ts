@@ -21,6 +21,14 @@ export interface AuditPart {
   json: string;
 }
 
+/**
+ * A part's id: the first 22 characters of the base64url SHA-256 of its UTF-8 text. The
+ * database refuses a part whose id is anything else (sql/028 kiln_audit_part_id).
+ */
+export function auditPartId(json: string): string {
+  return crypto.createHash('sha256').update(json).digest('base64url').slice(0, 22);
+}
+
 /** Parts kept, with their keys; when full the map is emptied (agents vary with users and addresses). */
 const MAX_KEPT = 10_000;
 const kept = new Map<string, { part: AuditPart; keys: RowKeys }>();
@@ -34,7 +42,7 @@ function sharedPart(facts: AuditFacts, agent: AuditAgent, base: string): { part:
     const i = interaction(facts);
     const a = agents(agent, base);
     const json = `${JSON.stringify(i).slice(1, -1)},"agent":${JSON.stringify(a)},"source":${JSON.stringify(source(base))}`;
-    shared = { part: { id: crypto.createHash('sha256').update(json).digest('base64url').slice(0, 22), json }, keys: joinKeys(interactionKeys(i), agentKeys(a)) };
+    shared = { part: { id: auditPartId(json), json }, keys: joinKeys(interactionKeys(i), agentKeys(a)) };
     if (kept.size >= MAX_KEPT) kept.clear();
     kept.set(key, shared);
   }

@@ -19,6 +19,28 @@ export function serverAuditRow(facts: AuditFacts, agent: AuditAgent, base: strin
   return { id, part, detail, lastUpdated: recorded, clinicalTime: recorded, keys };
 }
 
+/**
+ * OAuth credentials a client may put in a URL or form (RFC 6750 §2.3 `access_token`, RFC
+ * 6749 client and refresh credentials, OpenID's id_token), by lower-cased name. Kiln takes
+ * none of them from a query (only the Authorization header), and an AuditEvent is kept for
+ * years and read by auditors: they are dropped from the recorded query. Not `code`: in a
+ * FHIR query it is the search parameter (Observation?code=...), and the authorization code
+ * only ever goes to the token endpoint, which records no AuditEvent.
+ */
+const CREDENTIAL_PARAMETERS = new Set(['access_token', 'refresh_token', 'id_token', 'client_secret', 'client_assertion', 'password']);
+const MAYBE_CREDENTIAL = /token|secret|assertion|password|%/i;
+
+/** The query string without its credential parameters (any modifier, any case, percent-encoded names too); the rest as sent. */
+export function withoutCredentials(query: string): string {
+  if (!MAYBE_CREDENTIAL.test(query)) return query; // the usual search: nothing to look at
+  return query.split('&').filter((pair) => {
+    const raw = pair.split('=', 1)[0].replace(/\+/g, ' ');
+    let name: string;
+    try { name = decodeURIComponent(raw); } catch { name = raw; }
+    return !CREDENTIAL_PARAMETERS.has(name.split(':')[0].trim().toLowerCase());
+  }).join('&');
+}
+
 export interface Touched {
   resources?: string[];
   patients?: string[];
@@ -42,7 +64,7 @@ export class RequestAudit {
     this.subtype = subtype;
     this.action = action;
     this.operation = extra.operation;
-    if (extra.query !== undefined) this.query = { type: extra.type, text: extra.query };
+    if (extra.query !== undefined) this.query = { type: extra.type, text: withoutCredentials(extra.query) };
   }
 
   /** A separate AuditEvent of the same request (a batch entry). */
