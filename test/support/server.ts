@@ -6,6 +6,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { SignJWT } from 'jose';
 import { startServer, type RunningServer } from '../../src/server.ts';
+import type { Config } from '../../src/config.ts';
 import { keyRingFor } from '../../src/auth/keys.ts';
 import { signAccessToken } from '../../src/auth/tokens.ts';
 
@@ -30,7 +31,7 @@ export interface TestServer extends RunningServer {
  * Authorization is off unless `auth: 'smart'`; auditing follows it unless `audit` says otherwise
  * (the suites written before SMART run unchanged, without AuditEvents among their data).
  */
-export async function startTestServer(opts: { dataDir?: string; pgPort?: number; bodyLimit?: string; auth?: 'smart' | 'off'; audit?: 'on' | 'off'; exportUserScopes?: boolean; auditWindowMs?: number; stopGraceMs?: number } = {}): Promise<TestServer> {
+export async function startTestServer(opts: { dataDir?: string; pgPort?: number; bodyLimit?: string; auth?: 'smart' | 'off'; audit?: 'on' | 'off'; exportUserScopes?: boolean; auditWindowMs?: number; stopGraceMs?: number; config?: Partial<Config> } = {}): Promise<TestServer> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-test-'));
   const pgPort = opts.pgPort ?? await freePort();
   const server = await startServer({
@@ -40,6 +41,7 @@ export async function startTestServer(opts: { dataDir?: string; pgPort?: number;
     ...(opts.exportUserScopes !== undefined ? { exportUserScopes: opts.exportUserScopes } : {}),
     ...(opts.auditWindowMs !== undefined ? { auditWindowMs: opts.auditWindowMs } : {}),
     ...(opts.stopGraceMs !== undefined ? { stopGraceMs: opts.stopGraceMs } : {}),
+    ...opts.config, // any other setting (poolSize, auth, ...)
   });
   return { ...server, dataDir, pgPort };
 }
