@@ -14,6 +14,7 @@ import { startServer } from '../src/server.ts';
 import { importFiles } from '../src/importer.ts';
 import { createOrg } from '../src/store/tenants.ts';
 import { exportNow } from '../src/export/run.ts';
+import { stageRows } from '../src/bigquery/load.ts';
 
 let srv: TestServer;
 const KICKOFF = { accept: 'application/fhir+json', prefer: 'respond-async' };
@@ -172,6 +173,28 @@ describe('system export', () => {
       assert.equal(text.split('\n').length - 1, f.count);
     }
     assert.match(result.transactionTime, /Z$/);
+  });
+
+  test('export files hold PHI: files 0600 and directories 0700, whatever the umask', async () => {
+    const root = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-export-modes-')), 'exports', 'nested');
+    const umask = process.umask(0); // the loosest: everything would be 0666 / 0777
+    let result;
+    const staged = path.join(path.dirname(root), 'Patient.ndjson');
+    try {
+      result = await exportNow(srv.db, { ...srv.config, exportDir: root, exportMaxLines: 300 }, { orgId: 1, types: ['Patient', 'Observation'] });
+      // The rows staged from them for a BigQuery load are PHI too.
+      assert.ok(await stageRows(result.files, 'Patient', staged, { tenant: 'default', transactionTime: result.transactionTime }) > 0);
+    } finally {
+      process.umask(umask);
+    }
+    const mode = (p: string) => (fs.statSync(p).mode & 0o777).toString(8);
+    assert.ok(result.files.length > 1);
+    for (const f of [...result.files.map((x) => x.path), staged]) assert.equal(mode(f), '600', f);
+    const jobDirectory = path.dirname(result.files[0].path);
+    assert.deepEqual(fs.readdirSync(jobDirectory).map((n) => mode(path.join(jobDirectory, n))).filter((m) => m !== '600'), []);
+    // The job's directory and the directories the export had to make for it.
+    for (const d of [jobDirectory, root, path.dirname(root)]) assert.equal(mode(d), '700', d);
+    fs.rmSync(path.dirname(path.dirname(root)), { recursive: true, force: true });
   });
 
   test('_type and _since: only changes after _since, deletes listed in deleted[]', async () => {

@@ -9,6 +9,7 @@ import readline from 'node:readline';
 import { BigQuery, type Dataset } from '@google-cloud/bigquery';
 import { BIGQUERY_TYPES, LOAD_COLUMNS, tableSchema, type BqField } from './schema.ts';
 import { deletionRow, parseLossless, resourceToRow, type LoadMeta } from './rows.ts';
+import { OWNER_ONLY_FILE, ownerOnlyDir } from '../export/ndjson.ts';
 
 export interface BigQueryTarget {
   projectId: string;
@@ -158,7 +159,8 @@ export async function ensureView(dataset: Dataset, target: BigQueryTarget, type:
 /** Rows of one type out of the export files: resources (optionally only those changed after `after`) and deletions. */
 export async function stageRows(files: ExportFile[], type: string, out: string, meta: LoadMeta, after?: string): Promise<number> {
   const tmp = `${out}.partial`;
-  const sink = fs.createWriteStream(tmp);
+  fs.rmSync(tmp, { force: true }); // made anew, so with the mode below (staged rows are PHI)
+  const sink = fs.createWriteStream(tmp, { mode: OWNER_ONLY_FILE });
   const afterMs = after ? Date.parse(after) : undefined;
   let rows = 0;
   const write = async (line: string) => { if (!sink.write(line)) await once(sink, 'drain'); };
@@ -279,7 +281,7 @@ export async function loadExport(target: BigQueryTarget, files: ExportFile[], op
   const bq = openBigQuery(target);
   try {
     const dataset = await checkDataset(bq, target);
-    fs.mkdirSync(opts.stagingDir, { recursive: true });
+    ownerOnlyDir(opts.stagingDir);
     const results: TypeLoad[] = [];
     const meta: LoadMeta = { tenant: opts.tenant, transactionTime: opts.transactionTime };
     for (const type of BIGQUERY_TYPES) {

@@ -197,7 +197,8 @@ export class LineFiles {
     if (this.discarded) throw new Error('export unit discarded');
     const name = `${this.prefix}.${this.opened.length + 1}.ndjson`;
     this.opened.push(name);
-    const fh = await fs.promises.open(path.join(this.dir, `${name}.part`), 'w+'); // w+: the last byte is read back at close
+    const fh = await fs.promises.open(path.join(this.dir, `${name}.part`), 'w+', OWNER_ONLY_FILE); // w+: the last byte is read back at close
+    await fh.chmod(OWNER_ONLY_FILE); // a .part left by an earlier attempt keeps the mode it was made with
     return { name, count: 0, bytes: 0, fh, pending: [], pendingBytes: 0, unsynced: 0 };
   }
 
@@ -243,6 +244,22 @@ async function lastByteIsNewline(fh: fs.promises.FileHandle, size: number): Prom
   const b = Buffer.alloc(1);
   const { bytesRead } = await fh.read(b, 0, 1, size - 1);
   return bytesRead === 1 && b[0] === NEWLINE;
+}
+
+/** Exported files hold PHI: readable by the server's user alone, whatever the umask. */
+export const OWNER_ONLY_FILE = 0o600;
+
+/**
+ * Makes `dir` (and parents it has to create) owner-only, 0700, whatever the umask (which
+ * masks mkdir's mode, not chmod's). Parents that already exist keep their mode: an
+ * operator's KILN_EXPORT_DIR is theirs; the job's own directory is made 0700 even if it exists.
+ */
+export function ownerOnlyDir(dir: string): void {
+  const first = fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    fs.chmodSync(d, 0o700);
+    if (!first || d === path.resolve(first) || d === path.dirname(d)) break;
+  }
 }
 
 /** fsyncs a directory so the renames in it survive a crash of the machine, not only of the process. */

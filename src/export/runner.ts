@@ -22,7 +22,7 @@ import { runSearch } from '../store/searchRun.ts';
 import { parseSearch } from '../search/query.ts';
 import { subset } from '../fhir/subset.ts';
 import { elementsFor, type ExportParams } from './params.ts';
-import { LineFiles, copyTextDecoder, mapLines, syncDir } from './ndjson.ts';
+import { LineFiles, copyTextDecoder, mapLines, ownerOnlyDir, syncDir } from './ndjson.ts';
 
 export function exportRoot(config: Config): string {
   return config.exportDir ?? path.join(config.dataDir, 'exports');
@@ -67,7 +67,7 @@ export async function runJob(opts: RunOptions, job: ExportJob): Promise<RunResul
   const { db, config, worker } = opts;
   const p = job.params;
   const dir = jobDir(config, job.id);
-  fs.mkdirSync(dir, { recursive: true });
+  ownerOnlyDir(dir); // PHI: 0700
   const stop = new AbortController();
   const onOuterAbort = () => stop.abort();
   opts.signal?.addEventListener('abort', onOuterAbort);
