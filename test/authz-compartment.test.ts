@@ -144,9 +144,11 @@ describe('patient compartment', () => {
     assert.deepEqual(idsOf(batch.json.entry[1].resource), []);
     assert.equal((await as(alice, 'DELETE', 'Observation?code=4444-4')).status, 204);
     assert.equal((await as(admin, 'GET', `Observation/${ids.perfB}`)).json.meta.versionId, '1', 'B\'s Observation untouched');
+    // If-None-Exist finds the performer-only match (else 201), which A reads but does not
+    // own: a patient-level create resolves only to the patient's own resources.
     const again = await as(alice, 'POST', 'Observation', obs(ids.A, 'exam', '3333-3'), { 'if-none-exist': 'code=3333-3' });
-    assert.equal(again.status, 200, 'If-None-Exist finds the performer-only match');
-    assert.equal(again.json.id, ids.perfA);
+    assert.equal(again.status, 403, again.text);
+    assert.match(again.json.issue[0].diagnostics, new RegExp(`Observation/${ids.perfA} is not about Patient/${ids.A}`));
   });
 
   test("reads of another patient's data are 404; own data 200 (performer counts for reads)", async () => {
@@ -208,6 +210,43 @@ describe('patient compartment', () => {
     // Inside the compartment writes work.
     const ok = await as(alice, 'PUT', `Observation/${ids.labA}`, { ...obs(ids.A, 'laboratory', '2345-7'), id: ids.labA, language: 'en' });
     assert.equal(ok.status, 200, ok.text);
+  });
+
+  test("writes need the resource's own patient: naming the token's patient as performer writes no other chart", async () => {
+    const json = { 'content-type': 'application/json-patch+json' };
+    const count = async () => (await as(admin, 'GET', `Observation?subject=Patient/${ids.B}&_summary=count`)).json.total;
+    const before = await count();
+    // Create for B with A as performer: in A's compartment, but B's chart.
+    const planted = await as(alice, 'POST', 'Observation', obs(ids.B, 'vital-signs', '7777-7', { performer: [{ reference: `Patient/${ids.A}` }] }));
+    assert.equal(planted.status, 403, planted.text);
+    assert.match(planted.json.issue[0].diagnostics, /not about Patient\//);
+    const bundled = await as(alice, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [
+      { request: { method: 'POST', url: 'Observation' }, resource: obs(ids.B, 'vital-signs', '7777-7', { performer: [{ reference: `Patient/${ids.A}` }] }) },
+    ] });
+    assert.equal(bundled.status, 403, bundled.text);
+    assert.equal(await count(), before, 'nothing written to B');
+    // Moving A's own Observation to B: by PATCH (the patched result is checked) and by PUT.
+    const own = await as(alice, 'POST', 'Observation', obs(ids.A, 'vital-signs', '7777-8', { performer: [{ reference: `Patient/${ids.A}` }] }));
+    assert.equal(own.status, 201, own.text);
+    const moved = await as(alice, 'PATCH', `Observation/${own.json.id}`, [{ op: 'replace', path: '/subject/reference', value: `Patient/${ids.B}` }], json);
+    assert.equal(moved.status, 403, moved.text);
+    const put = await as(alice, 'PUT', `Observation/${own.json.id}`, { ...obs(ids.B, 'vital-signs', '7777-8', { performer: [{ reference: `Patient/${ids.A}` }] }), id: own.json.id });
+    assert.equal(put.status, 403, put.text);
+    assert.equal((await as(admin, 'GET', `Observation/${own.json.id}`)).json.subject.reference, `Patient/${ids.A}`);
+    assert.equal(await count(), before);
+    // A resource A reads through performer (B's, or with a Group as subject) is not A's to change.
+    assert.equal((await as(alice, 'GET', `Observation/${ids.perfA}`)).status, 200);
+    assert.equal((await as(alice, 'PATCH', `Observation/${ids.perfA}`, [{ op: 'add', path: '/language', value: 'en' }], json)).status, 403);
+    assert.equal((await as(alice, 'DELETE', `Observation/${ids.perfA}`)).status, 403);
+    const bob = bearer(await token(srv, { scope: 'patient/*.cruds', patient: ids.B }));
+    assert.equal((await as(bob, 'GET', `Observation/${ids.sharedA}`)).status, 200, 'reads keep the whole compartment');
+    assert.equal((await as(bob, 'DELETE', `Observation/${ids.sharedA}`)).status, 403, "but A's Observation is not B's to delete");
+    // A Patient is its own: a patient token writes its Patient, not one that links to it.
+    const linked = await as(alice, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Alpha-New' }], link: [{ other: { reference: `Patient/${ids.A}` }, type: 'seealso' }] });
+    assert.equal(linked.status, 403, linked.text);
+    assert.equal((await as(alice, 'PATCH', `Patient/${ids.linkA}`, [{ op: 'add', path: '/active', value: true }], json)).status, 403);
+    const self = await as(alice, 'PATCH', `Patient/${ids.A}`, [{ op: 'add', path: '/active', value: true }], json);
+    assert.equal(self.status, 200, self.text);
   });
 
   test('Bundles: a batch refuses entry by entry, a transaction fails whole naming the entry', async () => {

@@ -5,11 +5,12 @@
 import { inTenant, type Ctx } from '../http/context.ts';
 import type { Tx } from '../store/resources.ts';
 import { FhirError, notFound } from '../fhir/outcome.ts';
-import { parseSearch } from '../search/query.ts';
+import { parseSearch, reachPair, type Reach } from '../search/query.ts';
+import { STORED_TYPES } from '../search/criteria.ts';
 import { runSearch } from '../store/searchRun.ts';
 import type { WriteGuard } from '../interactions/write.ts';
 import { AuthError, verifyAccessToken } from './verify.ts';
-import { accessFor, hasCompartment, inCompartment, parseScopes, searchRestriction, type Access, type Permission, type ResourceScope } from './scopes.ts';
+import { accessFor, hasCompartment, inCompartment, ownedBy, parseScopes, searchRestriction, type Access, type Permission, type ResourceScope } from './scopes.ts';
 
 export type { Access, Permission } from './scopes.ts';
 
@@ -57,26 +58,61 @@ export function permit(ctx: Ctx, type: string, perm: Permission): Access {
   throw forbidden(`The access token's scopes do not allow ${PERM_WORD[perm]} on ${type}`);
 }
 
-/** Search pairs every search under `access` must also match (compartment, granular filters). */
+/**
+ * Search pairs every search of `type` under `access` must also match: the compartment and
+ * granular filters on the result type and, when the token is restricted on any type a
+ * search can reach, the Reach that confines every chained and `_has` resource too
+ * (src/search/query.ts reachPair). A search is parsed with these pairs among its own.
+ */
 export function restriction(ctx: Ctx, type: string, access: Access): [string, string][] {
+  const pairs = restrictionPairs(ctx, type, access);
+  return needsReach(ctx) ? [...pairs, reachPair(reachOf(ctx))] : pairs;
+}
+
+function restrictionPairs(ctx: Ctx, type: string, access: Access): [string, string][] {
   const pairs = searchRestriction(access, type, ctx.access?.patient);
   if (!pairs) throw forbidden(`The access token's granular scopes on ${type} cannot be combined into one search; ask for one of them`);
   return pairs;
 }
 
-/** Parsed restriction criteria for appending to a parsed search. */
+/** Parsed restriction criteria of the result type alone (what a resource itself must match). */
 export function restrictionCriteria(ctx: Ctx, type: string, access: Access) {
-  return criteriaOf(type, restriction(ctx, type, access));
+  return criteriaOf(type, restrictionPairs(ctx, type, access));
 }
 
-/** Every restriction pair must become a criterion: one that did not (an unknown parameter) would widen access. */
+/**
+ * Every restriction pair must become a criterion: one that did not (an unknown parameter)
+ * would widen access. A granular filter is on the resource's own elements: a chain or
+ * `_has` in it would reach resources the token may not see.
+ */
 function criteriaOf(type: string, pairs: [string, string][]) {
   const q = parseSearch(type, pairs);
-  if (q.criteria.length !== pairs.length) throw forbidden(`A granular scope on ${type} names a search parameter Kiln cannot apply`);
+  if (q.criteria.length !== pairs.length || q.criteria.some((c) => c.chain || c.has)) {
+    throw forbidden(`A granular scope on ${type} names a search parameter Kiln cannot apply`);
+  }
   return q.criteria;
 }
 
 const isRestricted = (a: Access) => a.compartment || a.filters.length > 0;
+
+/** Whether the token is restricted on a type a chain or `_has` can reach (auth off, system/*: no). */
+function needsReach(ctx: Ctx): boolean {
+  if (!grantsOf(ctx)) return false;
+  return STORED_TYPES.some((t) => { const a = accessOf(ctx, t, 's'); return !a || isRestricted(a); });
+}
+
+/**
+ * A resource a search reaches is searched too: it needs the token's search access to its
+ * type (else 403: the answer depends on the token alone, never on data) and must match the
+ * token's restriction there, as a result of that type would.
+ */
+function reachOf(ctx: Ctx): Reach {
+  return (type) => {
+    const access = accessOf(ctx, type, 's');
+    if (!access) throw forbidden(`The search reaches ${type} resources (a chain or _has), which the access token's scopes do not allow searching`);
+    return restrictionCriteria(ctx, type, access);
+  };
+}
 
 /** Whether a stored resource is visible under `access` (the compartment checked on the resource with the parameters searches use, filters by a search in `tx`). */
 export async function visible(ctx: Ctx, tx: Tx | undefined, type: string, id: string, json: string, access: Access): Promise<boolean> {
@@ -88,7 +124,7 @@ export async function visible(ctx: Ctx, tx: Tx | undefined, type: string, id: st
 }
 
 async function matchesFilters(ctx: Ctx, tx: Tx, type: string, id: string, access: Access): Promise<boolean> {
-  const criteria = criteriaOf(type, [['_id', id], ...restriction(ctx, type, { compartment: false, filters: access.filters })]);
+  const criteria = criteriaOf(type, [['_id', id], ...restrictionPairs(ctx, type, { compartment: false, filters: access.filters })]);
   const { rows } = await runSearch(tx, { orgId: ctx.orgId, type, criteria, sort: [], count: 1, total: 'none' });
   return rows.length > 0;
 }
@@ -111,14 +147,22 @@ export async function filterVisible<T extends { type: string; id: string; json: 
 
 /**
  * Checks for a write under `access`: the stored version it replaces or deletes and the
- * new version (in the same transaction, so a refused write rolls back) must both be in
- * the token's compartment and match its granular filters. Undefined when unrestricted.
+ * new version (in the same transaction, so a refused write rolls back; after a PATCH the
+ * patched result) must both be about the token's patient and match its granular filters.
+ * Every write path (create, update, patch, delete, conditional, Bundle entries) passes
+ * through here. Undefined when unrestricted.
  */
 export function writeGuard(ctx: Ctx, type: string, access: Access): WriteGuard | undefined {
   if (!isRestricted(access)) return undefined;
+  const patient = ctx.access?.patient;
   const check = (what: string) => async (tx: Tx, t: string, id: string, json: string) => {
-    if (!await visible(ctx, tx, t, id, json, access)) {
-      throw forbidden(`${what} ${t}/${id} is outside what the access token's scopes allow${access.compartment ? ` (the compartment of Patient/${ctx.access!.patient})` : ''}`);
+    // Writes take the resource's own patient (subject/patient; a Patient's id), not the
+    // whole compartment: naming the patient as performer writes no one else's chart.
+    if (access.compartment && !(patient && ownedBy(t, JSON.parse(json), patient))) {
+      throw forbidden(`${what} ${t}/${id} is not about Patient/${patient}: a patient-level write needs the resource's patient (its subject or patient; a Patient's own id) to be the token's patient`);
+    }
+    if (access.filters.length && !await visible(ctx, tx, t, id, json, { compartment: false, filters: access.filters })) {
+      throw forbidden(`${what} ${t}/${id} is outside what the access token's granular scopes allow`);
     }
   };
   return { stored: check('The stored'), written: check('The written') };

@@ -67,7 +67,7 @@ export function hasLevel(scopes: ResourceScope[], level: Level): boolean {
 
 // ---------------------------------------------------------------- patient compartment
 // Defined once, in src/search/compartment.ts (reads, writes, searches and $everything use it).
-export { compartmentPatients, hasCompartment, inCompartment } from '../search/compartment.ts';
+export { compartmentPatients, hasCompartment, inCompartment, ownedBy } from '../search/compartment.ts';
 
 /**
  * The compartment as a search pair: its text is the narrower public criterion (the first

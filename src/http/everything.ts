@@ -11,7 +11,7 @@ import { dateRange } from '../../mappings/search/extract.ts';
 import { readCurrent, requireLive } from '../store/resources.ts';
 import { everything } from '../store/everything.ts';
 import { checkId } from './crud.ts';
-import { accessOf, filterVisible, permit } from '../auth/enforce.ts';
+import { accessOf, permit, restrictionCriteria } from '../auth/enforce.ts';
 
 function instantParam(name: string, raw: unknown, end: boolean): string | undefined {
   if (raw === undefined) return undefined;
@@ -34,6 +34,14 @@ export async function everythingInteraction(ctx: Ctx, patientId?: string) {
   if (own && patientId && patientId !== own) throw notFound(`Patient/${patientId} not found`);
   const patientIds = patientId ? [patientId] : own ? [own] : undefined;
   const types = asked.filter((t) => accessOf(ctx, t, 'r'));
+  // Each type's rows match the token's restriction in the query itself, so a page (and the
+  // cursor in its next link) holds only what the token may read. The compartment of the
+  // token's own patient is what the query selects already.
+  const restrict = Object.fromEntries(types.map((t) => {
+    const a = accessOf(ctx, t, 'r')!;
+    const selected = a.compartment && own !== undefined && patientIds?.length === 1 && patientIds[0] === own;
+    return [t, restrictionCriteria(ctx, t, selected ? { compartment: false, filters: a.filters } : a)];
+  }));
   ctx.audit?.touch({ patients: patientIds ?? [] });
   let after: { type: string; id: string } | undefined;
   if (typeof query._page === 'string') {
@@ -43,23 +51,20 @@ export async function everythingInteraction(ctx: Ctx, patientId?: string) {
   }
   const rows = await inTenant(ctx, async (tx) => {
     if (patientId) requireLive(await readCurrent(tx, 'Patient', patientId), 'Patient', patientId);
-    // Granular filters and mixed patient/user grants are applied row by row (a page may come out short).
-    const fetched = await everything(tx, {
-      patientIds, types, count: count + 1, after,
+    return everything(tx, {
+      patientIds, types, count: count + 1, after, restrict,
       start: instantParam('start', query.start, false), end: instantParam('end', query.end, true),
       since: instantParam('_since', query._since, false),
     });
-    // The page is cut from what was fetched (so the cursor stays right), then filtered.
-    return { fetched, shown: new Set(await filterVisible(ctx, tx, fetched.slice(0, count), 'r')) };
   });
-  const page = rows.fetched.slice(0, count);
+  const page = rows.slice(0, count);
   const path = patientId ? `Patient/${patientId}/$everything` : 'Patient/$everything';
   const keep = queryPairs(ctx.req).filter(([n]) => n !== '_page');
   const link = (extra: [string, string][]) => `${ctx.base}/${path}?${new URLSearchParams([...keep, ...extra]).toString()}`;
   const links: BundleLink[] = [{ relation: 'self', url: link(after ? [['_page', `${after.type}/${after.id}`]] : []) }];
   const last = page[page.length - 1];
-  if (rows.fetched.length > count && last) links.push({ relation: 'next', url: link([['_page', `${last.type}/${last.id}`]]) });
+  if (rows.length > count && last) links.push({ relation: 'next', url: link([['_page', `${last.type}/${last.id}`]]) });
   await ctx.audit?.success();
   sendJson(ctx.req, ctx.res, 200, bundleJson('searchset',
-    page.filter((r) => rows.shown.has(r)).map((r) => ({ fullUrl: `${ctx.base}/${r.type}/${r.id}`, resourceJson: r.json, search: { mode: 'match' } })), links));
+    page.map((r) => ({ fullUrl: `${ctx.base}/${r.type}/${r.id}`, resourceJson: r.json, search: { mode: 'match' } })), links));
 }

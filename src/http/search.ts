@@ -11,7 +11,7 @@ import { subset, type SummaryMode } from '../fhir/subset.ts';
 import { parseSearch } from '../search/query.ts';
 import { runSearch, runSystemSearch, fetchIncludes } from '../store/searchRun.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
-import { accessOf, filterVisible, forbidden, permit, restrictionCriteria } from '../auth/enforce.ts';
+import { accessOf, filterVisible, forbidden, permit, restriction } from '../auth/enforce.ts';
 import { queryPatients } from '../audit/request.ts';
 
 /** Records the search's AuditEvent: the query, and the patients it names or is confined to. */
@@ -33,11 +33,10 @@ function decodeCursor(raw: string): string[] {
 
 export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, string][]) {
   const access = permit(ctx, type, 's');
-  const q = parseSearch(type, pairs);
+  // The compartment and granular filters apply to the result type and to every resource
+  // a chain or _has reaches, so the client's criteria can only narrow what the token sees.
+  const q = parseSearch(type, [...pairs, ...restriction(ctx, type, access)]);
   if (q.unknown.length && preferStrict(ctx.req)) throw badRequest(`Unsupported search parameter(s): ${q.unknown.join(', ')}`);
-  // The compartment and granular filters apply to the result type, so chains, _has and
-  // the client's own criteria can only narrow what the token sees.
-  q.criteria.push(...restrictionCriteria(ctx, type, access));
   const count = pageSize(ctx, q.count);
   const after = q.page ? decodeCursor(q.page) : undefined;
   const countOnly = q.summary === 'count';
@@ -48,7 +47,8 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
       total: countOnly && q.total === 'none' ? 'accurate' : q.total,
     });
     const included = countOnly || (!q.include.length && !q.revinclude.length) ? []
-      : await filterVisible(ctx, tx, await fetchIncludes(tx, type, page.rows.map((r) => r.id), q.include, q.revinclude, ctx.config.maxCount), 'r');
+      // Filtered round by round: an :iterate round starts only from what the token may read.
+      : await fetchIncludes(tx, type, page.rows.map((r) => r.id), q.include, q.revinclude, ctx.config.maxCount, (rows) => filterVisible(ctx, tx, rows, 'r'));
     return { page, included };
   });
   const summary = countOnly ? undefined : (q.summary as SummaryMode | undefined);
@@ -100,7 +100,7 @@ export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][
   }
   const countOnly = first.summary === 'count';
   const result = await inTenant(ctx, (tx) => runSystemSearch(tx, {
-    types: types.map((type) => ({ type, criteria: [...parseSearch(type, usable).criteria, ...restrictionCriteria(ctx, type, permit(ctx, type, 's'))] })),
+    types: types.map((type) => ({ type, criteria: parseSearch(type, [...usable, ...restriction(ctx, type, permit(ctx, type, 's'))]).criteria })),
     count: countOnly ? 0 : count, after,
     // _total=estimate is counted exactly here: the planner's guess for a union of types is poor.
     total: countOnly || first.total !== 'none' ? 'accurate' : 'none',

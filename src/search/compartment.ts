@@ -59,6 +59,32 @@ export function inCompartment(type: string, resource: Record<string, any>, patie
   return compartmentPatients(type, resource).includes(patient);
 }
 
+/** The parameter naming the patient a resource is about (its subject/patient), per compartment type other than Patient. */
+const OWNER_PARAM = 'patient';
+const ownerDefs = new Map<string, SearchParamDef[]>();
+
+/**
+ * The patients a resource is about, which a patient-level write must be limited to: a
+ * Patient's own id, else whom its `patient` parameter names (Observation.subject,
+ * Encounter.subject, ...). Narrower than the compartment, which also holds resources
+ * that merely name the patient (Observation.performer, Patient.link): those are read,
+ * not written, through a patient's grant.
+ */
+export function ownerPatients(type: string, resource: Record<string, any>): string[] {
+  if (type === 'Patient') return typeof resource.id === 'string' ? [resource.id] : [];
+  if (!hasCompartment(type)) return [];
+  let defs = ownerDefs.get(type);
+  if (!defs) ownerDefs.set(type, (defs = [paramDef(type, OWNER_PARAM)].filter((d): d is SearchParamDef => Boolean(d))));
+  const refs = extractIndexWith({ ...resource, resourceType: type } as Resource, defs).references;
+  return [...new Set(refs.filter((r) => r.targetType === 'Patient' && r.targetId).map((r) => r.targetId!))];
+}
+
+/** Whether a resource is about `patient` alone (see ownerPatients). */
+export function ownedBy(type: string, resource: Record<string, any>, patient: string): boolean {
+  const owners = ownerPatients(type, resource);
+  return owners.length > 0 && owners.every((p) => p === patient);
+}
+
 /**
  * The search criterion "in Patient/{patient}'s compartment": any compartment parameter
  * references the patient (or, for Patient, it is the patient). No request syntax parses

@@ -11,10 +11,12 @@ export interface Criterion {
   modifier?: string;
   /** Comma-separated alternatives (OR). */
   values: string[];
-  /** `subject:Patient.name=x`: the criterion applies to the referenced resource. */
-  chain?: { targetType: string; criterion: Criterion };
-  /** `_has:Observation:patient:code=x`: resources referenced by a matching other resource. */
-  has?: { sourceType: string; refParam: SearchParamDef; criterion: Criterion };
+  /** `subject:Patient.name=x`: the criterion applies to the referenced resource, which must
+   * also match `restrict` (the token's restriction for its type, src/search/query.ts Reach). */
+  chain?: { targetType: string; criterion: Criterion; restrict?: Criterion[] };
+  /** `_has:Observation:patient:code=x`: resources referenced by a matching other resource
+   * (which must also match `restrict`, as for chains). */
+  has?: { sourceType: string; refParam: SearchParamDef; criterion: Criterion; restrict?: Criterion[] };
   /** `:missing` */
   missing?: boolean;
   /** Internal, never parsed from a request (src/search/compartment.ts): any of these

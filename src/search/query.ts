@@ -44,12 +44,43 @@ export function parsedPair(text: [string, string], criterion: Criterion): [strin
   return Object.assign([text[0], text[1]] as [string, string], { [PARSED]: criterion });
 }
 
+/**
+ * What a search may reach beyond its result type (chains, `_has`): for a type, the criteria
+ * every reached resource of it must also match (the token's compartment and granular
+ * filters); it throws to refuse a type the token may not search.
+ */
+export type Reach = (type: string) => Criterion[];
+
+const REACH = Symbol('reach');
+
+/**
+ * A search pair that carries enforcement's Reach, travelling with the restriction pairs
+ * into every search (conditional writes, Bundle entries). Its text names no parameter
+ * Kiln knows, so a copy that loses the Reach is refused as unsupported, not run wider.
+ */
+export function reachPair(reach: Reach): [string, string] {
+  return Object.assign(['_reach', 'restricted'] as [string, string], { [REACH]: reach });
+}
+
+/** The criterion with `reach` applied to every resource it reaches, at any depth. */
+function confine(c: Criterion, reach: Reach): Criterion {
+  if (c.chain) {
+    const { targetType, criterion } = c.chain;
+    return { ...c, chain: { targetType, criterion: confine(criterion, reach), restrict: reach(targetType) } };
+  }
+  if (c.has) return { ...c, has: { ...c.has, criterion: confine(c.has.criterion, reach), restrict: reach(c.has.sourceType) } };
+  return c;
+}
+
 export function parseSearch(type: string, pairs: [string, string][]): ParsedSearch {
   // No total unless asked: counting every match costs what the page does not (bench/search.ts).
   const q: ParsedSearch = { criteria: [], unknown: [], sort: [], total: 'none', include: [], revinclude: [] };
+  let reach: Reach | undefined;
   for (const pair of pairs) {
     const parsed = (pair as { [PARSED]?: Criterion })[PARSED];
     if (parsed) { q.criteria.push(parsed); continue; }
+    const carried = (pair as { [REACH]?: Reach })[REACH];
+    if (carried) { reach = carried; continue; }
     const [name, value] = pair;
     if (IGNORED.has(name)) continue;
     switch (name) {
@@ -90,5 +121,7 @@ export function parseSearch(type: string, pairs: [string, string][]): ParsedSear
     if (criterion) q.criteria.push(criterion);
     else q.unknown.push(name);
   }
+  const r = reach;
+  if (r) q.criteria = q.criteria.map((c) => confine(c, r));
   return q;
 }

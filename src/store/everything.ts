@@ -3,6 +3,8 @@
 import type { Tx } from './resources.ts';
 import { READ_FROM, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
 import { compartmentCond } from './compartmentSql.ts';
+import { criterionSql } from './searchSql.ts';
+import type { Criterion } from '../search/criteria.ts';
 
 export interface EverythingQuery {
   /** Patients whose compartments are wanted; undefined = every patient of the tenant. */
@@ -13,6 +15,8 @@ export interface EverythingQuery {
   since?: string;
   count: number;
   after?: { type: string; id: string };
+  /** Criteria each type's rows must also match (the token's restriction), by type. */
+  restrict?: Record<string, Criterion[]>;
 }
 
 export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: string; id: string; json: string }[]> {
@@ -32,6 +36,7 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
     }
     const inCompartment = compartmentCond(type, 'r', { patients, constant: (v) => `${p(v)}::text${typeof v === 'string' ? '' : '[]'}` });
     if (inCompartment) conds.push(inCompartment);
+    for (const c of q.restrict?.[type] ?? []) conds.push(criterionSql(c, type, 'r', p));
     parts.push(`SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${READ_FROM[type]} r WHERE ${conds.join(' AND ')}`);
   }
   if (!parts.length) return [];

@@ -219,9 +219,15 @@ async function keyedIncludeTargets(tx: Tx, inc: IncludeSpec, stored: StoredAs | 
     .map((k) => ({ type: k.type, id: k.id }));
 }
 
-/** Resources the page references (_include) or that reference it (_revinclude), de-duplicated. */
+type Included = { type: string; id: string; json: string };
+
+/**
+ * Resources the page references (_include) or that reference it (_revinclude), de-duplicated.
+ * `keep` picks, round by round, those the caller may return: an :iterate round follows only
+ * those, and only they count against `limit`.
+ */
 export async function fetchIncludes(tx: Tx, type: string, ids: string[], includes: IncludeSpec[], revincludes: IncludeSpec[],
-  limit: number): Promise<{ type: string; id: string; json: string }[]> {
+  limit: number, keep: (rows: Included[]) => Promise<Included[]> = async (rows) => rows): Promise<Included[]> {
   const seen = new Set(ids.map((id) => `${type}/${id}`));
   const out: { type: string; id: string; json: string }[] = [];
   let frontier = new Map<string, string[]>([[type, ids]]);
@@ -268,9 +274,10 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
     }
     const fresh = found.filter((f) => !seen.has(`${f.type}/${f.id}`) && seen.add(`${f.type}/${f.id}`));
     if (!fresh.length) break;
-    frontier = new Map();
-    for (const f of fresh) frontier.set(f.type, [...(frontier.get(f.type) ?? []), f.id]);
-    for (const [t, list] of frontier) {
+    const byType = new Map<string, string[]>();
+    for (const f of fresh) byType.set(f.type, [...(byType.get(f.type) ?? []), f.id]);
+    const fetched: Included[] = [];
+    for (const [t, list] of byType) {
       // Through the id locator, so each resource is read from its one time partition. The
       // LIMIT keeps the lookup a per-id probe: given an id array the planner cannot size,
       // it chose to hash-join the whole table.
@@ -282,8 +289,12 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
                WHERE x.org_id = i.org_id AND x.id = i.id AND x.clinical_time = i.clinical_time LIMIT 1) r
             WHERE i.org_id = current_setting('app.org_id')::integer AND i.resource_type = $2 AND i.id = ANY($1::text[])`, [ids, t])
         : await tx.query(`SELECT id, resource::text AS json FROM ${READ_FROM[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [ids]);
-      out.push(...rows.map((r) => ({ type: t, id: r.id, json: r.json })));
+      fetched.push(...rows.map((r) => ({ type: t, id: r.id, json: r.json })));
     }
+    const kept = await keep(fetched);
+    out.push(...kept);
+    frontier = new Map();
+    for (const k of kept) frontier.set(k.type, [...(frontier.get(k.type) ?? []), k.id]);
   }
   return out.slice(0, limit);
 }

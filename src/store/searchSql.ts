@@ -269,6 +269,15 @@ function anyRefSql(a: NonNullable<Criterion['anyRef']>, type: string, r: string,
 }
 
 /**
+ * The conditions on a resource row `t` that a chain or `_has` reaches: the criterion, and
+ * the token's restriction for that type (Criterion `restrict`; none when unrestricted, so
+ * such searches are unchanged), one level deeper.
+ */
+function reachedSql(criterion: Criterion, restrict: Criterion[] | undefined, type: string, t: string, p: P, depth: number): string {
+  return [criterion, ...restrict ?? []].map((x) => criterionSql(x, type, t, p, depth + 1)).join(' AND ');
+}
+
+/**
  * SQL condition for one criterion on the resource row aliased `r` of `type`. With
  * `perRow` its index lookups stay per-row probes (OFFSET 0 keeps PostgreSQL from turning
  * them into a join that may hash every matching row of the tenant): for rows that a
@@ -292,17 +301,18 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
     const { sourceType, refParam, criterion } = c.has;
     const s = `h${depth}`;
     const t = `ht${depth}`;
+    const reached = reachedSql(criterion, c.has.restrict, sourceType, t, p, depth);
     if (ROW_KEYED_TYPES.has(sourceType)) {
       // Source rows whose keys name this row: a GIN probe per row.
       const stored = storedParams(refParam);
       if (stored.targetType && stored.targetType !== type) return 'false';
       return `EXISTS (SELECT 1 FROM ${rowsWithKeys(sourceType, keysNaming(stored.params, type, `${r}.id`, p))} ${s}
         JOIN ${READ_FROM[sourceType]} ${t} ON ${t}.org_id = ${r}.org_id AND ${t}.id = ${s}.id AND ${t}.clinical_time = ${s}.clinical_time
-        WHERE ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
+        WHERE ${reached}${tail})`;
     }
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${READ_FROM[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
       WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(sourceType)} AND ${storedCond(storedParams(refParam), s, p)}
-        AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${criterionSql(criterion, sourceType, t, p, depth + 1)}${tail})`;
+        AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${reached}${tail})`;
   }
   if (c.chain) {
     const s = `c${depth}`;
@@ -313,11 +323,11 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
       const stored = storedParams(def);
       if (stored.targetType && stored.targetType !== targetType) return 'false';
       return `EXISTS (SELECT 1 FROM ${READ_FROM[targetType]} ${t} WHERE ${t}.org_id = ${r}.org_id
-        AND ${t}.id = ANY(${referencedIds(stored.params, targetType, r, p)}) AND ${criterionSql(criterion, targetType, t, p, depth + 1)}${tail})`;
+        AND ${t}.id = ANY(${referencedIds(stored.params, targetType, r, p)}) AND ${reachedSql(criterion, c.chain.restrict, targetType, t, p, depth)}${tail})`;
     }
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${READ_FROM[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
       WHERE ${indexRowOf(s, r, type, p)} AND ${storedCond(storedParams(def), s, p)}
-        AND ${s}.target_type = ${p(targetType)} AND ${criterionSql(criterion, targetType, t, p, depth + 1)}${tail})`;
+        AND ${s}.target_type = ${p(targetType)} AND ${reachedSql(criterion, c.chain.restrict, targetType, t, p, depth)}${tail})`;
   }
   // Parameters on the row itself.
   if (def.code === '_id') {
