@@ -214,7 +214,7 @@ describe('authorization code + PKCE', () => {
   });
 
   it('EHR launch: the launch parameter gives the patient context without a picker', async () => {
-    const launchId = kiln('launch', '--tenant', 'default', '--patient', patients.alice).trim().split('\n').at(-1)!;
+    const launchId = kiln('launch', '--tenant', 'default', '--client', app, '--patient', patients.alice).trim().split('\n').at(-1)!;
     const { params, verifier } = await launch({ scope: 'launch openid fhirUser patient/*.rs', extra: { launch: launchId } });
     const res = await exchange(params.get('code')!, verifier);
     assert.equal(res.status, 200, JSON.stringify(res.json));
@@ -222,6 +222,61 @@ describe('authorization code + PKCE', () => {
     assert.equal(decodeJwt(res.json.id_token).fhirUser, `${server.url}/Practitioner/77`);
     const r = await new Browser().request('GET', authorizeUrl({ response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch patient/*.rs', state: 'x', aud: server.url, code_challenge: pkce().challenge, code_challenge_method: 'S256', launch: 'forged-launch' }));
     assert.equal(new URL(r.location!).searchParams.get('error'), 'invalid_request');
+  });
+
+  it("a Patient user's grant is their own compartment: user/*.rs becomes patient/*.rs for their own record", async () => {
+    // The consent page offers what will be granted; ticking the scope as asked changes nothing.
+    const { params, verifier } = await launch({ scope: 'openid fhirUser user/*.rs', username: 'alice', ticked: ['user/*.rs', 'patient/*.rs'] });
+    const res = await exchange(params.get('code')!, verifier);
+    assert.equal(res.status, 200, JSON.stringify(res.json));
+    assert.equal(res.json.scope, 'openid fhirUser patient/*.rs');
+    assert.equal(res.json.patient, patients.alice);
+    const ctx = await verifyAccessToken(`Bearer ${res.json.access_token}`, { audience: server.url, tenant: 'default' });
+    assert.deepEqual(ctx.scopes, ['openid', 'fhirUser', 'patient/*.rs']);
+    assert.equal(ctx.patient, patients.alice);
+    assert.equal(ctx.fhirUser, `Patient/${patients.alice}`);
+  });
+
+  it('an EHR launch is for one client, one user when named, one patient user only for themselves, and is used once', async () => {
+    const newLaunch = (...extra: string[]) => kiln('launch', '--tenant', 'default', '--client', app, ...extra).trim().split('\n').at(-1)!;
+    const start = (launchId: string, client = app) => new Browser().request('GET', authorizeUrl({
+      response_type: 'code', client_id: client, redirect_uri: REDIRECT, scope: 'launch patient/*.rs', state: 'l', aud: server.url,
+      code_challenge: pkce().challenge, code_challenge_method: 'S256', launch: launchId,
+    }));
+    const errorOf = (r: { location?: string }) => new URL(r.location!).searchParams.get('error');
+    // Used once: the second authorize request presenting it is refused.
+    const once = newLaunch('--patient', patients.bob);
+    const { params } = await launch({ scope: 'launch patient/*.rs', extra: { launch: once } });
+    assert.ok(params.get('code'));
+    assert.equal(errorOf(await start(once)), 'invalid_request', 'a launch id is used once');
+    // Bound to its client.
+    const forApp = newLaunch('--patient', patients.bob);
+    assert.equal(errorOf(await start(forApp, confidential)), 'invalid_request', 'another client cannot use it');
+    assert.throws(() => kiln('launch', '--tenant', 'default', '--client', 'no-such-client', '--patient', patients.bob), 'launch for an unknown client');
+    assert.throws(() => kiln('launch', '--tenant', 'default', '--patient', patients.bob), '--client is required');
+    // Bound to its user, when the EHR names one.
+    const forDoctor = newLaunch('--patient', patients.bob, '--user', 'dr.who');
+    const b = new Browser();
+    const s1 = await b.request('GET', authorizeUrl({
+      response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch patient/*.rs', state: 'u', aud: server.url,
+      code_challenge: pkce().challenge, code_challenge_method: 'S256', launch: forDoctor,
+    }));
+    const other = await b.request('POST', `${server.url}/auth/login`, { request: s1.request!, username: 'alice', password: PASSWORD });
+    assert.equal(other.status, 303, other.html);
+    assert.equal(errorOf(other), 'access_denied');
+    // A Patient user with a launch for another patient gets no token for that patient.
+    const forBob = newLaunch('--patient', patients.bob);
+    const b2 = new Browser();
+    const s2 = await b2.request('GET', authorizeUrl({
+      response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch patient/*.rs', state: 'p', aud: server.url,
+      code_challenge: pkce().challenge, code_challenge_method: 'S256', launch: forBob,
+    }));
+    const alice = await b2.request('POST', `${server.url}/auth/login`, { request: s2.request!, username: 'alice', password: PASSWORD });
+    assert.equal(alice.status, 303, alice.html);
+    assert.equal(errorOf(alice), 'access_denied');
+    assert.match(new URL(alice.location!).searchParams.get('error_description')!, /own record/);
+    const consent = await b2.request('POST', `${server.url}/auth/consent`, { request: s2.request!, decision: 'approve', scope: 'patient/*.rs' });
+    assert.equal(consent.status, 400, 'the request is gone');
   });
 
   it('checks client, redirect_uri and aud before anything else', async () => {

@@ -161,6 +161,17 @@ describe('a restricted token learns nothing about resources it cannot read', () 
     assert.equal(has.status, 403, has.text);
   });
 
+  test("a Patient user's token acts in that patient's compartment, whatever its scopes say", async () => {
+    const patientUser = bearer(await token(srv, { scope: 'openid fhirUser user/*.rs', fhirUser: `Patient/${ids.A}` }));
+    const r = await as(patientUser, 'GET', 'Patient?_count=100');
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual((r.json.entry ?? []).map((e: any) => e.resource.id).sort(), [ids.A, ids.linkA].sort());
+    assert.equal((await as(patientUser, 'GET', `Patient/${ids.B}`)).status, 404);
+    assert.equal((await as(patientUser, 'GET', `Patient/${ids.A}`)).status, 200);
+    const otherContext = bearer(await token(srv, { scope: 'fhirUser patient/*.rs', fhirUser: `Patient/${ids.A}`, patient: ids.B }));
+    assert.equal((await as(otherContext, 'GET', `Patient/${ids.B}`)).status, 403);
+  });
+
   test('sorting by a chained value is refused (400): _sort reaches no other resource', async () => {
     const r = await as(tokens.alice, 'GET', 'Observation?_sort=subject:Patient.family');
     assert.equal(r.status, 400, r.text);

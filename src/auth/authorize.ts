@@ -7,10 +7,10 @@ import type { Tx } from '../store/resources.ts';
 import { findClient, type ClientRow } from '../store/authClients.ts';
 import { findUser } from '../store/authUsers.ts';
 import { clearLoginFailures, lockLoginCounters, recordLoginFailure } from '../store/authLoginFailures.ts';
-import { deleteRequest, findLaunch, findRequest, insertCode, insertRequest, updateRequest, type RequestRow } from '../store/authFlow.ts';
+import { deleteRequest, findRequest, insertCode, insertRequest, updateRequest, useLaunch, type RequestRow } from '../store/authFlow.ts';
 import { patientExists, searchPatientsByName } from '../store/authPatients.ts';
 import { inOrg, type AuthCtx } from './context.ts';
-import { grantScopes, parseClinicalScope, splitScope } from './scopeGrant.ts';
+import { asPatientScopes, grantScopes, parseClinicalScope, patientUser, splitScope } from './scopeGrant.ts';
 import { randomToken, sha256, verifyPassword } from './secrets.ts';
 import { consentPage, errorPage, loginPage, OPTIONAL_SCOPE, pickerPage } from './pages.ts';
 import { noStore } from './oauthError.ts';
@@ -30,6 +30,8 @@ export interface PendingAuthorization {
   codeChallenge: string;
   /** A patient must be picked (launch/patient or patient/ scopes, no EHR launch context). */
   needsPatient: boolean;
+  /** The user the EHR launch was made for: nobody else may complete this request. */
+  launchUser?: string;
 }
 
 type Outcome =
@@ -95,10 +97,11 @@ export async function authorize(a: AuthCtx, params: Map<string, string>): Promis
 
     let requested = splitScope(params.get('scope'));
     const launchParam = params.get('launch');
-    let launch: { patient?: string; encounter?: string } | undefined;
+    let launch: { patient?: string; encounter?: string; username?: string } | undefined;
     if (launchParam !== undefined) {
-      launch = await findLaunch(tx, sha256(launchParam));
-      if (!launch) return fail('invalid_request', 'The launch parameter is unknown or expired');
+      // Used up here, whatever follows: a launch id opens one authorization, of its own client.
+      launch = await useLaunch(tx, sha256(launchParam), clientId);
+      if (!launch) return fail('invalid_request', 'The launch parameter is unknown, expired, already used or made for another application');
     } else {
       requested = requested.filter((s) => s !== 'launch'); // EHR launch scope without a launch: nothing to resolve
     }
@@ -109,7 +112,7 @@ export async function authorize(a: AuthCtx, params: Map<string, string>): Promis
     const wantsPatient = granted.includes('launch/patient') || granted.some((s) => parseClinicalScope(s)?.context === 'patient');
     const pending: PendingAuthorization = {
       redirectUri, scopes: granted, state, nonce: params.get('nonce'), codeChallenge,
-      needsPatient: wantsPatient && !usesLaunchPatient,
+      needsPatient: wantsPatient && !usesLaunchPatient, launchUser: launch?.username,
     };
     const requestId = randomToken();
     await insertRequest<PendingAuthorization>(tx, {
@@ -136,12 +139,36 @@ async function loadRequest(tx: Tx, a: AuthCtx, form: URLSearchParams): Promise<L
   return { request, client, requestId };
 }
 
+/**
+ * Why the signed-in user cannot have what this request asks: an EHR launch made for
+ * another user, or a Patient user with another patient's context. A Patient user acts
+ * for themselves only, whatever the launch or the scopes say (see patientUser).
+ */
+function refusal(l: Loaded): string | undefined {
+  const { params, username, fhirUser, patient } = l.request;
+  if (params.launchUser && params.launchUser !== username) return 'The launch was made for another user';
+  const own = patientUser(fhirUser);
+  if (own && patient && patient !== own) return "A patient's sign-in gives access to their own record only, not to the launch's patient";
+  return undefined;
+}
+
+const refused = (l: Loaded, why: string) => redirectWith(l.request.params.redirectUri, { error: 'access_denied', error_description: why, state: l.request.params.state });
+
+/** The scopes the user may grant: a Patient user's act in their own compartment (asPatientScopes). */
+const offered = (l: Loaded) => (patientUser(l.request.fhirUser) ? asPatientScopes(l.request.params.scopes) : l.request.params.scopes);
+
 async function nextStep(tx: Tx, a: AuthCtx, l: Loaded): Promise<Outcome> {
+  const why = refusal(l);
+  if (why) {
+    await deleteRequest(tx, l.request.requestHash);
+    return refused(l, why);
+  }
   if (l.request.params.needsPatient && !l.request.patient) {
     const patients = await searchPatientsByName(tx, a.org.id, '', PICKER_LIMIT);
     return page(200, pickerPage({ request: l.requestId, clientName: l.client.name, name: '', patients, limit: PICKER_LIMIT }));
   }
-  return page(200, consentPage({ request: l.requestId, clientName: l.client.name, username: l.request.username!, scopes: l.request.params.scopes, patient: l.request.patient }));
+  const patient = patientUser(l.request.fhirUser) ?? l.request.patient;
+  return page(200, consentPage({ request: l.requestId, clientName: l.client.name, username: l.request.username!, scopes: offered(l), patient }));
 }
 
 export async function login(a: AuthCtx, form: URLSearchParams): Promise<void> {
@@ -204,19 +231,24 @@ export async function consent(a: AuthCtx, form: URLSearchParams): Promise<void> 
     const p = l.request.params;
     if (!l.request.username || (p.needsPatient && !l.request.patient)) return page(400, errorPage('Not ready', 'Sign in and choose a patient first.'));
     await deleteRequest(tx, l.request.requestHash);
+    const why = refusal(l);
+    if (why) return refused(l, why);
     if (form.get('decision') !== 'approve') {
       return redirectWith(p.redirectUri, { error: 'access_denied', error_description: 'The user denied access', state: p.state });
     }
+    // A Patient user's grant is their own compartment: patient/ scopes, their patient context.
+    const own = patientUser(l.request.fhirUser);
+    if (own && !await patientExists(tx, own)) return page(403, errorPage('No patient record', `Your patient record (Patient/${own}) is not on this server.`));
     // Unticked data scopes are dropped; context and identity scopes stay.
     const ticked = new Set(form.getAll('scope'));
-    const scopes = p.scopes.filter((s) => !OPTIONAL_SCOPE(s) || ticked.has(s));
+    const scopes = offered(l).filter((s) => !OPTIONAL_SCOPE(s) || ticked.has(s));
     if (!scopes.some((s) => parseClinicalScope(s) || s === 'openid')) {
       return redirectWith(p.redirectUri, { error: 'access_denied', error_description: 'No access was allowed', state: p.state });
     }
     const code = randomToken();
     await insertCode(tx, {
       codeHash: sha256(code), clientId: l.client.clientId, redirectUri: p.redirectUri, codeChallenge: p.codeChallenge, scopes,
-      username: l.request.username, fhirUser: l.request.fhirUser, patient: l.request.patient, encounter: l.request.encounter, nonce: p.nonce,
+      username: l.request.username, fhirUser: l.request.fhirUser, patient: own ?? l.request.patient, encounter: l.request.encounter, nonce: p.nonce,
     }, CODE_SECONDS);
     return redirectWith(p.redirectUri, { code, state: p.state });
   });

@@ -31,7 +31,8 @@ const USAGE = `usage:
   kiln auth user password --tenant <slug> <username>   new password from KILN_AUTH_PASSWORD or a prompt; revokes the user's refresh tokens
   kiln auth token [--tenant default] [--scope "system/*.cruds"] [--minutes 15] [--patient <id>] [--fhir-user <ref>] [--aud <fhir-base>]
   kiln auth token revoke <jti|access token> [--tenant default]   refused by every server within 5 s (the jti is in introspection)
-  kiln auth launch --tenant <slug> --patient <id> [--encounter <id>] [--minutes 60]   EHR launch id for the authorize request
+  kiln auth launch --tenant <slug> --client <client_id> --patient <id> [--user <username>] [--encounter <id>] [--minutes 60]
+        EHR launch id for one authorize request of that client (and that user, when given)
   kiln auth rotate-keys                                   new signing key; the old one stays published until its tokens expire`;
 
 const FLAGS_WITHOUT_VALUE = new Set(['--public', '--secret']);
@@ -236,9 +237,16 @@ async function launch(db: Database, args: Args): Promise<number> {
   const org = await orgOf(db, one(args, '--tenant'));
   const patient = one(args, '--patient');
   if (!patient) throw new UsageError('--patient is required');
+  // A launch is the EHR's hand-off to one app: any other client presenting it is refused.
+  const clientId = one(args, '--client');
+  if (!clientId) throw new UsageError('--client is required: the app the launch is for');
+  const username = one(args, '--user');
   const id = randomToken();
-  await insertLaunch(db.owner, { orgId: org.id, launchHash: sha256(id), patient, encounter: one(args, '--encounter'), minutes: Number(one(args, '--minutes') ?? 60) });
-  console.error(`launch for Patient/${patient} in ${org.slug}; pass it as launch=... to the authorize endpoint`);
+  const made = await insertLaunch(db.owner, {
+    orgId: org.id, launchHash: sha256(id), clientId, username, patient, encounter: one(args, '--encounter'), minutes: Number(one(args, '--minutes') ?? 60),
+  });
+  if (!made) throw new UsageError(`no active client '${clientId}' in ${org.slug}`);
+  console.error(`launch for Patient/${patient} in ${org.slug}, for client ${clientId}${username ? ` and user ${username}` : ''}, usable once; pass it as launch=... to the authorize endpoint`);
   console.log(id);
   return 0;
 }

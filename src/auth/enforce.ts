@@ -10,6 +10,7 @@ import { STORED_TYPES } from '../search/criteria.ts';
 import { runSearch } from '../store/searchRun.ts';
 import type { WriteGuard } from '../interactions/write.ts';
 import { AuthError, verifyAccessToken } from './verify.ts';
+import { patientUser } from './scopeGrant.ts';
 import { accessFor, hasCompartment, inCompartment, ownedBy, parseScopes, searchRestriction, type Access, type Permission, type ResourceScope } from './scopes.ts';
 
 export type { Access, Permission } from './scopes.ts';
@@ -30,6 +31,14 @@ export async function authenticate(ctx: Ctx): Promise<void> {
     throw new FhirError(e.status, e.status === 401 ? 'login' : 'forbidden', e.message);
   }
   ctx.grants = parseScopes(ctx.access.scopes);
+  // A Patient user acts in their own compartment whatever the scopes say (the authorization
+  // server grants such users patient/ scopes; this also holds for other issuers' tokens).
+  const own = patientUser(ctx.access.fhirUser);
+  if (own) {
+    if (ctx.access.patient && ctx.access.patient !== own) throw forbidden(`The token's patient context is not its user's own record (${ctx.access.fhirUser})`);
+    ctx.access = { ...ctx.access, patient: own };
+    ctx.grants = ctx.grants.map((g) => ({ ...g, level: 'patient' }));
+  }
   if (ctx.audit) ctx.audit.access = ctx.access;
 }
 

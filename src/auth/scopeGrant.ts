@@ -47,3 +47,17 @@ export function grantScopes(requested: string[], registered: string[], kind: Cli
 export function splitScope(value: string | undefined): string[] {
   return (value ?? '').split(' ').filter(Boolean);
 }
+
+/** The patient a user's `fhirUser` names on this server (`Patient/<id>`), if it is a Patient. */
+export function patientUser(fhirUser: string | undefined): string | undefined {
+  return /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(fhirUser ?? '')?.[1];
+}
+
+/**
+ * A Patient user's clinical scopes: a patient acts in their own compartment only, so a
+ * user/ or system/ scope becomes the patient/ scope of the same type, permissions and
+ * filter (the grant's patient context is theirs). Other scopes are unchanged.
+ */
+export function asPatientScopes(scopes: string[]): string[] {
+  return [...new Set(scopes.map((s) => (parseClinicalScope(s) ? s.replace(/^(user|system)\//, 'patient/') : s)))];
+}

@@ -1,5 +1,5 @@
 // The authorization-code flow's rows (sql/011_auth.sql): pending authorize requests,
-// single-use codes, rotated refresh tokens and EHR launch contexts. Everything runs in
+// single-use codes, rotated refresh tokens and EHR launch contexts (single use, bound to a client). Everything runs in
 // the tenant's transaction (app pool, RLS) except launch registration by the CLI.
 import type pg from 'pg';
 import type { Tx } from './resources.ts';
@@ -141,18 +141,31 @@ export async function revokeFamily(tx: Tx, family: string): Promise<number> {
 export interface LaunchRow {
   patient?: string;
   encounter?: string;
+  /** The user the launch was made for, when the EHR named one. */
+  username?: string;
 }
 
-export async function findLaunch(tx: Tx, launchHash: string): Promise<LaunchRow | undefined> {
+/**
+ * Takes an EHR launch for `clientId`: marks it used and returns its context, or undefined
+ * when it is unknown, expired, already used or made for another client. One statement, so
+ * two requests presenting the same launch cannot both get it.
+ */
+export async function useLaunch(tx: Tx, launchHash: string, clientId: string): Promise<LaunchRow | undefined> {
   const { rows } = await tx.query(
-    `SELECT patient, encounter FROM auth_launches WHERE org_id = ${ORG} AND launch_hash = $1 AND expires_at > now()`, [launchHash]);
-  return rows[0] ? { patient: rows[0].patient ?? undefined, encounter: rows[0].encounter ?? undefined } : undefined;
+    `UPDATE auth_launches SET used_at = now()
+      WHERE org_id = ${ORG} AND launch_hash = $1 AND client_id = $2 AND used_at IS NULL AND expires_at > now()
+     RETURNING patient, encounter, username`, [launchHash, clientId]);
+  const r = rows[0];
+  return r ? { patient: r.patient ?? undefined, encounter: r.encounter ?? undefined, username: r.username ?? undefined } : undefined;
 }
 
-export async function insertLaunch(owner: pg.Pool, l: { orgId: number; launchHash: string; patient?: string; encounter?: string; minutes: number }): Promise<void> {
+/** Registers a launch for a client of the tenant (false when the tenant has no such active client). */
+export async function insertLaunch(owner: pg.Pool, l: { orgId: number; launchHash: string; clientId: string; username?: string; patient?: string; encounter?: string; minutes: number }): Promise<boolean> {
   await owner.query(`DELETE FROM auth_launches WHERE expires_at < now()`);
-  await owner.query(
-    `INSERT INTO auth_launches (org_id, launch_hash, patient, encounter, expires_at)
-     VALUES ($1, $2, $3, $4, now() + make_interval(mins => $5))`,
-    [l.orgId, l.launchHash, l.patient ?? null, l.encounter ?? null, l.minutes]);
+  const { rowCount } = await owner.query(
+    `INSERT INTO auth_launches (org_id, launch_hash, client_id, username, patient, encounter, expires_at)
+     SELECT $1, $2, $3, $4, $5, $6, now() + make_interval(mins => $7)
+      WHERE EXISTS (SELECT 1 FROM auth_clients WHERE org_id = $1 AND client_id = $3 AND revoked_at IS NULL)`,
+    [l.orgId, l.launchHash, l.clientId, l.username ?? null, l.patient ?? null, l.encounter ?? null, l.minutes]);
+  return (rowCount ?? 0) > 0;
 }
