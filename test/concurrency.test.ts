@@ -49,3 +49,47 @@ test('200 concurrent updates without If-Match: versions 1..201 all in history, n
     assert.deepEqual(v.json, r.json);
   }
 });
+
+/** Four spellings of one criteria set (identifier AND gender): repeats, OR-duplicates, order, control parameters, percent-encoding. */
+function spellings(system: string, value: string): string[] {
+  const x = `${system}|${value}`;
+  return [
+    `identifier=${x}&gender=male`,
+    `gender=male&identifier=${x},${x}`,
+    `identifier=${x}&identifier=${x}&gender=male&_format=json`,
+    `_pretty=true&gender=male,male&identifier=${encodeURIComponent(x)}`,
+  ];
+}
+
+test('24 concurrent conditional creates with 4 spellings of the same criteria store exactly one Patient', async () => {
+  for (let round = 0; round < 3; round++) {
+    const system = 'http://race.example/mrn';
+    const value = `spell-${round}-${Date.now()}`;
+    const forms = spellings(system, value);
+    const results = await Promise.all(Array.from({ length: 24 }, (_, i) => fhir(srv.url, 'POST', 'Patient',
+      { resourceType: 'Patient', gender: 'male', identifier: [{ system, value }] }, { 'if-none-exist': forms[i % forms.length] })));
+    const statuses = results.map((r) => r.status);
+    assert.ok(statuses.every((s) => s === 200 || s === 201), statuses.join(','));
+    assert.equal(statuses.filter((s) => s === 201).length, 1, statuses.join(','));
+    assert.equal(new Set(results.map((r) => r.json.id)).size, 1, 'every answer names the same Patient');
+    const found = await fhir(srv.url, 'GET', `Patient?identifier=${system}|${value}&_total=accurate`);
+    assert.equal(found.json.total, 1);
+  }
+});
+
+test('24 concurrent transactions whose ifNoneExist spells the same criteria 4 ways store exactly one Patient', async () => {
+  const system = 'http://race.example/mrn';
+  const value = `tx-${Date.now()}`;
+  const forms = spellings(system, value);
+  const results = await Promise.all(Array.from({ length: 24 }, (_, i) => fhir(srv.url, 'POST', '', {
+    resourceType: 'Bundle', type: 'transaction',
+    entry: [{ request: { method: 'POST', url: 'Patient', ifNoneExist: forms[i % forms.length] }, resource: { resourceType: 'Patient', gender: 'male', identifier: [{ system, value }] } }],
+  })));
+  assert.deepEqual([...new Set(results.map((r) => r.status))], [200], results.map((r) => r.text.slice(0, 200)).join('\n'));
+  const answers = results.map((r) => r.json.entry[0].response);
+  assert.equal(answers.filter((a: any) => a.status.startsWith('201')).length, 1, answers.map((a: any) => a.status).join(','));
+  assert.ok(answers.every((a: any) => /^20[01]/.test(a.status)));
+  assert.equal(new Set(answers.map((a: any) => /Patient\/([^/]+)/.exec(a.location)![1])).size, 1, 'every entry names the same Patient');
+  const found = await fhir(srv.url, 'GET', `Patient?identifier=${system}|${value}&_total=accurate`);
+  assert.equal(found.json.total, 1);
+});

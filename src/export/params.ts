@@ -3,6 +3,7 @@
 // job stores. Pure: no I/O.
 import { badRequest } from '../fhir/outcome.ts';
 import { parseSearch } from '../search/query.ts';
+import { dateRange } from '../../mappings/search/precision.ts';
 
 export type ExportLevel = 'system' | 'patient' | 'group';
 
@@ -85,12 +86,13 @@ export function parseKickoff(level: ExportLevel, pairs: [string, string][], opts
           types = [...(types ?? []), t];
         }
         break;
-      case '_since':
-        if (!INSTANT.test(value) || Number.isNaN(Date.parse(value))) {
-          throw badRequest(`_since must be a FHIR instant with a time zone (e.g. 2024-01-01T00:00:00Z), got '${value}'`, [name]);
-        }
-        since = new Date(value).toISOString();
+      case '_since': {
+        // dateRange: a real calendar time from year 1 (PostgreSQL has no year 0), offset within ±14:00.
+        const instant = INSTANT.test(value) ? dateRange(value) : undefined;
+        if (!instant) throw badRequest(`_since must be a FHIR instant with a time zone (e.g. 2024-01-01T00:00:00Z), got '${value}'`, [name]);
+        since = instant.lo;
         break;
+      }
       case '_typeFilter':
         filters.push(...splitTypeFilters(value));
         break;

@@ -21,6 +21,7 @@ import {
 import { runSearch } from '../store/searchRun.ts';
 import { parseSearch } from '../search/query.ts';
 import { subset } from '../fhir/subset.ts';
+import { FhirError } from '../fhir/outcome.ts';
 import { elementsFor, type ExportParams } from './params.ts';
 import { LineFiles, copyTextDecoder, mapLines, ownerOnlyDir, syncDir } from './ndjson.ts';
 
@@ -124,10 +125,22 @@ export async function runJob(opts: RunOptions, job: ExportJob): Promise<RunResul
     if (!await completeJob(db.owner, job, worker, config.exportTtlSeconds, progress)) return 'aborted';
     report();
     return 'completed';
+  } catch (e) {
+    throw clientSafe(e);
   } finally {
     clearInterval(heartbeat);
     opts.signal?.removeEventListener('abort', onOuterAbort);
   }
+}
+
+/**
+ * A failed job's error becomes its status text, which clients read: a FHIR error keeps its
+ * message; anything else (a database or file error) gets a fixed one, the original kept as
+ * `cause` for the server log.
+ */
+function clientSafe(e: unknown): unknown {
+  if (e instanceof FhirError || e instanceof Aborted) return e;
+  return new Error('internal error while exporting (the server log has the details)', { cause: e });
 }
 
 function removeUnregistered(dir: string, registered: ExportFile[]): void {

@@ -46,7 +46,7 @@ export function criteriaPairs(pairs: [string, string][]): [string, string][] {
 
 export function pageSize(ctx: Ctx, raw: unknown): number {
   if (raw === undefined) return ctx.config.defaultCount;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 0) throw badRequest(`_count must be a non-negative integer, got '${String(raw)}'`, ['_count']);
-  return Math.min(n, ctx.config.maxCount);
+  // Digits only ('1e3', '1.0' are not integers as FHIR writes them); any larger count is capped.
+  if (typeof raw !== 'string' || !/^\d+$/.test(raw)) throw badRequest(`_count must be a non-negative integer, got '${String(raw)}'`, ['_count']);
+  return Math.min(Number(raw), ctx.config.maxCount);
 }

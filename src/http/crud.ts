@@ -143,11 +143,11 @@ export async function read(ctx: Ctx, type: string, id: string) {
 
 export async function vread(ctx: Ctx, type: string, id: string, vid: string) {
   checkId(id);
-  if (!/^\d+$/.test(vid)) throw badRequest(`Invalid version id '${vid}'`);
+  const version = write.parseVersionId(vid);
   ctx.audit?.touch({ resources: [`${type}/${id}/_history/${vid}`] });
   const access = permit(ctx, type, 'r');
   const stored = await inTenant(ctx, async (tx) => {
-    const v = await readVersion(tx, type, id, Number(vid));
+    const v = await readVersion(tx, type, id, version);
     // A version is visible when it was in the token's compartment (filters: the current version must match).
     if (v && !v.deleted) await requireVisible(ctx, tx, type, id, v.json!, access);
     return v;

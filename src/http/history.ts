@@ -8,6 +8,8 @@ import { bundleJson, type EntryParts } from './bundle.ts';
 import { badRequest, notFound } from '../fhir/outcome.ts';
 import { history as readHistory, countHistory, type HistoryQuery, type HistoryEntry } from '../store/resources.ts';
 import { checkId } from './crud.ts';
+import { ID_PATTERN, parseVersionId } from '../interactions/write.ts';
+import { dateRange } from '../../mappings/search/precision.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { forbidden, permit, visible } from '../auth/enforce.ts';
 import { touchedResource } from '../audit/request.ts';
@@ -30,11 +32,17 @@ type Cursor = NonNullable<HistoryQuery['before']>;
 
 const encodeCursor = (c: Cursor) => Buffer.from(JSON.stringify([c.lastUpdated, c.type, c.id, c.versionId])).toString('base64url');
 
+/** A date or instant PostgreSQL takes as a timestamptz: a real calendar time from year 1, offset within ±14:00. */
+function isInstant(raw: unknown): raw is string {
+  return typeof raw === 'string' && /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/.test(raw) && dateRange(raw) !== undefined;
+}
+
+/** A cursor this server made, checked whole: a tampered one is a 400, never a database error. */
 function decodeCursor(raw: string): Cursor {
   try {
     const [lastUpdated, type, id, versionId] = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
-    if (typeof lastUpdated !== 'string' || typeof type !== 'string' || typeof id !== 'string' || !Number.isInteger(versionId)) throw new Error();
-    return { lastUpdated, type, id, versionId };
+    if (!isInstant(lastUpdated) || typeof type !== 'string' || !Object.hasOwn(TABLES, type) || typeof id !== 'string' || !ID_PATTERN.test(id)) throw new Error();
+    return { lastUpdated, type, id, versionId: parseVersionId(String(versionId)) };
   } catch {
     throw badRequest(`Invalid _page cursor '${raw}'`, ['_page']);
   }
@@ -42,9 +50,7 @@ function decodeCursor(raw: string): Cursor {
 
 function parseSince(raw: unknown): string | undefined {
   if (raw === undefined) return undefined;
-  if (typeof raw !== 'string' || !/^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/.test(raw) || Number.isNaN(Date.parse(raw))) {
-    throw badRequest(`_since must be a FHIR instant, got '${String(raw)}'`, ['_since']);
-  }
+  if (!isInstant(raw)) throw badRequest(`_since must be a FHIR instant, got '${String(raw)}'`, ['_since']);
   return raw;
 }
 

@@ -77,6 +77,8 @@ export function fhirRouter(db: Database, config: Config, version: string) {
   }
 
   async function dispatch(req: Request, res: Response): Promise<void> {
+    // PostgreSQL text cannot hold NUL: refused once for the whole URL (path ids, every query parameter).
+    if (/%00/i.test(req.originalUrl)) throw new FhirError(400, 'invalid', 'A NUL character (%00) is not allowed in a FHIR URL');
     if (!isExportFilePath(req.path)) responseType(req); // 406 before any work (export files are NDJSON)
     const segments = req.path.split('/').filter((s) => s !== '').map(decodeSegment);
     let slug = DEFAULT_SLUG;

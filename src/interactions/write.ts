@@ -9,12 +9,22 @@ import {
   readCurrent, requireLive, writeResource, deleteResource, lockCriteria, type Tx,
 } from '../store/resources.ts';
 import { parseSearch } from '../search/query.ts';
+import { checkPairText, prefixed, referenceTarget, type Criterion } from '../search/criteria.ts';
+import { normalizeString } from '../../mappings/search/precision.ts';
 import { runSearch } from '../store/searchRun.ts';
 
 export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 
 export function checkId(id: string): void {
   if (!ID_PATTERN.test(id)) throw badRequest(`Invalid id '${id}': 1-64 of A-Z a-z 0-9 - .`);
+}
+
+/** Version ids are PostgreSQL integers from 1: anything else cannot name a version (400);
+ * an integer in range that names none is the caller's 404. */
+export function parseVersionId(vid: string): number {
+  const n = /^\d{1,10}$/.test(vid) ? Number(vid) : NaN;
+  if (!(n <= 2_147_483_647)) throw badRequest(`Invalid version id '${vid.replace(/\0/g, '\\0')}': an integer up to 2147483647`);
+  return n;
 }
 
 /** A parsed body must be a valid resource of the given type (400 otherwise). */
@@ -64,15 +74,50 @@ export interface Written {
   created: boolean;
 }
 
+/**
+ * The lock key of conditional criteria: one text for every spelling of the same criteria
+ * (parameter order, repeated parameters, repeated or reordered OR values, control parameters,
+ * percent-encoding, date prefixes `eq`, string case, reference forms). Merging criteria that
+ * are not equivalent would only make their writers wait for each other.
+ */
+export function criteriaLockKey(type: string, criteria: Criterion[]): string {
+  return JSON.stringify([type, [...new Set(criteria.map(criterionKey))].sort()]);
+}
+
+function criterionKey(c: Criterion): string {
+  if (c.chain) return JSON.stringify(['chain', c.def.code, c.chain.targetType, criterionKey(c.chain.criterion)]);
+  if (c.has) return JSON.stringify(['has', c.has.sourceType, c.has.refParam.code, criterionKey(c.has.criterion)]);
+  if (c.anyRef) return JSON.stringify(['anyRef', c.anyRef.params, c.anyRef.targetType, c.anyRef.targetId, c.anyRef.self]);
+  if (c.missing !== undefined) return JSON.stringify(['missing', c.def.code, c.missing]);
+  // A type modifier on a reference only types a bare id: `subject:Patient=1` is `subject=Patient/1`.
+  const typed = c.def.type === 'reference' && c.modifier !== undefined && /^[A-Z]/.test(c.modifier);
+  const values = [...new Set(c.values.map((v) => valueKey(c, v)))].sort();
+  return JSON.stringify([c.def.code, typed ? '' : c.modifier ?? '', values]);
+}
+
+function valueKey(c: Criterion, v: string): string {
+  switch (c.def.type) {
+    case 'string': return c.modifier === 'exact' ? v : normalizeString(v);
+    case 'token': return c.modifier === 'text' ? normalizeString(v) : v;
+    case 'date': { const { prefix, rest } = prefixed(v); return prefix + rest; }
+    case 'reference': {
+      const t = referenceTarget(v, c.modifier);
+      return c.modifier === 'identifier' || t.url !== undefined ? v : `${t.type ?? ''}/${t.id}`;
+    }
+    default: return v;
+  }
+}
+
 /** Resources matching conditional criteria (at most 2: enough to tell 0/1/many). */
 export async function matchCriteria(tx: Tx, type: string, criteria: [string, string][]): Promise<{ id: string; json: string }[]> {
   if (criteria.length === 0) throw badRequest('Conditional interaction without search criteria');
+  for (const [n, v] of criteria) checkPairText(n, v);
   const empty = criteria.filter(([, v]) => v.trim() === '').map(([n]) => n);
   if (empty.length) throw badRequest(`Conditional criteria need a value: ${empty.join(', ')}`);
   const q = parseSearch(type, criteria);
   // Criteria Kiln cannot evaluate are refused rather than guessed.
   if (q.unknown.length) throw badRequest(`Unsupported search parameter(s) in conditional criteria: ${q.unknown.join(', ')}`);
-  await lockCriteria(tx, `${type}?${criteria.map(([n, v]) => `${n}=${v}`).sort().join('&')}`);
+  await lockCriteria(tx, criteriaLockKey(type, q.criteria));
   return (await runSearch(tx, { type, criteria: q.criteria, sort: [], count: 2, total: 'none' })).rows;
 }
 

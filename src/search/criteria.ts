@@ -2,6 +2,7 @@
 // turn into conditions: names, modifiers, prefixes, chains and _has. Pure: no I/O.
 import { badRequest } from '../fhir/outcome.ts';
 import { searchParamsFor, type SearchParamDef } from '../../mappings/search/definitions.ts';
+import { dateRange } from '../../mappings/search/precision.ts';
 
 export type Prefix = 'eq' | 'ne' | 'gt' | 'lt' | 'ge' | 'le' | 'sa' | 'eb' | 'ap';
 const PREFIXES = new Set<Prefix>(['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb', 'ap']);
@@ -39,6 +40,17 @@ const MODIFIERS: Record<string, string[]> = {
 
 export function paramDef(type: string, code: string): SearchParamDef | undefined {
   return searchParamsFor(type).find((d) => d.code === code);
+}
+
+/**
+ * A search pair's name and value, from any source (URL, form body, header, Bundle entry,
+ * _typeFilter): PostgreSQL text cannot hold a NUL character, so one is refused here (400)
+ * rather than failing in the database.
+ */
+export function checkPairText(name: string, value: string): void {
+  if (!name.includes('\0') && !value.includes('\0')) return;
+  const shown = name.replace(/\0/g, '\\0');
+  throw badRequest(`Search parameter '${shown}' contains a NUL character (%00)`, [shown]);
 }
 
 /** Splits a value on unescaped commas; `\,` stays a literal comma. */
@@ -121,19 +133,30 @@ function parseHas(type: string, name: string, raw: string): Criterion {
 const DATE = /^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$/;
 const NUMBER = /^[-+]?\d+(\.\d+)?([eE][-+]?\d+)?$/;
 
+/**
+ * Values are checked here against the ranges PostgreSQL and the SQL builder take, so that a
+ * query parsed now (an export's _typeFilter runs later) cannot fail later: a date is a real
+ * calendar time from year 1 (dateRange), a number finite. A composite checks each part by its
+ * component's type.
+ */
 function checkValue(def: SearchParamDef, modifier: string | undefined, value: string, name: string): void {
-  if (def.type === 'date') {
-    const { rest } = prefixed(value);
-    if (!DATE.test(rest) || Number.isNaN(Date.parse(rest.length <= 7 ? `${rest}${rest.length === 4 ? '-01' : ''}-01` : rest))) {
-      throw badRequest(`Invalid date '${value}' for parameter '${name}'`, [name]);
-    }
-  } else if (def.type === 'number' || def.type === 'quantity') {
-    const { rest } = prefixed(value);
-    const num = def.type === 'quantity' ? rest.split('|')[0] : rest;
-    if (!NUMBER.test(num)) throw badRequest(`Invalid ${def.type} '${value}' for parameter '${name}'`, [name]);
-  } else if (def.type === 'composite') {
+  if (def.type === 'composite') {
     const parts = value.split('$');
     if (parts.length !== (def.components?.length ?? 2)) throw badRequest(`Composite '${name}' takes ${def.components?.length ?? 2} parts joined by $`, [name]);
+    (def.components ?? []).forEach((c, i) => checkTyped(c.type, parts[i], value, name));
+    return;
   }
+  checkTyped(def.type, value, value, name);
   void modifier;
+}
+
+function checkTyped(type: string, value: string, whole: string, name: string): void {
+  if (type === 'date') {
+    const { rest } = prefixed(value);
+    if (!DATE.test(rest) || !dateRange(rest)) throw badRequest(`Invalid date '${whole}' for parameter '${name}'`, [name]);
+  } else if (type === 'number' || type === 'quantity') {
+    const { rest } = prefixed(value);
+    const num = type === 'quantity' ? rest.split('|')[0] : rest;
+    if (!NUMBER.test(num) || !Number.isFinite(Number(num))) throw badRequest(`Invalid ${type} '${whole}' for parameter '${name}'`, [name]);
+  }
 }

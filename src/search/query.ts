@@ -1,7 +1,7 @@
 // Splits a search request's parameters into criteria and result control
 // (search.html: _sort, _count, _total, _summary, _elements, _include, _revinclude).
 import { badRequest } from '../fhir/outcome.ts';
-import { parseCriterion, paramDef, STORED_TYPES, type Criterion } from './criteria.ts';
+import { checkPairText, parseCriterion, paramDef, STORED_TYPES, type Criterion } from './criteria.ts';
 import type { IncludeSpec, SortSpec } from '../store/searchRun.ts';
 
 export interface ParsedSearch {
@@ -82,6 +82,7 @@ export function parseSearch(type: string, pairs: [string, string][]): ParsedSear
     const carried = (pair as { [REACH]?: Reach })[REACH];
     if (carried) { reach = carried; continue; }
     const [name, value] = pair;
+    checkPairText(name, value);
     if (IGNORED.has(name)) continue;
     switch (name) {
       case '_count': q.count = value; continue;

@@ -331,10 +331,11 @@ export async function deleteResource(tx: Tx, type: string, id: string, ifMatch?:
   return { existed: true, versionId };
 }
 
-/** Serializes conditional writes that use the same criteria, so two racing
- * conditional creates cannot both see "no match" and both create. */
+/** Serializes conditional writes that use the same criteria (key: their canonical text), so
+ * two racing conditional creates cannot both see "no match" and both create. Keyed per tenant,
+ * so no tenant waits on (or learns of) another's writes; 64-bit, so unrelated criteria seldom share one. */
 export async function lockCriteria(tx: Tx, key: string): Promise<void> {
-  await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [key]);
+  await tx.query(stmt(`SELECT pg_advisory_xact_lock(hashtextextended('kiln-criteria/' || current_setting('app.org_id') || '/' || $1, 0))`, [key]));
 }
 
 export interface HistoryEntry extends StoredResource {
