@@ -153,6 +153,16 @@ describe('a restricted token learns nothing about resources it cannot read', () 
     assert.deepEqual(await find(tokens.mixed, `Observation?_id=${ids.X}&subject:Patient.family=Bravo`), [`Observation/${ids.X}`]);
   });
 
+  test('_total=estimate under a restricted token is the exact count of what it may see (no tenant-wide statistics)', async () => {
+    const exact = (await as(tokens.alice, 'GET', 'Observation?_total=accurate&_count=1')).json.total;
+    assert.ok(exact > 0);
+    for (const q of ['Observation?_total=estimate&_count=1', 'Observation?_total=estimate&subject:Patient.family=Bravo']) {
+      const r = await as(tokens.alice, 'GET', q);
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.json.total, q.includes('Bravo') ? 0 : exact, q);
+    }
+  });
+
   test('a chain into a type the token cannot search is refused with 403, whatever the guess', async () => {
     const r = await as(tokens.obsOnly, 'GET', `Observation?_id=${ids.X}&subject:Patient.family=Bravo`);
     assert.equal(r.status, 403, r.text);

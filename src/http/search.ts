@@ -35,7 +35,8 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
   const access = permit(ctx, type, 's');
   // The compartment and granular filters apply to the result type and to every resource
   // a chain or _has reaches, so the client's criteria can only narrow what the token sees.
-  const q = parseSearch(type, [...pairs, ...restriction(ctx, type, access)]);
+  const restricted = restriction(ctx, type, access);
+  const q = parseSearch(type, [...pairs, ...restricted]);
   if (q.unknown.length && preferStrict(ctx.req)) throw badRequest(`Unsupported search parameter(s): ${q.unknown.join(', ')}`);
   const count = pageSize(ctx, q.count);
   const after = q.page ? decodeCursor(q.page) : undefined;
@@ -44,7 +45,9 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
     const page = await runSearch(tx, {
       orgId: ctx.orgId,
       type, criteria: q.criteria, sort: q.sort, count: countOnly ? 0 : count, after,
-      total: countOnly && q.total === 'none' ? 'accurate' : q.total,
+      // The planner's estimate comes from statistics over the whole tenant: a restricted
+      // token gets the exact count of what it may see instead.
+      total: (countOnly && q.total === 'none') || (q.total === 'estimate' && restricted.length) ? 'accurate' : q.total,
     });
     const included = countOnly || (!q.include.length && !q.revinclude.length) ? []
       // Filtered round by round: an :iterate round starts only from what the token may read.
