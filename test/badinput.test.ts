@@ -164,7 +164,28 @@ const VERSIONS: [string, number][] = [
   ['0', 404], ['2147483647', 404], ['99', 404],
 ];
 
+/** Error lines the server logs meanwhile: an internal error (a 500's stack trace) or a lost AuditEvent. */
+async function logsOf<T>(fn: () => Promise<T>): Promise<{ result: T; bad: string[] }> {
+  const bad: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => {
+    const line = args.map((a) => (a instanceof Error ? a.message : String(a))).join(' ');
+    if (/internal error|audit.*fail/i.test(line)) bad.push(line.slice(0, 300));
+    original(...args);
+  };
+  try {
+    return { result: await fn(), bad };
+  } finally {
+    console.error = original;
+  }
+}
+
 async function refused(probes: Probe[]): Promise<string[]> {
+  const { result, bad } = await logsOf(() => answers(probes));
+  return [...result, ...bad.map((l) => `logged: ${l}`)];
+}
+
+async function answers(probes: Probe[]): Promise<string[]> {
   const problems: string[] = [];
   for (const [method, path, body, headers] of probes) {
     const r = await fhir(srv.url, method, path, body, headers);
