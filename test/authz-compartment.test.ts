@@ -148,7 +148,7 @@ describe('patient compartment', () => {
     // own: a patient-level create resolves only to the patient's own resources.
     const again = await as(alice, 'POST', 'Observation', obs(ids.A, 'exam', '3333-3'), { 'if-none-exist': 'code=3333-3' });
     assert.equal(again.status, 403, again.text);
-    assert.match(again.json.issue[0].diagnostics, new RegExp(`Observation/${ids.perfA} is not about Patient/${ids.A}`));
+    assert.match(again.json.issue[0].diagnostics, new RegExp(`Observation/${ids.perfA} is not about Patient/${ids.A} alone`));
   });
 
   test("reads of another patient's data are 404; own data 200 (performer counts for reads)", async () => {
@@ -219,7 +219,7 @@ describe('patient compartment', () => {
     // Create for B with A as performer: in A's compartment, but B's chart.
     const planted = await as(alice, 'POST', 'Observation', obs(ids.B, 'vital-signs', '7777-7', { performer: [{ reference: `Patient/${ids.A}` }] }));
     assert.equal(planted.status, 403, planted.text);
-    assert.match(planted.json.issue[0].diagnostics, /not about Patient\//);
+    assert.match(planted.json.issue[0].diagnostics, /not about Patient\/.* alone/);
     const bundled = await as(alice, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [
       { request: { method: 'POST', url: 'Observation' }, resource: obs(ids.B, 'vital-signs', '7777-7', { performer: [{ reference: `Patient/${ids.A}` }] }) },
     ] });
@@ -247,6 +247,12 @@ describe('patient compartment', () => {
     assert.equal((await as(alice, 'PATCH', `Patient/${ids.linkA}`, [{ op: 'add', path: '/active', value: true }], json)).status, 403);
     const self = await as(alice, 'PATCH', `Patient/${ids.A}`, [{ op: 'add', path: '/active', value: true }], json);
     assert.equal(self.status, 200, self.text);
+    // Nor does a patient's write put anything in another patient's compartment.
+    const intoB = await as(alice, 'POST', 'Observation', obs(ids.A, 'vital-signs', '7777-9', { performer: [{ reference: `Patient/${ids.B}` }] }));
+    assert.equal(intoB.status, 403, intoB.text);
+    const linkB = await as(alice, 'PATCH', `Patient/${ids.A}`, [{ op: 'add', path: '/link', value: [{ other: { reference: `Patient/${ids.B}` }, type: 'seealso' }] }], json);
+    assert.equal(linkB.status, 403, linkB.text);
+    assert.equal((await as(bob, 'GET', `Patient/${ids.A}`)).status, 404);
   });
 
   test('Bundles: a batch refuses entry by entry, a transaction fails whole naming the entry', async () => {

@@ -166,9 +166,10 @@ export function writeGuard(ctx: Ctx, type: string, access: Access): WriteGuard |
   const patient = ctx.access?.patient;
   const check = (what: string) => async (tx: Tx, t: string, id: string, json: string) => {
     // Writes take the resource's own patient (subject/patient; a Patient's id), not the
-    // whole compartment: naming the patient as performer writes no one else's chart.
+    // whole compartment: naming the patient as performer writes no one else's chart, and
+    // naming another patient (performer, link) puts nothing in theirs.
     if (access.compartment && !(patient && ownedBy(t, JSON.parse(json), patient))) {
-      throw forbidden(`${what} ${t}/${id} is not about Patient/${patient}: a patient-level write needs the resource's patient (its subject or patient; a Patient's own id) to be the token's patient`);
+      throw forbidden(`${what} ${t}/${id} is not about Patient/${patient} alone: a patient-level write needs the resource's patient (its subject or patient; a Patient's own id) to be the token's patient, and names no other patient`);
     }
     if (access.filters.length && !await visible(ctx, tx, t, id, json, { compartment: false, filters: access.filters })) {
       throw forbidden(`${what} ${t}/${id} is outside what the access token's granular scopes allow`);

@@ -79,10 +79,14 @@ export function ownerPatients(type: string, resource: Record<string, any>): stri
   return [...new Set(refs.filter((r) => r.targetType === 'Patient' && r.targetId).map((r) => r.targetId!))];
 }
 
-/** Whether a resource is about `patient` alone (see ownerPatients). */
+/**
+ * Whether a resource is `patient`'s own to write: about that patient (see ownerPatients)
+ * and in no other patient's compartment, so a write through one patient's grant cannot
+ * show up in another's (as performer, or a Patient.link).
+ */
 export function ownedBy(type: string, resource: Record<string, any>, patient: string): boolean {
   const owners = ownerPatients(type, resource);
-  return owners.length > 0 && owners.every((p) => p === patient);
+  return owners.length > 0 && owners.every((p) => p === patient) && compartmentPatients(type, resource).every((p) => p === patient);
 }
 
 /**
