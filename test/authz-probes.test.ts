@@ -149,6 +149,12 @@ describe('a restricted token learns nothing about resources it cannot read', () 
     assert.deepEqual(await find(tokens.alice, 'Patient?_has:Observation:patient:code=lab-a'), [`Patient/${ids.A}`]);
     assert.deepEqual(await find(tokens.aliceVitals, 'Patient?_has:Observation:patient:code=vital-a'), [`Patient/${ids.A}`]);
     assert.deepEqual(await find(tokens.mixed, 'Observation?subject:Patient.family=Alpha&code=lab-a,vital-a'), [`Observation/${ids.labA}`, `Observation/${ids.vitalA}`].sort());
+    // AuditEvents keep their references as row keys: chains and _has from and to them are confined alike.
+    for (const q of ['AuditEvent?patient:Patient.family=Alpha&_count=5', 'AuditEvent?patient:Patient.family=Bravo&_count=5', 'Patient?_has:AuditEvent:patient:action=C']) {
+      const found = await find(tokens.alice, q);
+      assert.ok(q.includes('Bravo') ? !found.length : true, `${q}: ${found}`);
+      assert.ok(found.every((x: string) => !x.endsWith(ids.B)), `${q}: ${found}`);
+    }
     // user/Patient.rs reaches every Patient: the chain from A's compartment to B is answered.
     assert.deepEqual(await find(tokens.mixed, `Observation?_id=${ids.X}&subject:Patient.family=Bravo`), [`Observation/${ids.X}`]);
   });
