@@ -101,6 +101,8 @@ describe('healthie webhooks', () => {
 
     const v = await versions();
     assert.equal((await signed(body)).status, 202);
+    // A repeat waits out the replay window (below); here the window has passed.
+    await srv.db.owner.query(`UPDATE healthie_webhook_events SET next_attempt_at = now() WHERE org_id = $1 AND status = 'pending'`, [orgId]);
     const replay = await processWebhooks({ db: srv.db, orgId, client });
     assert.equal(replay.done, 1);
     assert.deepEqual(replay.outcomes, { unchanged: 1 });
@@ -131,6 +133,51 @@ describe('healthie webhooks', () => {
     const d = await processWebhooks({ db: srv.db, orgId, client });
     assert.deepEqual(d.outcomes, { deleted: 1 });
     assert.equal((await fhir(base, 'GET', `Observation/${obs.id}`)).status, 410);
+  });
+
+  test('a replayed delivery is not queued again within the replay window: however often it comes, at most one re-fetch per window', async () => {
+    const body = JSON.stringify({ resource_id: '330160044', resource_id_type: 'Appointment', event_type: 'appointment.updated', changed_fields: ['date'] });
+    const rows = async () => (await srv.db.owner.query(
+      `SELECT status, next_attempt_at > now() + interval '4 minutes' AS deferred FROM healthie_webhook_events WHERE org_id = $1 AND body::text = $2 ORDER BY id`, [orgId, body])).rows;
+    const first = await signed(body);
+    assert.equal(first.status, 202, JSON.stringify(first.json));
+    assert.equal((await processWebhooks({ db: srv.db, orgId, client })).done, 1);
+    const fetches = fake.requests.length;
+    // The same signed bytes again, ten times (a replay, or Healthie repeating itself).
+    for (let i = 0; i < 10; i++) {
+      const again = await signed(body);
+      assert.equal(again.status, 202, JSON.stringify(again.json));
+      assert.equal(again.json.resourceType, 'OperationOutcome');
+    }
+    const after = await rows();
+    assert.equal(after.length, 2, `one delivery processed and at most one waiting: ${JSON.stringify(after)}`);
+    assert.deepEqual(after[1], { status: 'pending', deferred: true }, 'the repeat waits out the window from the processed one');
+    const now = await processWebhooks({ db: srv.db, orgId, client });
+    assert.equal(now.claimed, 0, 'nothing to re-fetch now');
+    assert.equal(fake.requests.length, fetches, 'no request to Healthie');
+    // Once the window has passed the repeat is processed (an identical body may be a real
+    // second change: Healthie's thin payloads carry no time), once.
+    await srv.db.owner.query(`UPDATE healthie_webhook_events SET next_attempt_at = now() WHERE org_id = $1 AND status = 'pending'`, [orgId]);
+    assert.equal((await processWebhooks({ db: srv.db, orgId, client })).done, 1);
+  });
+
+  test('bad bytes in a signed delivery: a NUL (raw or escaped) and invalid UTF-8 are 400 OperationOutcomes and store nothing', async () => {
+    const before = await queued();
+    const bodies = [
+      Buffer.from('{"resource_id":"1\\u0000","resource_id_type":"User","event_type":"patient.updated"}'), // escaped, in a value Kiln stores
+      Buffer.from('{"resource_id":"1204417","resource_id_type":"User\\u0000","event_type":"patient.updated"}'),
+      Buffer.from('{"resource_id":"1204417","resource_id_type":"User","event_type":"patient.updated","changed_fields":["\\u0000"]}'),
+      Buffer.from('{"resource_id":"1204417\u0000","resource_id_type":"User","event_type":"patient.updated"}'), // a raw NUL byte
+      Buffer.concat([Buffer.from('{"resource_id":"1204417","resource_id_type":"User","event_type":"patient.updated","x":"'), Buffer.from([0xc3, 0x28]), Buffer.from('"}')]),
+    ];
+    for (const body of bodies) {
+      const res = await fetch(`${origin()}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...signDelivery(SECRET, path, body) }, body });
+      const text = await res.text();
+      assert.equal(res.status, 400, `${JSON.stringify(body.toString('latin1'))}: ${res.status} ${text}`);
+      assert.equal(JSON.parse(text).resourceType, 'OperationOutcome');
+      assert.ok(!/\bat \S+ \(/.test(text), 'no stack trace');
+    }
+    assert.equal(await queued(), before, 'nothing queued');
   });
 
   test('a Healthie outage puts the delivery back for retry; it is processed later', async () => {

@@ -2,7 +2,8 @@
 // signature (HEALTHIE_API.md §4) is checked against the raw bytes in constant time; an
 // unsigned or wrongly signed delivery gets 401 and stores nothing. A good one is stored in
 // healthie_webhook_events and acknowledged with 202 at once; processWebhooks() later
-// re-fetches the object from Healthie and mirrors it with upsert(), so replays write nothing.
+// re-fetches the object from Healthie and mirrors it with upsert(), so replays write nothing,
+// and a replay within REPLAY_WINDOW_SECONDS of an identical delivery waits out the window.
 import crypto from 'node:crypto';
 import type { Request, Response } from 'express';
 import type { Database } from '../store/database.ts';
@@ -56,6 +57,22 @@ export function signDelivery(secret: string, path: string, body: Buffer | string
   return { 'content-digest': `sha-256=${digest}`, signature: `sig1=${sig}` };
 }
 
+/**
+ * Healthie signs no time or delivery id, so signed bytes can be sent again at any time: a
+ * delivery identical to one due less than this long ago waits until this long after it
+ * (sql/029). Not refused: a thin payload carries ids only, so a real second change of
+ * the same fields of one object looks the same, and is re-fetched, late but not lost.
+ */
+export const REPLAY_WINDOW_SECONDS = 300;
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/** PostgreSQL text cannot hold U+0000: a delivery with one is refused before it is stored. */
+const NUL = new Error('NUL');
+function refuseNul(key: string, value: unknown): unknown {
+  if (key.includes('\0') || (typeof value === 'string' && value.includes('\0'))) throw NUL;
+  return value;
+}
+
 function send(res: Response, status: number, oo: unknown): void {
   res.status(status).type('application/fhir+json').send(JSON.stringify(oo));
 }
@@ -74,17 +91,23 @@ export function healthieWebhook(db: Database, onQueued?: (orgId: number) => void
     const [path, query = ''] = req.originalUrl.split(/\?(.*)/s);
     const reason = checkSignature({ method: req.method, path, query, contentDigest: req.get('content-digest'), signature: req.get('signature'), body }, secret);
     if (reason) return refuse(res, 401, 'security', reason);
+    let text: string;
+    try { text = UTF8.decode(body); } catch { return refuse(res, 400, 'invalid', 'Webhook body is not valid UTF-8'); }
     let event: { resource_id?: unknown; resource_id_type?: unknown; event_type?: unknown };
-    try { event = JSON.parse(body.toString('utf8')); } catch { return refuse(res, 400, 'invalid', 'Webhook body is not JSON'); }
+    try { event = JSON.parse(text, refuseNul); } catch (e) {
+      return refuse(res, 400, 'invalid', e === NUL ? 'Webhook body holds a NUL character' : 'Webhook body is not JSON');
+    }
     const str = (v: unknown) => (typeof v === 'string' || typeof v === 'number') && String(v) !== '' ? String(v) : undefined;
     const eventType = str(event?.event_type);
     const resourceId = str(event?.resource_id);
     const resourceType = str(event?.resource_id_type);
     if (!eventType || !resourceId || !resourceType) return refuse(res, 400, 'invalid', 'Webhook body needs event_type, resource_id and resource_id_type');
     const bodyHash = crypto.createHash('sha256').update(body).digest('hex');
-    const queued = await withTenant(db.app, org.id, (tx) => enqueueWebhook(tx, { eventType, resourceType, resourceId, body: body.toString('utf8'), bodyHash }));
-    onQueued?.(org.id);
-    send(res, 202, informational(queued ? `Queued ${eventType} ${resourceType} ${resourceId}` : 'Identical delivery already queued'));
+    const queued = await withTenant(db.app, org.id, (tx) => enqueueWebhook(tx, { eventType, resourceType, resourceId, body: text, bodyHash }, REPLAY_WINDOW_SECONDS));
+    if (queued && !queued.deferred) onQueued?.(org.id);
+    send(res, 202, informational(!queued ? 'Identical delivery already queued'
+      : queued.deferred ? `Repeat of a recent identical delivery: ${eventType} ${resourceType} ${resourceId} is re-fetched at ${queued.due}`
+      : `Queued ${eventType} ${resourceType} ${resourceId}`));
   };
 }
 

@@ -86,14 +86,21 @@ export async function listOutbox(tx: Tx, limit = 100): Promise<QueueRow[]> {
 
 export interface WebhookEvent { eventType: string; resourceType: string; resourceId: string; body: string; bodyHash: string }
 
-/** Stores a delivery; false when an identical one is already waiting. */
-export async function enqueueWebhook(tx: Tx, e: WebhookEvent): Promise<boolean> {
-  const { rowCount } = await tx.query(
-    `INSERT INTO healthie_webhook_events (org_id, event_type, resource_type, resource_id, body, body_hash)
-     VALUES (current_setting('app.org_id')::integer, $1, $2, $3, $4, $5)
-     ON CONFLICT (org_id, body_hash) WHERE status = 'pending' DO NOTHING`,
-    [e.eventType, e.resourceType, e.resourceId, e.body, e.bodyHash]);
-  return rowCount === 1;
+/**
+ * Stores a delivery, due at once, or when an identical one was due less than
+ * `windowSeconds` ago, due that long after it (sql/029: a replay waits out the window).
+ * Undefined when an identical one is already waiting; else when it is due (an instant).
+ */
+export async function enqueueWebhook(tx: Tx, e: WebhookEvent, windowSeconds: number): Promise<{ due: string; deferred: boolean } | undefined> {
+  const { rows } = await tx.query(
+    `INSERT INTO healthie_webhook_events (org_id, event_type, resource_type, resource_id, body, body_hash, next_attempt_at)
+     SELECT o.id, $1, $2, $3, $4, $5,
+            greatest(now(), (SELECT max(w.next_attempt_at) FROM healthie_webhook_events w WHERE w.org_id = o.id AND w.body_hash = $5) + make_interval(secs => $6))
+       FROM (SELECT current_setting('app.org_id')::integer AS id) o
+     ON CONFLICT (org_id, body_hash) WHERE status = 'pending' DO NOTHING
+     RETURNING to_char(next_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS due, next_attempt_at > now() AS deferred`,
+    [e.eventType, e.resourceType, e.resourceId, e.body, e.bodyHash, windowSeconds]);
+  return rows[0];
 }
 
 export interface ClaimedWebhook { id: number; eventType: string; resourceType: string; resourceId: string; attempts: number }
