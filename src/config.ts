@@ -17,6 +17,10 @@ export interface Config {
   defaultCount: number;
   maxCount: number;
   poolSize: number;
+  /** KILN_POOL_WAIT_MS: how long a request waits for a free database connection before it gets 503 + Retry-After. */
+  poolWaitMs: number;
+  /** KILN_STATEMENT_TIMEOUT_MS: the longest a request's database statement may run (then 503); 0 = no limit. */
+  statementTimeoutMs: number;
   maxBundleEntries: number;
   /** Bulk $export: where job files go, how long they live, lines per file, worker lease, and
    * whether this process runs the export worker ('inline') or leaves it to `kiln export-worker` ('off'). */
@@ -55,6 +59,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     defaultCount: Number(env.KILN_DEFAULT_COUNT ?? 50),
     maxCount: Number(env.KILN_MAX_COUNT ?? 1000),
     poolSize: Number(env.KILN_POOL_SIZE ?? 16),
+    poolWaitMs: Number(env.KILN_POOL_WAIT_MS ?? 5000),
+    statementTimeoutMs: Number(env.KILN_STATEMENT_TIMEOUT_MS ?? 30_000),
     maxBundleEntries: Number(env.KILN_MAX_BUNDLE_ENTRIES ?? 10000),
     exportDir: env.KILN_EXPORT_DIR ? path.resolve(env.KILN_EXPORT_DIR) : undefined,
     exportTtlSeconds: Number(env.KILN_EXPORT_TTL ?? 86400),

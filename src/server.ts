@@ -1,6 +1,7 @@
 // Starts Kiln: database (embedded unless DATABASE_URL), validator, HTTP server;
-// stops it cleanly (in-flight requests finish, even those whose client hung up, then
-// the database closes).
+// stops it cleanly: requests that arrive once the stop began get 503 (Connection: close),
+// in-flight ones finish (even those whose client hung up, AuditEvents stored), then the
+// database closes.
 import http from 'node:http';
 import fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
@@ -12,6 +13,8 @@ import { ensureAllOrgPartitions } from './store/tenants.ts';
 import { ExportWorker } from './export/worker.ts';
 import { drainAuditQueue } from './store/auditQueue.ts';
 import { InFlight } from './http/inFlight.ts';
+import { transient } from './fhir/outcome.ts';
+import { RETRY_AFTER_SECONDS } from './store/resources.ts';
 
 // Partitions are made months ahead at start; a long-running server tops them up daily.
 const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
@@ -29,12 +32,17 @@ export interface RunningServer {
 export async function startServer(overrides: Partial<Config> = {}): Promise<RunningServer> {
   const config = { ...loadConfig(), ...overrides };
   loadDefinitions();
-  const db = await openDatabase(config);
+  const db = await openDatabase(config, { serving: true });
   // AuditEvents an older version queued but had not stored yet (write-behind log, before sql/021).
   const drained = await drainAuditQueue(db.owner);
   if (drained) console.log(`stored ${drained} AuditEvents left in the old audit queue`);
   const inFlight = new InFlight();
-  const server = http.createServer(createApp(db, config, VERSION, inFlight));
+  const app = createApp(db, config, VERSION, inFlight);
+  let draining = false;
+  const server = http.createServer((req, res) => {
+    if (draining) refuseWhileStopping(res);
+    else app(req, res);
+  });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -62,23 +70,32 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
     config,
     stop() {
       stopping ??= (async () => {
+        draining = true;
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         clearInterval(maintenance);
         await stopHealthie?.();
         await exportWorker?.stop();
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          // Connections busy now become idle when their request ends; close them then,
-          // rather than after the keep-alive timeout.
-          const sweep = setInterval(() => server.closeIdleConnections(), 50);
-          server.once('close', () => clearInterval(sweep));
-          server.closeIdleConnections();
-        });
-        // A client that hung up leaves no socket, but its handler may still be running
-        // (a read storing its AuditEvent, a write committing): the database stays open for it.
-        if (!await inFlight.settled(config.stopGraceMs)) console.error(`stopping with ${inFlight.size} requests still running after ${config.stopGraceMs} ms`);
+        // Handlers still running, those of clients that hung up too (a read storing its
+        // AuditEvent, a write committing): the database stays open for them. Idle keep-alive
+        // connections stay open meanwhile, so a request already on its way gets a 503, not a reset.
+        const settled = await inFlight.settled(config.stopGraceMs);
+        if (!settled) console.error(`stopping with ${inFlight.size} requests still running after ${config.stopGraceMs} ms`);
+        // Idle connections close now; one still writing a response closes when it ends
+        // (past the grace, at once).
+        const sweep = setInterval(() => server.closeIdleConnections(), 50);
+        if (settled) server.closeIdleConnections();
+        else server.closeAllConnections();
+        await closed;
+        clearInterval(sweep);
         await db.close();
       })();
       return stopping;
     },
   };
+}
+
+/** A request that arrives while the server stops: 503, and the connection closes after it. */
+function refuseWhileStopping(res: http.ServerResponse): void {
+  res.writeHead(503, { 'content-type': 'application/fhir+json; charset=utf-8', 'retry-after': String(RETRY_AFTER_SECONDS), connection: 'close' });
+  res.end(JSON.stringify(transient('The server is stopping; retry shortly')));
 }

@@ -3,7 +3,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { startTestServer, removeDataDir, fhir, freePort, token, bearer } from './support/server.ts';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { startTestServer, removeDataDir, fhir, freePort, token, bearer, type TestServer } from './support/server.ts';
 import { CLIENT_ID_SYSTEM } from '../src/audit/event.ts';
 
 test('restart on the same data dir keeps every acknowledged write', async () => {
@@ -124,4 +128,117 @@ test('the start script serves, and SIGTERM stops the server and its embedded Pos
     child.kill('SIGKILL');
     removeDataDir(dataDir);
   }
+});
+
+/**
+ * Runs `node src/main.ts` (auth on) under load of reads, creates and a `Patient/$everything`,
+ * sends `signal` mid-load, then starts again on the same data dir and checks that every
+ * answered read was audited and every acknowledged create kept.
+ */
+async function stopUnderLoad(how: 'Ctrl-C to the process group' | 'SIGTERM to the process') {
+  const port = await freePort();
+  const pgPort = await freePort();
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-stop-'));
+  // Its own process group, as a shell gives a foreground job: a signal to -pid reaches node
+  // and, unless it runs in a session of its own, its embedded PostgreSQL.
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    env: { ...process.env, PORT: String(port), KILN_PG_PORT: String(pgPort), KILN_DATA_DIR: dataDir, DATABASE_URL: '', KILN_AUTH: 'smart' },
+    stdio: ['ignore', 'pipe', 'pipe'], detached: true,
+  });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const base = `http://127.0.0.1:${port}/fhir`;
+  const tag = how.startsWith('Ctrl') ? 'int' : 'term';
+  let owner: pg.Pool | undefined;
+  try {
+    const deadline = Date.now() + 60_000;
+    while (!out.includes('listening') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    assert.match(out, /listening on/);
+    // Tokens signed with the child's own key, read from its database as the test server helper does.
+    const password = fs.readFileSync(path.join(dataDir, 'pg-superuser-password'), 'utf8').trim();
+    owner = new pg.Pool({ connectionString: `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${pgPort}/kiln`, max: 1 });
+    owner.on('error', () => {});
+    const srvLike = { db: { owner }, url: base } as unknown as TestServer;
+    const admin = bearer(await token(srvLike, { scope: 'system/*.cruds', clientId: `stop-writer-${tag}` }));
+    const reader = bearer(await token(srvLike, { scope: 'system/*.rs', clientId: `stop-reader-${tag}` }));
+    const everything = bearer(await token(srvLike, { scope: 'system/*.rs', clientId: `stop-everything-${tag}` }));
+    const patient = (await fhir(base, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Drained' }] }, admin)).json.id;
+    const obs = Array.from({ length: 300 }, (_, i) => ({ request: { method: 'POST', url: 'Observation' }, resource: {
+      resourceType: 'Observation', status: 'final', code: { text: `m${i}` }, subject: { reference: `Patient/${patient}` }, valueQuantity: { value: i } } }));
+    assert.equal((await fhir(base, 'POST', '', { resourceType: 'Bundle', type: 'batch', entry: obs }, admin)).status, 200);
+
+    interface Sent { kind: 'read' | 'create' | 'everything'; started: number; status: number | string; id?: string }
+    const sent: Sent[] = [];
+    let signalAt = Infinity;
+    const loop = async (kind: Sent['kind'], n: number) => {
+      for (let i = 0; ; i++) {
+        const s: Sent = { kind, started: performance.now(), status: 'pending' };
+        sent.push(s);
+        try {
+          const r = kind === 'read' ? await fhir(base, 'GET', `Patient/${patient}`, undefined, reader)
+            : kind === 'everything' ? await fhir(base, 'GET', `Patient/${patient}/$everything`, undefined, everything)
+              : await fhir(base, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: `Load${n}-${i}` }] }, admin);
+          s.status = r.status;
+          if (r.status === 201) s.id = r.json.id;
+          if (r.status === 503) assert.equal(r.headers.get('connection'), 'close', 'a refused request closes its connection');
+        } catch (e) {
+          s.status = `network error: ${(e as Error).cause ?? e}`;
+        }
+        if (s.status !== 200 && s.status !== 201) return; // refused or gone: the stop has begun
+      }
+    };
+    const clients = [loop('everything', 0), ...Array.from({ length: 7 }, (_, n) => loop(n % 2 ? 'create' : 'read', n))];
+    await new Promise((r) => setTimeout(r, 1500));
+    signalAt = performance.now();
+    if (how.startsWith('Ctrl')) process.kill(-child.pid!, 'SIGINT');
+    else child.kill('SIGTERM');
+    await Promise.all(clients);
+    assert.equal(await exited, 0, out);
+
+    const before = sent.filter((s) => s.started < signalAt);
+    const after = sent.filter((s) => s.started >= signalAt);
+    const answered = (s: Sent) => s.status === 200 || s.status === 201;
+    console.log(`${how}: ${before.length} requests sent before the signal (${before.filter(answered).length} 2xx, ${before.filter((s) => s.status === 503).length} 503), ${after.length} after`);
+    // Sent before the signal: a complete answer, 2xx, or 503 when it reached the server after the stop began.
+    for (const s of before) assert.ok([200, 201, 503].includes(s.status as number), `${s.kind} sent before the signal got ${s.status}`);
+    // Sent after: 503 or no connection (the listener closed), never a 500.
+    for (const s of after) assert.ok(s.status === 503 || String(s.status).startsWith('network error'), `${s.kind} sent after the signal got ${s.status}`);
+    assert.ok(sent.some((s) => s.kind === 'everything' && s.status === 200), 'a $everything completed');
+    const lastEverything = sent.filter((s) => s.kind === 'everything').at(-1)!;
+
+    // Started again on the same data dir: every answered read and $everything left its AuditEvent, every create is there.
+    const again = await startTestServer({ auth: 'smart', dataDir, pgPort });
+    try {
+      const auditor = bearer(await token(again, { scope: 'system/*.cruds', clientId: 'stop-auditor' }));
+      const count = async (clientId: string, extra = '') => {
+        const r = await fhir(again.url, 'GET', `AuditEvent?agent:identifier=${encodeURIComponent(`${CLIENT_ID_SYSTEM}|${clientId}`)}${extra}&_summary=count`, undefined, auditor);
+        assert.equal(r.status, 200, r.text);
+        return r.json.total as number;
+      };
+      assert.equal(await count(`stop-reader-${tag}`, '&subtype=read'), sent.filter((s) => s.kind === 'read' && s.status === 200).length, 'every answered read has its AuditEvent');
+      assert.equal(await count(`stop-everything-${tag}`), sent.filter((s) => s.kind === 'everything' && s.status === 200).length,
+        `every answered $everything has its AuditEvent (the last one: ${lastEverything.status})`);
+      for (const s of sent.filter((x) => x.status === 201)) {
+        assert.equal((await fhir(again.url, 'GET', `Patient/${s.id}`, undefined, auditor)).status, 200, `acknowledged Patient/${s.id} kept`);
+      }
+    } finally {
+      await again.stop();
+    }
+  } finally {
+    await owner?.end().catch(() => {});
+    try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* already gone */ }
+    // A postmaster left behind by a failed run must not outlive the test.
+    try { process.kill(Number(fs.readFileSync(path.join(dataDir, 'pg', 'postmaster.pid'), 'utf8').split('\n')[0]), 'SIGKILL'); } catch { /* stopped */ }
+    removeDataDir(dataDir);
+  }
+}
+
+test('Ctrl-C (SIGINT to the process group) under load: in-flight requests finish with their AuditEvents, new ones get 503, exit 0', async () => {
+  await stopUnderLoad('Ctrl-C to the process group');
+});
+
+test('SIGTERM to the process under load: in-flight requests finish with their AuditEvents, new ones get 503, exit 0', async () => {
+  await stopUnderLoad('SIGTERM to the process');
 });

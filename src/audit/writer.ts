@@ -4,6 +4,7 @@
 // commit, so the audit costs a read a short wait rather than a transaction of its own.
 import type pg from 'pg';
 import { insertAuditEvents, partsOf, type AuditRow } from '../store/auditWrite.ts';
+import { databaseUnavailable, logUnavailable } from '../store/resources.ts';
 import type { AuditPart } from './eventText.ts';
 
 interface Pending {
@@ -59,7 +60,7 @@ export class AuditWriter {
     });
   }
 
-  /** Resolves once the event is stored; rejects when it could not be (the caller answers 500). */
+  /** Resolves once the event is stored; rejects when it could not be (the caller answers 503 when the database is unavailable, else 500). */
   record(orgId: number, row: AuditRow): Promise<void> {
     return new Promise((resolve, reject) => {
       this.queue.push({ orgId, row, at: performance.now(), resolve, reject });
@@ -144,8 +145,11 @@ export class AuditWriter {
       try {
         await this.insert(orgId, pending.map((p) => p.row), true);
       } catch (e) {
-        console.error('audit write failed', e);
-        for (const p of pending) p.reject(e);
+        // The requests waiting fail now (503 when the database is away); the next batch connects afresh.
+        const unavailable = databaseUnavailable(e);
+        if (unavailable) logUnavailable('audit write failed, database unavailable', e);
+        else console.error('audit write failed', e instanceof Error ? e.stack : e);
+        for (const p of pending) p.reject(unavailable ?? e);
         return;
       }
       for (const p of pending) p.resolve();

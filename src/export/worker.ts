@@ -10,6 +10,7 @@ import type { Config } from '../config.ts';
 import type { Database } from '../store/database.ts';
 import { claimJob, deleteExpiredJobs, existingJobIds, failJob, releaseJob } from '../store/exportJobs.ts';
 import { exportRoot, jobDir, runJob } from './runner.ts';
+import { databaseUnavailable, logUnavailable } from '../store/resources.ts';
 
 /** Kick-offs in this process wake the worker at once instead of at its next poll. */
 export const exportSignal = new EventEmitter();
@@ -52,7 +53,9 @@ export class ExportWorker {
         await this.sweep();
         worked = await this.once();
       } catch (e) {
-        if (!this.stopping) console.error('export worker:', e);
+        if (this.stopping) continue;
+        if (databaseUnavailable(e)) logUnavailable('export worker: database unavailable', e); // polls on until it is back
+        else console.error('export worker:', e);
       }
       if (!worked && !this.stopping) {
         await new Promise<void>((resolve) => {
@@ -76,11 +79,14 @@ export class ExportWorker {
     if (this.stopping) this.current.abort();
     this.log(`export ${job.id}: attempt ${job.attempts}`);
     try {
-      const result = await runJob({ db: this.db, config: this.config, worker: this.name, signal: this.current.signal }, job);
+      // On the jobs pool: a long COPY has no statement timeout and takes no request connection.
+      const result = await runJob({ db: { ...this.db, app: this.db.jobs }, config: this.config, worker: this.name, signal: this.current.signal }, job);
       if (result === 'aborted' && this.stopping) await releaseJob(this.db.owner, job, this.name);
       this.log(`export ${job.id}: ${result}`);
     } catch (e) {
-      if (this.stopping) {
+      if (this.stopping || databaseUnavailable(e)) {
+        // Not the job's fault: it runs again (from its last committed unit) once the database is back.
+        if (!this.stopping) logUnavailable(`export ${job.id}: database unavailable, will retry`, e);
         await releaseJob(this.db.owner, job, this.name).catch(() => {});
       } else {
         console.error(`export ${job.id} failed:`, e);

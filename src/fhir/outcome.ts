@@ -29,6 +29,11 @@ export function outcome(issues: OperationOutcomeIssue[]): OperationOutcome {
   return { resourceType: 'OperationOutcome', issue: issues };
 }
 
+/** A 503's body: the server cannot serve now (database away, stopping); the client retries after Retry-After. */
+export function transient(message: string): OperationOutcome {
+  return outcome([{ severity: 'error', code: 'transient', diagnostics: message }]);
+}
+
 export function informational(message: string): OperationOutcome {
   return outcome([{ severity: 'information', code: 'informational', diagnostics: message }]);
 }

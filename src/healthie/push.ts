@@ -170,7 +170,9 @@ export function startHealthieLoop(db: Database, intervalMs: number, log: (msg: s
       }
     }
   };
-  const timer = setInterval(() => { running ??= tick().finally(() => { running = undefined; }); }, intervalMs);
+  // Listing the tenants fails while the database is away: this tick is skipped, the next one tries again.
+  const safeTick = () => tick().catch((e) => log(`healthie sync skipped: ${(e as Error).message}`));
+  const timer = setInterval(() => { running ??= safeTick().finally(() => { running = undefined; }); }, intervalMs);
   timer.unref();
   return async () => { stopped = true; clearInterval(timer); await running; };
 }

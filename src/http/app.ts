@@ -9,8 +9,9 @@ import { healthieWebhook, WEBHOOK_ROUTE } from '../healthie/webhooks.ts';
 import { sendOutcome } from './format.ts';
 import { authRoutes } from '../auth/routes.ts';
 import { cors } from './cors.ts';
-import { FhirError, outcome } from '../fhir/outcome.ts';
+import { FhirError, outcome, transient } from '../fhir/outcome.ts';
 import type { InFlight } from './inFlight.ts';
+import { databaseUnavailable, RETRY_AFTER_SECONDS } from '../store/resources.ts';
 
 /** `inFlight` counts the requests being handled (FHIR and authorization), so the server can stop after them. */
 export function createApp(db: Database, config: Config, version: string, inFlight: InFlight) {
@@ -23,7 +24,7 @@ export function createApp(db: Database, config: Config, version: string, inFligh
       await db.app.query('SELECT 1');
       res.json({ status: 'ok' });
     } catch {
-      res.status(503).json({ status: 'database unavailable' });
+      res.status(503).set('Retry-After', String(RETRY_AFTER_SECONDS)).json({ status: 'database unavailable' });
     }
   });
   app.use('/fhir', cors(config.corsOrigins));
@@ -53,8 +54,17 @@ export function createApp(db: Database, config: Config, version: string, inFligh
       sendOutcome(req, res, e.status, outcome([{ severity: 'error', code: 'invalid', diagnostics: e.message ?? 'Bad request' }]));
       return;
     }
-    // A bug: log it, tell the client nothing about internals.
-    console.error('internal error', req.method, req.originalUrl, err);
+    const unavailable = databaseUnavailable(err);
+    if (unavailable) {
+      res.set('Retry-After', String(unavailable.retryAfter));
+      sendOutcome(req, res, 503, transient(unavailable.message));
+      return;
+    }
+    // A bug: log it, tell the client nothing about internals. The path only (a query string
+    // can carry PHI), and the stack without the error's other fields (a PostgreSQL detail
+    // can quote a row).
+    const code = (err as { code?: unknown })?.code;
+    console.error('internal error', req.method, req.path, ...(code ? [`code ${String(code)}`] : []), err instanceof Error ? err.stack : typeof err);
     sendOutcome(req, res, 500, outcome([{ severity: 'error', code: 'exception', diagnostics: 'Internal server error' }]));
   });
   return app;

@@ -16,12 +16,32 @@ import { FhirError, gone, notFound, preconditionFailed, unprocessable } from '..
 export type Tx = pg.PoolClient;
 
 
+/**
+ * Per pool, the statement timeout (ms) withTenant sets in each transaction: SET LOCAL, so it
+ * holds behind PgBouncer in transaction mode (a startup parameter would not), and only where
+ * openDatabase asked for it (request traffic, not a long export COPY).
+ */
+const statementTimeouts = new WeakMap<pg.Pool, string>();
+
+export function limitStatements(pool: pg.Pool, timeoutMs: number): void {
+  if (timeoutMs > 0) statementTimeouts.set(pool, `${Math.floor(timeoutMs)}ms`);
+}
+
+const BIND_TENANT = "SELECT set_config('app.org_id', $1, true)";
+const BIND_TENANT_LIMITED = "SELECT set_config('app.org_id', $1, true), set_config('statement_timeout', $2, true)";
+
 /** Runs fn in one transaction bound to a tenant: RLS sees only org rows. */
 export async function withTenant<T>(pool: pg.Pool, orgId: number, fn: (tx: Tx) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (e) {
+    throw translatePgError(e); // unreachable database, or no free connection within the pool's wait
+  }
   try {
     await client.query('BEGIN');
-    await client.query(stmt("SELECT set_config('app.org_id', $1, true)", [String(orgId)]));
+    const timeout = statementTimeouts.get(pool);
+    await client.query(timeout ? stmt(BIND_TENANT_LIMITED, [String(orgId), timeout]) : stmt(BIND_TENANT, [String(orgId)]));
     const result = await fn(client);
     await client.query('COMMIT');
     return result;
@@ -29,12 +49,76 @@ export async function withTenant<T>(pool: pg.Pool, orgId: number, fn: (tx: Tx) =
     await client.query('ROLLBACK').catch(() => {});
     throw translatePgError(e);
   } finally {
-    client.release();
+    client.release(); // a connection that failed is not queryable, and the pool drops it
   }
 }
 
-/** Database constraint failures become FHIR errors; anything else stays a bug (500). */
+/** Seconds a client is told to wait (Retry-After) when the database cannot serve it now. */
+export const RETRY_AFTER_SECONDS = 2;
+
+/**
+ * The database cannot serve the request now (connection lost or refused, restarting, no
+ * free connection, a statement over the time limit): 503 with Retry-After, nothing about
+ * the request is wrong. Deliberately not a FhirError: callers that treat a FhirError as the
+ * input's own fault (a Healthie delivery given up as permanent) must retry this one.
+ */
+export class DatabaseUnavailable extends Error {
+  readonly status = 503;
+  readonly retryAfter = RETRY_AFTER_SECONDS;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'DatabaseUnavailable';
+  }
+}
+
+/** Node socket errors of a connection to the database that went away or never came. */
+const SOCKET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED']);
+/** PostgreSQL: the server is shutting down, crashed, starting, or out of connection slots. */
+const SERVER_CODES = new Set(['57P01', '57P02', '57P03', '53300']);
+/** pg and pg-pool say these in words only: a connection that ended, a pool wait that ran out, a pool closed by a stop, a query_timeout. */
+const LOST_MESSAGE = /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Client was closed and is not queryable|Cannot use a pool after calling end|Query read timeout)/;
+
+/**
+ * The one test of "the database cannot serve now": connection-class errors (SQLSTATE class
+ * 08, 57P01-03, 53300, socket errors, pg's own words), and a statement the timeout
+ * cancelled (57014). Anything else is undefined: a real error of the request or a bug.
+ */
+export function databaseUnavailable(e: unknown): DatabaseUnavailable | undefined {
+  if (e instanceof DatabaseUnavailable) return e;
+  const err = e as { code?: unknown; message?: unknown; errors?: unknown } | null;
+  if (!err || typeof err !== 'object') return undefined;
+  const code = typeof err.code === 'string' ? err.code : '';
+  const message = typeof err.message === 'string' ? err.message : '';
+  if (code === '57014') {
+    return new DatabaseUnavailable(/statement timeout/.test(message)
+      ? 'The request took longer than the server allows a database statement (KILN_STATEMENT_TIMEOUT_MS); retry, or narrow the request'
+      : 'The database cancelled the request\'s statement; retry', { cause: e });
+  }
+  if (message.startsWith('timeout exceeded when trying to connect')) {
+    return new DatabaseUnavailable('The server is busy: no database connection became free in time; retry shortly', { cause: e });
+  }
+  const lost = code.startsWith('08') || SERVER_CODES.has(code) || SOCKET_CODES.has(code) || LOST_MESSAGE.test(message)
+    // net's AggregateError (several addresses tried) carries the socket errors inside.
+    || (Array.isArray(err.errors) && err.errors.some((x) => databaseUnavailable(x) !== undefined));
+  return lost ? new DatabaseUnavailable('The database is unavailable; retry shortly', { cause: e }) : undefined;
+}
+
+const UNAVAILABLE_LOG_MS = 10_000;
+let lastUnavailableLog = 0;
+
+/** Logs that the database cannot serve (one line, at most every 10 s: an outage fails many requests at once). */
+export function logUnavailable(what: string, e: unknown): void {
+  const now = Date.now();
+  if (now - lastUnavailableLog < UNAVAILABLE_LOG_MS) return;
+  lastUnavailableLog = now;
+  const err = e as { code?: unknown; message?: unknown } | undefined;
+  console.error(`${what}: ${[err?.code, err?.message].filter((x) => typeof x === 'string' && x).join(' ')}`);
+}
+
+/** Database constraint failures become FHIR errors, a lost database a 503; anything else stays a bug (500). */
 function translatePgError(e: unknown): unknown {
+  const unavailable = databaseUnavailable(e);
+  if (unavailable) return unavailable;
   const err = e as { code?: string; constraint?: string; detail?: string; message?: string };
   if (err.code === '23503') {
     // A write whose references do not fit (e.g. an encounter of another patient) is
