@@ -44,6 +44,9 @@ export interface Config {
   corsOrigins: string[];
   /** KILN_STOP_GRACE_MS: how long a stop waits for handlers still running (clients that hung up) before it closes the database. */
   stopGraceMs: number;
+  /** KILN_TRUST_PROXY: the proxies whose X-Forwarded-For/-Proto are believed, as Express's 'trust proxy' takes them
+   *  ('loopback', addresses or CIDRs, comma-separated, or a hop count); unset = none, the socket peer is the client. */
+  trustProxy: false | number | string;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -73,6 +76,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     auditWindowMs: Number(env.KILN_AUDIT_WINDOW_MS ?? 0),
     exportUserScopes: env.KILN_EXPORT_USER_SCOPES === 'on',
     stopGraceMs: Number(env.KILN_STOP_GRACE_MS ?? 60_000),
+    trustProxy: trustProxy(env.KILN_TRUST_PROXY),
     corsOrigins: (env.KILN_CORS_ORIGINS ?? '*').split(',').map((s) => s.trim().replace(/\/+$/, '')).filter(Boolean),
   };
+}
+
+function trustProxy(v: string | undefined): false | number | string {
+  const s = (v ?? '').trim();
+  if (s === '' || s === 'off') return false;
+  return /^\d+$/.test(s) ? Number(s) : s;
 }

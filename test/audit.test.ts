@@ -42,7 +42,8 @@ const whats = (e: any) => (e.entity ?? []).map((x: any) => x.what?.reference).fi
 const obs = (p: string) => ({ resourceType: 'Observation', status: 'final', code: { text: 'audit' }, subject: { reference: `Patient/${p}` } });
 
 before(async () => {
-  srv = await startTestServer({ auth: 'smart' });
+  // Behind a proxy on the same host (KILN_TRUST_PROXY=loopback): its X-Forwarded-For names the client.
+  srv = await startTestServer({ auth: 'smart', config: { trustProxy: 'loopback' } });
   admin = await client('audit-admin', 'system/*.cruds');
   patient = (await as(admin, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Audited' }] })).json.id;
   obsId = (await as(admin, 'POST', 'Observation', obs(patient))).json.id;

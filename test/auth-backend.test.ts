@@ -15,6 +15,8 @@ import { verifyAccessToken } from '../src/auth/verify.ts';
 import { smartSecurityExtension } from '../src/auth/discovery.ts';
 
 const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+// The ES384 client's JWKS is served over plain http from this process: allowed for development only.
+process.env.KILN_AUTH_ALLOW_HTTP_JWKS = 'on';
 
 let server: TestServer;
 let tokenUrl: string;

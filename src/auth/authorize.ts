@@ -6,10 +6,11 @@
 import type { Tx } from '../store/resources.ts';
 import { findClient, type ClientRow } from '../store/authClients.ts';
 import { findUser } from '../store/authUsers.ts';
-import { clearLoginFailures, lockLoginCounters, recordLoginFailure } from '../store/authLoginFailures.ts';
+import { forgiveLoginAttempt, lockLoginCounters, recordLoginFailure, type LoginKey } from '../store/authLoginFailures.ts';
 import { deleteRequest, findRequest, insertCode, insertRequest, updateRequest, useLaunch, type RequestRow } from '../store/authFlow.ts';
 import { patientExists, searchPatientsByName } from '../store/authPatients.ts';
 import { inOrg, type AuthCtx } from './context.ts';
+import { inTurn } from './inTurn.ts';
 import { asPatientScopes, grantScopes, parseClinicalScope, patientUser, splitScope } from './scopeGrant.ts';
 import { randomToken, sha256, verifyPassword } from './secrets.ts';
 import { consentPage, errorPage, loginPage, OPTIONAL_SCOPE, pickerPage } from './pages.ts';
@@ -172,26 +173,33 @@ async function nextStep(tx: Tx, a: AuthCtx, l: Loaded): Promise<Outcome> {
 }
 
 export async function login(a: AuthCtx, form: URLSearchParams): Promise<void> {
-  const outcome = await inOrg(a, async (tx): Promise<Outcome> => {
+  const username = (form.get('username') ?? '').slice(0, 200);
+  const limit = a.config.auth.loginLimit;
+  const keys: [LoginKey, LoginKey] = [{ kind: 'user', key: username }, { kind: 'ip', key: a.req.ip ?? '' }];
+  // The attempt counts as a failure before the password is checked (under a lock per key, so
+  // concurrent guesses are counted one by one); no connection is held while it is hashed.
+  const checked = await inTurn(keys.map((k) => `${a.org.id}/${k.kind}/${k.key}`), () => inOrg(a, async (tx) => {
     const l = await loadRequest(tx, a, form);
     if ('kind' in l) return l;
-    const username = (form.get('username') ?? '').slice(0, 200);
-    const limit = a.config.auth.loginLimit;
-    // Locked until this transaction ends, so concurrent guesses are counted one by one.
-    const counters = await lockLoginCounters(tx, [{ kind: 'user', key: username }, { kind: 'ip', key: a.req.ip ?? '' }], limit.windowSeconds);
+    const user = username ? await findUser(tx, username) : undefined;
+    const counters = await lockLoginCounters(tx, keys, limit.windowSeconds);
     const blocked = counters.find((c) => c.failures >= (c.kind === 'user' ? limit.userFailures : limit.ipFailures));
     if (blocked) {
       const minutes = Math.ceil(blocked.secondsLeft / 60);
       return page(429, errorPage('Too many sign-in attempts',
         `Too many failed sign-ins ${blocked.kind === 'user' ? 'for this username' : 'from this network address'}. Try again in ${minutes} minute${minutes === 1 ? '' : 's'}.`), blocked.secondsLeft);
     }
-    const user = username ? await findUser(tx, username) : undefined;
-    const ok = await verifyPassword(form.get('password') ?? '', user?.passwordHash);
-    if (!ok || !user || user.disabledAt) {
-      await recordLoginFailure(tx, counters, limit.windowSeconds);
-      return page(401, loginPage({ request: l.requestId, clientName: l.client.name, tenant: a.org.name, username, error: 'Wrong username or password.' }));
-    }
-    await clearLoginFailures(tx, counters[0]);
+    await recordLoginFailure(tx, counters, limit.windowSeconds);
+    return { l, user };
+  }));
+  if ('kind' in checked) return send(a, checked);
+  const { l, user } = checked;
+  const ok = await verifyPassword(form.get('password') ?? '', user?.passwordHash);
+  if (!ok || !user || user.disabledAt) {
+    return send(a, page(401, loginPage({ request: l.requestId, clientName: l.client.name, tenant: a.org.name, username, error: 'Wrong username or password.' })));
+  }
+  const outcome = await inOrg(a, async (tx): Promise<Outcome> => {
+    await forgiveLoginAttempt(tx, ...keys);
     // A patient signing in is the patient context: no picker, and no other patient.
     const own = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(user.fhirUser ?? '')?.[1];
     let patient: string | undefined;

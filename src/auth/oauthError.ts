@@ -29,18 +29,35 @@ export function sendOAuthError(req: Request, res: Response, e: OAuthError): void
   res.status(e.status).json({ error: e.error, error_description: e.message });
 }
 
+/** A NUL cannot be stored in PostgreSQL text, so it is refused where requests are parsed. */
+export const hasNul = (s: string) => s.includes('\u0000');
+
 /** Form parameters of a POST (application/x-www-form-urlencoded); a repeated one is refused (RFC 6749 3.1). */
 export function formParams(req: Request): Map<string, string> {
   if (!/^application\/x-www-form-urlencoded\b/i.test(req.get('content-type') ?? '')) {
     throw invalidRequest('The body must be application/x-www-form-urlencoded');
   }
-  const text = Buffer.isBuffer(req.body) ? req.body.toString('utf8') : typeof req.body === 'string' ? req.body : '';
-  return uniqueParams(new URLSearchParams(text));
+  return uniqueParams(checked(new URLSearchParams(bodyText(req))));
 }
 
 export function queryParams(req: Request): Map<string, string> {
   const q = req.originalUrl.indexOf('?');
-  return uniqueParams(new URLSearchParams(q < 0 ? '' : req.originalUrl.slice(q + 1)));
+  return uniqueParams(checked(new URLSearchParams(q < 0 ? '' : req.originalUrl.slice(q + 1))));
+}
+
+/** The form a sign-in page posts, repeats kept (consent checkboxes share a name); not a form: empty. */
+export function pageForm(req: Request): URLSearchParams {
+  return checked(new URLSearchParams(/^application\/x-www-form-urlencoded\b/i.test(req.get('content-type') ?? '') ? bodyText(req) : ''));
+}
+
+const bodyText = (req: Request) => Buffer.isBuffer(req.body) ? req.body.toString('utf8') : typeof req.body === 'string' ? req.body : '';
+
+function checked(search: URLSearchParams): URLSearchParams {
+  for (const [k, v] of search) {
+    if (hasNul(k)) throw invalidRequest('A parameter name holds a NUL character');
+    if (hasNul(v)) throw invalidRequest(`Parameter ${k} holds a NUL character`);
+  }
+  return search;
 }
 
 function uniqueParams(search: URLSearchParams): Map<string, string> {

@@ -1,6 +1,8 @@
 // The authorize flow's server-rendered pages: login, patient picker, consent, error.
 // Pure HTML builders; every value is escaped. Forms post to sibling endpoints
-// (relative URLs), so the pages work behind a proxy that rewrites the host.
+// (relative URLs), so the pages work behind a proxy that rewrites the host. No script;
+// the one inline style is allowed by its hash in the pages' Content-Security-Policy.
+import crypto from 'node:crypto';
 import type { PatientChoice } from '../store/authPatients.ts';
 
 export function escapeHtml(s: string): string {
@@ -11,6 +13,32 @@ const STYLE = `body{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem
 h1{font-size:1.4rem}label{display:block;margin:.8rem 0 .2rem}input[type=text],input[type=password],input[type=search]{width:100%;padding:.4rem;box-sizing:border-box}
 button{margin-top:1rem;padding:.45rem 1.1rem}.error{color:#a00}.muted{color:#666;font-size:.9rem}ul{padding-left:1.2rem}li{margin:.3rem 0}
 table{border-collapse:collapse;width:100%}td{padding:.3rem;border-bottom:1px solid #ddd}`;
+
+const STYLE_SOURCE = `'sha256-${crypto.createHash('sha256').update(STYLE).digest('base64')}'`;
+
+/**
+ * The pages' Content-Security-Policy: nothing loads or runs but the inline style, no site
+ * may frame them (clickjacking the consent), and forms go to this server only, plus
+ * `formTargets` where a consent can follow (browsers apply form-action to the redirect
+ * after the post, which goes to the app's redirect_uri).
+ */
+export function pagePolicy(formTargets: string[] = []): string {
+  return [
+    "default-src 'none'", `style-src ${STYLE_SOURCE}`, `form-action ${["'self'", ...formTargets].join(' ')}`,
+    "frame-ancestors 'none'", "base-uri 'none'",
+  ].join('; ');
+}
+
+/** A redirect_uri as a CSP source: its origin, or for a native app's private scheme the scheme. */
+export function redirectSource(redirectUri: string): string | undefined {
+  try {
+    const url = new URL(redirectUri);
+    if (url.protocol === 'https:' || url.protocol === 'http:') return url.origin;
+    return /^[a-z][a-z0-9+.-]*:$/i.test(url.protocol) ? url.protocol : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 function page(title: string, body: string): string {
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

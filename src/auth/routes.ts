@@ -8,12 +8,15 @@ import type { Database } from '../store/database.ts';
 import { findOrg, type Org } from '../store/tenants.ts';
 import { keyRingFor } from './keys.ts';
 import { configureExternalIssuer, configureTokenCache } from './verify.ts';
-import type { AuthCtx } from './context.ts';
+import { inOrg, type AuthCtx } from './context.ts';
 import { openidConfiguration, smartConfiguration } from './discovery.ts';
-import { formParams, noStore, OAuthError, queryParams, sendOAuthError } from './oauthError.ts';
-import { authorize, consent, login, pick } from './authorize.ts';
+import { formParams, noStore, OAuthError, pageForm, queryParams, sendOAuthError } from './oauthError.ts';
+import { authorize, consent, login, pick, type PendingAuthorization } from './authorize.ts';
 import { introspect, revoke, tokenRequest } from './tokenEndpoint.ts';
-import { errorPage } from './pages.ts';
+import { errorPage, pagePolicy, redirectSource } from './pages.ts';
+import { findRequest } from '../store/authFlow.ts';
+import { findClient } from '../store/authClients.ts';
+import { sha256 } from './secrets.ts';
 import { DEFAULT_TENANT, fhirRoot, tenantBase } from './urls.ts';
 import type { InFlight } from '../http/inFlight.ts';
 
@@ -23,12 +26,6 @@ const METHODS: Record<string, string[]> = {
   jwks: ['GET'], authorize: ['GET', 'POST'], login: ['POST'], pick: ['POST'], consent: ['POST'],
   token: ['POST'], introspect: ['POST'], revoke: ['POST'],
 };
-
-/** URL-encoded form of a page post, repeats kept (consent checkboxes share a name). */
-function pageForm(req: Request): URLSearchParams {
-  const text = Buffer.isBuffer(req.body) ? req.body.toString('utf8') : '';
-  return new URLSearchParams(/^application\/x-www-form-urlencoded\b/i.test(req.get('content-type') ?? '') ? text : '');
-}
 
 /** `inFlight` counts the endpoints' handlers (a token exchange writes), as for FHIR requests. */
 export function authRoutes(db: Database, config: Config, inFlight: InFlight): express.Router {
@@ -65,7 +62,7 @@ export function authRoutes(db: Database, config: Config, inFlight: InFlight): ex
 
   router.all(['/auth/:endpoint', '/:tenant/auth/:endpoint'], (req: Request, res: Response, next: NextFunction) => {
     const endpoint = req.params.endpoint as string;
-    const allowed = METHODS[endpoint];
+    const allowed = Object.hasOwn(METHODS, endpoint) ? METHODS[endpoint] : undefined;
     if (!allowed) return next();
     inFlight.track(handle(req, res, endpoint, allowed)).then((handled) => { if (!handled) next(); }).catch((e) => {
       if (!(e instanceof OAuthError)) return next(e);
@@ -81,6 +78,7 @@ export function authRoutes(db: Database, config: Config, inFlight: InFlight): ex
   async function handle(req: Request, res: Response, endpoint: string, allowed: string[]): Promise<boolean> {
     const a = await ctxFor(req, res);
     if (!a) return false;
+    if (PAGES.has(endpoint)) await pageHeaders(a, endpoint);
     if (!allowed.includes(req.method)) {
       res.set('Allow', allowed.join(', '));
       throw new OAuthError(405, 'invalid_request', `${req.method} is not allowed on ${endpoint}`);
@@ -125,4 +123,28 @@ export function authRoutes(db: Database, config: Config, inFlight: InFlight): ex
   }
 
   return router;
+}
+
+/** CSP and no framing for a page. Its form posts may end in a redirect to the app (the
+ *  consent's answer, or a refusal), and browsers check that redirect against form-action too. */
+async function pageHeaders(a: AuthCtx, endpoint: string): Promise<void> {
+  a.res.set('Content-Security-Policy', pagePolicy());
+  a.res.set('X-Frame-Options', 'DENY');
+  const uris = await redirectUris(a, endpoint);
+  const sources = [...new Set(uris.map(redirectSource).filter((s) => s !== undefined))];
+  if (sources.length) a.res.set('Content-Security-Policy', pagePolicy(sources));
+}
+
+/** The app's redirect URIs: those registered for the client at authorize, then the request's own. */
+async function redirectUris(a: AuthCtx, endpoint: string): Promise<string[]> {
+  if (endpoint === 'authorize') {
+    const clientId = (a.req.method === 'POST' ? formParams(a.req) : queryParams(a.req)).get('client_id');
+    if (!clientId) return [];
+    const client = await inOrg(a, (tx) => findClient(tx, clientId));
+    return client && !client.revokedAt ? client.redirectUris : [];
+  }
+  const requestId = pageForm(a.req).get('request');
+  if (!requestId) return [];
+  const request = await inOrg(a, (tx) => findRequest<PendingAuthorization>(tx, sha256(requestId)));
+  return request ? [request.params.redirectUri] : [];
 }

@@ -26,6 +26,8 @@ export interface AuthSettings {
   /** KILN_TOKEN_CACHE: keep verified access tokens in memory (default on; 'off' for comparisons). */
   tokenCache: boolean;
   loginLimit: LoginLimit;
+  /** KILN_AUTH_ALLOW_HTTP_JWKS=on: a client's JWKS URL may be plain http to a loopback address (development); otherwise https only. */
+  allowHttpJwks: boolean;
 }
 
 /** Failed sign-ins allowed per username and per client IP (in a tenant) within a window. */
@@ -51,6 +53,7 @@ export function loadAuthSettings(env: NodeJS.ProcessEnv = process.env): AuthSett
     accessTokenSeconds: Number(env.KILN_AUTH_TOKEN_MINUTES ?? 60) * 60,
     backendTokenSeconds: Number(env.KILN_AUTH_BACKEND_TOKEN_MINUTES ?? 5) * 60,
     tokenCache: env.KILN_TOKEN_CACHE !== 'off',
+    allowHttpJwks: env.KILN_AUTH_ALLOW_HTTP_JWKS === 'on',
     loginLimit: {
       userFailures: positive(env, 'KILN_LOGIN_MAX_FAILURES', 5),
       ipFailures: positive(env, 'KILN_LOGIN_MAX_FAILURES_IP', 20),

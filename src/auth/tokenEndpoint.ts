@@ -1,17 +1,19 @@
 // The token endpoint (client_credentials, authorization_code + PKCE, refresh_token),
-// token introspection (RFC 7662) and revocation (RFC 7009).
+// token introspection (RFC 7662) and revocation (RFC 7009). The client authenticates
+// before the transaction that answers it begins, so no connection waits on a client's
+// JWKS URL or on verifying an access token.
 import type { Tx } from '../store/resources.ts';
 import { consumeCode, findRefreshToken, insertRefreshToken, revokeFamily, useRefreshToken, type GrantContext } from '../store/authFlow.ts';
 import type { ClientRow } from '../store/authClients.ts';
 import { findUser } from '../store/authUsers.ts';
 import { insertRevokedToken } from '../store/authRevocation.ts';
 import { inOrg, type AuthCtx } from './context.ts';
-import { authenticateClient } from './clientAuth.ts';
+import { authenticateClient, confirmClient } from './clientAuth.ts';
 import { invalidGrant, invalidRequest, invalidScope, OAuthError, unauthorizedClient } from './oauthError.ts';
 import { grantScopes, splitScope } from './scopeGrant.ts';
 import { randomToken, s256, sha256 } from './secrets.ts';
 import { signAccessToken, signIdToken } from './tokens.ts';
-import { absoluteFhirUser, authUrl } from './urls.ts';
+import { absoluteFhirUser } from './urls.ts';
 import { verifyAccessToken, type AccessContext } from './verify.ts';
 
 const OFFLINE_SECONDS = 90 * 24 * 3600;
@@ -22,21 +24,23 @@ const VERIFIER = /^[A-Za-z0-9\-._~]{43,128}$/;
  *  (a replayed code or refresh token revokes its family, and that must stick). */
 type Answer = { body: Record<string, unknown> } | { error: OAuthError };
 
+type Grant = (a: AuthCtx, tx: Tx, client: ClientRow, params: Map<string, string>) => Promise<Answer>;
+
 export async function tokenRequest(a: AuthCtx, params: Map<string, string>): Promise<Record<string, unknown>> {
   const grantType = params.get('grant_type');
   if (!grantType) throw invalidRequest('grant_type is missing');
-  const answer = await inOrg(a, async (tx): Promise<Answer> => {
-    if (grantType === 'client_credentials') return clientCredentials(a, tx, params);
-    if (grantType === 'authorization_code') return authorizationCode(a, tx, params);
-    if (grantType === 'refresh_token') return refreshToken(a, tx, params);
-    throw new OAuthError(400, 'unsupported_grant_type', `grant_type ${grantType} is not supported`);
-  });
+  const grant: Grant | undefined = grantType === 'client_credentials' ? clientCredentials
+    : grantType === 'authorization_code' ? authorizationCode
+    : grantType === 'refresh_token' ? refreshToken : undefined;
+  if (!grant) throw new OAuthError(400, 'unsupported_grant_type', `grant_type ${grantType} is not supported`);
+  // Backend Services clients are confidential; the user grants also serve public apps.
+  const auth = await authenticateClient(a, params, grantType !== 'client_credentials');
+  const answer = await inOrg(a, async (tx) => grant(a, tx, await confirmClient(tx, auth), params));
   if ('error' in answer) throw answer.error;
   return answer.body;
 }
 
-async function clientCredentials(a: AuthCtx, tx: Tx, params: Map<string, string>): Promise<Answer> {
-  const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), false);
+async function clientCredentials(a: AuthCtx, _tx: Tx, client: ClientRow, params: Map<string, string>): Promise<Answer> {
   const requested = splitScope(params.get('scope'));
   if (requested.length === 0) throw invalidScope('scope is required (for example system/*.rs)');
   const { granted } = grantScopes(requested, client.scopes, 'backend');
@@ -88,8 +92,7 @@ async function issueUserTokens(a: AuthCtx, tx: Tx, client: ClientRow, g: GrantCo
   return body;
 }
 
-async function authorizationCode(a: AuthCtx, tx: Tx, params: Map<string, string>): Promise<Answer> {
-  const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), true);
+async function authorizationCode(a: AuthCtx, tx: Tx, client: ClientRow, params: Map<string, string>): Promise<Answer> {
   const code = params.get('code');
   const redirectUri = params.get('redirect_uri');
   const verifier = params.get('code_verifier');
@@ -113,8 +116,7 @@ async function authorizationCode(a: AuthCtx, tx: Tx, params: Map<string, string>
   return { body: await issueUserTokens(a, tx, client, { ...c, family: codeHash }, true) };
 }
 
-async function refreshToken(a: AuthCtx, tx: Tx, params: Map<string, string>): Promise<Answer> {
-  const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), true);
+async function refreshToken(a: AuthCtx, tx: Tx, client: ClientRow, params: Map<string, string>): Promise<Answer> {
   const presented = params.get('refresh_token');
   if (!presented) throw invalidRequest('refresh_token is missing');
   const row = await useRefreshToken(tx, sha256(presented));
@@ -142,30 +144,32 @@ async function refreshToken(a: AuthCtx, tx: Tx, params: Map<string, string>): Pr
 
 export async function introspect(a: AuthCtx, params: Map<string, string>): Promise<Record<string, unknown>> {
   const token = params.get('token');
-  return inOrg(a, async (tx) => {
-    const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), false);
-    if (client.authMethod === 'none') throw unauthorizedClient('Introspection needs a confidential client');
-    if (!token) throw invalidRequest('token is missing');
-    if (token.split('.').length === 3) {
-      try {
-        const ctx = await verifyAccessToken(`Bearer ${token}`, { audience: a.base, tenant: a.org.slug });
-        return {
-          active: true, token_type: 'Bearer', scope: ctx.scopes.join(' '), client_id: ctx.clientId, sub: ctx.subject, exp: ctx.expiresAt,
-          iss: ctx.issuer === 'kiln' ? a.base : undefined, aud: a.base, tenant: ctx.tenant, jti: ctx.jti,
-          ...(ctx.patient ? { patient: ctx.patient } : {}),
-          ...(ctx.fhirUser ? { fhirUser: absoluteFhirUser(a.base, ctx.fhirUser) } : {}),
-        };
-      } catch {
-        return { active: false };
-      }
-    }
-    const row = await findRefreshToken(tx, sha256(token));
-    if (!row || row.status !== 'ok') return { active: false };
-    return {
-      active: true, token_type: 'refresh_token', scope: row.scopes.join(' '), client_id: row.clientId, sub: row.username ?? row.clientId,
-      exp: row.expiresAt, ...(row.patient ? { patient: row.patient } : {}),
-    };
+  const auth = await authenticateClient(a, params, false);
+  if (auth.client.authMethod === 'none') throw unauthorizedClient('Introspection needs a confidential client');
+  if (!token) throw invalidRequest('token is missing');
+  const isJwt = token.split('.').length === 3;
+  const row = await inOrg(a, async (tx) => {
+    await confirmClient(tx, auth);
+    return isJwt ? undefined : findRefreshToken(tx, sha256(token));
   });
+  if (isJwt) {
+    try {
+      const ctx = await verifyAccessToken(`Bearer ${token}`, { audience: a.base, tenant: a.org.slug });
+      return {
+        active: true, token_type: 'Bearer', scope: ctx.scopes.join(' '), client_id: ctx.clientId, sub: ctx.subject, exp: ctx.expiresAt,
+        iss: ctx.issuer === 'kiln' ? a.base : undefined, aud: a.base, tenant: ctx.tenant, jti: ctx.jti,
+        ...(ctx.patient ? { patient: ctx.patient } : {}),
+        ...(ctx.fhirUser ? { fhirUser: absoluteFhirUser(a.base, ctx.fhirUser) } : {}),
+      };
+    } catch {
+      return { active: false };
+    }
+  }
+  if (!row || row.status !== 'ok') return { active: false };
+  return {
+    active: true, token_type: 'refresh_token', scope: row.scopes.join(' '), client_id: row.clientId, sub: row.username ?? row.clientId,
+    exp: row.expiresAt, ...(row.patient ? { patient: row.patient } : {}),
+  };
 }
 
 /**
@@ -177,27 +181,33 @@ export async function introspect(a: AuthCtx, params: Map<string, string>): Promi
  */
 export async function revoke(a: AuthCtx, params: Map<string, string>): Promise<void> {
   const token = params.get('token');
-  const revokedAccessToken = await inOrg(a, async (tx) => {
-    const { client } = await authenticateClient(tx, a.req, params, authUrl(a.base, 'token'), true);
-    if (!token) throw invalidRequest('token is missing');
-    if (token.split('.').length === 3) return revokeAccessToken(a, tx, client, token);
+  const auth = await authenticateClient(a, params, true);
+  if (!token) throw invalidRequest('token is missing');
+  if (token.split('.').length === 3) {
+    const ctx = await verifiedAccessToken(a, token);
+    if (ctx && ctx.issuer !== 'kiln') throw new OAuthError(400, 'unsupported_token_type', 'Tokens of the external issuer are revoked at that issuer');
+    const revoked = await inOrg(a, async (tx) => {
+      const client = await confirmClient(tx, auth);
+      if (!ctx || ctx.clientId !== client.clientId || !ctx.jti) return false;
+      await insertRevokedToken(tx, { jti: ctx.jti, clientId: ctx.clientId, expiresAt: ctx.expiresAt });
+      return true;
+    });
+    // This server refuses the token at once; the others when they next read revocations.
+    if (revoked) a.ring.forgetRevocations();
+    return;
+  }
+  await inOrg(a, async (tx) => {
+    const client = await confirmClient(tx, auth);
     const row = await findRefreshToken(tx, sha256(token));
     if (row && row.clientId === client.clientId) await revokeFamily(tx, row.family);
-    return false;
   });
-  // This server refuses the token at once; the others when they next read revocations.
-  if (revokedAccessToken) a.ring.forgetRevocations();
 }
 
-async function revokeAccessToken(a: AuthCtx, tx: Tx, client: ClientRow, token: string): Promise<boolean> {
-  let ctx: AccessContext;
+/** The access token's claims, or undefined when it does not verify (expired, forged, revoked). */
+async function verifiedAccessToken(a: AuthCtx, token: string): Promise<AccessContext | undefined> {
   try {
-    ctx = await verifyAccessToken(`Bearer ${token}`, { audience: a.base, tenant: a.org.slug });
+    return await verifyAccessToken(`Bearer ${token}`, { audience: a.base, tenant: a.org.slug });
   } catch {
-    return false;
+    return undefined;
   }
-  if (ctx.issuer !== 'kiln') throw new OAuthError(400, 'unsupported_token_type', 'Tokens of the external issuer are revoked at that issuer');
-  if (ctx.clientId !== client.clientId || !ctx.jti) return false;
-  await insertRevokedToken(tx, { jti: ctx.jti, clientId: ctx.clientId, expiresAt: ctx.expiresAt });
-  return true;
 }

@@ -17,7 +17,8 @@ import { databaseUnavailable, RETRY_AFTER_SECONDS } from '../store/resources.ts'
 export function createApp(db: Database, config: Config, version: string, inFlight: InFlight) {
   const app = express();
   app.disable('x-powered-by');
-  app.set('trust proxy', 'loopback');
+  // Without a configured proxy, X-Forwarded-For is the client's say-so (the login limit keys on req.ip).
+  app.set('trust proxy', config.trustProxy);
   app.use(helmet({ contentSecurityPolicy: false }));
   app.get('/healthz', async (_req, res) => {
     try {

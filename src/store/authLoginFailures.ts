@@ -1,7 +1,9 @@
 // Failed sign-ins per username and per client IP (sql/015_auth_revocation.sql), in the
-// tenant's transaction of the login page. A window starts at a key's first failure. Each
-// key is held by a transaction-level advisory lock while a sign-in is checked, so
-// concurrent guesses cannot overshoot the limit (and PgBouncer transaction mode is fine).
+// tenant's transactions of the login page. A window starts at a key's first failure. A
+// sign-in is counted as a failure before its password is checked, under a
+// transaction-level advisory lock per key, so concurrent guesses cannot overshoot the
+// limit while no transaction waits on the hash (and PgBouncer transaction mode is fine);
+// a sign-in that succeeds is forgiven afterwards.
 import type pg from 'pg';
 import type { Tx } from './resources.ts';
 
@@ -46,9 +48,11 @@ export async function recordLoginFailure(tx: Tx, keys: LoginKey[], windowSeconds
   }
 }
 
-/** A successful sign-in clears its username's counter (not its IP's). */
-export async function clearLoginFailures(tx: Tx, key: LoginKey): Promise<void> {
-  await tx.query(`DELETE FROM auth_login_failures WHERE org_id = ${ORG} AND kind = $1 AND key = $2`, [key.kind, key.key]);
+/** A successful sign-in clears its username's counter and takes back the failure counted
+ *  in advance for its IP (the IP keeps its other failures). */
+export async function forgiveLoginAttempt(tx: Tx, user: LoginKey, ip: LoginKey): Promise<void> {
+  await tx.query(`DELETE FROM auth_login_failures WHERE org_id = ${ORG} AND kind = $1 AND key = $2`, [user.kind, user.key]);
+  await tx.query(`UPDATE auth_login_failures SET failures = greatest(failures - 1, 0) WHERE org_id = ${ORG} AND kind = $1 AND key = $2`, [ip.kind, ip.key]);
 }
 
 /** The CLI's reset of a user's counter (with a new password or re-enabling). */
