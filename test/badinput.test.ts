@@ -6,8 +6,14 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
+import { startTestServer, removeDataDir, fhir, freePort, type TestServer } from './support/server.ts';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import pg from 'pg';
 import { createJob } from '../src/export/run.ts';
+import { jobDir, runJob } from '../src/export/runner.ts';
+import { databaseUnavailable } from '../src/store/resources.ts';
+import type { ExportJob } from '../src/store/exportJobs.ts';
 
 let srv: TestServer;
 let patientId: string;
@@ -270,6 +276,23 @@ describe('$export jobs', () => {
     const text = await failedStatus({ level: 'system', types: ['Patient'], typeFilters: { Patient: ['name=a%00'] } });
     assert.doesNotMatch(text, RAW_DB_TEXT, text);
     assert.match(text, /NUL/);
+  });
+
+  test('a job that loses the database fails with that error itself, so the worker retries the job instead of failing it', async () => {
+    // A real pool to a port nothing listens on: every query fails as a lost database does.
+    const gone = new pg.Pool({ connectionString: `postgres://kiln@127.0.0.1:${await freePort()}/kiln`, connectionTimeoutMillis: 2000 });
+    gone.on('error', () => {});
+    const job: ExportJob = {
+      orgId: 1, id: crypto.randomUUID(), status: 'running', request: `${srv.url}/$export`,
+      params: { level: 'system', types: ['Patient'], typeFilters: {} }, progress: {}, doneUnits: [], attempts: 1,
+    };
+    try {
+      await assert.rejects(runJob({ db: { ...srv.db, app: gone }, config: srv.config, worker: 'badinput' }, job),
+        (e) => databaseUnavailable(e) !== undefined);
+    } finally {
+      await gone.end();
+      fs.rmSync(jobDir(srv.config, job.id), { recursive: true, force: true });
+    }
   });
 
   test('a job failing in the database reports a fixed text in its status, the detail only in the server log', async () => {

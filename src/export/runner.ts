@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Readable, Transform } from 'node:stream';
 import type { Config } from '../config.ts';
 import type { Database } from '../store/database.ts';
-import { withTenant, type Tx } from '../store/resources.ts';
+import { databaseUnavailable, withTenant, type Tx } from '../store/resources.ts';
 import {
   commitUnit, completeJob, listFiles, renewLease, setTransactionTime,
   type ExportFile, type ExportJob, type ExportProgress,
@@ -136,10 +136,10 @@ export async function runJob(opts: RunOptions, job: ExportJob): Promise<RunResul
 /**
  * A failed job's error becomes its status text, which clients read: a FHIR error keeps its
  * message; anything else (a database or file error) gets a fixed one, the original kept as
- * `cause` for the server log.
+ * `cause` for the server log. A lost database passes as it is: the worker retries the job.
  */
 function clientSafe(e: unknown): unknown {
-  if (e instanceof FhirError || e instanceof Aborted) return e;
+  if (e instanceof FhirError || e instanceof Aborted || databaseUnavailable(e)) return e;
   return new Error('internal error while exporting (the server log has the details)', { cause: e });
 }
 
