@@ -12,6 +12,7 @@ import { loadDefinitions } from '../fhir/validate.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { exportWithProgress } from './run.ts';
 import { ExportWorker } from './worker.ts';
+import { ownerOnlyDir } from './ndjson.ts';
 
 export const EXPORT_USAGE = `  kiln export [--tenant <slug>] [--type T,...] [--since <instant>] [--out <dir>]
                                                 export a tenant to NDJSON files now (progress on stderr)
@@ -76,7 +77,7 @@ async function exportCommand(args: string[]): Promise<number> {
     const seconds = (performance.now() - t0) / 1000;
     let files = result.files.map((f) => f.path);
     if (out) {
-      fs.mkdirSync(out, { recursive: true });
+      ownerOnlyDir(out); // the copies are PHI like the job's files (which copyFileSync keeps at 0600)
       files = result.files.map((f) => {
         const dest = path.join(out!, path.basename(f.path));
         fs.copyFileSync(f.path, dest);
