@@ -242,6 +242,13 @@ describe('NUL bytes and out-of-range values are 400 at the parse step', () => {
     assert.equal(q.json.entry?.length ?? 0, 0);
     const o = await fhir(srv.url, 'GET', `Observation?subject=Patient/${patientId}&date=ge0001-01-01&value-quantity=lt1e300`);
     assert.deepEqual(o.json.entry.map((e: any) => e.resource.id), [observationId]);
+    // Very long values (100 KB, through a _search form) are answered, matching nothing.
+    const long = 'x'.repeat(100_000);
+    for (const body of [`name=${long}`, `identifier=http://x|${long}`, `_profile=${long}`, `general-practitioner=Practitioner/${long}`, `_id=${long}`]) {
+      const l = await fhir(srv.url, 'POST', 'Patient/_search', body, FORM);
+      assert.ok(l.status === 200 || l.status === 400, `${body.slice(0, 30)}: ${l.status} ${l.text.slice(0, 200)}`);
+      assert.equal(l.json.entry?.length ?? 0, 0);
+    }
   });
 });
 
