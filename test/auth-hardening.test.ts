@@ -136,10 +136,10 @@ describe('authorization server with default settings', () => {
     removeDataDir(srv.dataDir);
   });
 
-  describe('a NUL byte in the OAuth endpoints is a 400, never a 500', () => {
+  describe('bad input at the OAuth endpoints is a 4xx, never a 500', () => {
     const basic = (id: string, secret: string) => `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`;
 
-    it('token, introspect and revoke: in any form field, a field name, client_id and Basic credentials', async () => {
+    it('a NUL at token, introspect and revoke (any form field, a field name, client_id, Basic credentials) is a 400 invalid_request', async () => {
       const cases: [string, string, Record<string, string>][] = [
         ['token', 'grant_type=client_credentials%00&scope=system%2FPatient.rs', {}],
         ['token', 'grant_type=client_credentials&scope=system%2FPatient.rs%00', { authorization: basic(secretClient.id, secretClient.secret) }],
@@ -173,7 +173,28 @@ describe('authorization server with default settings', () => {
       }
     });
 
-    it('authorize and the login page: a 400 page', async () => {
+    it('a signed assertion with a jti too long to index is refused as invalid_client, not a 500', async () => {
+      const key = await signer('inline-1');
+      const clientId = crypto.randomUUID();
+      await insertClient(srv.db.owner, { orgId: 1, clientId, name: 'Inline keys', authMethod: 'private_key_jwt', jwks: { keys: [key.publicJwk] }, redirectUris: [], scopes: ['system/*.rs'] });
+      const jwt = await new SignJWT({}).setProtectedHeader({ alg: 'ES384', kid: key.kid }).setIssuer(clientId).setSubject(clientId)
+        .setAudience(`${srv.url}/auth/token`).setExpirationTime(Math.floor(Date.now() / 1000) + 240).setJti(crypto.randomBytes(4500).toString('base64url')).sign(key.key);
+      const r = await post(srv, 'token', { grant_type: 'client_credentials', scope: 'system/*.rs', client_assertion_type: JWT_BEARER, client_assertion: jwt });
+      assert.equal(r.status, 401, r.text);
+      assert.equal(r.json.error, 'invalid_client');
+      assert.equal((await backendToken(srv, key, clientId)).status, 200, 'the same client with an ordinary jti');
+    });
+
+    it('an endpoint named like an Object.prototype member (/auth/constructor, /auth/toString) is a 404', async () => {
+      for (const name of ['constructor', 'toString', '__proto__', 'hasOwnProperty']) {
+        for (const method of ['GET', 'POST']) {
+          const r = await fetch(`${srv.url}/auth/${name}`, { method });
+          assert.equal(r.status, 404, `${method} ${name}`);
+        }
+      }
+    });
+
+    it('a NUL at authorize and the login page: a 400 page', async () => {
       const bad = await fetch(`${srv.url}/auth/authorize?response_type=code&client_id=%00`);
       assert.equal(bad.status, 400);
       assert.match(await bad.text(), /NUL/);

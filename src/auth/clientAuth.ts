@@ -15,6 +15,8 @@ export const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-beare
 /** SMART: a client assertion's exp is at most five minutes in the future. */
 const MAX_ASSERTION_SECONDS = 300;
 const CLOCK_SKEW = 5;
+/** Used jtis are a primary key: a longer one could not be indexed. */
+const MAX_JTI = 255;
 
 function usable(client: ClientRow | undefined, clientId: string): ClientRow {
   if (!client || client.revokedAt) throw invalidClient(`Unknown or revoked client '${clientId}'`);
@@ -146,5 +148,6 @@ async function verifyAssertion(a: AuthCtx, assertion: string): Promise<Authentic
   if (payload.exp! > now + MAX_ASSERTION_SECONDS + CLOCK_SKEW) throw invalidClient('client_assertion exp is more than five minutes ahead');
   if (typeof payload.jti !== 'string' || payload.jti === '') throw invalidClient('client_assertion has no jti');
   if (hasNul(payload.jti)) throw invalidClient('client_assertion jti holds a NUL character');
+  if (payload.jti.length > MAX_JTI) throw invalidClient(`client_assertion jti is longer than ${MAX_JTI} characters`);
   return { client, method: 'private_key_jwt', assertion: { jti: payload.jti, exp: payload.exp! } };
 }
