@@ -63,6 +63,8 @@ async function boundedFetch(entry: RemoteSet, url: string, init: RequestInit): P
       : (e as Error).name === 'TimeoutError' || (e as Error).name === 'AbortError' ? new JwksUnavailable(`did not answer within ${TIMEOUT_MS / 1000} s`)
       : new JwksUnavailable('could not be reached');
     entry.failure = { at: Date.now(), error };
+    // The client only hears invalid_client; the operator learns why (once per cooldown).
+    console.error(`a client's JWKS at ${new URL(url).origin} ${error.message}`);
     throw error;
   }
 }
