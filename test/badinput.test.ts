@@ -102,6 +102,11 @@ const otherProbes: Probe[] = [
   ['GET', 'Patient?_count=-1'],
   ['GET', 'Patient?_count=1.5'],
   ['GET', 'Patient?_page=%00'],
+  ['GET', `Patient?_page=${b64(['\u0000'])}`],
+  ['GET', `Patient?_page=${b64(['x', 'y', 'z', 'w'])}`],
+  ['GET', `Patient?_sort=birthdate&_page=${b64(['0000-01-01', 'x'])}`],
+  ['GET', `Observation?_sort=value-quantity&_page=${b64(['1e999x', 'x'])}`],
+  ['GET', `AuditEvent?_page=${b64(['\u0000'])}`],
   ['GET', '?_type=Patient&name=%00'],
   ['GET', '?_type=Patient%00'],
   // POST _search form bodies
@@ -146,6 +151,8 @@ const otherProbes: Probe[] = [
   ['POST', '', transaction({ request: { method: 'PUT', url: 'Patient?identifier=%00' }, resource: PATIENT })],
   ['POST', '', transaction({ request: { method: 'DELETE', url: 'Patient?identifier=%00' } })],
   ['POST', '', transaction({ request: { method: 'GET', url: 'Patient?name=%00' } })],
+  ['POST', '', transaction({ request: { method: 'GET', url: 'Patient/x/_history/99999999999999999999' } })],
+  ['POST', '', transaction({ request: { method: 'GET', url: 'Patient/x/_history/abc' } })],
   ['POST', '', transaction({ request: { method: 'GET', url: 'Patient/a%00b' } })],
   ['POST', '', transaction({
     request: { method: 'POST', url: 'Observation' },
@@ -223,6 +230,7 @@ describe('NUL bytes and out-of-range values are 400 at the parse step', () => {
     const entries = [
       { request: { method: 'GET', url: 'Patient?name=%00' } },
       { request: { method: 'GET', url: 'Patient/a%00b' } },
+      { request: { method: 'GET', url: 'Patient/x/_history/99999999999999999999' } },
       { request: { method: 'POST', url: 'Patient', ifNoneExist: 'identifier=%00' }, resource: PATIENT },
       { request: { method: 'DELETE', url: 'Patient?birthdate=0000-01-01' } },
     ];
@@ -242,6 +250,10 @@ describe('NUL bytes and out-of-range values are 400 at the parse step', () => {
     assert.equal(q.json.entry?.length ?? 0, 0);
     const o = await fhir(srv.url, 'GET', `Observation?subject=Patient/${patientId}&date=ge0001-01-01&value-quantity=lt1e300`);
     assert.deepEqual(o.json.entry.map((e: any) => e.resource.id), [observationId]);
+    // `ap` near the ends of the calendar: its window is cut at years 1 and 9999.
+    for (const q of ['Observation?date=ap0001', 'Patient?_lastUpdated=ap9999-12-31', 'Patient?_has:Observation:patient:date=ap0001']) {
+      assert.equal((await fhir(srv.url, 'GET', q)).status, 200, q);
+    }
     // Very long values (100 KB, through a _search form) are answered, matching nothing.
     const long = 'x'.repeat(100_000);
     for (const body of [`name=${long}`, `identifier=http://x|${long}`, `_profile=${long}`, `general-practitioner=Practitioner/${long}`, `_id=${long}`]) {

@@ -26,7 +26,8 @@ const encodeCursor = (c: string[]) => Buffer.from(JSON.stringify(c)).toString('b
 function decodeCursor(raw: string): string[] {
   try {
     const c = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
-    if (Array.isArray(c) && c.every((x) => typeof x === 'string')) return c;
+    // NUL: PostgreSQL text cannot hold one (a cursor this server made never does).
+    if (Array.isArray(c) && c.every((x) => typeof x === 'string' && !x.includes('\0'))) return c;
   } catch { /* fall through */ }
   throw badRequest(`Invalid _page cursor '${raw}'`, ['_page']);
 }

@@ -6,6 +6,8 @@ import { READ_FROM, TABLES, TIME_PARTITIONED } from '../../mappings/postgres/ind
 import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
 import { rowsWithKeys, type KeyForms } from './rowKeySearch.ts';
 import type { Criterion } from '../search/criteria.ts';
+import { badRequest } from '../fhir/outcome.ts';
+import { dateRange } from '../../mappings/search/precision.ts';
 import { searchParamsFor, storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 import { ROW_KEYED_TYPES, refKey, refKeyTargets } from '../../mappings/search/rowKeys.ts';
 
@@ -98,6 +100,17 @@ function unsortedPage(q: SearchRequest & { orgId: number }, driverIndex: number)
   return { sql: `SELECT r.id, r.resource::text AS json FROM ${from} ORDER BY r.id`, values };
 }
 
+/** Whether a cursor's sort value casts to its key's type (a tampered cursor is a 400, not a database error). */
+function castable(value: string, cast: string): boolean {
+  if (cast === 'numeric') return /^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$|^-?Infinity$/.test(value);
+  if (cast === 'timestamptz') {
+    if (/^-?infinity$/.test(value)) return true;
+    const m = /^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d+)?)([+-]\d{2})(:\d{2})?$/.exec(value); // PostgreSQL's output
+    return !!m && dateRange(`${m[1]}T${m[2]}${m[3]}${m[4] ?? ':00'}`) !== undefined;
+  }
+  return true;
+}
+
 /** A page in _sort order (then id); from the driver's rows when given, else from the
  * resource table with every criterion as EXISTS. */
 function sortedPage(q: SearchRequest & { orgId: number }, driverIndex?: number): { sql: string; values: unknown[] } {
@@ -111,7 +124,7 @@ function sortedPage(q: SearchRequest & { orgId: number }, driverIndex?: number):
   const order = [...keys.map((k, i) => `k${i} ${k.desc ? 'DESC' : 'ASC'}`), 'id ASC'].join(', ');
   let keyset = '';
   if (q.after) {
-    if (q.after.length !== keys.length + 1) throw new Error('cursor does not fit the sort');
+    if (q.after.length !== keys.length + 1 || keys.some((k, i) => !castable(q.after![i], k.cast))) throw badRequest('Invalid _page cursor: it does not fit the sort', ['_page']);
     // (k0 > v0) OR (k0 = v0 AND k1 > v1) OR ... OR (all equal AND id > last id)
     const terms: string[] = [];
     const all = [...keys.map((k, i) => ({ col: `k${i}`, cast: k.cast, desc: k.desc })), { col: 'id', cast: 'text', desc: false }];

@@ -3,7 +3,7 @@
 // stable keyset cursors, _sort, totals, _include and _revinclude.
 import type { Tx } from './resources.ts';
 import { READ_FROM, TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
-import { normalizeString, dateRange, decimalRange } from '../../mappings/search/extract.ts';
+import { normalizeString, dateRange, decimalRange, MIN_INSTANT, MAX_INSTANT } from '../../mappings/search/extract.ts';
 import { prefixed, referenceTarget, type Criterion, type Prefix } from '../search/criteria.ts';
 import { storedParams, type SearchParamDef, type StoredAs } from '../../mappings/search/definitions.ts';
 import { badRequest } from '../fhir/outcome.ts';
@@ -31,6 +31,11 @@ function searchNumberRange(value: string): [number, number] {
   return [r.lo, r.hi];
 }
 
+/** An `ap` window's edge as an instant PostgreSQL takes: cut at years 1 and 9999 (else 0000 or +10000 would be sent). */
+function instantWithin(ms: number): string {
+  return new Date(Math.min(Math.max(ms, Date.parse(MIN_INSTANT)), Date.parse(MAX_INSTANT))).toISOString();
+}
+
 function dateCond(prefix: Prefix, lo: string, hi: string, loCol: string, hiCol: string, p: P): string {
   // Parameters are registered only when used: PostgreSQL cannot type an unused one.
   const L = () => `${p(lo)}::timestamptz`;
@@ -47,7 +52,7 @@ function dateCond(prefix: Prefix, lo: string, hi: string, loCol: string, hiCol: 
     case 'ap': {
       // Approximately: within 10% of the distance from now, at least a day.
       const span = Math.max(86_400_000, Math.abs(Date.now() - Date.parse(lo)) * 0.1);
-      return `(${loCol} < ${p(new Date(Date.parse(hi) + span).toISOString())}::timestamptz AND ${hiCol} > ${p(new Date(Date.parse(lo) - span).toISOString())}::timestamptz)`;
+      return `(${loCol} < ${p(instantWithin(Date.parse(hi) + span))}::timestamptz AND ${hiCol} > ${p(instantWithin(Date.parse(lo) - span))}::timestamptz)`;
     }
   }
 }
@@ -68,7 +73,7 @@ function instantCond(prefix: Prefix, lo: string, hi: string, col: string, p: P):
     case 'le': return `${col} < ${H()}`;
     case 'ap': {
       const span = Math.max(86_400_000, Math.abs(Date.now() - Date.parse(lo)) * 0.1);
-      return `(${col} < ${p(new Date(Date.parse(hi) + span).toISOString())}::timestamptz AND ${col} >= ${p(new Date(Date.parse(lo) - span).toISOString())}::timestamptz)`;
+      return `(${col} < ${p(instantWithin(Date.parse(hi) + span))}::timestamptz AND ${col} >= ${p(instantWithin(Date.parse(lo) - span))}::timestamptz)`;
     }
   }
 }
