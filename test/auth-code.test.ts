@@ -9,6 +9,9 @@ import { createRemoteJWKSet, decodeJwt, jwtVerify } from 'jose';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
 import { mintAdminToken, verifyAccessToken } from '../src/auth/verify.ts';
 import { Browser } from './support/browser.ts';
+import { withTenant } from '../src/store/resources.ts';
+import { insertRefreshToken } from '../src/store/authFlow.ts';
+import { sha256 } from '../src/auth/secrets.ts';
 
 const REDIRECT = 'http://127.0.0.1:9/callback';
 const PASSWORD = 'correct horse battery';
@@ -235,6 +238,22 @@ describe('authorization code + PKCE', () => {
     assert.deepEqual(ctx.scopes, ['openid', 'fhirUser', 'patient/*.rs']);
     assert.equal(ctx.patient, patients.alice);
     assert.equal(ctx.fhirUser, `Patient/${patients.alice}`);
+  });
+
+  it("a refresh token granted to a Patient user with user/ scopes (before that rule) refreshes into their own compartment only", async () => {
+    const refresh = crypto.randomBytes(32).toString('base64url');
+    const { rows } = await server.db.owner.query("SELECT id FROM organizations WHERE slug = 'default'");
+    await withTenant(server.db.owner, rows[0].id, (tx) => insertRefreshToken(tx, {
+      tokenHash: sha256(refresh), family: crypto.randomUUID(), clientId: app, scopes: ['fhirUser', 'user/*.rs', 'offline_access'],
+      username: 'alice', fhirUser: `Patient/${patients.alice}`, expiresAt: Math.floor(Date.now() / 1000) + 3600,
+    }));
+    const res = await tokenRequest({ grant_type: 'refresh_token', refresh_token: refresh, client_id: app });
+    assert.equal(res.status, 200, JSON.stringify(res.json));
+    assert.equal(res.json.scope, 'fhirUser patient/*.rs offline_access');
+    assert.equal(res.json.patient, patients.alice);
+    const ctx = await verifyAccessToken(`Bearer ${res.json.access_token}`, { audience: server.url, tenant: 'default' });
+    assert.deepEqual(ctx.scopes, ['fhirUser', 'patient/*.rs', 'offline_access']);
+    assert.equal(ctx.patient, patients.alice);
   });
 
   it('an EHR launch is for one client, one user when named, one patient user only for themselves, and is used once', async () => {

@@ -10,7 +10,7 @@ import { insertRevokedToken } from '../store/authRevocation.ts';
 import { inOrg, type AuthCtx } from './context.ts';
 import { authenticateClient, confirmClient } from './clientAuth.ts';
 import { invalidGrant, invalidRequest, invalidScope, OAuthError, unauthorizedClient } from './oauthError.ts';
-import { grantScopes, splitScope } from './scopeGrant.ts';
+import { asPatientScopes, grantScopes, patientUser, splitScope } from './scopeGrant.ts';
 import { randomToken, s256, sha256 } from './secrets.ts';
 import { signAccessToken, signIdToken } from './tokens.ts';
 import { absoluteFhirUser } from './urls.ts';
@@ -53,7 +53,11 @@ async function clientCredentials(a: AuthCtx, _tx: Tx, client: ClientRow, params:
 }
 
 /** Access token (and id_token, refresh token) for a user grant. */
-async function issueUserTokens(a: AuthCtx, tx: Tx, client: ClientRow, g: GrantContext & { scopes: string[]; nonce?: string; family: string; refreshExpiresAt?: number }, withIdToken: boolean): Promise<Record<string, unknown>> {
+async function issueUserTokens(a: AuthCtx, tx: Tx, client: ClientRow, grant: GrantContext & { scopes: string[]; nonce?: string; family: string; refreshExpiresAt?: number }, withIdToken: boolean): Promise<Record<string, unknown>> {
+  // Every user token is minted here (code and refresh): a Patient user's acts in their own
+  // compartment whatever was granted, also for a refresh token issued before that rule.
+  const own = patientUser(grant.fhirUser);
+  const g = own ? { ...grant, scopes: asPatientScopes(grant.scopes), patient: own } : grant;
   const fhirUser = absoluteFhirUser(a.base, g.fhirUser);
   const subject = g.username ?? client.clientId;
   const signed = await signAccessToken(a.ring, {
