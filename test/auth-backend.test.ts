@@ -82,6 +82,8 @@ describe('SMART discovery and Backend Services', () => {
     fs.writeFileSync(path.join(tmp, 'rsa.json'), JSON.stringify({ keys: [rsa.publicJwk] }));
     rsaClient = clientIdOf(kiln('client', 'add', '--tenant', 'default', '--name', 'Bulk RSA', '--jwks', path.join(tmp, 'rsa.json'), '--scope', 'system/*.rs system/Patient.cruds'));
     ecClient = clientIdOf(kiln('client', 'add', '--tenant', 'default', '--name', 'Bulk EC', '--jwks', jwksUrl, '--scope', 'system/Observation.rs'));
+    // A JWKS URL the token endpoint would refuse is refused at registration (http off loopback, even for development).
+    assert.throws(() => kiln('client', 'add', '--tenant', 'default', '--name', 'Plain', '--jwks', 'http://jwks.example.org/keys', '--scope', 'system/*.rs'), /must use https/);
     const out = kiln('client', 'add', '--tenant', 'default', '--name', 'Secret service', '--secret', '--scope', 'system/*.read');
     secretClient = clientIdOf(out);
     secret = /client_secret: (\S+)/.exec(out)![1];

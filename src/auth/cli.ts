@@ -17,6 +17,7 @@ import { keyRingFor, MAX_TOKEN_SECONDS, REVOKED_REFRESH_MS } from './keys.ts';
 import { mintAdminToken } from './tokens.ts';
 import { hashPassword, randomToken, sha256 } from './secrets.ts';
 import { parseClinicalScope } from './scopeGrant.ts';
+import { jwksUrlRefusal } from './clientJwks.ts';
 
 const USAGE = `usage:
   kiln auth client add --tenant <slug> --name <name> --scope "<scopes>" one of:
@@ -101,7 +102,12 @@ async function clientAdd(db: Database, args: Args): Promise<number> {
   const extra: { jwks?: JSONWebKeySet; jwksUri?: string; secretHash?: string } = {};
   if (jwks !== undefined) {
     authMethod = 'private_key_jwt';
-    if (/^https?:\/\//.test(jwks)) extra.jwksUri = jwks;
+    if (/^https?:\/\//.test(jwks)) {
+      // Refused at registration as the token endpoint would refuse it at every use.
+      const refusal = jwksUrlRefusal(jwks, loadConfig().auth.allowHttpJwks);
+      if (refusal) throw new UsageError(`--jwks ${jwks} ${refusal}`);
+      extra.jwksUri = jwks;
+    }
     else extra.jwks = await readJwksFile(jwks);
   } else if (args.flags.has('--secret')) {
     authMethod = 'client_secret_basic';
