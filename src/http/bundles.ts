@@ -2,7 +2,7 @@
 // transaction-response Bundle whose entries follow the request's order.
 import type { Ctx } from './context.ts';
 import { inTenant } from './context.ts';
-import { jsonBody, requireBodyType, sendJson } from './format.ts';
+import { readJsonBody, requireBodyType, sendJson } from './format.ts';
 import { badRequest, FhirError } from '../fhir/outcome.ts';
 import { batch, transaction, type EntryPolicy, type EntryRequest, type EntryResult } from '../interactions/bundle.ts';
 import { permit, restriction, visible, writeGuard, type Access } from '../auth/enforce.ts';
@@ -76,7 +76,8 @@ function entryJson(ctx: Ctx, r: EntryResult, withResource: boolean): string {
 
 export async function bundleInteraction(ctx: Ctx) {
   requireBodyType(ctx.req);
-  const body = jsonBody(ctx.req) as { resourceType?: string; type?: string };
+  const read = await readJsonBody(ctx.req, { kind: 'bundle' });
+  const body = read.value as { resourceType?: string; type?: string };
   if (body?.resourceType !== 'Bundle') throw badRequest('POST to the base takes a batch or transaction Bundle');
   const isTransaction = body.type === 'transaction';
   ctx.audit?.interaction(isTransaction ? 'transaction' : 'batch', 'E');
@@ -84,6 +85,7 @@ export async function bundleInteraction(ctx: Ctx) {
     base: ctx.base,
     maxEntries: ctx.config.maxBundleEntries,
     maxCount: ctx.config.maxCount,
+    validated: read.entries,
     inTenant: <T>(fn: Parameters<typeof inTenant<T>>[1]) => inTenant(ctx, fn),
     authorize: (e: EntryRequest) => entryPolicy(ctx, e),
     auditInTx: (tx: Tx, done: { request: EntryRequest; result: EntryResult }[]) => auditEntries(ctx, tx, done, isTransaction),

@@ -4,7 +4,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { Ctx } from './context.ts';
 import { inTenant, criteriaPairs, queryPairs } from './context.ts';
 import {
-  jsonBody, requireBodyType, sendJson, sendOutcome, preferReturn, parseETag, etag, httpDate,
+  readJsonBody, requireBodyType, sendJson, sendOutcome, preferReturn, parseETag, etag, httpDate,
 } from './format.ts';
 import { FhirError, badRequest, informational } from '../fhir/outcome.ts';
 import { readById, readVersion, requireLive } from '../store/resources.ts';
@@ -15,11 +15,11 @@ import type { Tx } from '../store/resources.ts';
 
 export const checkId = write.checkId;
 
-/** Parses and validates a resource body of the given type (400 on any problem). */
-function resourceBody(ctx: Ctx, type: string): { body: Resource; text: string } {
+/** Parses and validates a resource body of the given type (400 on any problem), a big one off the main thread. */
+async function resourceBody(ctx: Ctx, type: string): Promise<{ body: Resource; text: string }> {
   requireBodyType(ctx.req);
-  const body = write.checkResource(jsonBody(ctx.req), type);
-  return { body, text: (ctx.req.body as Buffer).toString('utf8') };
+  const { value, text } = await readJsonBody(ctx.req, { kind: 'resource', type });
+  return { body: value as Resource, text };
 }
 
 /** Answers a successful write per the Prefer header. */
@@ -70,7 +70,7 @@ function guardOf(ctx: Ctx, type: string, access: Access) {
 
 export async function create(ctx: Ctx, type: string) {
   const access = permit(ctx, type, 'c');
-  const { body, text } = resourceBody(ctx, type);
+  const { body, text } = await resourceBody(ctx, type);
   const raw = write.ifNoneExistCriteria(ctx.req.get('if-none-exist'));
   const ifNoneExist = raw ? searchable(ctx, type, raw) : undefined;
   const guard = guardOf(ctx, type, access);
@@ -81,7 +81,7 @@ export async function update(ctx: Ctx, type: string, id: string) {
   checkId(id);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
   const access = permit(ctx, type, 'u');
-  const { body, text } = resourceBody(ctx, type);
+  const { body, text } = await resourceBody(ctx, type);
   const ifMatch = parseETag(ctx.req.get('if-match'));
   const guard = guardOf(ctx, type, access);
   sendWrite(ctx, type, await audited(ctx, type, (tx) => write.update(tx, type, id, body, text, ifMatch, guard), ofWritten));
@@ -89,7 +89,7 @@ export async function update(ctx: Ctx, type: string, id: string) {
 
 export async function conditionalUpdate(ctx: Ctx, type: string) {
   const access = permit(ctx, type, 'u');
-  const { body, text } = resourceBody(ctx, type);
+  const { body, text } = await resourceBody(ctx, type);
   const criteria = searchable(ctx, type, criteriaPairs(queryPairs(ctx.req)));
   const ifMatch = parseETag(ctx.req.get('if-match'));
   const guard = guardOf(ctx, type, access);
@@ -103,7 +103,7 @@ export async function patch(ctx: Ctx, type: string, id: string) {
   if (requireBodyType(ctx.req, true) !== 'json-patch') {
     throw new FhirError(415, 'not-supported', 'PATCH takes application/json-patch+json');
   }
-  const ops = jsonBody(ctx.req);
+  const ops = (await readJsonBody(ctx.req, { kind: 'json' })).value;
   const ifMatch = parseETag(ctx.req.get('if-match'));
   const guard = guardOf(ctx, type, access);
   sendWrite(ctx, type, await audited(ctx, type, (tx) => write.patch(tx, type, id, ops, ifMatch, guard), ofWritten));

@@ -2,7 +2,8 @@
 import type { Request, Response } from 'express';
 import type { OperationOutcome } from '@medplum/fhirtypes';
 import { FhirError } from '../fhir/outcome.ts';
-import { findDuplicate } from '../fhir/duplicateKeys.ts';
+import { parseJson, type BodyUse, type ReadBody } from '../fhir/body.ts';
+import { readRequestBody } from '../fhir/bodyPool.ts';
 
 export const FHIR_JSON = 'application/fhir+json';
 const JSON_TYPES = new Set(['application/fhir+json', 'application/json', 'application/json+fhir']);
@@ -35,21 +36,23 @@ export function requireBodyType(req: Request, allowPatch = false): 'resource' | 
     `Unsupported Content-Type '${ct || '(none)'}'; send application/fhir+json${allowPatch ? ' or application/json-patch+json' : ''}`);
 }
 
-/** The parsed JSON body; malformed JSON, or an object with a key given twice, is a 400. */
-export function jsonBody(req: Request): unknown {
+function rawBody(req: Request): Buffer {
   const raw = req.body;
   if (!Buffer.isBuffer(raw) || raw.length === 0) throw new FhirError(400, 'invalid', 'Request body is empty');
-  const text = raw.toString('utf8');
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (e) {
-    throw new FhirError(400, 'invalid', `Malformed JSON: ${(e as Error).message}`);
-  }
-  // JSON.parse keeps the last duplicate silently, but the text is stored as written.
-  const dup = findDuplicate(text);
-  if (dup) throw new FhirError(400, 'invalid', `Duplicate JSON key '${dup.key}' at ${dup.location}`, [dup.location]);
-  return parsed;
+  return raw;
+}
+
+/** The parsed JSON body, on this thread; anything src/fhir/body.ts refuses (bad UTF-8, malformed JSON, duplicate keys, ...) is a 400. */
+export function jsonBody(req: Request): unknown {
+  return parseJson(rawBody(req)).value;
+}
+
+/**
+ * The body read for its use (a resource is validated too, a Bundle's entries are when big),
+ * with its text as written; a big body is read off the main thread (src/fhir/bodyPool.ts).
+ */
+export function readJsonBody(req: Request, use: BodyUse): Promise<ReadBody> {
+  return readRequestBody(rawBody(req), use);
 }
 
 function pretty(req: Request): boolean {

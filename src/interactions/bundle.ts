@@ -7,6 +7,7 @@
 import crypto from 'node:crypto';
 import type { Bundle, BundleEntry, OperationOutcome, Resource } from '@medplum/fhirtypes';
 import { FhirError, badRequest, outcome } from '../fhir/outcome.ts';
+import { parseJson, type Refusal } from '../fhir/body.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { readCurrent, readVersion, requireLive, type Tx } from '../store/resources.ts';
 import { parseSearch } from '../search/query.ts';
@@ -73,17 +74,20 @@ function parseETagValue(v: string | undefined): number | undefined {
   return Number(m[1]);
 }
 
-/** Parses one entry's request; the URL is relative to the base (an absolute URL on this base is accepted). */
-function parseEntry(entry: BundleEntry, index: number, base: string): Parsed {
+/**
+ * Parses one entry's request; the URL is relative to the base (an absolute URL on this base is accepted).
+ * `validated`: the outcome of its resource's validation when that already ran (BundleOptions.validated).
+ */
+function parseEntry(entry: BundleEntry, index: number, base: string, validated?: Refusal | null): Parsed {
   const method = entry.request?.method as Method | undefined;
-  if (!method || !(method in ORDER)) throw badRequest(`Bundle.entry[${index}].request.method is missing or not supported`);
+  if (!method || !Object.hasOwn(ORDER, method)) throw badRequest(`Bundle.entry[${index}].request.method is missing or not supported`);
   let url = entry.request?.url;
   if (!url) throw badRequest(`Bundle.entry[${index}].request.url is missing`);
   if (url.startsWith(base + '/')) url = url.slice(base.length + 1);
   const [path, query = ''] = url.split('?', 2);
   const segments = path.split('/').filter(Boolean);
   const [type, id, history, vid] = segments;
-  if (!type || !TABLES[type]) throw new FhirError(404, 'not-supported', `Bundle.entry[${index}]: resource type '${type ?? ''}' is not supported`);
+  if (!type || !Object.hasOwn(TABLES, type)) throw new FhirError(404, 'not-supported', `Bundle.entry[${index}]: resource type '${type ?? ''}' is not supported`);
   if (segments.length > 4 || (history !== undefined && history !== '_history')) throw badRequest(`Bundle.entry[${index}].request.url '${url}' is not a resource URL`);
   if (id) write.checkId(id);
   const parsed: Parsed = {
@@ -96,7 +100,7 @@ function parseEntry(entry: BundleEntry, index: number, base: string): Parsed {
     if (method === 'POST' && (id || parsed.query.length)) throw badRequest(`Bundle.entry[${index}]: POST goes to the type URL`);
     if (method === 'PUT' && !id && parsed.query.length === 0) throw badRequest(`Bundle.entry[${index}]: PUT needs an id or search criteria`);
     try {
-      parsed.resource = write.checkResource(entry.resource, type);
+      parsed.resource = write.checkResource(entry.resource, type, validated);
     } catch (e) {
       throw atEntry(index, e);
     }
@@ -106,10 +110,12 @@ function parseEntry(entry: BundleEntry, index: number, base: string): Parsed {
     // JSON Patch travels as a Binary whose data is the base64 patch document.
     const binary = entry.resource as { resourceType?: string; data?: string } | undefined;
     if (binary?.resourceType !== 'Binary' || !binary.data) throw badRequest(`Bundle.entry[${index}]: PATCH needs a Binary resource holding a JSON Patch`);
+    // The same parse as a PATCH body of its own (UTF-8, depth, duplicate keys, forbidden characters).
     try {
-      parsed.patch = JSON.parse(Buffer.from(binary.data, 'base64').toString('utf8'));
-    } catch {
-      throw badRequest(`Bundle.entry[${index}]: the Binary does not hold JSON`);
+      parsed.patch = parseJson(Buffer.from(binary.data, 'base64'), 'The Binary').value;
+    } catch (e) {
+      if (!(e instanceof FhirError)) throw e;
+      throw badRequest(`Bundle.entry[${index}]: the Binary does not hold a JSON Patch: ${e.message}`);
     }
   }
   if (method === 'DELETE' && !id && parsed.query.length === 0) throw badRequest(`Bundle.entry[${index}]: DELETE needs an id or search criteria`);
@@ -208,7 +214,7 @@ async function runEntry(tx: Tx, e: Parsed, assignedId: string | undefined, base:
     }
     default: {
       if (e.id && e.vid) {
-        const v = await readVersion(tx, e.type, e.id, Number(e.vid));
+        const v = await readVersion(tx, e.type, e.id, write.parseVersionId(e.vid));
         if (v && !v.deleted && await hidden(e.id, v.json!)) throw new FhirError(404, 'not-found', `${e.type}/${e.id}/_history/${e.vid} not available`);
         if (!v || v.deleted) throw new FhirError(v ? 410 : 404, v ? 'deleted' : 'not-found', `${e.type}/${e.id}/_history/${e.vid} not available`);
         return { status: statusText[200], etag: `W/"${v.versionId}"`, lastModified: v.lastUpdated, json: v.json };
@@ -236,6 +242,8 @@ export interface BundleOptions {
   authorize?: (e: EntryRequest) => EntryPolicy;
   /** Records the AuditEvent of a batch entry or of a whole transaction, in its database transaction. */
   auditInTx?: (tx: Tx, done: { request: EntryRequest; result: EntryResult }[]) => Promise<void>;
+  /** Per entry, the validation of its resource when it already ran (src/fhir/body.ts readBody, for big Bundles). */
+  validated?: readonly (Refusal | null | undefined)[];
   /** Records a batch entry that failed or was refused (request undefined when it did not parse). */
   auditFailed?: (index: number, request: EntryRequest | undefined, err: FhirError) => Promise<void>;
 }
@@ -267,7 +275,7 @@ function checkBundle(body: unknown, maxEntries: number): Bundle {
 export async function transaction(body: unknown, opts: BundleOptions): Promise<EntryResult[]> {
   const bundle = checkBundle(body, opts.maxEntries);
   if (bundle.type !== 'transaction') throw badRequest('not a transaction');
-  const parsed = (bundle.entry ?? []).map((e, i) => parseEntry(e, i, opts.base));
+  const parsed = (bundle.entry ?? []).map((e, i) => parseEntry(e, i, opts.base, opts.validated?.[i]));
   // Every entry is authorized before anything runs: one refused entry fails the transaction.
   for (const e of parsed) {
     try {
@@ -335,7 +343,7 @@ export async function batch(body: unknown, opts: BundleOptions): Promise<EntryRe
   for (const [i, entry] of (bundle.entry ?? []).entries()) {
     let e: Parsed | undefined;
     try {
-      e = parseEntry(entry, i, opts.base);
+      e = parseEntry(entry, i, opts.base, opts.validated?.[i]);
       authorizeEntry(e, opts);
       const parsed = e;
       results.push(await opts.inTenant(async (tx) => {

@@ -4,7 +4,10 @@
 import type { Resource } from '@medplum/fhirtypes';
 import { applyPatch, type Operation } from 'rfc6902';
 import { FhirError, badRequest, notFound, preconditionFailed } from '../fhir/outcome.ts';
-import { validate } from '../fhir/validate.ts';
+import { checkResource as checkValid } from '../fhir/validate.ts';
+import { errorOf, type Refusal } from '../fhir/body.ts';
+import { validateSized } from '../fhir/bodyPool.ts';
+import { isInheritedName } from '../fhir/duplicateKeys.ts';
 import {
   readCurrent, requireLive, writeResource, deleteResource, lockCriteria, type Tx,
 } from '../store/resources.ts';
@@ -27,15 +30,16 @@ export function parseVersionId(vid: string): number {
   return n;
 }
 
-/** A parsed body must be a valid resource of the given type (400 otherwise). */
-export function checkResource(body: unknown, type: string): Resource {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw badRequest('A resource must be a JSON object');
-  const resource = body as Resource;
-  if (resource.resourceType !== type) {
-    throw badRequest(`resourceType '${String(resource.resourceType)}' does not match the type ${type}`, ['resourceType']);
-  }
-  validate(resource);
-  return resource;
+/**
+ * A parsed body must be a valid resource of the given type (400 otherwise). `validated` is
+ * the outcome when validation already ran (src/fhir/body.ts, off the main thread): null
+ * for valid, else the refusal to throw.
+ */
+export function checkResource(body: unknown, type: string, validated?: Refusal | null): Resource {
+  if (validated === undefined) return checkValid(body, type);
+  if (typeof body !== 'object' || body === null || Array.isArray(body) || (body as Resource).resourceType !== type) return checkValid(body, type);
+  if (validated) throw errorOf(validated);
+  return body as Resource;
 }
 
 /** Criteria of an If-None-Exist header or Bundle ifNoneExist ("identifier=x" or "Patient?identifier=x"). */
@@ -180,7 +184,7 @@ export async function patch(tx: Tx, type: string, id: string, ops: unknown, ifMa
   if (guard) await guard.stored(tx, type, id, current.json);
   const patched = applyJsonPatch(JSON.parse(current.json), ops as Operation[]);
   if (patched.resourceType !== type || patched.id !== id) throw badRequest('A patch may not change resourceType or id');
-  validate(patched);
+  await validateSized(patched, current.json.length);
   return guardWritten(tx, type, written(await writeResource(tx, { type, id, resource: patched, method: 'PATCH', ifMatch, mustExist: true })), guard);
 }
 
@@ -188,6 +192,13 @@ function applyJsonPatch(doc: Resource, ops: Operation[]): Resource {
   for (const op of ops) {
     if (typeof op !== 'object' || op === null || typeof op.op !== 'string' || typeof op.path !== 'string') {
       throw badRequest('Each JSON Patch operation needs "op" and "path"');
+    }
+    // rfc6902 assigns through the path: a `__proto__` segment would replace an object's
+    // prototype (values then read through it but never stored), `constructor` reach a class.
+    for (const pointer of [op.path, (op as { from?: unknown }).from]) {
+      if (typeof pointer !== 'string') continue;
+      const bad = pointer.split('/').map((t) => t.replace(/~1/g, '/').replace(/~0/g, '~')).find(isInheritedName);
+      if (bad !== undefined) throw badRequest(`JSON Patch operation path '${pointer}' names "${bad}", which no FHIR element has`);
     }
   }
   const errors = applyPatch(doc, ops);
