@@ -4,7 +4,7 @@
 // database closes.
 import http from 'node:http';
 import fs from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { loadConfig, type Config } from './config.ts';
 import { openDatabase, type Database } from './store/database.ts';
 import { createApp } from './http/app.ts';
@@ -18,6 +18,8 @@ import { RETRY_AFTER_SECONDS } from './store/resources.ts';
 
 // Partitions are made months ahead at start; a long-running server tops them up daily.
 const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
+/** How long a stop still answers 503 on idle connections after the last request finished. */
+const STOP_LINGER_MS = 250;
 
 const VERSION: string = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
 
@@ -39,9 +41,21 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   const inFlight = new InFlight();
   const app = createApp(db, config, VERSION, inFlight);
   let draining = false;
+  // Responses not yet finished: once a stop begins they close their connection, so a client
+  // sends its next request on a new one (answered 503) rather than on a socket being closed.
+  const open = new Set<http.ServerResponse>();
   const server = http.createServer((req, res) => {
-    if (draining) refuseWhileStopping(res);
-    else app(req, res);
+    if (draining) return refuseWhileStopping(res);
+    open.add(res);
+    res.once('close', () => open.delete(res));
+    app(req, res);
+  });
+  // Every connection, also one that never sent a request (a client's preconnect), which
+  // Node's closeIdleConnections leaves open: the stop closes it.
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
@@ -70,21 +84,30 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
     config,
     stop() {
       stopping ??= (async () => {
+        // Until the requests in flight are done, the listener stays open and every new
+        // request (on a new or a kept-alive connection) is answered 503 + Connection: close.
         draining = true;
-        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        for (const res of open) if (!res.headersSent) res.setHeader('connection', 'close');
         clearInterval(maintenance);
         await stopHealthie?.();
         await exportWorker?.stop();
         // Handlers still running, those of clients that hung up too (a read storing its
-        // AuditEvent, a write committing): the database stays open for them. Idle keep-alive
-        // connections stay open meanwhile, so a request already on its way gets a 503, not a reset.
+        // AuditEvent, a write committing): the database stays open for them.
         const settled = await inFlight.settled(config.stopGraceMs);
         if (!settled) console.error(`stopping with ${inFlight.size} requests still running after ${config.stopGraceMs} ms`);
-        // Idle connections close now; one still writing a response closes when it ends
-        // (past the grace, at once).
+        // A client whose answer just came may have its next request on the wire on a kept-alive
+        // connection: for a moment more that is answered 503, rather than cut off by the close.
+        if (settled && sockets.size > open.size) await new Promise((resolve) => setTimeout(resolve, STOP_LINGER_MS));
+        // The listener and idle connections close now; one still writing a response closes
+        // when it ends (past the grace, at once).
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         const sweep = setInterval(() => server.closeIdleConnections(), 50);
-        if (settled) server.closeIdleConnections();
-        else server.closeAllConnections();
+        if (settled) {
+          const busy = new Set([...open].map((res) => res.socket));
+          for (const socket of sockets) if (!busy.has(socket)) socket.destroy();
+        } else {
+          server.closeAllConnections();
+        }
         await closed;
         clearInterval(sweep);
         await db.close();

@@ -55,7 +55,7 @@ export class ExportWorker {
       } catch (e) {
         if (this.stopping) continue;
         if (databaseUnavailable(e)) logUnavailable('export worker: database unavailable', e); // polls on until it is back
-        else console.error('export worker:', e);
+        else console.error('export worker:', e instanceof Error ? e.stack : e); // the stack, not a PostgreSQL detail quoting a row
       }
       if (!worked && !this.stopping) {
         await new Promise<void>((resolve) => {
@@ -89,7 +89,7 @@ export class ExportWorker {
         if (!this.stopping) logUnavailable(`export ${job.id}: database unavailable, will retry`, e);
         await releaseJob(this.db.owner, job, this.name).catch(() => {});
       } else {
-        console.error(`export ${job.id} failed:`, e);
+        console.error(`export ${job.id} failed:`, e instanceof Error ? e.stack : e);
         await failJob(this.db.owner, job, this.name, this.config.exportTtlSeconds, (e as Error).message ?? String(e));
         fs.rmSync(jobDir(this.config, job.id), { recursive: true, force: true }); // a failed job has no manifest
       }
