@@ -83,7 +83,11 @@ export class Postmaster {
         tail = (tail + text).slice(-4000);
         if (tail.includes('database system is ready to accept connections')) resolve();
       });
-      child.once('error', reject);
+      // Kept after the start: a later 'error' (a failed kill) must not crash the process.
+      child.on('error', (e) => {
+        if (child.pid === undefined && this.child === child) { this.child = undefined; running.delete(this); } // never spawned
+        reject(e);
+      });
       child.once('exit', (code, signal) => {
         if (this.child === child) this.child = undefined;
         running.delete(this);
