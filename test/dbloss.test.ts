@@ -122,7 +122,7 @@ test('an exhausted connection pool answers 503 + Retry-After within KILN_POOL_WA
 });
 
 test('a request statement over KILN_STATEMENT_TIMEOUT_MS is cancelled and answered 503', async () => {
-  const srv = await startTestServer({ config: { statementTimeoutMs: 300 } });
+  const srv = await startTestServer({ audit: 'on', config: { statementTimeoutMs: 300 } });
   const locker = await srv.db.owner.connect();
   try {
     const id = (await fhir(srv.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Locked' }] })).json.id;
@@ -140,6 +140,10 @@ test('a request statement over KILN_STATEMENT_TIMEOUT_MS is cancelled and answer
     await locker.query('ROLLBACK');
     const after = await fhir(srv.url, 'PUT', `Patient/${id}`, { resourceType: 'Patient', id, name: [{ family: 'Changed' }] });
     assert.equal(after.status, 200, 'statements below the limit run');
+    // The refused update's AuditEvent says what the client was told, not "internal error".
+    const failed = await fhir(srv.url, 'GET', 'AuditEvent?outcome=8');
+    assert.equal(failed.json.entry?.length, 1, failed.text);
+    assert.match(failed.json.entry[0].resource.outcomeDesc, /^503 The request took longer .*KILN_STATEMENT_TIMEOUT_MS/);
   } finally {
     await locker.query('ROLLBACK').catch(() => {});
     locker.release();

@@ -2,7 +2,7 @@
 // adds what it touched and records it either in its write transaction (writes) or
 // through the group-commit writer before answering (reads, searches, operations), and
 // the router records a refused or failed request.
-import type { Tx } from '../store/resources.ts';
+import { databaseUnavailable, DatabaseUnavailable, type Tx } from '../store/resources.ts';
 import type { AccessContext } from '../auth/verify.ts';
 import { compartmentPatients } from '../auth/scopes.ts';
 import { FhirError } from '../fhir/outcome.ts';
@@ -116,8 +116,10 @@ export class RequestAudit {
   async failure(err: unknown): Promise<void> {
     if (this.done) return;
     this.done = true;
+    // A lost database or an exhausted pool is answered 503 (src/http/app.ts), not 500.
+    err = databaseUnavailable(err) ?? err;
     const status = err instanceof FhirError ? err.status : typeof (err as { status?: unknown })?.status === 'number' ? (err as { status: number }).status : 500;
-    const desc = err instanceof FhirError ? `${status} ${err.message}` : status < 500 ? `${status} ${(err as Error)?.message ?? ''}` : `${status} internal error`;
+    const desc = err instanceof FhirError ? `${status} ${err.message}` : status < 500 || err instanceof DatabaseUnavailable ? `${status} ${(err as Error)?.message ?? ''}` : `${status} internal error`;
     await this.writer.record(this.orgId, this.row(outcomeOf(status), desc));
   }
 }

@@ -10,6 +10,7 @@ import { FhirError, notFound } from '../fhir/outcome.ts';
 import { capabilityStatement } from '../fhir/capability.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { findOrg } from '../store/tenants.ts';
+import { databaseUnavailable, logUnavailable } from '../store/resources.ts';
 import * as crud from './crud.ts';
 import { historyInteraction } from './history.ts';
 import { searchInteraction, systemSearchInteraction } from './search.ts';
@@ -46,6 +47,12 @@ function decodeSegment(segment: string): string {
  */
 function clientAddress(req: Request): string | undefined {
   return req.headers['x-forwarded-for'] === undefined ? req.socket.remoteAddress : req.ip;
+}
+
+/** A failed request whose own AuditEvent could not be stored: during a database outage, one line per interval, not one per request. */
+function logAuditFailure(err: unknown): void {
+  if (databaseUnavailable(err)) logUnavailable('audit of a failed request not stored, the database is unavailable', err);
+  else console.error('audit of a failed request failed', (err as Error)?.stack ?? String(err));
 }
 
 /** Names the interaction for the request's AuditEvent. (Module functions, not closures
@@ -99,7 +106,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       await handler();
     } catch (e) {
       // Refused and failed requests leave an AuditEvent too (outcome 4 or 8).
-      await ctx.audit?.failure(e).catch((err) => console.error('audit of a failed request failed', err));
+      await ctx.audit?.failure(e).catch(logAuditFailure);
       throw e;
     }
   }
