@@ -50,7 +50,6 @@ let nextId = 1;
 
 function start(slot: Slot): void {
   const worker = new Worker(new URL('./bodyWorker.mjs', import.meta.url));
-  worker.unref();
   slot.worker = worker;
   worker.on('message', (reply: Reply) => {
     const job = slot.job;
@@ -72,6 +71,7 @@ function start(slot: Slot): void {
   };
   worker.on('error', (e) => lost(e.message));
   worker.on('exit', (code) => lost(`exit ${code}`));
+  worker.unref(); // after the listeners: a 'message' listener refs the worker's port again
 }
 
 function pool(): Slot[] {
