@@ -63,7 +63,7 @@ async function runPhase(base: string, patientId: string, phase: Phase) {
   };
   const post = async () => {
     while (phase.body && performance.now() < until) {
-      const p = await timed(`${base}/Patient`, { method: 'POST', headers: { 'content-type': JSON_TYPE, prefer: 'return=minimal' }, body: phase.body });
+      const p = await timed(`${base}/Patient`, { method: 'POST', headers: { 'content-type': JSON_TYPE, prefer: 'return=minimal' }, body: new Uint8Array(phase.body) });
       posts.push(p.ms);
       if (p.status !== phase.expect) unexpected.set(p.status, (unexpected.get(p.status) ?? 0) + 1);
     }
@@ -87,7 +87,7 @@ async function main() {
       { label: 'accepted ~2 MB Patients (24k identifiers)', body: manyElements(2_000_000, false), expect: 201 },
     ];
     // Warm: the body workers load their definitions, the server's caches fill.
-    for (const p of phases) if (p.body) await timed(`${url}/Patient`, { method: 'POST', headers: { 'content-type': JSON_TYPE }, body: p.body });
+    for (const p of phases) if (p.body) await timed(`${url}/Patient`, { method: 'POST', headers: { 'content-type': JSON_TYPE }, body: new Uint8Array(p.body) });
     console.log(`# ${os.cpus().length} CPUs, node ${process.version}; ${SECONDS} s per phase, ${PROBERS} probers (healthz then read, in a loop), ${POSTERS} posters`);
     console.log(`${'phase'.padEnd(58)} ${'healthz p50/p99/max ms'.padStart(22)}   ${'read p50/p99/max ms'.padStart(22)}   posts   post p50 ms`);
     for (const phase of phases) {

@@ -18,7 +18,7 @@ const FHIR_JSON = 'application/fhir+json';
 const PATCH_JSON = 'application/json-patch+json';
 
 async function send(method: string, path: string, body: string | Buffer, type = FHIR_JSON) {
-  const res = await fetch(`${srv.url}/${path}`, { method, headers: { 'content-type': type, accept: FHIR_JSON }, body });
+  const res = await fetch(`${srv.url}/${path}`, { method, headers: { 'content-type': type, accept: FHIR_JSON }, body: typeof body === 'string' ? body : new Uint8Array(body) });
   const text = await res.text();
   let json: any;
   try { json = JSON.parse(text); } catch { json = undefined; }
@@ -173,6 +173,30 @@ describe('Object.prototype names are unknown elements (item 5)', () => {
       }
     }
     assert.doesNotThrow(() => validate(JSON.parse('{"resourceType":"Patient","name":[{"family":"A"}]}')));
+  });
+
+  test('a key that starts like a choice element but names none of its types is refused beside a valid one (valueBogus)', async () => {
+    const obs = (extra: Record<string, unknown>) => ({ resourceType: 'Observation', status: 'final', code: { text: 'x' }, valueQuantity: { value: 1 }, ...extra });
+    const refused: [string, object][] = [
+      ['Observation.valueBogus', obs({ valueBogus: 1 })],
+      ['Observation.valueOf', obs({ valueOf: { x: 1 } })],
+      ['Observation.effectiveBogus', obs({ effectiveDateTime: '2020-01-01', effectiveBogus: 1 })],
+      ['Observation.component[0].valueFoo', obs({ component: [{ code: { text: 'c' }, valueString: 'a', valueFoo: 'b' }] })],
+      ['Observation.extension[0].valueBogus', obs({ extension: [{ url: 'http://example.org/x', valueString: 'a', valueBogus: 'b' }] })],
+      ['Observation.contained[0].valueBogus', obs({ contained: [{ resourceType: 'Observation', id: 'c', status: 'final', code: { text: 'x' }, valueBoolean: true, valueBogus: 1 }] })],
+    ];
+    for (const [where, body] of refused) {
+      const r = await fhir(srv.url, 'POST', 'Observation', body);
+      assert.equal(r.status, 400, `${where}: ${r.text}`);
+      assert.ok(r.json.issue.some((i: any) => i.expression?.includes(where)), `${where}: ${r.text}`);
+      const b = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [{ resource: body, request: { method: 'POST', url: 'Observation' } }] });
+      assert.equal(b.status, 400, `${where} in a Bundle: ${b.text}`);
+    }
+    for (const body of [obs({}), obs({ effectivePeriod: { start: '2020-01-01' }, extension: [{ url: 'http://example.org/x', valueDateTime: '2020-01-01' }] }),
+      obs({ component: [{ code: { text: 'c' }, valueCodeableConcept: { text: 'a' } }], _status: { extension: [{ url: 'http://example.org/y', valueBoolean: true }] } })]) {
+      const r = await fhir(srv.url, 'POST', 'Observation', body);
+      assert.equal(r.status, 201, r.text);
+    }
   });
 
   test('an unknown key still gets the same answer', async () => {

