@@ -11,6 +11,7 @@ import { authRoutes } from '../auth/routes.ts';
 import { cors } from './cors.ts';
 import { FhirError, outcome, transient } from '../fhir/outcome.ts';
 import type { InFlight } from './inFlight.ts';
+import { warmBodyPool } from '../fhir/bodyPool.ts';
 import { databaseUnavailable, RETRY_AFTER_SECONDS } from '../store/resources.ts';
 
 /** `inFlight` counts the requests being handled (FHIR and authorization), so the server can stop after them. */
@@ -31,6 +32,7 @@ export function createApp(db: Database, config: Config, version: string, inFligh
   app.use('/fhir', cors(config.corsOrigins));
   // Bodies are parsed by the handlers so malformed JSON gets a FHIR answer.
   app.use('/fhir', express.raw({ type: () => true, limit: config.bodyLimit }));
+  warmBodyPool(); // big bodies are parsed and validated in worker threads, started now rather than by the first one
   // Healthie deliveries: signature checked over the raw bytes kept by express.raw above.
   app.post(WEBHOOK_ROUTE, healthieWebhook(db));
   // SMART discovery and the built-in authorization server (src/auth/routes.ts).
@@ -43,6 +45,8 @@ export function createApp(db: Database, config: Config, version: string, inFligh
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
     if (res.headersSent) return;
     if (err instanceof FhirError) {
+      const retryAfter = (err as { retryAfter?: unknown }).retryAfter; // a busy server's 503 (src/fhir/bodyPool.ts)
+      if (typeof retryAfter === 'number') res.set('Retry-After', String(retryAfter));
       sendOutcome(req, res, err.status, outcome(err.issues));
       return;
     }
