@@ -199,6 +199,18 @@ describe('Object.prototype names are unknown elements (item 5)', () => {
     }
   });
 
+  test('Bundle entry methods and resource types named after Object.prototype members are refused per entry, not a 500', async () => {
+    for (const name of names) {
+      const r = await send('POST', '', JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [
+        { request: { method: name, url: 'Patient' } },
+        { request: { method: 'GET', url: `${name}/1` } },
+        { request: { method: 'POST', url: name }, resource: { resourceType: 'Patient' } },
+      ] }));
+      assert.equal(r.status, 200, `${name}: ${r.text}`);
+      assert.deepEqual(r.json.entry.map((e: any) => e.response.status), ['400', '404', '404'], name);
+    }
+  });
+
   test('an unknown key still gets the same answer', async () => {
     const r = await send('POST', 'Patient', '{"resourceType":"Patient","bogusKey":{"x":1}}');
     assert.equal(r.status, 400);
