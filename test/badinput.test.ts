@@ -264,6 +264,25 @@ describe('NUL bytes and out-of-range values are 400 at the parse step', () => {
   });
 });
 
+describe('resource types named like Object.prototype members', () => {
+  test('are unknown types in paths, _type lists and Bundle entries: a 4xx, never a 500', async () => {
+    const before = await stored();
+    const probes: [string, string, unknown?][] = [];
+    for (const name of ['toString', 'constructor', 'hasOwnProperty', 'valueOf', '__proto__', 'isPrototypeOf']) {
+      probes.push(['GET', `${name}/1`], ['GET', `${name}/1/_history`], ['GET', `${name}/_history`], ['GET', name], ['POST', name, { resourceType: name }],
+        ['DELETE', `${name}/1`], ['GET', `?_type=${name}`], ['GET', `Patient/${patientId}/$everything?_type=${name}`], ['GET', `$export?_type=${name}`],
+        ['POST', '', { resourceType: 'Bundle', type: 'batch', entry: [{ request: { method: 'GET', url: `${name}/1` } }] }]);
+    }
+    for (const [method, path, body] of probes) {
+      const r = await fhir(srv.url, method, path, body, { prefer: 'respond-async' });
+      assert.ok(r.status >= 400 && r.status < 500 || (path === '' && r.status === 200), `${method} /${path}: ${r.status} ${r.text.slice(0, 200)}`);
+      if (path === '') assert.match(r.json.entry[0].response.status, /^4/, `${method} ${JSON.stringify(body)}`);
+      else assert.equal(r.json?.resourceType, 'OperationOutcome', `${method} /${path}`);
+    }
+    assert.equal(await stored(), before);
+  });
+});
+
 describe('vread and history version ids', () => {
   test('GET [type]/[id]/_history/[vid]: a vid that cannot be a version is 400, an integer that names none is 404', async () => {
     const problems: string[] = [];

@@ -12,20 +12,25 @@ export { collectReferences } from './references.ts';
 export { referenceId } from './common.ts';
 export type { MappedRow } from './common.ts';
 
-export const TABLES: Record<string, string> = {
+/** A registry keyed by names from requests: no prototype, so `TABLES['toString']` is undefined. */
+function registry<T>(entries: Record<string, T>): Record<string, T> {
+  return Object.freeze(Object.assign(Object.create(null) as Record<string, T>, entries));
+}
+
+export const TABLES: Record<string, string> = registry({
   Patient: 'patients',
   Encounter: 'encounters',
   Observation: 'observations',
   MedicationStatement: 'medication_statements',
   AuditEvent: 'audit_events',
   Group: 'groups',
-};
+});
 
 /**
  * Where queries read a type's rows, `resource` being the JSON text: its table, but for
  * AuditEvent the view that renders the server's events from their stored parts (sql/027).
  */
-export const READ_FROM: Record<string, string> = { ...TABLES, AuditEvent: 'audit_event_resources' };
+export const READ_FROM: Record<string, string> = registry({ ...TABLES, AuditEvent: 'audit_event_resources' });
 
 /** Types whose tables are RANGE-partitioned on clinical_time. */
 export const TIME_PARTITIONED = new Set(['Encounter', 'Observation', 'MedicationStatement', 'AuditEvent']);

@@ -15,7 +15,7 @@ const REFUSED: Record<string, { interactions: ReadonlySet<TypeInteraction>; reas
 };
 
 export function supports(type: string, interaction: TypeInteraction): boolean {
-  return !REFUSED[type]?.interactions.has(interaction);
+  return !(Object.hasOwn(REFUSED, type) && REFUSED[type].interactions.has(interaction));
 }
 
 export function interactionsOf(type: string): TypeInteraction[] {
