@@ -274,23 +274,20 @@ describe('authorization code + PKCE', () => {
     assert.throws(() => kiln('launch', '--tenant', 'default', '--client', 'no-such-client', '--patient', patients.bob), 'launch for an unknown client');
     assert.throws(() => kiln('launch', '--tenant', 'default', '--patient', patients.bob), '--client is required');
     // Bound to its user, when the EHR names one.
-    const forDoctor = newLaunch('--patient', patients.bob, '--user', 'dr.who');
-    const b = new Browser();
-    const s1 = await b.request('GET', authorizeUrl({
-      response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch patient/*.rs', state: 'u', aud: server.url,
-      code_challenge: pkce().challenge, code_challenge_method: 'S256', launch: forDoctor,
-    }));
-    const other = await b.request('POST', `${server.url}/auth/login`, { request: s1.request!, username: 'alice', password: PASSWORD });
+    /** Starts an authorize request with the launch and signs in as `username`. */
+    const signIn = async (launchId: string, username: string) => {
+      const browser = new Browser();
+      const started = await browser.request('GET', authorizeUrl({
+        response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch patient/*.rs', state: 's', aud: server.url,
+        code_challenge: pkce().challenge, code_challenge_method: 'S256', launch: launchId,
+      }));
+      return { browser, started, page: await browser.request('POST', `${server.url}/auth/login`, { request: started.request!, username, password: PASSWORD }) };
+    };
+    const other = (await signIn(newLaunch('--patient', patients.bob, '--user', 'dr.who'), 'alice')).page;
     assert.equal(other.status, 303, other.html);
     assert.equal(errorOf(other), 'access_denied');
     // A Patient user with a launch for another patient gets no token for that patient.
-    const forBob = newLaunch('--patient', patients.bob);
-    const b2 = new Browser();
-    const s2 = await b2.request('GET', authorizeUrl({
-      response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'launch patient/*.rs', state: 'p', aud: server.url,
-      code_challenge: pkce().challenge, code_challenge_method: 'S256', launch: forBob,
-    }));
-    const alice = await b2.request('POST', `${server.url}/auth/login`, { request: s2.request!, username: 'alice', password: PASSWORD });
+    const { browser: b2, started: s2, page: alice } = await signIn(newLaunch('--patient', patients.bob), 'alice');
     assert.equal(alice.status, 303, alice.html);
     assert.equal(errorOf(alice), 'access_denied');
     assert.match(new URL(alice.location!).searchParams.get('error_description')!, /own record/);
