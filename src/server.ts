@@ -14,7 +14,7 @@ import { ExportWorker } from './export/worker.ts';
 import { drainAuditQueue } from './store/auditQueue.ts';
 import { InFlight } from './http/inFlight.ts';
 import { transient } from './fhir/outcome.ts';
-import { RETRY_AFTER_SECONDS } from './store/resources.ts';
+import { logFailure, RETRY_AFTER_SECONDS } from './store/resources.ts';
 
 // Partitions are made months ahead at start; a long-running server tops them up daily.
 const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
@@ -64,7 +64,7 @@ export async function startServer(overrides: Partial<Config> = {}): Promise<Runn
   });
   const port = (server.address() as AddressInfo).port;
   const maintenance = setInterval(() => {
-    ensureAllOrgPartitions(db.owner).catch((e) => console.error('partition maintenance failed', e));
+    ensureAllOrgPartitions(db.owner).catch((e) => logFailure('partition maintenance failed', e));
   }, PARTITION_MAINTENANCE_MS);
   maintenance.unref();
   // Healthie push + webhook queue loop: opt-in (KILN_HEALTHIE_SYNC_SECONDS) and only when a tenant has Healthie settings.

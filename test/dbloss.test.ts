@@ -97,6 +97,40 @@ test('PostgreSQL restarted under load: no crash, 503 + Retry-After while it is a
   }
 });
 
+test('the embedded PostgreSQL stopped from outside (kill -INT, kill -9 on its postmaster) is started again: service comes back by itself', async () => {
+  const srv = await startTestServer();
+  const crashes = crashRecorder();
+  try {
+    const id = (await fhir(srv.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Supervised' }] })).json.id;
+    for (const signal of ['SIGINT', 'SIGKILL'] as const) {
+      const pid = srv.db.embedded!.pid!;
+      process.kill(pid, signal);
+      // Gone: requests are 503 until the server has started it again.
+      const t0 = performance.now();
+      let sawOutage = false;
+      let back: number | undefined;
+      while (performance.now() - t0 < 30_000) {
+        const r = await fhir(srv.url, 'GET', `Patient/${id}`);
+        if (r.status === 503) sawOutage = true;
+        else if (r.status === 200 && sawOutage) { back = performance.now() - t0; break; }
+        else assert.equal(r.status, 200, r.text);
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      console.log(`after ${signal} to the postmaster: service back in ${back === undefined ? 'never' : `${Math.round(back)} ms`}`);
+      assert.ok(sawOutage, `the outage after ${signal} was seen as 503s`);
+      assert.ok(back !== undefined, `service came back by itself after ${signal}`);
+      assert.notEqual(srv.db.embedded!.pid, pid, 'a new postmaster runs');
+      const created = await fhir(srv.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: `After${signal}` }] });
+      assert.equal(created.status, 201, created.text);
+    }
+    assert.deepEqual(crashes.seen.map(String), [], 'no uncaught exception or unhandled rejection');
+  } finally {
+    crashes.off();
+    await srv.stop();
+    removeDataDir(srv.dataDir);
+  }
+});
+
 test('an exhausted connection pool answers 503 + Retry-After within KILN_POOL_WAIT_MS, not an endless queue', async () => {
   const srv = await startTestServer({ config: { poolSize: 2, poolWaitMs: 500 } });
   const held: Promise<unknown>[] = [];

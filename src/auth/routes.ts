@@ -19,6 +19,7 @@ import { findClient } from '../store/authClients.ts';
 import { sha256 } from './secrets.ts';
 import { DEFAULT_TENANT, fhirRoot, tenantBase } from './urls.ts';
 import type { InFlight } from '../http/inFlight.ts';
+import { logFailure } from '../store/resources.ts';
 
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const PAGES = new Set(['authorize', 'login', 'pick', 'consent']);
@@ -34,7 +35,7 @@ export function authRoutes(db: Database, config: Config, inFlight: InFlight): ex
   configureTokenCache(config.auth.tokenCache);
   // First start generates the signing key; a failure here is retried on first use (and
   // is no news when the server was stopped before it finished).
-  ring.keys().catch((e) => { if (!db.owner.ending) console.error('loading the token signing keys failed', e); });
+  ring.keys().catch((e) => { if (!db.owner.ending) logFailure('loading the token signing keys failed', e); });
   const orgs = new Map<string, Org>(); // tenants are never renamed
 
   async function ctxFor(req: Request, res: Response): Promise<AuthCtx | undefined> {

@@ -10,7 +10,7 @@ import type { Config } from '../config.ts';
 import type { Database } from '../store/database.ts';
 import { claimJob, deleteExpiredJobs, existingJobIds, failJob, releaseJob } from '../store/exportJobs.ts';
 import { exportRoot, jobDir, runJob } from './runner.ts';
-import { databaseUnavailable, logUnavailable } from '../store/resources.ts';
+import { databaseUnavailable, logFailure, logUnavailable } from '../store/resources.ts';
 
 /** Kick-offs in this process wake the worker at once instead of at its next poll. */
 export const exportSignal = new EventEmitter();
@@ -54,8 +54,7 @@ export class ExportWorker {
         worked = await this.once();
       } catch (e) {
         if (this.stopping) continue;
-        if (databaseUnavailable(e)) logUnavailable('export worker: database unavailable', e); // polls on until it is back
-        else console.error('export worker:', e instanceof Error ? e.stack : e); // the stack, not a PostgreSQL detail quoting a row
+        logFailure('export worker', e); // polls on until the database is back
       }
       if (!worked && !this.stopping) {
         await new Promise<void>((resolve) => {

@@ -10,7 +10,7 @@ import { FhirError, notFound } from '../fhir/outcome.ts';
 import { capabilityStatement } from '../fhir/capability.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { findOrg } from '../store/tenants.ts';
-import { databaseUnavailable, logUnavailable } from '../store/resources.ts';
+import { logFailure } from '../store/resources.ts';
 import * as crud from './crud.ts';
 import { historyInteraction } from './history.ts';
 import { searchInteraction, systemSearchInteraction } from './search.ts';
@@ -51,8 +51,7 @@ function clientAddress(req: Request): string | undefined {
 
 /** A failed request whose own AuditEvent could not be stored: during a database outage, one line per interval, not one per request. */
 function logAuditFailure(err: unknown): void {
-  if (databaseUnavailable(err)) logUnavailable('audit of a failed request not stored, the database is unavailable', err);
-  else console.error('audit of a failed request failed', (err as Error)?.stack ?? String(err));
+  logFailure('audit of a failed request not stored', err);
 }
 
 /** Names the interaction for the request's AuditEvent. (Module functions, not closures

@@ -64,6 +64,10 @@ async function isRunning(port: number, password: string): Promise<boolean> {
  */
 export class Postmaster {
   private child?: ChildProcess;
+  /** Set by stop(): an exit then is wanted, not a fault to recover from. */
+  private stopping = false;
+  private restartTimer?: NodeJS.Timeout;
+  private restartDelayMs = RESTART_FIRST_MS;
   constructor(private readonly bin: string, private readonly args: string[], private readonly ids: { uid?: number; gid?: number }) {}
 
   get pid(): number | undefined {
@@ -71,17 +75,24 @@ export class Postmaster {
   }
 
   async start(): Promise<void> {
+    this.stopping = false;
+    clearTimeout(this.restartTimer);
     if (this.child) return;
     const child = spawn(this.bin, this.args, { ...this.ids, detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
     running.add(this);
     let tail = ''; // the log's end: the ready line, or why it did not start
+    let ready = false;
     await new Promise<void>((resolve, reject) => {
       child.stderr!.on('data', (chunk: Buffer) => {
         const text = chunk.toString('utf8');
         if (process.env.KILN_DEBUG_PG) process.stderr.write(text);
         tail = (tail + text).slice(-4000);
-        if (tail.includes('database system is ready to accept connections')) resolve();
+        if (!ready && tail.includes('database system is ready to accept connections')) {
+          ready = true;
+          this.restartDelayMs = RESTART_FIRST_MS;
+          resolve();
+        }
       });
       // Kept after the start: a later 'error' (a failed kill) must not crash the process.
       child.on('error', (e) => {
@@ -91,13 +102,36 @@ export class Postmaster {
       child.once('exit', (code, signal) => {
         if (this.child === child) this.child = undefined;
         running.delete(this);
-        reject(new Error(`embedded PostgreSQL exited (${signal ?? code}): ${tail.trim().split('\n').slice(-5).join(' | ')}`));
+        const why = `embedded PostgreSQL exited (${signal ?? code}): ${serverLines(tail)}`;
+        // Stopped by someone else (kill, OOM, a crash) while serving: requests get 503 meanwhile.
+        if (ready && !this.stopping) {
+          console.error(`${why}; starting it again`);
+          this.restartLater();
+        }
+        reject(new Error(why));
       });
     });
   }
 
+  /** Starts the postmaster again after a growing delay (a crashed one's shared memory may still be held), until stop(). */
+  private restartLater(): void {
+    if (this.stopping) return;
+    const delay = this.restartDelayMs;
+    this.restartDelayMs = Math.min(this.restartDelayMs * 2, RESTART_MAX_MS);
+    this.restartTimer = setTimeout(() => {
+      if (this.stopping || this.child) return;
+      this.start().then(() => console.error('embedded PostgreSQL is running again'), (e) => {
+        console.error(`embedded PostgreSQL did not start again: ${(e as Error).message}`);
+        this.restartLater();
+      });
+    }, delay);
+    this.restartTimer.unref();
+  }
+
   /** Fast shutdown (open transactions roll back, committed ones are durable); resolves when it exited. */
   async stop(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.restartTimer);
     const child = this.child;
     if (!child) return;
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -107,9 +141,19 @@ export class Postmaster {
 
   /** For process exit: cannot wait. */
   signalStop(): void {
+    this.stopping = true;
     this.child?.kill('SIGINT');
   }
 }
+
+/** The last lines of the postmaster's own log about itself: never ERROR, DETAIL or STATEMENT lines, which can quote rows. */
+function serverLines(log: string): string {
+  return log.split('\n').filter((l) => /\b(LOG|FATAL|PANIC):/.test(l) && !/\b(DETAIL|STATEMENT|ERROR):/.test(l)).slice(-2).join(' | ');
+}
+
+/** Delays before starting a postmaster that exited on its own again: 0.5 s, doubling to 15 s. */
+const RESTART_FIRST_MS = 500;
+const RESTART_MAX_MS = 15_000;
 
 const running = new Set<Postmaster>();
 // A node that exits without its stop (an uncaught error, process.exit) takes its postmaster with it, as before it ran detached.

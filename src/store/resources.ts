@@ -115,6 +115,15 @@ export function logUnavailable(what: string, e: unknown): void {
   console.error(`${what}: ${[err?.code, err?.message].filter((x) => typeof x === 'string' && x).join(' ')}`);
 }
 
+/**
+ * Logs a background failure: a lost database as logUnavailable does, anything else with its
+ * stack only (a PostgreSQL error's detail can quote a row: PHI).
+ */
+export function logFailure(what: string, e: unknown): void {
+  if (databaseUnavailable(e)) logUnavailable(`${what}, the database is unavailable`, e);
+  else console.error(`${what}:`, e instanceof Error ? e.stack : typeof e);
+}
+
 /** Database constraint failures become FHIR errors, a lost database a 503; anything else stays a bug (500). */
 function translatePgError(e: unknown): unknown {
   const unavailable = databaseUnavailable(e);
