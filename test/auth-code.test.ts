@@ -79,7 +79,8 @@ const exchange = (code: string, verifier: string, headers: Record<string, string
 
 describe('authorization code + PKCE', () => {
   before(async () => {
-    server = await startTestServer();
+    // Auditing on (the FHIR API stays open): the authorization server records its sign-ins and tokens.
+    server = await startTestServer({ audit: 'on' });
     admin = { authorization: `Bearer ${(await mintAdminToken(server.db, { tenant: 'default', audience: server.url })).accessToken}` };
     for (const [key, given, family] of [['alice', 'Alice', 'Smith'], ['bob', 'Bob', 'Smith'], ['carol', 'Carol', 'Jones']]) {
       const res = await fhir(server.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ given: [given], family }] }, admin);
@@ -338,6 +339,31 @@ describe('authorization code + PKCE', () => {
     const ok = await exchange(code, verifier, { authorization: `Basic ${Buffer.from(`${confidential}:${confidentialSecret}`).toString('base64')}` });
     assert.equal(ok.status, 200, JSON.stringify(ok.json));
     assert.equal(ok.json.patient, patients.bob);
+  });
+
+  it('sign-ins and token requests, granted and refused, each leave an AuditEvent (DCM 110114) naming user, client and address', async () => {
+    const AUTH = encodeURIComponent('http://dicom.nema.org/resources/ontology/DCM|110114');
+    const events = async () => (await fhir(server.url, 'GET', `AuditEvent?type=${AUTH}&_count=1000`, undefined, admin)).json.entry?.map((e: any) => e.resource) ?? [];
+    const seen = new Set((await events()).map((e: any) => e.id));
+    // A wrong password, then a granted launch (a sign-in and a token), then the code again (refused).
+    const b = new Browser();
+    const { challenge } = pkce();
+    const start = await b.request('GET', authorizeUrl({ response_type: 'code', client_id: app, redirect_uri: REDIRECT, scope: 'user/*.rs', state: 'a', aud: server.url, code_challenge: challenge, code_challenge_method: 'S256' }));
+    const wrong = await b.request('POST', `${server.url}/auth/login`, { request: start.request!, username: 'dr.who', password: 'not it' });
+    assert.equal(wrong.status, 401);
+    const { params, verifier } = await launch({ scope: 'user/*.rs' });
+    assert.equal((await exchange(params.get('code')!, verifier)).status, 200);
+    assert.equal((await exchange(params.get('code')!, verifier)).status, 400);
+    const fresh = (await events()).filter((e: any) => !seen.has(e.id));
+    const summary = fresh.map((e: any) => [e.subtype[0].code, e.outcome, e.agent.find((g: any) => g.requestor)?.name, e.agent.find((g: any) => g.type.coding[0].code === '110150').name].join(' ')).sort();
+    assert.deepEqual(summary, ['110122 0 dr.who ' + app, '110122 4 dr.who ' + app, 'ITI-71 0 dr.who ' + app, 'ITI-71 4 ' + app + ' ' + app].sort(), JSON.stringify(fresh, null, 1));
+    for (const e of fresh) {
+      assert.equal(e.agent[0].network.address.replace(/^::ffff:/, ''), '127.0.0.1');
+      assert.equal(e.action, 'E');
+    }
+    const refused = fresh.find((e: any) => e.subtype[0].code === 'ITI-71' && e.outcome === '4');
+    assert.match(refused.outcomeDesc, /^400 invalid_grant: /);
+    assert.ok(!JSON.stringify(fresh).includes(params.get('code')!), 'no code in the events');
   });
 
   it('revokes a refresh token (RFC 7009) and introspection then reports it inactive', async () => {

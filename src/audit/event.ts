@@ -161,3 +161,32 @@ export function auditEvent(facts: AuditFacts, agent: AuditAgent, base: string, r
     ...(entity.length ? { entity } : {}),
   };
 }
+
+/** What an authorization-server event records: a sign-in at the login page, or a token request (IHE IUA ITI-71). */
+export type AuthenticationKind = 'login' | 'token';
+
+const AUTHENTICATION_SUBTYPE: Record<AuthenticationKind, Coding> = {
+  login: { system: DCM, code: '110122', display: 'Login' },
+  token: { system: 'urn:oid:1.3.6.1.4.1.19376.1.2', code: 'ITI-71', display: 'Get Access Token' },
+};
+
+/**
+ * A sign-in or a token request as an AuditEvent (DICOM 110114 User Authentication): who
+ * (the user, the client, the address), the outcome, and the patient of the grant's context.
+ * It touches no patient data itself; the accesses the token makes are audited as they happen.
+ */
+export function authenticationEvent(kind: AuthenticationKind, facts: { outcome: AuditOutcome; outcomeDesc?: string; patients: string[] }, agent: AuditAgent, base: string, recorded: string): AuditEvent {
+  const entity = entities({ action: 'E', outcome: facts.outcome, resources: [], patients: facts.patients });
+  return {
+    resourceType: 'AuditEvent',
+    type: { system: DCM, code: '110114', display: 'User Authentication' },
+    subtype: [AUTHENTICATION_SUBTYPE[kind]],
+    action: 'E',
+    recorded,
+    outcome: facts.outcome,
+    ...(facts.outcomeDesc ? { outcomeDesc: facts.outcomeDesc.slice(0, 1000) } : {}),
+    agent: agents(agent, base),
+    source: source(base),
+    ...(entity.length ? { entity } : {}),
+  };
+}

@@ -14,6 +14,7 @@ import { inTurn } from './inTurn.ts';
 import { asPatientScopes, grantScopes, parseClinicalScope, patientUser, splitScope } from './scopeGrant.ts';
 import { randomToken, sha256, verifyPassword } from './secrets.ts';
 import { consentPage, errorPage, loginPage, OPTIONAL_SCOPE, pickerPage } from './pages.ts';
+import { auditGranted, auditRefused } from './audit.ts';
 import { noStore } from './oauthError.ts';
 
 const REQUEST_SECONDS = 15 * 60;
@@ -192,14 +193,19 @@ export async function login(a: AuthCtx, form: URLSearchParams): Promise<void> {
     await recordLoginFailure(tx, counters, limit.windowSeconds);
     return { l, user };
   }));
-  if ('kind' in checked) return send(a, checked);
+  if ('kind' in checked) {
+    if (checked.kind === 'page' && checked.status === 429) await auditRefused(a, 'login', { status: 429, reason: 'too many failed sign-ins', agent: { subject: username || undefined } });
+    return send(a, checked);
+  }
   const { l, user } = checked;
   const ok = await verifyPassword(form.get('password') ?? '', user?.passwordHash);
   if (!ok || !user || user.disabledAt) {
+    await auditRefused(a, 'login', { status: 401, reason: 'wrong username or password, or a disabled user', agent: { subject: username || undefined, clientId: l.client.clientId } });
     return send(a, page(401, loginPage({ request: l.requestId, clientName: l.client.name, tenant: a.org.name, username, error: 'Wrong username or password.' })));
   }
   const outcome = await inOrg(a, async (tx): Promise<Outcome> => {
     await forgiveLoginAttempt(tx, ...keys);
+    await auditGranted(a, tx, 'login', { status: 200, agent: { subject: user.username, clientId: l.client.clientId, fhirUser: user.fhirUser } });
     // A patient signing in is the patient context: no picker, and no other patient.
     const own = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(user.fhirUser ?? '')?.[1];
     let patient: string | undefined;

@@ -14,6 +14,8 @@ import { asPatientScopes, grantScopes, patientUser, splitScope } from './scopeGr
 import { randomToken, s256, sha256 } from './secrets.ts';
 import { signAccessToken, signIdToken } from './tokens.ts';
 import { absoluteFhirUser } from './urls.ts';
+import { auditGranted, auditRefused, type AuthenticationFacts } from './audit.ts';
+import { decodeJwt } from 'jose';
 import { verifyAccessToken, type AccessContext } from './verify.ts';
 
 const OFFLINE_SECONDS = 90 * 24 * 3600;
@@ -33,11 +35,29 @@ export async function tokenRequest(a: AuthCtx, params: Map<string, string>): Pro
     : grantType === 'authorization_code' ? authorizationCode
     : grantType === 'refresh_token' ? refreshToken : undefined;
   if (!grant) throw new OAuthError(400, 'unsupported_grant_type', `grant_type ${grantType} is not supported`);
-  // Backend Services clients are confidential; the user grants also serve public apps.
-  const auth = await authenticateClient(a, params, grantType !== 'client_credentials');
-  const answer = await inOrg(a, async (tx) => grant(a, tx, await confirmClient(tx, auth), params));
-  if ('error' in answer) throw answer.error;
-  return answer.body;
+  let clientId = params.get('client_id'); // as claimed, until the client is authenticated
+  try {
+    // Backend Services clients are confidential; the user grants also serve public apps.
+    const auth = await authenticateClient(a, params, grantType !== 'client_credentials');
+    clientId = auth.client.clientId;
+    const answer = await inOrg(a, async (tx) => {
+      const result = await grant(a, tx, await confirmClient(tx, auth), params);
+      if ('body' in result) await auditGranted(a, tx, 'token', grantedFacts(result.body));
+      return result;
+    });
+    if ('error' in answer) throw answer.error;
+    return answer.body;
+  } catch (e) {
+    if (e instanceof OAuthError) await auditRefused(a, 'token', { status: e.status, reason: `${e.error}: ${e.message}`, agent: { clientId } });
+    throw e;
+  }
+}
+
+/** Who a granted token is for, from its own claims. */
+function grantedFacts(body: Record<string, unknown>): AuthenticationFacts {
+  const claims = decodeJwt(body.access_token as string);
+  const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
+  return { status: 200, agent: { clientId: str(claims.client_id), subject: str(claims.sub), fhirUser: str(claims.fhirUser) }, patient: str(claims.patient) };
 }
 
 async function clientCredentials(a: AuthCtx, _tx: Tx, client: ClientRow, params: Map<string, string>): Promise<Answer> {

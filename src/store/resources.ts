@@ -394,6 +394,12 @@ async function createRowKeyed(tx: Tx, req: WriteRequest): Promise<WriteResult> {
   return { resource, json: row.json, versionId: 1, lastUpdated: row.lastUpdated, created: true };
 }
 
+/** Appends an event the server builds at this transaction's instant (its recorded and lastUpdated). */
+export async function appendAuditEvent(tx: Tx, build: (now: string) => AuditEvent): Promise<void> {
+  const { org, now } = await transactionInstant(tx);
+  await insertAuditEvents(tx, org!, [auditRow(build(now), now)]);
+}
+
 export interface DeleteResult {
   /** False when the id never existed. */
   existed: boolean;
