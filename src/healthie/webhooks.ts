@@ -11,6 +11,7 @@ import { withTenant } from '../store/resources.ts';
 import { findOrg } from '../store/tenants.ts';
 import { enqueueWebhook, claimWebhooks, finishWebhook, retryWebhook } from '../store/healthieSync.ts';
 import { outcome, informational, FhirError } from '../fhir/outcome.ts';
+import { parseJson } from '../fhir/body.ts';
 import { HealthieError } from './client.ts';
 import { healthieSettings } from './settings.ts';
 import { fetchObject, mirrorObject, type HealthieKind } from './refetch.ts';
@@ -65,14 +66,6 @@ export function signDelivery(secret: string, path: string, body: Buffer | string
  */
 export const REPLAY_WINDOW_SECONDS = 300;
 
-const UTF8 = new TextDecoder('utf-8', { fatal: true });
-/** PostgreSQL text cannot hold U+0000: a delivery with one is refused before it is stored. */
-const NUL = new Error('NUL');
-function refuseNul(key: string, value: unknown): unknown {
-  if (key.includes('\0') || (typeof value === 'string' && value.includes('\0'))) throw NUL;
-  return value;
-}
-
 function send(res: Response, status: number, oo: unknown): void {
   res.status(status).type('application/fhir+json').send(JSON.stringify(oo));
 }
@@ -91,12 +84,14 @@ export function healthieWebhook(db: Database, onQueued?: (orgId: number) => void
     const [path, query = ''] = req.originalUrl.split(/\?(.*)/s);
     const reason = checkSignature({ method: req.method, path, query, contentDigest: req.get('content-digest'), signature: req.get('signature'), body }, secret);
     if (reason) return refuse(res, 401, 'security', reason);
-    let text: string;
-    try { text = UTF8.decode(body); } catch { return refuse(res, 400, 'invalid', 'Webhook body is not valid UTF-8'); }
-    let event: { resource_id?: unknown; resource_id_type?: unknown; event_type?: unknown };
-    try { event = JSON.parse(text, refuseNul); } catch (e) {
-      return refuse(res, 400, 'invalid', e === NUL ? 'Webhook body holds a NUL character' : 'Webhook body is not JSON');
+    // The request bodies' one parse: not UTF-8, not JSON, or a NUL (PostgreSQL text cannot hold one) is a 400, stored nowhere.
+    let parsed: { value: unknown; text: string };
+    try { parsed = parseJson(body, 'Webhook body'); } catch (e) {
+      if (!(e instanceof FhirError)) throw e;
+      return refuse(res, 400, 'invalid', e.message);
     }
+    const { text } = parsed;
+    const event = parsed.value as { resource_id?: unknown; resource_id_type?: unknown; event_type?: unknown } | null;
     const str = (v: unknown) => (typeof v === 'string' || typeof v === 'number') && String(v) !== '' ? String(v) : undefined;
     const eventType = str(event?.event_type);
     const resourceId = str(event?.resource_id);
