@@ -130,7 +130,6 @@ function parseHas(type: string, name: string, raw: string): Criterion {
   return { def: self, values: [], has: { sourceType, refParam, criterion: inner } };
 }
 
-const DATE = /^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$/;
 const NUMBER = /^[-+]?\d+(\.\d+)?([eE][-+]?\d+)?$/;
 
 /**
@@ -153,7 +152,7 @@ function checkValue(def: SearchParamDef, modifier: string | undefined, value: st
 function checkTyped(type: string, value: string, whole: string, name: string): void {
   if (type === 'date') {
     const { rest } = prefixed(value);
-    if (!DATE.test(rest) || !dateRange(rest)) throw badRequest(`Invalid date '${whole}' for parameter '${name}'`, [name]);
+    if (!dateRange(rest)) throw badRequest(`Invalid date '${whole}' for parameter '${name}'`, [name]);
   } else if (type === 'number' || type === 'quantity') {
     const { rest } = prefixed(value);
     const num = type === 'quantity' ? rest.split('|')[0] : rest;
