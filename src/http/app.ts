@@ -11,7 +11,7 @@ import { authRoutes } from '../auth/routes.ts';
 import { cors } from './cors.ts';
 import { FhirError, outcome, transient } from '../fhir/outcome.ts';
 import type { InFlight } from './inFlight.ts';
-import { warmBodyPool } from '../fhir/bodyPool.ts';
+import { BodyPoolBusy, warmBodyPool } from '../fhir/bodyPool.ts';
 import { databaseUnavailable, RETRY_AFTER_SECONDS } from '../store/resources.ts';
 
 /** `inFlight` counts the requests being handled (FHIR and authorization), so the server can stop after them. */
@@ -45,8 +45,7 @@ export function createApp(db: Database, config: Config, version: string, inFligh
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
     if (res.headersSent) return;
     if (err instanceof FhirError) {
-      const retryAfter = (err as { retryAfter?: unknown }).retryAfter; // a busy server's 503 (src/fhir/bodyPool.ts)
-      if (typeof retryAfter === 'number') res.set('Retry-After', String(retryAfter));
+      if (err instanceof BodyPoolBusy) res.set('Retry-After', String(err.retryAfter));
       sendOutcome(req, res, err.status, outcome(err.issues));
       return;
     }
