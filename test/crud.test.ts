@@ -1,5 +1,6 @@
 // The RESTful interactions over real HTTP: status codes, headers, versions,
 // conditional forms, negotiation and errors (http.html).
+import { RESOURCE_TYPES } from '../mappings/resourceTypes.ts';
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client } from 'fhir-kit-client';
@@ -284,7 +285,7 @@ describe('Prefer, formats and errors', () => {
   });
 
   test('unknown type 404, unsupported interaction 405, unknown tenant 404', async () => {
-    const t = await fhir(srv.url, 'GET', 'Practitioner/1');
+    const t = await fhir(srv.url, 'GET', 'Parameters/1');
     assert.equal(t.status, 404);
     assertOutcome(t);
     const m = await fhir(srv.url, 'POST', 'Patient/abc', patient('X'));
@@ -296,12 +297,13 @@ describe('Prefer, formats and errors', () => {
     assertOutcome(tenant);
   });
 
-  test('metadata advertises the five types and every interaction works', async () => {
+  test('metadata advertises every stored type and every interaction works', async () => {
     const cs = await fhir(srv.url, 'GET', 'metadata');
     assert.equal(cs.status, 200);
     assert.equal(cs.json.fhirVersion, '4.0.1');
     const types = cs.json.rest[0].resource.map((r: any) => r.type).sort();
-    assert.deepEqual(types, ['AuditEvent', 'Encounter', 'Group', 'MedicationStatement', 'Observation', 'Patient']);
+    assert.deepEqual(types, [...RESOURCE_TYPES]);
+    assert.equal(types.length, 145, 'every R4 type with a RESTful endpoint');
     const obs = cs.json.rest[0].resource.find((r: any) => r.type === 'Observation');
     assert.ok(obs.supportedProfile.includes('http://hl7.org/fhir/StructureDefinition/vitalsigns'));
     // Exercise each advertised interaction on every type once.
@@ -312,8 +314,11 @@ describe('Prefer, formats and errors', () => {
       MedicationStatement: { resourceType: 'MedicationStatement', status: 'active', medicationCodeableConcept: { text: 'aspirin' }, subject: { reference: `Patient/${(await fhir(srv.url, 'POST', 'Patient', patient('CapSubject'))).json.id}` } },
       Group: { resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${(await fhir(srv.url, 'POST', 'Patient', patient('CapMember'))).json.id}` } }] },
       AuditEvent: { resourceType: 'AuditEvent', type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110110' }, recorded: new Date().toISOString(), agent: [{ requestor: true, who: { display: 'tester' } }], source: { observer: { display: 'kiln' } } },
+      // Two of the generic store's (test/alltypes.test.ts covers every type).
+      Organization: { resourceType: 'Organization', name: 'Cap Clinic' },
+      Condition: { resourceType: 'Condition', code: { text: 'cap' }, subject: { reference: `Patient/${(await fhir(srv.url, 'POST', 'Patient', patient('CapCondition'))).json.id}` } },
     };
-    for (const r of cs.json.rest[0].resource) {
+    for (const r of cs.json.rest[0].resource.filter((x: any) => bodies[x.type])) {
       const codes = r.interaction.map((i: any) => i.code);
       const c = await fhir(srv.url, 'POST', r.type, bodies[r.type]);
       assert.equal(c.status, 201, `${r.type} create: ${c.text}`);

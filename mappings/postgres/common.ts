@@ -43,8 +43,10 @@ export function metaTokens(meta: Meta | undefined): { profiles: string[]; tags: 
 }
 
 /** The three columns every resource table has. */
-export function commonColumns(r: { identifier?: Identifier[]; meta?: Meta }): Record<string, string[]> {
-  return { identifier_tokens: identifierTokens(r.identifier), ...metaTokens(r.meta) };
+export function commonColumns(r: { identifier?: Identifier | Identifier[]; meta?: Meta }): Record<string, string[]> {
+  // Some types (AdverseEvent, QuestionnaireResponse, ...) have one identifier, not a list.
+  const identifiers = r.identifier === undefined || Array.isArray(r.identifier) ? r.identifier : [r.identifier];
+  return { identifier_tokens: identifierTokens(identifiers), ...metaTokens(r.meta) };
 }
 
 // FHIR date | dateTime | instant. Time without seconds is not valid FHIR but is accepted.

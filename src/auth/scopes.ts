@@ -74,7 +74,7 @@ export { compartmentPatients, hasCompartment, inCompartment, ownedBy } from '../
  * compartment parameter, or `_id` for Patient); it carries the criterion that ORs every
  * compartment parameter (search syntax cannot), see parsedPair.
  */
-function compartmentPair(type: string, patient: string): [string, string] | undefined {
+export function compartmentPair(type: string, patient: string): [string, string] | undefined {
   const criterion = compartmentCriterion(type, patient);
   if (!criterion) return undefined;
   const text: [string, string] = type === 'Patient' ? ['_id', patient] : [PATIENT_COMPARTMENT[type][0], `Patient/${patient}`];

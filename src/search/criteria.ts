@@ -1,5 +1,6 @@
 // Parses FHIR search parameters (search.html) into criteria the SQL builder can
 // turn into conditions: names, modifiers, prefixes, chains and _has. Pure: no I/O.
+import { RESOURCE_TYPES } from '../../mappings/resourceTypes.ts';
 import { badRequest } from '../fhir/outcome.ts';
 import { searchParamsFor, type SearchParamDef } from '../../mappings/search/definitions.ts';
 import { dateRange } from '../../mappings/search/precision.ts';
@@ -25,7 +26,7 @@ export interface Criterion {
   anyRef?: { params: string[]; targetType: string; targetId: string; self: boolean };
 }
 
-export const STORED_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent', 'Group'];
+export const STORED_TYPES: readonly string[] = RESOURCE_TYPES;
 
 const MODIFIERS: Record<string, string[]> = {
   string: ['exact', 'contains', 'missing'],

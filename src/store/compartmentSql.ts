@@ -3,7 +3,8 @@
 // and the patient-level and Group $export ask the same question; only how they pass
 // values differs (bind parameters; settings read back in a COPY, which takes none).
 import { ROW_KEYED_TYPES, refTypeKey } from '../../mappings/search/rowKeys.ts';
-import { compartmentIndexParams, hasCompartment } from '../search/compartment.ts';
+import { compartmentIndexParams } from '../search/compartment.ts';
+import { PATIENT_COLUMN } from '../../mappings/postgres/index.ts';
 import { hasRefKeys } from './rowKeySearch.ts';
 
 export interface CompartmentValues {
@@ -15,7 +16,7 @@ export interface CompartmentValues {
 
 /**
  * The condition that row `r` of `type` is in the compartment: undefined when every row is
- * (the Patients of any patient), `false` for a type outside it. `patient_id` holds the subject's patient
+ * (the Patients of any patient), `false` for a type outside it (Organization, ...). `patient_id` holds the subject's patient
  * (mappings/postgres); a resource can also be in it through another parameter
  * (Observation.performer, Patient.link), found in the reference index. Both sides are
  * `= ANY(array)`, so the planner can OR two index scans (patient index, primary key):
@@ -23,8 +24,8 @@ export interface CompartmentValues {
  * patient_id with every listed patient (a Group of 1,000 in 300k rows: 4.6 s, not 0.2 s).
  */
 export function compartmentCond(type: string, r: string, v: CompartmentValues): string | undefined {
-  if (!hasCompartment(type)) return 'false'; // Group: Kiln keeps no patient compartment for it
   const params = compartmentIndexParams(type);
+  if (!params.length) return type === 'Patient' && !v.patients ? undefined : type === 'Patient' ? `${r}.id = ANY(${v.patients!()})` : 'false';
   const list = v.patients?.();
   if (ROW_KEYED_TYPES.has(type)) {
     // The references are keys of the row (an AuditEvent is in the compartment of every
@@ -35,7 +36,8 @@ export function compartmentCond(type: string, r: string, v: CompartmentValues): 
       : `${r}.token_keys && ${prefixes}`;
   }
   if (type === 'Patient' && !list) return undefined;
-  const others = params.filter((c) => c !== 'subject');
+  // Where the row has patient_id (the subject's Patient), subject rows need not be read.
+  const others = PATIENT_COLUMN.has(type) ? params.filter((c) => c !== 'subject') : params;
   // Built only when used: every constant() call may add a bind parameter.
   const referring = () => {
     // Not correlated with r: the ids are computed once.
@@ -45,6 +47,7 @@ export function compartmentCond(type: string, r: string, v: CompartmentValues): 
     return list ? `${r}.id = ANY(ARRAY(${ids}))` : `${r}.id IN (${ids})`;
   };
   if (type === 'Patient') return others.length ? `(${r}.id = ANY(${list}) OR ${referring()})` : `${r}.id = ANY(${list})`;
+  if (!PATIENT_COLUMN.has(type)) return referring();
   const own = list ? `${r}.patient_id = ANY(${list})` : `${r}.patient_id IS NOT NULL`;
   return others.length ? `(${own} OR ${referring()})` : own;
 }
