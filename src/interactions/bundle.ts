@@ -1,9 +1,9 @@
 // Batch and transaction Bundles (bundle.html, http.html#transaction). A transaction
 // runs in one database transaction: ids are settled first (conditional creates and
 // updates, urn:uuid fullUrls), references are rewritten, then entries run in the
-// spec's order (DELETE, POST, PUT/PATCH, GET) with POST/PUT sorted so that a
-// referenced resource is written before the one that references it. A batch runs
-// every entry on its own.
+// spec's order (DELETE, POST, PUT/PATCH, GET), except that a POST or PUT referenced by
+// another POST or PUT runs before it whatever their methods. A urn:uuid: reference no
+// entry resolves is refused (src/store/resources.ts). A batch runs every entry on its own.
 import crypto from 'node:crypto';
 import type { Bundle, BundleEntry, OperationOutcome, Resource } from '@medplum/fhirtypes';
 import { FhirError, badRequest, outcome } from '../fhir/outcome.ts';
@@ -149,6 +149,8 @@ async function rewriteReferences(tx: Tx, node: unknown, map: Map<string, string>
   }
 }
 
+const WRITES = new Set<Method>(['POST', 'PUT']);
+
 /** Orders entries (already in spec order) so that a POST/PUT referenced by another in the bundle goes first. */
 function dependencyOrder(entries: Parsed[], target: Map<Parsed, string>): Parsed[] {
   const byTarget = new Map<string, Parsed>();
@@ -162,7 +164,9 @@ function dependencyOrder(entries: Parsed[], target: Map<Parsed, string>): Parsed
     if (e.method === 'POST' || e.method === 'PUT') {
       for (const ref of referencesOf(e.resource)) {
         const dep = byTarget.get(ref);
-        if (dep && dep !== e && ORDER[dep.method] === ORDER[e.method]) visit(dep);
+        // Across POST and PUT alike: every id is settled already, so a POST may need the
+        // conditional PUT of its patient to run first (the spec's method order is kept otherwise).
+        if (dep && dep !== e && WRITES.has(dep.method)) visit(dep);
       }
     }
     visiting.delete(e);

@@ -3,7 +3,7 @@
 import crypto from 'node:crypto';
 import type pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
-import { READ_FROM, TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappings/postgres/index.ts';
+import { GENERIC_TABLE, READ_FROM, TABLES, TIME_PARTITIONED, toRow, collectReferences } from '../../mappings/postgres/index.ts';
 import { withServerFields } from '../fhir/jsonText.ts';
 import { extractIndex } from '../../mappings/search/extract.ts';
 import { indexCtes } from './searchIndex.ts';
@@ -11,7 +11,7 @@ import { stmt } from './statements.ts';
 import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
 import { auditRow, insertAuditEvents } from './auditWrite.ts';
 import type { AuditEvent } from '@medplum/fhirtypes';
-import { FhirError, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome.ts';
+import { FhirError, badRequest, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome.ts';
 
 export type Tx = pg.PoolClient;
 
@@ -163,6 +163,11 @@ export interface StoredResource extends VersionInfo {
 const INSTANT_SQL = `to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
 const instant = (col: string) => INSTANT_SQL.replace('%s', col);
 
+/** The generic table holds many types under one id space per type: its rows are keyed by type too. */
+function typeMatch(table: string, type: string, p: (v: unknown) => string): string {
+  return table === GENERIC_TABLE ? ` AND resource_type = ${p(type)}` : '';
+}
+
 function tableOf(type: string): string {
   const table = TABLES[type];
   if (!table) throw notFound(`Resource type ${type} is not supported`);
@@ -216,14 +221,16 @@ interface Locked {
   now: string; // the transaction's write time, FHIR instant
 }
 
-const STORED_TYPES = new Set(Object.keys(TABLES));
 
 /** Local references to stored types (Type/id), other than the resource itself. */
 function localReferences(resource: Resource, selfType: string, selfId: string): { type: string; id: string }[] {
   const wanted = new Map<string, { type: string; id: string }>();
   for (const ref of collectReferences(resource)) {
+    // A urn:uuid: reference names a Bundle entry (bundle.html); outside one, or left over
+    // after a transaction resolved its fullUrls, it names nothing.
+    if (ref.startsWith('urn:uuid:')) throw badRequest(`Reference '${ref}' is a urn:uuid: that no entry of a transaction Bundle resolves`);
     const type = /^([A-Z][A-Za-z]+)[/?]/.exec(ref)?.[1];
-    if (!type || !STORED_TYPES.has(type)) continue;
+    if (!type || !Object.hasOwn(TABLES, type)) continue;
     const m = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/\d+)?$/.exec(ref);
     // A reference to a stored type must be a resolvable Type/id (conditional
     // references belong in transactions, where they are resolved first).
@@ -358,7 +365,7 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
     const assignments = names.map((n) => `${n} = ${p(cols[n])}`).join(', ');
     const timeMatch = lock.clinicalTime ? `AND clinical_time = ${p(lock.clinicalTime)}` : '';
     await tx.query(stmt(`${ctes} UPDATE ${table} SET ${assignments}
-       WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}`, values));
+       WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}${typeMatch(table, type, p)}`, values));
   } else {
     const placeholders = names.map((n) => p(cols[n])).join(', ');
     await tx.query(stmt(`${ctes} INSERT INTO ${table} (org_id, id, ${names.join(', ')})
@@ -423,7 +430,7 @@ export async function deleteResource(tx: Tx, type: string, id: string, ifMatch?:
   const { values, p } = params();
   const ctes = versionCtes(p, type, id, versionId, lock.now, 'DELETE', null, null) + indexCtes(p, type, id, undefined, true);
   const timeMatch = lock.clinicalTime ? `AND clinical_time = ${p(lock.clinicalTime)}` : '';
-  await tx.query(`${ctes} DELETE FROM ${table} WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}`, values);
+  await tx.query(`${ctes} DELETE FROM ${table} WHERE org_id = current_setting('app.org_id')::integer AND id = ${p(id)} ${timeMatch}${typeMatch(table, type, p)}`, values);
   if (type === 'Encounter') {
     await tx.query(`DELETE FROM clinical_events WHERE org_id = current_setting('app.org_id')::integer AND encounter_id = $1`, [id]);
   }
