@@ -1,7 +1,8 @@
 // `kiln import`: loads FHIR Bundles (.json) and NDJSON files (.ndjson) into a tenant.
-// A Bundle becomes one transaction holding the entries whose types Kiln stores (the
-// rest are counted as skipped; references to them stay as given). NDJSON lines are
-// written in transactions of a few hundred, keeping their ids (update-as-create).
+// A Bundle becomes one transaction run by the same code as `POST /fhir`
+// (src/interactions/bundle.ts); entries of a type Kiln does not store (Parameters, or a
+// name that is no R4 type) are counted as skipped. NDJSON lines are written one
+// transaction each, keeping their ids (update-as-create).
 import fs from 'node:fs';
 import readline from 'node:readline';
 import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
