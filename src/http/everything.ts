@@ -1,16 +1,17 @@
 // GET [base]/Patient/[id]/$everything and [base]/Patient/$everything: the patient
 // compartment as a searchset Bundle, with start, end, _since, _type and _count, paged.
-import type { BundleLink } from '@medplum/fhirtypes';
 import type { Ctx } from './context.ts';
 import { inTenant, pageSize, queryPairs } from './context.ts';
 import { sendJson } from './format.ts';
 import { bundleJson } from './bundle.ts';
+import { decodeCursor, pageLinks, pageOf } from './paging.ts';
 import { badRequest, notFound } from '../fhir/outcome.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { dateRange } from '../../mappings/search/extract.ts';
 import { readCurrent, requireLive } from '../store/resources.ts';
 import { everything } from '../store/everything.ts';
 import { checkId } from './crud.ts';
+import { ID_PATTERN } from '../interactions/write.ts';
 import { accessOf, permit, restrictionCriteria } from '../auth/enforce.ts';
 
 function instantParam(name: string, raw: unknown, end: boolean): string | undefined {
@@ -43,27 +44,28 @@ export async function everythingInteraction(ctx: Ctx, patientId?: string) {
     return [t, restrictionCriteria(ctx, t, selected ? { compartment: false, filters: a.filters } : a)];
   }));
   ctx.audit?.touch({ patients: patientIds ?? [] });
-  let after: { type: string; id: string } | undefined;
-  if (typeof query._page === 'string') {
-    const [type, id] = query._page.split('/');
-    if (!type || !id) throw badRequest('Invalid _page cursor', ['_page']);
-    after = { type, id };
-  }
+  const rawPage = typeof query._page === 'string' ? query._page : undefined;
+  const cursor = rawPage === undefined ? undefined
+    : decodeCursor(rawPage, ([type, id, ...rest]) => !rest.length && Object.hasOwn(TABLES, type) && ID_PATTERN.test(id ?? ''));
+  const at = cursor && { type: cursor.key[0], id: cursor.key[1] };
   const rows = await inTenant(ctx, async (tx) => {
     if (patientId) requireLive(await readCurrent(tx, 'Patient', patientId), 'Patient', patientId);
     return everything(tx, {
-      patientIds, types, count: count + 1, after, restrict,
+      // One extra row, on the cursor's side, tells whether a page lies beyond this one.
+      patientIds, types, count: count + 1, restrict,
+      after: cursor?.dir === 'next' ? at : undefined, before: cursor?.dir === 'previous' ? at : undefined,
       start: instantParam('start', query.start, false), end: instantParam('end', query.end, true),
       since: instantParam('_since', query._since, false),
     });
   });
-  const page = rows.slice(0, count);
+  const { page, next, previous } = pageOf(rows, count, cursor);
   const path = patientId ? `Patient/${patientId}/$everything` : 'Patient/$everything';
   const keep = queryPairs(ctx.req).filter(([n]) => n !== '_page');
-  const link = (extra: [string, string][]) => `${ctx.base}/${path}?${new URLSearchParams([...keep, ...extra]).toString()}`;
-  const links: BundleLink[] = [{ relation: 'self', url: link(after ? [['_page', `${after.type}/${after.id}`]] : []) }];
-  const last = page[page.length - 1];
-  if (rows.length > count && last) links.push({ relation: 'next', url: link([['_page', `${last.type}/${last.id}`]]) });
+  const link = (pageParam?: string) => {
+    const pairs: [string, string][] = [...keep, ...pageParam ? [['_page', pageParam] as [string, string]] : []];
+    return `${ctx.base}/${path}${pairs.length ? '?' + new URLSearchParams(pairs).toString() : ''}`;
+  };
+  const links = pageLinks(link, rawPage, { next: next && [next.type, next.id], previous: previous && [previous.type, previous.id] });
   await ctx.audit?.success();
   sendJson(ctx.req, ctx.res, 200, bundleJson('searchset',
     page.map((r) => ({ fullUrl: `${ctx.base}/${r.type}/${r.id}`, resourceJson: r.json, search: { mode: 'match' } })), links));

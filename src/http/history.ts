@@ -1,10 +1,10 @@
 // History interactions (instance, type, system): Bundle type "history",
 // newest first, keyset-paged with an opaque _page cursor.
-import type { BundleLink } from '@medplum/fhirtypes';
 import type { Ctx } from './context.ts';
 import { inTenant, pageSize, queryPairs } from './context.ts';
 import { sendJson } from './format.ts';
 import { bundleJson, type EntryParts } from './bundle.ts';
+import { decodeCursor, pageLinks, pageOf, type Cursor } from './paging.ts';
 import { badRequest, notFound } from '../fhir/outcome.ts';
 import { history as readHistory, countHistory, type HistoryQuery, type HistoryEntry } from '../store/resources.ts';
 import { checkId } from './crud.ts';
@@ -28,25 +28,22 @@ function permitWideHistory(ctx: Ctx, type?: string): void {
   }
 }
 
-type Cursor = NonNullable<HistoryQuery['before']>;
+type Key = NonNullable<HistoryQuery['before']>;
 
-const encodeCursor = (c: Cursor) => Buffer.from(JSON.stringify([c.lastUpdated, c.type, c.id, c.versionId])).toString('base64url');
+const keyOf = (e: HistoryEntry): string[] => [e.lastUpdated, e.type, e.id, String(e.versionId)];
 
 /** A date or instant PostgreSQL takes as a timestamptz: a real calendar time from year 1, offset within ±14:00. */
 function isInstant(raw: unknown): raw is string {
   return typeof raw === 'string' && /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/.test(raw) && dateRange(raw) !== undefined;
 }
 
-/** A cursor this server made, checked whole: a tampered one is a 400, never a database error. */
-function decodeCursor(raw: string): Cursor {
-  try {
-    const [lastUpdated, type, id, versionId] = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
-    if (!isInstant(lastUpdated) || typeof type !== 'string' || !Object.hasOwn(TABLES, type) || typeof id !== 'string' || !ID_PATTERN.test(id)) throw new Error();
-    return { lastUpdated, type, id, versionId: parseVersionId(String(versionId)) };
-  } catch {
-    throw badRequest(`Invalid _page cursor '${raw}'`, ['_page']);
-  }
+/** Whether a cursor's key is an entry's (lastUpdated, type, id, version). */
+function fits([lastUpdated, type, id, versionId, ...rest]: string[]): boolean {
+  if (rest.length || !isInstant(lastUpdated) || !Object.hasOwn(TABLES, type) || !ID_PATTERN.test(id ?? '')) return false;
+  try { parseVersionId(versionId ?? ''); return true; } catch { return false; }
 }
+
+const keyFrom = ([lastUpdated, type, id, versionId]: string[]): Key => ({ lastUpdated, type, id, versionId: parseVersionId(versionId) });
 
 function parseSince(raw: unknown): string | undefined {
   if (raw === undefined) return undefined;
@@ -75,30 +72,33 @@ export async function historyInteraction(ctx: Ctx, type?: string, id?: string) {
   if (!id) permitWideHistory(ctx, type);
   const count = pageSize(ctx, ctx.req.query._count);
   const since = parseSince(ctx.req.query._since);
-  const before = typeof ctx.req.query._page === 'string' ? decodeCursor(ctx.req.query._page) : undefined;
-  const { entries, total } = await inTenant(ctx, async (tx) => {
-    // One extra row tells whether a next page exists.
-    let entries = await readHistory(tx, { type, id, since, before, count: count + 1 });
+  const rawPage = typeof ctx.req.query._page === 'string' ? ctx.req.query._page : undefined;
+  const cursor: Cursor | undefined = rawPage === undefined ? undefined : decodeCursor(rawPage, fits);
+  const at = cursor && keyFrom(cursor.key);
+  const { paged, page, total } = await inTenant(ctx, async (tx) => {
+    // One extra row, on the cursor's side, tells whether a page lies beyond this one.
+    const rows = await readHistory(tx, { type, id, since, before: cursor?.dir === 'next' ? at : undefined, after: cursor?.dir === 'previous' ? at : undefined, count: count + 1 });
+    const paged = pageOf(rows, count, cursor);
+    let page = paged.page;
     const total = id && !since ? await countHistory(tx, type!, id) : undefined;
     if (access && (access.compartment || access.filters.length)) {
-      // Only the versions that were the token's to see; a resource never in reach is a 404.
-      const shown: typeof entries = [];
-      for (const e of entries) if (e.deleted || await visible(ctx, tx, e.type, e.id, e.json!, access)) shown.push(e);
+      // Only the versions that were the token's to see (the links still page over all of
+      // them); a resource never in reach is a 404.
+      const shown: typeof page = [];
+      for (const e of page) if (e.deleted || await visible(ctx, tx, e.type, e.id, e.json!, access)) shown.push(e);
       if (!shown.some((e) => !e.deleted) && total !== 0) throw notFound(`${type}/${id} not found`);
-      entries = shown;
+      page = shown;
     }
-    return { entries, total };
+    return { paged, page, total };
   });
   if (id && total === 0) throw notFound(`${type}/${id} not found`);
-  const page = entries.slice(0, count);
   const path = [type, id, '_history'].filter(Boolean).join('/');
   const keep = queryPairs(ctx.req).filter(([n]) => n !== '_page');
-  const link = (extra: [string, string][]) => `${ctx.base}/${path}${[...keep, ...extra].length ? '?' + new URLSearchParams([...keep, ...extra]).toString() : ''}`;
-  const links: BundleLink[] = [{ relation: 'self', url: link(before ? [['_page', encodeCursor(before)]] : []) }];
-  if (entries.length > count && page.length) {
-    const last = page[page.length - 1];
-    links.push({ relation: 'next', url: link([['_page', encodeCursor({ lastUpdated: last.lastUpdated, type: last.type, id: last.id, versionId: last.versionId })]]) });
-  }
+  const link = (pageParam?: string) => {
+    const pairs: [string, string][] = [...keep, ...pageParam ? [['_page', pageParam] as [string, string]] : []];
+    return `${ctx.base}/${path}${pairs.length ? '?' + new URLSearchParams(pairs).toString() : ''}`;
+  };
+  const links = pageLinks(link, rawPage, { next: paged.next && keyOf(paged.next), previous: paged.previous && keyOf(paged.previous) });
   if (id) await ctx.audit?.success({ patients: [...new Set(page.flatMap((e) => touchedResource(e.type, e.id, e.json).patients ?? []))] });
   else await ctx.audit?.success();
   sendJson(ctx.req, ctx.res, 200, bundleJson('history', page.map((e) => entryOf(ctx, e)), links, total));

@@ -1,11 +1,12 @@
 // Type-level search (GET [type]?..., POST [type]/_search): criteria, result
 // control (_sort, _count, _total, _summary, _elements, _include, _revinclude) and
 // stable cursor paging. Unknown parameters are reported (lenient) or refused (strict).
-import type { BundleLink } from '@medplum/fhirtypes';
 import type { Ctx } from './context.ts';
 import { inTenant, pageSize } from './context.ts';
 import { sendJson, preferStrict } from './format.ts';
 import { bundleJson, type EntryParts } from './bundle.ts';
+import { decodeCursor, pageLinks } from './paging.ts';
+import { ID_PATTERN } from '../interactions/write.ts';
 import { badRequest, outcome } from '../fhir/outcome.ts';
 import { subset, type SummaryMode } from '../fhir/subset.ts';
 import { parseSearch } from '../search/query.ts';
@@ -21,31 +22,30 @@ async function auditSearch(ctx: Ctx, type: string | undefined, pairs: [string, s
   await ctx.audit?.success({ patients });
 }
 
-const encodeCursor = (c: string[]) => Buffer.from(JSON.stringify(c)).toString('base64url');
+/** A system search's cursor: a stored type and an id (the sort values fit when the search runs). */
+const typedId = ([type, id, ...rest]: string[]) => !rest.length && Object.hasOwn(TABLES, type) && ID_PATTERN.test(id ?? '');
 
-function decodeCursor(raw: string): string[] {
-  try {
-    const c = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8'));
-    // NUL: PostgreSQL text cannot hold one (a cursor this server made never does).
-    if (Array.isArray(c) && c.every((x) => typeof x === 'string' && !x.includes('\0'))) return c;
-  } catch { /* fall through */ }
-  throw badRequest(`Invalid _page cursor '${raw}'`, ['_page']);
+/** A search confined to a compartment (`Patient/[id]/[type]`): its criterion, and the path its links repeat. */
+export interface Within {
+  pair: [string, string];
+  path: string;
 }
 
-export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, string][]) {
+export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, string][], within?: Within) {
   const access = permit(ctx, type, 's');
   // The compartment and granular filters apply to the result type and to every resource
   // a chain or _has reaches, so the client's criteria can only narrow what the token sees.
   const restricted = restriction(ctx, type, access);
-  const q = parseSearch(type, [...pairs, ...restricted]);
+  const q = parseSearch(type, [...pairs, ...restricted, ...within ? [within.pair] : []]);
   if (q.unknown.length && preferStrict(ctx.req)) throw badRequest(`Unsupported search parameter(s): ${q.unknown.join(', ')}`);
   const count = pageSize(ctx, q.count);
-  const after = q.page ? decodeCursor(q.page) : undefined;
+  const cursor = q.page ? decodeCursor(q.page) : undefined;
   const countOnly = q.summary === 'count';
   const result = await inTenant(ctx, async (tx) => {
     const page = await runSearch(tx, {
       orgId: ctx.orgId,
-      type, criteria: q.criteria, sort: q.sort, count: countOnly ? 0 : count, after,
+      type, criteria: q.criteria, sort: q.sort, count: countOnly ? 0 : count,
+      after: cursor?.dir === 'next' ? cursor.key : undefined, before: cursor?.dir === 'previous' ? cursor.key : undefined,
       // The planner's estimate comes from statistics over the whole tenant: a restricted
       // token gets the exact count of what it may see instead.
       total: (countOnly && q.total === 'none') || (q.total === 'estimate' && restricted.length) ? 'accurate' : q.total,
@@ -69,9 +69,8 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
   await auditSearch(ctx, type, pairs, access.compartment);
   // Links repeat the query (minus what was ignored) so every page means the same search.
   const keep = pairs.filter(([n]) => n !== '_page' && n !== '_count' && !q.unknown.includes(n.split(/[:.]/)[0]));
-  const link = (extra: [string, string][]) => `${ctx.base}/${type}?${new URLSearchParams([...keep, ['_count', String(count)], ...extra]).toString()}`;
-  const links: BundleLink[] = [{ relation: 'self', url: link(q.page ? [['_page', q.page]] : []) }];
-  if (result.page.next) links.push({ relation: 'next', url: link([['_page', encodeCursor(result.page.next)]]) });
+  const link = (page?: string) => `${ctx.base}/${within?.path ?? type}?${new URLSearchParams([...keep, ['_count', String(count)], ...page ? [['_page', page]] : []]).toString()}`;
+  const links = pageLinks(link, q.page, result.page);
   sendJson(ctx.req, ctx.res, 200, bundleJson('searchset', countOnly ? [] : entries, links, result.page.total));
 }
 
@@ -96,16 +95,12 @@ export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][
   if (unknown.length && preferStrict(ctx.req)) throw badRequest(`Unsupported search parameter(s) for ${types.join(', ')}: ${unknown.join(', ')}`);
   const usable = rest.filter(([n]) => !unknown.includes(n));
   const count = pageSize(ctx, first.count);
-  let after: { type: string; id: string } | undefined;
-  if (first.page) {
-    const [type, id] = decodeCursor(first.page);
-    if (!type || !id) throw badRequest('Invalid _page cursor', ['_page']);
-    after = { type, id };
-  }
+  const cursor = first.page ? decodeCursor(first.page, typedId) : undefined;
+  const at = cursor && { type: cursor.key[0], id: cursor.key[1] };
   const countOnly = first.summary === 'count';
   const result = await inTenant(ctx, (tx) => runSystemSearch(tx, {
     types: types.map((type) => ({ type, criteria: parseSearch(type, [...usable, ...restriction(ctx, type, permit(ctx, type, 's'))]).criteria })),
-    count: countOnly ? 0 : count, after,
+    count: countOnly ? 0 : count, after: cursor?.dir === 'next' ? at : undefined, before: cursor?.dir === 'previous' ? at : undefined,
     // _total=estimate is counted exactly here: the planner's guess for a union of types is poor.
     total: countOnly || first.total !== 'none' ? 'accurate' : 'none',
   }));
@@ -119,9 +114,8 @@ export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][
     });
   }
   const keep = pairs.filter(([n]) => n !== '_page' && n !== '_count' && !unknown.includes(n));
-  const link = (extra: [string, string][]) => `${ctx.base}?${new URLSearchParams([...keep, ['_count', String(count)], ...extra]).toString()}`;
-  const links: BundleLink[] = [{ relation: 'self', url: link(first.page ? [['_page', first.page]] : []) }];
-  if (result.next) links.push({ relation: 'next', url: link([['_page', encodeCursor([result.next.type, result.next.id])]]) });
+  const link = (page?: string) => `${ctx.base}?${new URLSearchParams([...keep, ['_count', String(count)], ...page ? [['_page', page]] : []]).toString()}`;
+  const links = pageLinks(link, first.page, { next: result.next && [result.next.type, result.next.id], previous: result.previous && [result.previous.type, result.previous.id] });
   await auditSearch(ctx, undefined, pairs, types.some((t) => accessOf(ctx, t, 's')?.compartment));
   sendJson(ctx.req, ctx.res, 200, bundleJson('searchset', entries, links, result.total));
 }

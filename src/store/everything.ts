@@ -15,6 +15,8 @@ export interface EverythingQuery {
   since?: string;
   count: number;
   after?: { type: string; id: string };
+  /** The first row of the next page: the `count` rows just before it, still in (type, id) order. */
+  before?: { type: string; id: string };
   /** Criteria each type's rows must also match (the token's restriction), by type. */
   restrict?: Record<string, Criterion[]>;
 }
@@ -40,7 +42,9 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
     parts.push(`SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${READ_FROM[type]} r WHERE ${conds.join(' AND ')}`);
   }
   if (!parts.length) return [];
-  const keyset = q.after ? `WHERE (type, id) > (${p(q.after.type)}::text, ${p(q.after.id)}::text)` : '';
-  const { rows } = await tx.query(`SELECT * FROM (${parts.join(' UNION ALL ')}) u ${keyset} ORDER BY type, id LIMIT ${p(q.count)}`, values);
-  return rows;
+  // Going back, read down from the cursor and restore the order.
+  const [cursor, cmp, dir] = q.before ? [q.before, '<', 'DESC'] : [q.after, '>', 'ASC'];
+  const keyset = cursor ? `WHERE (type, id) ${cmp} (${p(cursor.type)}::text, ${p(cursor.id)}::text)` : '';
+  const { rows } = await tx.query(`SELECT * FROM (${parts.join(' UNION ALL ')}) u ${keyset} ORDER BY type ${dir}, id ${dir} LIMIT ${p(q.count)}`, values);
+  return q.before ? rows.reverse() : rows;
 }

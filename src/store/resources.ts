@@ -455,6 +455,8 @@ export interface HistoryQuery {
   since?: string;
   /** Keyset cursor: entries strictly older than this (lastUpdated, type, id, version). */
   before?: { lastUpdated: string; type: string; id: string; versionId: number };
+  /** Keyset cursor for a page back: the `count` entries just newer than this, still newest first. */
+  after?: { lastUpdated: string; type: string; id: string; versionId: number };
   count: number;
 }
 
@@ -471,12 +473,15 @@ export async function history(tx: Tx, q: HistoryQuery): Promise<HistoryEntry[]> 
     const where = [`org_id = current_setting('app.org_id')::integer`];
     if (q.id) where.push(`id = ${p(q.id)}`);
     if (q.since) where.push(`last_updated >= ${p(q.since)}`);
-    if (q.before) {
-      where.push(`(last_updated, ${type}, id, ${version}) < (${p(q.before.lastUpdated)}::timestamptz, ${p(q.before.type)}, ${p(q.before.id)}, ${p(q.before.versionId)}::integer)`);
+    const cursor = q.after ?? q.before;
+    if (cursor) {
+      where.push(`(last_updated, ${type}, id, ${version}) ${q.after ? '>' : '<'} (${p(cursor.lastUpdated)}::timestamptz, ${p(cursor.type)}, ${p(cursor.id)}, ${p(cursor.versionId)}::integer)`);
     }
     return where.join(' AND ');
   };
-  const order = 'ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC';
+  // A page back is read oldest first from its cursor, then turned round.
+  const dir = q.after ? 'ASC' : 'DESC';
+  const order = `ORDER BY last_updated ${dir}, resource_type ${dir}, id ${dir}, version_id ${dir}`;
   if (!q.type || !ROW_KEYED_TYPES.has(q.type)) {
     const typed = q.type ? ` AND resource_type = ${p(q.type)}` : '';
     parts.push(`(SELECT resource_type, id, version_id, method, last_updated, resource::text AS resource FROM resource_history
@@ -484,12 +489,13 @@ export async function history(tx: Tx, q: HistoryQuery): Promise<HistoryEntry[]> 
   }
   if (!q.type || q.type === 'AuditEvent') {
     parts.push(`(SELECT 'AuditEvent'::text AS resource_type, id, 1 AS version_id, 'POST'::text AS method, last_updated, resource FROM ${READ_FROM.AuditEvent}
-       WHERE ${conds("'AuditEvent'::text", '1')} ORDER BY last_updated DESC, id DESC LIMIT ${p(q.count)})`);
+       WHERE ${conds("'AuditEvent'::text", '1')} ORDER BY last_updated ${dir}, id ${dir} LIMIT ${p(q.count)})`);
   }
   const { rows } = await tx.query(
     `SELECT resource_type, id, version_id, method, ${instant('last_updated')} AS last_updated, resource::text AS json
        FROM (${parts.join(' UNION ALL ')}) h ${order} LIMIT ${p(q.count)}`,
     params);
+  if (q.after) rows.reverse();
   return rows.map((r) => ({
     type: r.resource_type, id: r.id, versionId: r.version_id, lastUpdated: r.last_updated,
     method: r.method, deleted: r.method === 'DELETE', json: r.json ?? undefined,

@@ -20,6 +20,8 @@ export interface SearchRequest {
   count: number;
   /** Sort-key values and id of the last row of the previous page. */
   after?: string[];
+  /** Sort-key values and id of the first row of the next page: the page before it is wanted. */
+  before?: string[];
   total: 'none' | 'estimate' | 'accurate';
   /** The transaction's tenant (read from it when not given). As a plain value it lets
    * the planner prune other tenants' partitions, which halves planning time or better. */
@@ -32,6 +34,8 @@ export interface SearchPage {
   rows: { id: string; json: string }[];
   /** Cursor for the next page, when there is one. */
   next?: string[];
+  /** Cursor (first row) for the page before this one, when there is one. */
+  previous?: string[];
   total?: number;
 }
 
@@ -95,9 +99,12 @@ function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p
  */
 function unsortedPage(q: SearchRequest & { orgId: number }, driverIndex: number): { sql: string; values: unknown[] } {
   const { values, p } = params(q.keyForms);
+  // Going back, the walk runs down from the cursor (runSearch restores the order).
+  const [cursor, cmp, dir] = q.before ? [q.before, '<', 'DESC'] : [q.after, '>', 'ASC'];
+  if (cursor && cursor.length !== 1) throw badRequest('Invalid _page cursor: it does not fit the sort', ['_page']);
   const from = drivenRows(q, driverIndex, p, (d) =>
-    `${q.after ? ` AND ${d}.id > ${p(q.after[0])}::text` : ''} ORDER BY ${d}.id LIMIT ${p(q.count + 1)}`);
-  return { sql: `SELECT r.id, r.resource::text AS json FROM ${from} ORDER BY r.id`, values };
+    `${cursor ? ` AND ${d}.id ${cmp} ${p(cursor[0])}::text` : ''} ORDER BY ${d}.id ${dir} LIMIT ${p(q.count + 1)}`);
+  return { sql: `SELECT r.id, r.resource::text AS json FROM ${from} ORDER BY r.id ${dir}`, values };
 }
 
 /** Whether a cursor's sort value casts to its key's type (a tampered cursor is a 400, not a database error). */
@@ -121,16 +128,19 @@ function sortedPage(q: SearchRequest & { orgId: number }, driverIndex?: number):
     : ['true', ...q.criteria.filter(onResourceRow).map((c) => criterionSql(c, q.type, 'r', p))];
   const keys = q.sort.map((s) => ({ ...sortKey(s.def, q.type, s.desc, p), desc: s.desc }));
   const cols = keys.map((k, i) => `${k.expr} AS k${i}`);
-  const order = [...keys.map((k, i) => `k${i} ${k.desc ? 'DESC' : 'ASC'}`), 'id ASC'].join(', ');
+  // Going back, every key runs the other way from the cursor (runSearch restores the order).
+  const back = !!q.before;
+  const cursor = q.before ?? q.after;
+  const all = [...keys.map((k, i) => ({ col: `k${i}`, cast: k.cast, desc: k.desc !== back })), { col: 'id', cast: 'text', desc: back }];
+  const order = all.map((k) => `${k.col} ${k.desc ? 'DESC' : 'ASC'}`).join(', ');
   let keyset = '';
-  if (q.after) {
-    if (q.after.length !== keys.length + 1 || keys.some((k, i) => !castable(q.after![i], k.cast))) throw badRequest('Invalid _page cursor: it does not fit the sort', ['_page']);
+  if (cursor) {
+    if (cursor.length !== keys.length + 1 || keys.some((k, i) => !castable(cursor[i], k.cast))) throw badRequest('Invalid _page cursor: it does not fit the sort', ['_page']);
     // (k0 > v0) OR (k0 = v0 AND k1 > v1) OR ... OR (all equal AND id > last id)
     const terms: string[] = [];
-    const all = [...keys.map((k, i) => ({ col: `k${i}`, cast: k.cast, desc: k.desc })), { col: 'id', cast: 'text', desc: false }];
     all.forEach((k, i) => {
-      const eq = all.slice(0, i).map((e, j) => `${e.col} = ${p(q.after![j])}::${e.cast}`);
-      terms.push(`(${[...eq, `${k.col} ${k.desc ? '<' : '>'} ${p(q.after![i])}::${k.cast}`].join(' AND ')})`);
+      const eq = all.slice(0, i).map((e, j) => `${e.col} = ${p(cursor[j])}::${e.cast}`);
+      terms.push(`(${[...eq, `${k.col} ${k.desc ? '<' : '>'} ${p(cursor[i])}::${k.cast}`].join(' AND ')})`);
     });
     keyset = `WHERE ${terms.join(' OR ')}`;
   }
@@ -193,12 +203,17 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
     total: q.total === 'accurate' ? (await run(st.count)).rows[0].n as number : undefined,
   }));
   const { rows } = found;
-  const page = rows.slice(0, q.count);
+  const keyOf = (row: Record<string, string> | undefined) => row && [...Array.from({ length: st.keys }, (_, i) => String(row[`k${i}`])), row.id];
+  // A page going back was read from its end: one row more tells that a page precedes it.
+  const more = rows.length > q.count;
+  const page = q.before ? rows.slice(0, q.count).reverse() : rows.slice(0, q.count);
+  const first = page[0];
   const last = page[page.length - 1];
-  const next = rows.length > q.count && last ? [...Array.from({ length: st.keys }, (_, i) => String(last[`k${i}`])), last.id] : undefined;
+  const next = q.before || more ? keyOf(last) : undefined;
+  const previous = q.before ? (more ? keyOf(first) : undefined) : q.after ? keyOf(first) : undefined;
   let total = found.total;
   if (q.total === 'estimate') total = await estimateRows(tx, st.count.sql, st.count.values);
-  return { rows: page.map((r) => ({ id: r.id, json: r.json })), next, total };
+  return { rows: page.map((r) => ({ id: r.id, json: r.json })), next, previous, total };
 }
 
 /** The planner's row estimate for a count query (`_total=estimate`): no rows are read. */
@@ -317,21 +332,30 @@ export interface SystemSearchRequest {
   types: { type: string; criteria: Criterion[] }[];
   count: number;
   after?: { type: string; id: string };
+  /** The first row of the next page: the page before it is wanted. */
+  before?: { type: string; id: string };
   total: 'none' | 'accurate';
 }
 
+type TypedId = { type: string; id: string };
+
 /** Search across types (GET [base]?_type=...), in (type, id) order with a keyset cursor. */
-export async function runSystemSearch(tx: Tx, q: SystemSearchRequest): Promise<{ rows: { type: string; id: string; json: string }[]; next?: { type: string; id: string }; total?: number }> {
+export async function runSystemSearch(tx: Tx, q: SystemSearchRequest): Promise<{ rows: { type: string; id: string; json: string }[]; next?: TypedId; previous?: TypedId; total?: number }> {
   const { values, p } = params();
   const selects = q.types.map(({ type, criteria }) => {
     const where = [`r.org_id = current_setting('app.org_id')::integer`, ...criteria.map((c) => criterionSql(c, type, 'r', p))];
     return `SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${READ_FROM[type]} r WHERE ${where.join(' AND ')}`;
   });
   const union = selects.join(' UNION ALL ');
-  const keyset = q.after ? `WHERE (type, id) > (${p(q.after.type)}::text, ${p(q.after.id)}::text)` : '';
-  const { rows } = await tx.query(`SELECT * FROM (${union}) u ${keyset} ORDER BY type, id LIMIT ${p(q.count + 1)}`, values);
-  const page = rows.slice(0, q.count);
+  // Going back, read down from the cursor and restore the order below.
+  const [cursor, cmp, dir] = q.before ? [q.before, '<', 'DESC'] : [q.after, '>', 'ASC'];
+  const keyset = cursor ? `WHERE (type, id) ${cmp} (${p(cursor.type)}::text, ${p(cursor.id)}::text)` : '';
+  const { rows } = await tx.query(`SELECT * FROM (${union}) u ${keyset} ORDER BY type ${dir}, id ${dir} LIMIT ${p(q.count + 1)}`, values);
+  const more = rows.length > q.count;
+  const page = q.before ? rows.slice(0, q.count).reverse() : rows.slice(0, q.count);
+  const first = page[0];
   const last = page[page.length - 1];
+  const keyOf = (r: TypedId | undefined) => r && { type: r.type, id: r.id };
   let total: number | undefined;
   if (q.total === 'accurate') {
     const c = params();
@@ -341,5 +365,7 @@ export async function runSystemSearch(tx: Tx, q: SystemSearchRequest): Promise<{
     });
     total = (await tx.query(`SELECT (${counts.join(' + ')})::integer AS n`, c.values)).rows[0].n;
   }
-  return { rows: page, next: rows.length > q.count && last ? { type: last.type, id: last.id } : undefined, total };
+  const next = q.before || more ? keyOf(last) : undefined;
+  const previous = q.before ? (more ? keyOf(first) : undefined) : q.after ? keyOf(first) : undefined;
+  return { rows: page, next, previous, total };
 }
