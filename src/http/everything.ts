@@ -7,6 +7,7 @@ import { bundleJson } from './bundle.ts';
 import { decodeCursor, pageLinks, pageOf } from './paging.ts';
 import { badRequest, notFound } from '../fhir/outcome.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
+import { PATIENT_COMPARTMENT } from '../../mappings/resourceTypes.ts';
 import { dateRange } from '../../mappings/search/extract.ts';
 import { readCurrent, requireLive } from '../store/resources.ts';
 import { everything } from '../store/everything.ts';
@@ -25,7 +26,8 @@ export async function everythingInteraction(ctx: Ctx, patientId?: string) {
   if (patientId) checkId(patientId);
   const query = ctx.req.query;
   const count = pageSize(ctx, query._count);
-  const asked = typeof query._type === 'string' ? query._type.split(',').filter(Boolean) : Object.keys(TABLES);
+  // By default the types of the patient compartment (the Patient too, which is in its own).
+  const asked = typeof query._type === 'string' ? query._type.split(',').filter(Boolean) : Object.keys(PATIENT_COMPARTMENT);
   const unknown = asked.filter((t) => !TABLES[t]);
   if (unknown.length) throw badRequest(`_type names types Kiln does not store: ${unknown.join(', ')}`, ['_type']);
   // Needs read on Patient; returns only the types the token may read. A patient-level
