@@ -1,12 +1,17 @@
 // The CapabilityStatement, derived from what the code really serves: the mapped
 // types, the interactions the router dispatches, the search parameters the store
 // evaluates and the profiles the validator enforces.
-import type { CapabilityStatement, CapabilityStatementRestResource } from '@medplum/fhirtypes';
+import fs from 'node:fs';
+import type { CapabilityStatement, CapabilityStatementRestResource, OperationDefinition } from '@medplum/fhirtypes';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { searchParamsFor } from '../../mappings/search/definitions.ts';
 import { knownProfiles } from './validate.ts';
 import { smartSecurityExtension } from '../auth/discovery.ts';
 import { interactionsOf, supports } from '../interactions/supported.ts';
+
+/** Operations on every type, each from its OperationDefinition in conformance/ (as src/operations/ serves them). */
+const TYPE_OPERATIONS = ['OperationDefinition-Resource-validate.json'].map((file) =>
+  JSON.parse(fs.readFileSync(new URL(`../../conformance/${file}`, import.meta.url), 'utf8')) as OperationDefinition);
 
 export interface CapabilityOptions {
   /** KILN_AUTH=smart: rest.security carries the SMART extension. */
@@ -38,6 +43,7 @@ export function capabilityStatement(base: string, version: string, opts: Capabil
     searchInclude: [...searchParamsFor(type).filter((d) => d.type === 'reference').map((d) => `${type}:${d.code}`), '*'],
     searchRevInclude: Object.keys(TABLES).flatMap((t) => searchParamsFor(t).filter((d) => d.type === 'reference' && (d.target ?? []).includes(type)).map((d) => `${t}:${d.code}`)),
   }));
+  for (const r of resource) r.operation = [...(r.operation ?? []), ...TYPE_OPERATIONS.map((od) => ({ name: od.code, definition: od.url! }))];
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',

@@ -38,6 +38,31 @@ export function knownProfiles(): StructureDefinition[] {
   return [...profiles.values()];
 }
 
+/** The profile in profiles/ with this canonical url (a `|version` suffix ignored), if Kiln holds one. */
+export function localProfile(canonical: string): StructureDefinition | undefined {
+  loadDefinitions();
+  return profiles.get(canonical.split('|')[0]);
+}
+
+/**
+ * The error issues of a resource against a profile (none when it conforms). A profile of
+ * another type is one issue; one Medplum cannot apply (a tenant's malformed snapshot) too,
+ * rather than a 500.
+ */
+export function profileIssues(resource: Resource, sd: StructureDefinition): OperationOutcomeIssue[] {
+  loadDefinitions();
+  if (sd.type !== resource.resourceType) {
+    const msg = `Profile ${sd.url} constrains ${sd.type}, not ${resource.resourceType}`;
+    return [{ severity: 'error', code: 'processing', details: { text: msg }, diagnostics: msg, expression: [resource.resourceType] }];
+  }
+  try {
+    return errorsOf(() => validateResource(resource, { profile: sd }));
+  } catch (e) {
+    const msg = `Profile ${sd.url} could not be applied: ${e instanceof Error ? e.message : String(e)}`;
+    return [{ severity: 'error', code: 'processing', details: { text: msg }, diagnostics: msg }];
+  }
+}
+
 function errorsOf(run: () => OperationOutcomeIssue[]): OperationOutcomeIssue[] {
   try {
     return run().filter((i) => i.severity === 'error' || i.severity === 'fatal');
@@ -151,7 +176,8 @@ export function checkResource(body: unknown, type: string): Resource {
  * Throws a 400 (or 422 for a profile) FhirError listing every problem (with FHIRPath expressions) when the
  * resource breaks R4 structure, cardinality, value formats or a required code binding (bindings.ts),
  * or a claimed local profile.
- * Profiles Kiln does not hold are not enforced (FHIR lets a server ignore them).
+ * Profiles Kiln does not hold are not enforced (FHIR lets a server ignore them); those a tenant
+ * stores are checked in the write's transaction (src/interactions/profiles.ts).
  */
 export function validate(resource: Resource): void {
   loadDefinitions();
@@ -167,7 +193,7 @@ export function validate(resource: Resource): void {
   // Well-formed but not what the claimed profile demands: a business rule, 422.
   for (const url of resource.meta?.profile ?? []) {
     const sd = profiles.get(url.split('|')[0]);
-    if (sd) issues.push(...errorsOf(() => validateResource(resource, { profile: sd })));
+    if (sd) issues.push(...profileIssues(resource, sd));
   }
   if (issues.length) {
     throw FhirError.withIssues(422, issues, `${resource.resourceType} does not conform to its profile: ${issues.length} issue(s)`);

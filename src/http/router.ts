@@ -16,6 +16,7 @@ import { historyInteraction } from './history.ts';
 import { searchInteraction, systemSearchInteraction } from './search.ts';
 import { bundleInteraction } from './bundles.ts';
 import { everythingInteraction } from './everything.ts';
+import { validateOperation } from '../operations/validate.ts';
 import { exportInteraction, isExportFilePath, isExportPath } from './export.ts';
 import { authenticate } from '../auth/enforce.ts';
 import { AuditWriter } from '../audit/writer.ts';
@@ -154,6 +155,11 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       if (segments.length === 2) return () => everythingInteraction(ctx);
       return () => everythingInteraction(ctx, second);
     }
+    if (segments.length === 2 && second === '$validate') {
+      if (m !== 'POST') throw methodNotAllowed(m, path);
+      ctx.audit?.interaction('operation', 'E', { operation: 'validate', query: rawQuery, type });
+      return () => validateOperation(ctx, type);
+    }
     if (segments.length === 2 && second === '_history') {
       if (m !== 'GET') throw methodNotAllowed(m, path);
       typeLevel(ctx, type, 'history-type', rawQuery);
@@ -161,6 +167,11 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     }
     // The resource is the audit's entity even when the request is refused before it runs.
     if (second && !second.startsWith('_') && !second.startsWith('$')) ctx.audit?.touch({ resources: [`${type}/${second}${third === '_history' && fourth ? `/_history/${fourth}` : ''}`] });
+    if (segments.length === 3 && third === '$validate') {
+      if (m !== 'POST' && m !== 'GET') throw methodNotAllowed(m, path);
+      ctx.audit?.interaction('operation', 'E', { operation: 'validate', query: rawQuery, type });
+      return () => validateOperation(ctx, type, second);
+    }
     if (segments.length === 2) {
       if (m === 'GET' || m === 'HEAD') { typeLevel(ctx, type, 'read'); return () => crud.read(ctx, type, second); }
       if (m === 'PUT') { typeLevel(ctx, type, 'update'); return () => crud.update(ctx, type, second); }

@@ -9,12 +9,13 @@ import { errorOf, type Refusal } from '../fhir/body.ts';
 import { validateSized } from '../fhir/bodyPool.ts';
 import { isInheritedName } from '../fhir/duplicateKeys.ts';
 import {
-  readCurrent, requireLive, writeResource, deleteResource, lockCriteria, type Tx,
+  readCurrent, requireLive, writeResource, deleteResource, lockCriteria, type Tx, type WriteRequest, type WriteResult,
 } from '../store/resources.ts';
 import { parseSearch } from '../search/query.ts';
 import { checkPairText, prefixed, referenceTarget, type Criterion } from '../search/criteria.ts';
 import { normalizeString } from '../../mappings/search/precision.ts';
 import { runSearch } from '../store/searchRun.ts';
+import { requireClaimedProfiles } from './profiles.ts';
 
 export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 
@@ -132,6 +133,12 @@ export async function matchOne(tx: Tx, type: string, criteria: [string, string][
   return found[0]?.id;
 }
 
+/** Every write path stores through here: the tenant profiles the resource claims are checked in its transaction (422). */
+async function writeConforming(tx: Tx, req: WriteRequest): Promise<WriteResult> {
+  await requireClaimedProfiles(tx, req.resource);
+  return writeResource(tx, req);
+}
+
 const written = (r: { resource: Resource; versionId: number; lastUpdated: string; json: string; created: boolean }): Written =>
   ({ id: r.resource.id!, versionId: r.versionId, lastUpdated: r.lastUpdated, json: r.json, created: r.created });
 
@@ -150,7 +157,7 @@ export async function create(tx: Tx, type: string, resource: Resource, text: str
     }
   }
   const { id: _ignored, ...rest } = resource; // the server assigns ids on create
-  return guardWritten(tx, type, written(await writeResource(tx, { type, id: opts.id, resource: rest as Resource, text, method: 'POST' })), guard);
+  return guardWritten(tx, type, written(await writeConforming(tx, { type, id: opts.id, resource: rest as Resource, text, method: 'POST' })), guard);
 }
 
 export async function update(tx: Tx, type: string, id: string, resource: Resource, text: string | undefined, ifMatch?: number, guard?: WriteGuard): Promise<Written> {
@@ -158,7 +165,7 @@ export async function update(tx: Tx, type: string, id: string, resource: Resourc
   if (resource.id === undefined) throw badRequest('Resource id is required on update', ['id']);
   if (resource.id !== id) throw badRequest(`Resource id '${resource.id}' does not match the URL id '${id}'`, ['id']);
   await guardStored(tx, type, id, guard);
-  return guardWritten(tx, type, written(await writeResource(tx, { type, id, resource, text, method: 'PUT', ifMatch })), guard);
+  return guardWritten(tx, type, written(await writeConforming(tx, { type, id, resource, text, method: 'PUT', ifMatch })), guard);
 }
 
 export async function conditionalUpdate(tx: Tx, type: string, criteria: [string, string][], resource: Resource,
@@ -169,12 +176,12 @@ export async function conditionalUpdate(tx: Tx, type: string, criteria: [string,
       throw badRequest(`Resource id '${resource.id}' does not match the matched resource ${type}/${match}`, ['id']);
     }
     await guardStored(tx, type, match, guard);
-    return guardWritten(tx, type, written(await writeResource(tx, { type, id: match, resource, text, method: 'PUT', ifMatch })), guard);
+    return guardWritten(tx, type, written(await writeConforming(tx, { type, id: match, resource, text, method: 'PUT', ifMatch })), guard);
   }
   if (resource.id !== undefined) checkId(resource.id);
   // An id the criteria did not match may still name a stored resource (of another patient).
   if (resource.id !== undefined) await guardStored(tx, type, resource.id, guard);
-  return guardWritten(tx, type, written(await writeResource(tx, { type, id: resource.id, resource, text, method: resource.id ? 'PUT' : 'POST', ifMatch })), guard);
+  return guardWritten(tx, type, written(await writeConforming(tx, { type, id: resource.id, resource, text, method: resource.id ? 'PUT' : 'POST', ifMatch })), guard);
 }
 
 export async function patch(tx: Tx, type: string, id: string, ops: unknown, ifMatch?: number, guard?: WriteGuard): Promise<Written> {
@@ -185,7 +192,7 @@ export async function patch(tx: Tx, type: string, id: string, ops: unknown, ifMa
   const patched = applyJsonPatch(JSON.parse(current.json), ops as Operation[]);
   if (patched.resourceType !== type || patched.id !== id) throw badRequest('A patch may not change resourceType or id');
   await validateSized(patched, current.json.length);
-  return guardWritten(tx, type, written(await writeResource(tx, { type, id, resource: patched, method: 'PATCH', ifMatch, mustExist: true })), guard);
+  return guardWritten(tx, type, written(await writeConforming(tx, { type, id, resource: patched, method: 'PATCH', ifMatch, mustExist: true })), guard);
 }
 
 function applyJsonPatch(doc: Resource, ops: Operation[]): Resource {
