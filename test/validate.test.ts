@@ -287,6 +287,22 @@ describe('tenant profiles', () => {
     await create(acme, 'acme/Patient', claiming({ birthDate: '1990-01-01', gender: 'female' }));
   });
 
+  test('in a transaction, a profile stored by an earlier entry is enforced on a later one', async () => {
+    const url = 'http://example.org/fhir/StructureDefinition/bundled-patient';
+    const bundle = (patient: object) => ({
+      resourceType: 'Bundle', type: 'transaction', entry: [
+        { fullUrl: 'urn:uuid:3f1c2a4e-0000-4000-8000-000000000001', resource: { ...datedPatientProfile(), url }, request: { method: 'POST', url: 'StructureDefinition' } },
+        { fullUrl: 'urn:uuid:3f1c2a4e-0000-4000-8000-000000000002', resource: { resourceType: 'Patient', meta: { profile: [url] }, ...patient }, request: { method: 'POST', url: 'Patient' } },
+      ],
+    });
+    const refused = await as(acme, 'POST', 'acme', bundle({ name: [{ family: 'Undated' }] }));
+    assert.equal(refused.status, 422, refused.text);
+    assert.equal(await count(acme, `acme/StructureDefinition?url=${encodeURIComponent(url)}`), 0, 'the whole transaction rolled back');
+    const stored = await as(acme, 'POST', 'acme', bundle({ name: [{ family: 'Dated' }], birthDate: '2001-02-03' }));
+    assert.equal(stored.status, 200, stored.text);
+    assert.equal(await count(acme, `acme/StructureDefinition?url=${encodeURIComponent(url)}`), 1);
+  });
+
   test('$validate stores nothing in the tenant either', async () => {
     const before = await count(acme, 'acme/Patient');
     assertNoIssues(await as(acme, 'POST', 'acme/Patient/$validate?mode=create', claiming({ birthDate: '1990-01-01', gender: 'male' })));
