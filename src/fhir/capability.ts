@@ -54,7 +54,7 @@ export function capabilityStatement(base: string, version: string, opts: Capabil
     implementation: { description: 'Kiln FHIR R4 server', url: base },
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'application/json'],
-    patchFormat: ['application/json-patch+json'],
+    patchFormat: ['application/json-patch+json', 'application/fhir+json'],
     rest: [{
       mode: 'server',
       ...(opts.smart ? { security: smartSecurityExtension(base) } : {}),

@@ -9,6 +9,7 @@ import {
 import { FhirError, badRequest, informational } from '../fhir/outcome.ts';
 import { readById, readVersion, requireLive } from '../store/resources.ts';
 import * as write from '../interactions/write.ts';
+import { isFhirPathPatch } from '../fhir/fhirpathPatch.ts';
 import { permit, requireVisible, restriction, writeGuard, type Access } from '../auth/enforce.ts';
 import { touchedResource } from '../audit/request.ts';
 import type { Tx } from '../store/resources.ts';
@@ -100,10 +101,14 @@ export async function patch(ctx: Ctx, type: string, id: string) {
   checkId(id);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
   const access = permit(ctx, type, 'u');
-  if (requireBodyType(ctx.req, true) !== 'json-patch') {
-    throw new FhirError(415, 'not-supported', 'PATCH takes application/json-patch+json');
-  }
+  // The Content-Type says which patch: JSON Patch, or a FHIRPath Patch Parameters as FHIR JSON.
+  const format = requireBodyType(ctx.req, true);
   const ops = (await readJsonBody(ctx.req, { kind: 'json' })).value;
+  if (format === 'json-patch' && !Array.isArray(ops)) throw badRequest('A JSON Patch document (application/json-patch+json) is an array of operations');
+  // FHIR JSON that is not a Parameters (a JSON Patch array, say) is a body this media type does not carry.
+  if (format === 'resource' && !isFhirPathPatch(ops)) {
+    throw new FhirError(415, 'not-supported', 'PATCH with a FHIR JSON body takes a FHIRPath Patch (a Parameters resource); send a JSON Patch as application/json-patch+json');
+  }
   const ifMatch = parseETag(ctx.req.get('if-match'));
   const guard = guardOf(ctx, type, access);
   sendWrite(ctx, type, await audited(ctx, type, (tx) => write.patch(tx, type, id, ops, ifMatch, guard), ofWritten));

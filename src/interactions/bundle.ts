@@ -13,6 +13,7 @@ import { readCurrent, readVersion, requireLive, type Tx } from '../store/resourc
 import { parseSearch } from '../search/query.ts';
 import { runSearch } from '../store/searchRun.ts';
 import * as write from './write.ts';
+import { isFhirPathPatch, parseFhirPathPatch } from '../fhir/fhirpathPatch.ts';
 
 export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 const ORDER: Record<Method, number> = { DELETE: 0, POST: 1, PUT: 2, PATCH: 2, GET: 3, HEAD: 3 };
@@ -107,9 +108,20 @@ function parseEntry(entry: BundleEntry, index: number, base: string, validated?:
   }
   if (method === 'PATCH') {
     if (!id) throw badRequest(`Bundle.entry[${index}]: PATCH needs an id`);
+    // A FHIRPath Patch is the entry's Parameters resource; as `resource` too, so that its
+    // references to other entries are rewritten like any entry resource's.
+    if (isFhirPathPatch(entry.resource)) {
+      try {
+        parseFhirPathPatch(entry.resource);
+      } catch (e) {
+        throw atEntry(index, e);
+      }
+      parsed.patch = parsed.resource = entry.resource;
+      return parsed;
+    }
     // JSON Patch travels as a Binary whose data is the base64 patch document.
     const binary = entry.resource as { resourceType?: string; data?: string } | undefined;
-    if (binary?.resourceType !== 'Binary' || !binary.data) throw badRequest(`Bundle.entry[${index}]: PATCH needs a Binary resource holding a JSON Patch`);
+    if (binary?.resourceType !== 'Binary' || !binary.data) throw badRequest(`Bundle.entry[${index}]: PATCH needs a Parameters resource (FHIRPath Patch) or a Binary holding a JSON Patch`);
     // The same parse as a PATCH body of its own (UTF-8, depth, duplicate keys, forbidden characters).
     try {
       parsed.patch = parseJson(Buffer.from(binary.data, 'base64'), 'The Binary').value;
@@ -117,6 +129,7 @@ function parseEntry(entry: BundleEntry, index: number, base: string, validated?:
       if (!(e instanceof FhirError)) throw e;
       throw badRequest(`Bundle.entry[${index}]: the Binary does not hold a JSON Patch: ${e.message}`);
     }
+    if (!Array.isArray(parsed.patch)) throw badRequest(`Bundle.entry[${index}]: the Binary does not hold a JSON Patch (an array of operations)`);
   }
   if (method === 'DELETE' && !id && parsed.query.length === 0) throw badRequest(`Bundle.entry[${index}]: DELETE needs an id or search criteria`);
   return parsed;

@@ -7,6 +7,7 @@ import { FhirError, badRequest, notFound, preconditionFailed } from '../fhir/out
 import { checkResource as checkValid } from '../fhir/validate.ts';
 import { errorOf, type Refusal } from '../fhir/body.ts';
 import { validateSized } from '../fhir/bodyPool.ts';
+import { applyFhirPathOps, isFhirPathPatch, parseFhirPathPatch } from '../fhir/fhirpathPatch.ts';
 import { isInheritedName } from '../fhir/duplicateKeys.ts';
 import {
   readCurrent, requireLive, writeResource, deleteResource, lockCriteria, type Tx, type WriteRequest, type WriteResult,
@@ -184,12 +185,21 @@ export async function conditionalUpdate(tx: Tx, type: string, criteria: [string,
   return guardWritten(tx, type, written(await writeConforming(tx, { type, id: resource.id, resource, text, method: resource.id ? 'PUT' : 'POST', ifMatch })), guard);
 }
 
-export async function patch(tx: Tx, type: string, id: string, ops: unknown, ifMatch?: number, guard?: WriteGuard): Promise<Written> {
+/**
+ * Patch with either format, told apart by shape: a JSON Patch (RFC 6902) is an array of
+ * operations, a FHIRPath Patch (fhirpatch.html) a Parameters resource. The patched resource
+ * is validated and written like an update.
+ */
+export async function patch(tx: Tx, type: string, id: string, doc: unknown, ifMatch?: number, guard?: WriteGuard): Promise<Written> {
   checkId(id);
-  if (!Array.isArray(ops)) throw badRequest('A JSON Patch document is an array of operations');
+  const fhirpath = isFhirPathPatch(doc);
+  if (!fhirpath && !Array.isArray(doc)) throw badRequest('A patch is a JSON Patch document (an array of operations) or a FHIRPath Patch Parameters resource');
+  // A malformed FHIRPath Patch is refused before the resource is read, like a malformed JSON Patch.
+  const ops = fhirpath ? parseFhirPathPatch(doc) : undefined;
   const current = requireLive(await readCurrent(tx, type, id, true), type, id);
   if (guard) await guard.stored(tx, type, id, current.json);
-  const patched = applyJsonPatch(JSON.parse(current.json), ops as Operation[]);
+  const stored = JSON.parse(current.json) as Resource;
+  const patched = ops ? applyFhirPathOps(stored, ops) : applyJsonPatch(stored, doc as Operation[]);
   if (patched.resourceType !== type || patched.id !== id) throw badRequest('A patch may not change resourceType or id');
   await validateSized(patched, current.json.length);
   return guardWritten(tx, type, written(await writeConforming(tx, { type, id, resource: patched, method: 'PATCH', ifMatch, mustExist: true })), guard);
