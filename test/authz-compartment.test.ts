@@ -75,14 +75,17 @@ describe('patient compartment', () => {
     const post = await as(alice, 'POST', 'Observation/_search', `subject=Patient/${ids.B}`, { 'content-type': 'application/x-www-form-urlencoded' });
     assert.equal(post.status, 200, post.text);
     assert.deepEqual(idsOf(post.json), []);
-    // Group has no patient compartment here: refused rather than guessed.
-    assert.equal((await as(alice, 'GET', 'Group')).status, 403);
+    // Group is in the compartment through member (CompartmentDefinition/patient): the groups A is in.
+    assert.deepEqual(idsOf((await as(alice, 'GET', 'Group')).json), [`Group/${ids.group}`]);
+    // Organization is in no patient's compartment: a patient-only grant cannot be confined, so it is refused.
+    assert.equal((await as(alice, 'GET', 'Organization')).status, 403);
     // System search: only compartment types, only the compartment.
     const all = idsOf((await as(alice, 'GET', '?_count=100')).json);
     assert.ok(all.includes(`Patient/${ids.A}`) && all.includes(`Observation/${ids.vitalA}`));
     assert.ok(all.includes(`Observation/${ids.perfA}`) && all.includes(`Patient/${ids.linkA}`), `system search: ${all}`);
-    assert.ok(!all.some((x: string) => [ids.B, ids.vitalB, ids.encB, ids.medB, ids.group, ids.perfB].includes(x.split('/')[1])), `system search leaked: ${all}`);
-    assert.equal((await as(alice, 'GET', '?_type=Group')).status, 403);
+    assert.ok(!all.some((x: string) => [ids.B, ids.vitalB, ids.encB, ids.medB, ids.perfB].includes(x.split('/')[1])), `system search leaked: ${all}`);
+    assert.deepEqual(idsOf((await as(alice, 'GET', '?_type=Group')).json), [`Group/${ids.group}`]);
+    assert.equal((await as(alice, 'GET', '?_type=Organization')).status, 403);
   });
 
   test('_include and _revinclude only bring in the compartment', async () => {
@@ -127,7 +130,8 @@ describe('patient compartment', () => {
     assert.equal((await as(alice, 'GET', perfA)).status, 200);
     assert.equal((await as(alice, 'GET', `Patient/${ids.linkA}`)).status, 200);
     assert.equal((await as(alice, 'GET', `Observation/${ids.perfB}`)).status, 404);
-    assert.deepEqual(await find(alice, `Observation?_id=${ids.perfA}&_include=Observation:subject&_include=Observation:performer`), [perfA, `Patient/${ids.A}`].sort());
+    // The Group subject is included: A is a member, so it is in A's compartment (Group: member).
+    assert.deepEqual(await find(alice, `Observation?_id=${ids.perfA}&_include=Observation:subject&_include=Observation:performer`), [perfA, `Patient/${ids.A}`, `Group/${ids.group}`].sort());
     const bob = bearer(await token(srv, { scope: 'patient/*.rs', patient: ids.B }));
     assert.deepEqual(await find(bob, 'Observation'), [`Observation/${ids.sharedA}`, `Observation/${ids.vitalB}`, `Observation/${ids.perfB}`].sort());
     assert.deepEqual(await find(bob, 'Patient?_revinclude=Observation:performer'), [`Patient/${ids.B}`, `Observation/${ids.sharedA}`, `Observation/${ids.perfB}`].sort());
@@ -265,7 +269,9 @@ describe('patient compartment', () => {
     ] });
     assert.equal(batch.status, 200, batch.text);
     const st = batch.json.entry.map((e: any) => e.response.status);
-    assert.deepEqual(st.map((s: string) => s.slice(0, 3)), ['404', '200', '403', '200', '403']);
+    // Group is in the patient compartment (member): searched, it yields the groups A is in.
+    assert.deepEqual(st.map((s: string) => s.slice(0, 3)), ['404', '200', '403', '200', '200']);
+    assert.deepEqual(batch.json.entry[4].resource.entry.map((e: any) => e.resource.id), [ids.group]);
     assert.deepEqual(batch.json.entry[1].resource.entry ?? [], []);
     const before = (await as(admin, 'GET', `Observation?subject=Patient/${ids.A}&_summary=count`)).json.total;
     const tx = await as(alice, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [

@@ -24,6 +24,10 @@ function body(type: string, patient: string, id?: string): any {
     case 'Observation': return { resourceType: 'Observation', ...(id ? { id } : {}), status: 'final', code: { text: 'matrix' }, subject };
     case 'MedicationStatement': return { resourceType: 'MedicationStatement', ...(id ? { id } : {}), status: 'active', medicationCodeableConcept: { text: 'aspirin' }, subject };
     case 'Group': return { resourceType: 'Group', ...(id ? { id } : {}), type: 'person', actual: true, member: [{ entity: subject }] };
+    // Outside the patient compartment (CompartmentDefinition/patient lists no parameter for it).
+    case 'Organization': return { resourceType: 'Organization', ...(id ? { id } : {}), name: 'Matrix Clinic' };
+    // In it through `patient` (Condition.subject as a Patient), from the generic store.
+    case 'Condition': return { resourceType: 'Condition', ...(id ? { id } : {}), code: { text: 'matrix' }, subject };
   }
   throw new Error(type);
 }
@@ -118,7 +122,7 @@ describe('who gets in', () => {
 
 // ---------------------------------------------------------------- the matrix
 
-const TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'Group'];
+const TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'Group', 'Condition', 'Organization'];
 const INTERACTIONS = ['read', 'vread', 'search', 'history', 'create', 'update', 'patch', 'delete'] as const;
 type Interaction = typeof INTERACTIONS[number];
 
@@ -139,11 +143,11 @@ const OK: Record<Interaction, number> = { read: 200, vread: 200, search: 200, hi
 /**
  * Expected status. Every cell acts on the token's own patient's compartment, so a
  * patient-level grant is refused only where there is no compartment to confine it to:
- * Group, and a new Patient (its id is not the context patient's).
+ * Organization, and a new Patient (its id is not the context patient's).
  */
 function expected(s: typeof SCOPES[number], type: string, i: Interaction): number {
   if (!s.types.includes(type) || !s.perms.includes(PERM[i])) return 403;
-  if (s.level === 'patient' && (type === 'Group' || (type === 'Patient' && i === 'create'))) return 403;
+  if (s.level === 'patient' && (type === 'Organization' || (type === 'Patient' && i === 'create'))) return 403;
   return OK[i];
 }
 

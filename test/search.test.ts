@@ -257,7 +257,7 @@ describe('Patient/$everything', () => {
     assert.equal(seen.length, 5);
     assert.equal(new Set(seen).size, 5);
     assert.equal((await fhir(srv.url, 'GET', 'Patient/nobody/$everything')).status, 404);
-    assert.equal((await fhir(srv.url, 'GET', `Patient/${ids.zoe}/$everything?_type=Claim`)).status, 400);
+    assert.equal((await fhir(srv.url, 'GET', `Patient/${ids.zoe}/$everything?_type=Parameters`)).status, 400);
     const every = await fhir(srv.url, 'GET', 'Patient/$everything?_type=Patient&_count=1000');
     assert.ok(every.json.entry.length >= 2);
   });
@@ -278,7 +278,7 @@ describe('system-level search', () => {
     }
     assert.equal(new Set(seen).size, seen.length);
     assert.ok(seen.includes(`Observation/${ids.bp}`) && seen.includes(`Patient/${ids.bob}`));
-    assert.equal((await fhir(srv.url, 'GET', '?_type=Claim')).status, 400);
+    assert.equal((await fhir(srv.url, 'GET', '?_type=Parameters')).status, 400);
     assert.equal((await fhir(srv.url, 'GET', '?_type=Patient&family=x', undefined, { prefer: 'handling=strict' })).status, 200, 'family is common when only Patient is listed');
     assert.equal((await fhir(srv.url, 'GET', '?_type=Patient,Observation&family=x', undefined, { prefer: 'handling=strict' })).status, 400);
   });

@@ -23,6 +23,8 @@ import { AuditWriter } from '../audit/writer.ts';
 import { RequestAudit } from '../audit/request.ts';
 import { actionOf } from '../audit/event.ts';
 import { requireSupported, type TypeInteraction } from '../interactions/supported.ts';
+import { checkId } from '../interactions/write.ts';
+import { compartmentPair } from '../auth/scopes.ts';
 
 type Handler = () => Promise<void>;
 
@@ -178,6 +180,16 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       if (m === 'PATCH') { typeLevel(ctx, type, 'patch'); return () => crud.patch(ctx, type, second); }
       if (m === 'DELETE') { typeLevel(ctx, type, 'delete'); return () => crud.remove(ctx, type, second); }
       throw methodNotAllowed(m, path);
+    }
+    if (type === 'Patient' && segments.length === 3 && third !== '_history' && !third.startsWith('$')) {
+      // Compartment search (http.html#search): GET [base]/Patient/[id]/[type]?...
+      if (m !== 'GET') throw methodNotAllowed(m, path);
+      if (!TABLES[third]) throw new FhirError(404, 'not-supported', `Resource type ${third} is not supported`);
+      checkId(second);
+      const pair = compartmentPair(third, second);
+      if (!pair) throw new FhirError(400, 'invalid', `${third} is not in the Patient compartment (R4 CompartmentDefinition/patient)`);
+      typeLevel(ctx, third, 'search-type', rawQuery);
+      return () => searchInteraction(ctx, third, queryPairs(req), { pair, path: `Patient/${second}/${third}` });
     }
     if (third === '_history' && segments.length === 3) {
       if (m !== 'GET') throw methodNotAllowed(m, path);

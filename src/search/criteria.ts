@@ -95,7 +95,10 @@ export function parseCriterion(type: string, name: string, raw: string): Criteri
   if (!def) return undefined;
   if (dot >= 0) {
     if (def.type !== 'reference') throw badRequest(`Chaining needs a reference parameter; '${code}' is a ${def.type}`, [name]);
-    const targets = (def.target ?? []).filter((t) => STORED_TYPES.includes(t));
+    // Without a type modifier, the one target type that has the chained parameter
+    // (Observation `encounter.subject`: Encounter, not EpisodeOfCare); several need the modifier.
+    const innerCode = name.slice(dot + 1).split(/[.:]/, 1)[0];
+    const targets = (def.target ?? []).filter((t) => STORED_TYPES.includes(t) && (innerCode.startsWith('_') || paramDef(t, innerCode)));
     const targetType = modifier ?? (targets.length === 1 ? targets[0] : undefined);
     if (!targetType || !STORED_TYPES.includes(targetType)) {
       throw badRequest(`Chained parameter '${name}' needs a target type Kiln stores (e.g. ${code}:Patient.name)`, [name]);
