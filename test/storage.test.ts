@@ -159,6 +159,38 @@ describe('partitions', () => {
     }
   });
 
+  test('the generic store: a read by id touches one tenant partition; types share no id space; tenants and RLS as for the first-class tables', async () => {
+    const org = await fhir(srv.url, 'PUT', 'Organization/shared-id', { resourceType: 'Organization', id: 'shared-id', name: 'Org' });
+    assert.equal(org.status, 201, org.text);
+    const loc = await fhir(srv.url, 'PUT', 'Location/shared-id', { resourceType: 'Location', id: 'shared-id', name: 'Loc' });
+    assert.equal(loc.status, 201, 'the same id in another generic type is another resource');
+    // An update and a delete of one type leave the other alone.
+    assert.equal((await fhir(srv.url, 'PUT', 'Organization/shared-id', { resourceType: 'Organization', id: 'shared-id', name: 'Org 2' })).status, 200);
+    assert.equal((await fhir(srv.url, 'DELETE', 'Location/shared-id')).status, 204);
+    assert.equal((await fhir(srv.url, 'GET', 'Organization/shared-id')).json.name, 'Org 2');
+    assert.equal((await fhir(srv.url, 'GET', 'Location/shared-id')).status, 410);
+    // Another tenant neither sees it nor can refer to it.
+    assert.equal((await fhir(`${srv.url}/acme`, 'GET', 'Organization/shared-id')).status, 404);
+    assert.equal((await fhir(`${srv.url}/acme`, 'POST', 'Patient', { resourceType: 'Patient', managingOrganization: { reference: 'Organization/shared-id' } })).status, 422);
+    const client = await srv.db.app.connect();
+    try {
+      await client.query('BEGIN');
+      const { result: stored, partitions: touched } = await partitionsScanned(client, 'resources',
+        () => readById(client as any, 1, 'Organization', 'shared-id'));
+      assert.equal(JSON.parse(stored!.json!).name, 'Org 2');
+      assert.deepEqual(touched, ['resources_o1']);
+      const plan = (await client.query(`EXPLAIN (COSTS OFF) SELECT resource::text FROM resources WHERE org_id = $1 AND resource_type = $2 AND id = $3`,
+        [1, 'Organization', 'shared-id'])).rows.map((r) => r['QUERY PLAN']).join('\n');
+      assert.equal(plan.match(/ on resources_\w+/g)?.length, 1, plan);
+      // Row-level security binds the request role: without app.org_id it sees no generic row.
+      await client.query(`SELECT set_config('app.org_id', '', true)`);
+      assert.equal((await client.query(`SELECT count(*)::int AS n FROM resources`)).rows[0].n, 0);
+      await client.query('ROLLBACK');
+    } finally {
+      client.release();
+    }
+  });
+
   test('a read of an AuditEvent by id probes the partitions of its id\'s time; a client\'s event of another time is still found', async () => {
     // A server-made event (UUIDv7 id, recorded now) and a client's, recorded in 2019.
     const made = serverAuditRow({ subtype: 'read', action: 'R', outcome: '0', resources: ['Patient/x'], patients: ['x'] }, {}, srv.url);
