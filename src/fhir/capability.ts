@@ -18,10 +18,21 @@ export interface CapabilityOptions {
   smart?: boolean;
 }
 
-export function capabilityStatement(base: string, version: string, opts: CapabilityOptions = {}): CapabilityStatement {
+/** The per-type entries depend on no request: built once (145 types; about 0.3 s of CPU). */
+let restResources: CapabilityStatementRestResource[] | undefined;
+
+function buildRestResources(): CapabilityStatementRestResource[] {
   const profilesByType = new Map<string, string[]>();
   for (const sd of knownProfiles()) {
     profilesByType.set(sd.type!, [...(profilesByType.get(sd.type!) ?? []), sd.url!]);
+  }
+  // Which reference parameters may point at each type, in one pass over every type's parameters.
+  const revIncludes = new Map<string, string[]>();
+  for (const t of Object.keys(TABLES)) {
+    for (const d of searchParamsFor(t)) {
+      if (d.type !== 'reference') continue;
+      for (const target of d.target ?? []) revIncludes.set(target, [...(revIncludes.get(target) ?? []), `${t}:${d.code}`]);
+    }
   }
   const resource: CapabilityStatementRestResource[] = Object.keys(TABLES).map((type) => ({
     type: type as CapabilityStatementRestResource['type'],
@@ -41,9 +52,14 @@ export function capabilityStatement(base: string, version: string, opts: Capabil
     ...(type === 'Group' ? { operation: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' }] } : {}),
     searchParam: searchParamsFor(type).map((d) => ({ name: d.code, definition: d.url, type: d.type as 'token' })),
     searchInclude: [...searchParamsFor(type).filter((d) => d.type === 'reference').map((d) => `${type}:${d.code}`), '*'],
-    searchRevInclude: Object.keys(TABLES).flatMap((t) => searchParamsFor(t).filter((d) => d.type === 'reference' && (d.target ?? []).includes(type)).map((d) => `${t}:${d.code}`)),
+    searchRevInclude: revIncludes.get(type) ?? [],
   }));
   for (const r of resource) r.operation = [...(r.operation ?? []), ...TYPE_OPERATIONS.map((od) => ({ name: od.code, definition: od.url! }))];
+  return resource;
+}
+
+export function capabilityStatement(base: string, version: string, opts: CapabilityOptions = {}): CapabilityStatement {
+  const resource = (restResources ??= buildRestResources());
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
