@@ -68,7 +68,7 @@ const PROBES: Probe[] = [
   { name: 'chain on birthdate', as: 'alice', yes: 'Observation?_id={X}&subject:Patient.birthdate=1980-01-01', no: 'Observation?_id={X}&subject:Patient.birthdate=1981-01-01' },
   { name: 'prefix probe on family', as: 'alice', yes: 'Observation?_id={X}&subject:Patient.family=Bra', no: 'Observation?_id={X}&subject:Patient.family=Bre' },
   { name: 'chain by :Patient modifier on name', as: 'alice', yes: 'Observation?_id={X}&subject:Patient.name=Bravo', no: 'Observation?_id={X}&subject:Patient.name=Zulu' },
-  { name: 'chain into another type (Encounter)', as: 'alice', yes: 'Observation?_id={X}&encounter.status=finished', no: 'Observation?_id={X}&encounter.status=cancelled' },
+  { name: 'chain into another type (Encounter)', as: 'alice', yes: 'Observation?_id={X}&encounter:Encounter.status=finished', no: 'Observation?_id={X}&encounter:Encounter.status=cancelled' },
   { name: 'two-level chain', as: 'alice', yes: 'Observation?_id={X}&encounter.subject:Patient.family=Bravo', no: 'Observation?_id={X}&encounter.subject:Patient.family=Zulu' },
   { name: 'chain with :missing on the reached resource', as: 'alice', yes: 'Observation?_id={X}&subject:Patient.birthdate:missing=false', no: 'Observation?_id={X}&subject:Patient.birthdate:missing=true' },
   { name: '_has through an Observation that only focuses on A', as: 'alice', yes: 'Patient?_id={A}&_has:Observation:focus:code=secret-1', no: 'Patient?_id={A}&_has:Observation:focus:code=secret-2' },

@@ -231,10 +231,6 @@ describe('a patient token of A', () => {
   });
 });
 
-// Known bug: Patient and Group $export default to (and _type accepts only) COMPARTMENT_TYPES
-// of src/export/params.ts, a list of the five types stored before the generic store.
-const EXPORT_TYPES_BUG = 'src/export/params.ts COMPARTMENT_TYPES predates the generic store (no Condition, ...)';
-
 describe('$export with a system token', () => {
   let bulk: Record<string, string>;
   before(async () => { bulk = bearer(await token(srv, { scope: 'system/*.rs', clientId: 'bulk-client' })); });
@@ -265,7 +261,7 @@ describe('$export with a system token', () => {
     return { types: [...new Set<string>(manifest.output.map((o: any) => o.type))].sort(), lines: lines.sort() };
   }
 
-  test('Patient/$export lists these types with exactly the compartment members of every patient', { todo: EXPORT_TYPES_BUG }, async () => {
+  test('Patient/$export lists these types with exactly the compartment members of every patient', async () => {
     const { types, lines } = await exported('Patient/$export');
     for (const type of ['Patient', ...TYPES]) {
       assert.ok(types.includes(type), `Patient/$export lists ${type}: ${types}`);
@@ -277,7 +273,7 @@ describe('$export with a system token', () => {
     assert.deepEqual(asked.types, [...TYPES].sort());
   });
 
-  test('Group/[id]/$export of a Group holding only A: A\'s resources of these types, none of B\'s', { todo: EXPORT_TYPES_BUG }, async () => {
+  test('Group/[id]/$export of a Group holding only A: A\'s resources of these types, none of B\'s', async () => {
     const { types, lines } = await exported(`${ids.groupA}/$export`);
     for (const type of ['Patient', ...TYPES]) {
       assert.ok(types.includes(type), `Group $export lists ${type}: ${types}`);

@@ -26,9 +26,14 @@ const FIRST_CLASS: Record<string, string> = {
   Group: 'groups',
 };
 
-/** The table of every stored type (mappings/resourceTypes.ts lists them). */
-export const TABLES: Readonly<Record<string, string>> = registry(Object.fromEntries(
-  RESOURCE_TYPES.map((t) => [t, Object.hasOwn(FIRST_CLASS, t) ? FIRST_CLASS[t] : GENERIC_TABLE])));
+/**
+ * The table of every stored type (mappings/resourceTypes.ts lists them), the first-class
+ * types first: lists derived from it (export order, CapabilityStatement) start with them.
+ */
+export const TABLES: Readonly<Record<string, string>> = registry(Object.fromEntries([
+  ...Object.entries(FIRST_CLASS),
+  ...RESOURCE_TYPES.filter((t) => !Object.hasOwn(FIRST_CLASS, t)).map((t) => [t, GENERIC_TABLE]),
+]));
 
 /**
  * Where queries read a type's rows (`r.resource` the JSON text, `r.id`, `r.last_updated`):
@@ -36,7 +41,7 @@ export const TABLES: Readonly<Record<string, string>> = registry(Object.fromEntr
  * parts (sql/027); for a generic type its rows of the generic table, as a subquery that
  * PostgreSQL flattens into the query (the type is a constant of the registry, never input).
  */
-export const READ_FROM: Readonly<Record<string, string>> = registry(Object.fromEntries(RESOURCE_TYPES.map((t) => [t,
+export const READ_FROM: Readonly<Record<string, string>> = registry(Object.fromEntries(Object.keys(TABLES).map((t) => [t,
   t === 'AuditEvent' ? 'audit_event_resources'
     : TABLES[t] === GENERIC_TABLE ? `(SELECT * FROM ${GENERIC_TABLE} WHERE resource_type = '${t}')` : TABLES[t]])));
 

@@ -1,6 +1,7 @@
 // $export kick-off parameters (Bulk Data Access IG v2, export.html#query-parameters),
 // from the URL (GET) or a Parameters body (POST), checked and normalized into what a
 // job stores. Pure: no I/O.
+import { PATIENT_COMPARTMENT } from '../../mappings/resourceTypes.ts';
 import { badRequest } from '../fhir/outcome.ts';
 import { parseSearch } from '../search/query.ts';
 import { dateRange } from '../../mappings/search/precision.ts';
@@ -29,8 +30,8 @@ export interface Kickoff {
 }
 
 export const OUTPUT_FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjson']);
-/** Types of the patient compartment that Kiln stores (Group is not in it). */
-export const COMPARTMENT_TYPES = ['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent'];
+/** Types of the patient compartment (CompartmentDefinition/patient): what a Patient or Group export holds. */
+export const COMPARTMENT_TYPES: readonly string[] = Object.keys(PATIENT_COMPARTMENT);
 
 const INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
 const PATIENT_REF = /^(?:[A-Za-z][A-Za-z0-9+.-]*:\/\/[^?#]*\/)?Patient\/([A-Za-z0-9\-.]{1,64})$/;
