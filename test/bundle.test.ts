@@ -116,6 +116,34 @@ describe('transaction', () => {
       { fullUrl: 'urn:uuid:same', request: { method: 'POST', url: 'Patient' }, resource: { resourceType: 'Patient' } }] });
     assert.equal(dupFullUrl.status, 400);
   });
+
+  test('an AuditEvent POST is created with the id the transaction assigned (entries refer to it); a PUT is still 405', async () => {
+    const event = { resourceType: 'AuditEvent', type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110110' }, recorded: '2026-01-02T03:04:05Z',
+      agent: [{ requestor: true, who: { display: 'tester' } }], source: { observer: { display: 'kiln' } } };
+    const r = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [
+      { fullUrl: 'urn:uuid:prov-ae', resource: { resourceType: 'Provenance', target: [{ reference: 'urn:uuid:ae-1' }], recorded: '2026-01-02T03:04:06Z', agent: [{ who: { display: 'tester' } }] }, request: { method: 'POST', url: 'Provenance' } },
+      { fullUrl: 'urn:uuid:ae-1', resource: event, request: { method: 'POST', url: 'AuditEvent' } },
+    ] }, { prefer: 'return=representation' });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.entry[1].response.status, '201 Created');
+    const [, type, id] = /^(\w+)\/([^/]+)\/_history\/1$/.exec(r.json.entry[1].response.location) ?? [];
+    assert.equal(type, 'AuditEvent', r.json.entry[1].response.location);
+    assert.equal(r.json.entry[0].resource.target[0].reference, `AuditEvent/${id}`);
+    const read = await fhir(srv.url, 'GET', `AuditEvent/${id}`);
+    assert.equal(read.status, 200, read.text);
+    assert.equal(read.json.recorded, event.recorded);
+    assert.equal((await fhir(srv.url, 'GET', `Provenance?target=AuditEvent/${id}`)).json.entry?.length, 1);
+
+    const before = await historyCount();
+    const put = await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry: [
+      { resource: { resourceType: 'Patient', name: [{ family: 'NotKept' }] }, request: { method: 'POST', url: 'Patient' } },
+      { resource: { ...event, id, outcome: '4' }, request: { method: 'PUT', url: `AuditEvent/${id}` } },
+    ] });
+    assert.equal(put.status, 405, put.text);
+    assert.equal(put.json.resourceType, 'OperationOutcome');
+    assert.equal((await fhir(srv.url, 'GET', `AuditEvent/${id}`)).json.outcome, undefined, 'the event is unchanged');
+    assert.equal(await historyCount(), before, 'the transaction kept nothing');
+  });
 });
 
 describe('batch', () => {

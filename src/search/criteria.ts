@@ -67,10 +67,15 @@ export function splitValues(raw: string): string[] {
   return out.filter((v) => v !== '');
 }
 
-/** The target a reference search value names: `Type/id` (relative, absolute or versioned), a bare id (typed by a `:Type` modifier), or a URL. */
-export function referenceTarget(value: string, modifier: string | undefined): { type?: string; id?: string; url?: string } {
+/**
+ * The target a reference search value names: `Type/id` (relative, absolute or versioned), a
+ * bare id (typed by a `:Type` modifier), or a URL. An absolute URL ending in Type/id is also
+ * `text`: a canonical, or a reference whose type Kiln does not know, is indexed by its text
+ * only (mappings/search/extract.ts), so the value matches such rows as written too.
+ */
+export function referenceTarget(value: string, modifier: string | undefined): { type?: string; id?: string; url?: string; text?: string } {
   const m = /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/\d+)?$/.exec(value);
-  if (m) return { type: m[1], id: m[2] };
+  if (m) return /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(value) ? { type: m[1], id: m[2], text: value } : { type: m[1], id: m[2] };
   if (/^[A-Za-z0-9\-.]{1,64}$/.test(value)) return { type: modifier, id: value };
   return { url: value };
 }

@@ -389,13 +389,15 @@ export async function transactionInstant(tx: Tx | pg.PoolClient): Promise<{ org:
  * 405 to updates), so there is no version to lock or check; like the server's own events
  * it may name resources that do not exist. lastUpdated is taken once the transaction has
  * its id, as lockId does for other writes (an export's transaction time relies on it).
+ * A POST's id is always the server's (create drops resource.id; a transaction assigns it
+ * up front so other entries can refer to it), so only PUT, PATCH and If-Match are refused.
  */
 async function createRowKeyed(tx: Tx, req: WriteRequest): Promise<WriteResult> {
-  if (req.id !== undefined || req.mustExist || req.ifMatch !== undefined) {
+  if ((req.id !== undefined && req.method !== 'POST') || req.mustExist || req.ifMatch !== undefined) {
     throw new FhirError(405, 'not-supported', `${req.type} resources are created with server-assigned ids and never changed`);
   }
   const { org, now } = await transactionInstant(tx);
-  const row = auditRow(req.resource as AuditEvent, now, { text: req.text });
+  const row = auditRow(req.resource as AuditEvent, now, { id: req.id, text: req.text });
   await insertAuditEvents(tx, org!, [row]);
   const resource = { ...req.resource, id: row.id, meta: { ...req.resource.meta, versionId: '1', lastUpdated: row.lastUpdated } } as Resource;
   return { resource, json: row.json, versionId: 1, lastUpdated: row.lastUpdated, created: true };

@@ -85,8 +85,9 @@ export function tokenKeysCond(type: string, params: string[], values: string[], 
 
 /**
  * Reference values of `def` (stored as `params`, of `targetType` when set): `Type/id` or a
- * URL ending in it, a bare id (of each allowed target type, or of the `:Type` modifier),
- * another URL as written. A value of another type than `targetType` matches nothing.
+ * URL ending in it (that URL also as written: a canonical's key, rowKeys.ts), a bare id (of
+ * each allowed target type, or of the `:Type` modifier), another URL as written. A value of
+ * another type than `targetType` matches nothing.
  */
 export function referenceKeysCond(type: string, def: SearchParamDef, params: string[], targetType: string | undefined,
   modifier: string | undefined, values: string[], r: string, p: P): string {
@@ -98,6 +99,7 @@ export function referenceKeysCond(type: string, def: SearchParamDef, params: str
       if (!targetType) keys.push(...params.map((x) => refKey(x, t.url!)));
       continue;
     }
+    if (t.text && !targetType) keys.push(...params.map((x) => refKey(x, t.text!)));
     if (t.type && targetType && t.type !== targetType) continue;
     const types = t.type ? [t.type] : targetType ? [targetType] : def.target;
     for (const x of params) {

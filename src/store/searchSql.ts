@@ -118,11 +118,8 @@ function valueCond(def: SearchParamDef, modifier: string | undefined, value: str
       const [lo, hi] = searchDateRange(rest);
       return dateCond(prefix, lo, hi, `${s}.lo`, `${s}.hi`, p);
     }
-    case 'reference': {
-      const t = referenceTarget(value, modifier);
-      if (t.url) return `${s}.reference = ${p(t.url)}`;
-      return `(${s}.target_id = ${p(t.id)}${t.type ? ` AND ${s}.target_type = ${p(t.type)}` : ''})`;
-    }
+    case 'reference':
+      return `(${referenceAlternatives(value, modifier).map((a) => `(${a(s, p)})`).join(' OR ')})`;
     case 'number': {
       const { prefix, rest } = prefixed(value);
       return numberCond(prefix, rest, `${s}.value`, p);
@@ -146,6 +143,20 @@ function valueCond(def: SearchParamDef, modifier: string | undefined, value: str
     default:
       throw badRequest(`Search parameter '${def.code}' of type ${def.type} is not supported`);
   }
+}
+
+/**
+ * The conditions (OR'd) one reference value puts on index rows `s`: its target, and for an
+ * absolute URL ending in Type/id also rows that hold it as text with no target (a canonical;
+ * extract.ts). Each is a range of search_references_value (param, org_id, resource_type,
+ * target_id, id), so a driving walk takes them one by one (driverRows).
+ */
+function referenceAlternatives(value: string, modifier: string | undefined): ((s: string, p: P) => string)[] {
+  const t = referenceTarget(value, modifier);
+  if (t.url) return [(s, p) => `${s}.reference = ${p(t.url)}`];
+  const target = (s: string, p: P) => `${s}.target_id = ${p(t.id)}${t.type ? ` AND ${s}.target_type = ${p(t.type)}` : ''}`;
+  if (!t.text) return [target];
+  return [target, (s, p) => `${s}.target_id IS NULL AND ${s}.reference = ${p(t.text)}`];
 }
 
 function compositePartCond(type: string, value: string, part: string, p: P): string {
@@ -230,7 +241,8 @@ export function driverRank(c: Criterion): number | undefined {
  * item aliased `d` (columns org_id, id, clinical_time) with the conditions: its own, then
  * `others` (the other criteria) and `extra` (the page's keyset, order and limit).
  * Rows of several parameters (anyRef; a parameter stored as several, like combo-code)
- * are one id-ordered walk per parameter, every walk filtered, de-duplicated and limited
+ * are one id-ordered walk per parameter (and per alternative of a reference value,
+ * referenceAlternatives), every walk filtered, de-duplicated and limited
  * on its own, then merged: the first n ids of the union are among the first n of each
  * walk. (One scan with `param = ANY(...)` returns rows parameter by parameter, and over a
  * UNION ALL the planner sorted every row of every walk instead of merging.)
@@ -240,21 +252,27 @@ export function driverRows(c: Criterion, type: string, orgId: number, p: P,
   const mine = (d: string) => `${d}.org_id = ${p(orgId)}::integer AND ${d}.resource_type = ${p(type)}`;
   let table: string;
   let params: string[];
-  let cond: (d: string) => string;
+  let conds: ((d: string) => string)[];
   if (c.anyRef) {
     const { targetType, targetId } = c.anyRef;
     table = 'search_references';
     params = c.anyRef.params;
-    cond = (d) => `${d}.target_id = ${p(targetId)} AND ${d}.target_type = ${p(targetType)}`;
+    conds = [(d) => `${d}.target_id = ${p(targetId)} AND ${d}.target_type = ${p(targetType)}`];
   } else {
     const stored = storedParams(c.def);
     const { targetType } = stored;
     table = INDEX_TABLE[c.def.type];
     params = stored.params;
-    cond = (d) => `${valueCond(c.def, c.modifier, c.values[0], d, p)}${targetType ? ` AND ${d}.target_type = ${p(targetType)}` : ''}`;
+    const typed = (d: string) => (targetType ? ` AND ${d}.target_type = ${p(targetType)}` : '');
+    // A reference's alternatives are walks of their own: under an OR no index walk is in id order.
+    conds = c.def.type === 'reference'
+      ? referenceAlternatives(c.values[0], c.modifier).map((a) => (d: string) => `${a(d, p)}${typed(d)}`)
+      : [(d) => `${valueCond(c.def, c.modifier, c.values[0], d, p)}${typed(d)}`];
   }
-  if (params.length === 1) return `${table} d WHERE d.param = ${p(params[0])} AND ${mine('d')} AND ${cond('d')}${others('d')}${extra('d')}`;
-  const walks = params.map((param, i) => `(SELECT DISTINCT ON (w${i}.id) w${i}.org_id, w${i}.id, w${i}.clinical_time FROM ${table} w${i}
+  if (params.length === 1 && conds.length === 1) {
+    return `${table} d WHERE d.param = ${p(params[0])} AND ${mine('d')} AND ${conds[0]('d')}${others('d')}${extra('d')}`;
+  }
+  const walks = params.flatMap((param) => conds.map((cond) => ({ param, cond }))).map(({ param, cond }, i) => `(SELECT DISTINCT ON (w${i}.id) w${i}.org_id, w${i}.id, w${i}.clinical_time FROM ${table} w${i}
       WHERE w${i}.param = ${p(param)} AND ${mine(`w${i}`)} AND ${cond(`w${i}`)}${others(`w${i}`)}${extra(`w${i}`)})`);
   return `(${walks.join(' UNION ALL ')}) d WHERE true${extra('d')}`;
 }
