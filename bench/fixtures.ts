@@ -1,7 +1,7 @@
 // Resource bodies shared by the HTTP load generator and the direct-SQL baseline,
 // plus the column values the baseline writes (hand-computed: the baseline skips
 // the server's generic mapping layer, it only needs the same row contents).
-import type { Observation, Patient } from '@medplum/fhirtypes';
+import type { Condition, Observation, Patient } from '@medplum/fhirtypes';
 
 export const MRN_SYSTEM = 'urn:oid:2.16.840.1.113883.19.5.99999.1';
 const V2_0203 = 'http://terminology.hl7.org/CodeSystem/v2-0203';
@@ -83,4 +83,34 @@ export function observationColumns(o: Observation, patientId: string) {
     value_code_tokens: [] as string[],
     value_string: null,
   };
+}
+
+const SNOMED = 'http://snomed.info/sct';
+const CONDITION_CLINICAL = 'http://terminology.hl7.org/CodeSystem/condition-clinical';
+const CONDITION_CATEGORY = 'http://terminology.hl7.org/CodeSystem/condition-category';
+
+/** The code system and code of the Observations and Conditions the searches ask for (conditionBody's is SNOMED). */
+export const HEART_RATE = { system: LOINC, code: '8867-4' };
+export const HYPERTENSION = { system: SNOMED, code: '38341003' };
+
+/**
+ * A problem-list Condition for `patientId`, about the size of observationBody's JSON (a
+ * generic-store type beside the first-class Observation); `other` gives it another code.
+ */
+export function conditionBody(patientId: string, onset: string, other = false): Condition {
+  return {
+    resourceType: 'Condition',
+    clinicalStatus: { coding: [{ system: CONDITION_CLINICAL, code: 'active' }] },
+    category: [{ coding: [{ system: CONDITION_CATEGORY, code: 'problem-list-item', display: 'Problem List Item' }] }],
+    code: other
+      ? { coding: [{ system: SNOMED, code: '44054006', display: 'Diabetes mellitus type 2' }], text: 'Type 2 diabetes' }
+      : { coding: [{ system: SNOMED, code: HYPERTENSION.code, display: 'Hypertensive disorder' }], text: 'Hypertension' },
+    subject: { reference: `Patient/${patientId}` },
+    onsetDateTime: onset,
+  };
+}
+
+/** `/fhir/Type?patient=X&code=system|code`: the search the generic-store comparison runs on both types. */
+export function searchPath(type: string, patientId: string, code: { system: string; code: string }): string {
+  return `/fhir/${type}?patient=${patientId}&code=${encodeURIComponent(`${code.system}|${code.code}`)}`;
 }

@@ -1,11 +1,14 @@
 // The HTTP load generator, forked by bench/crud.ts so that autocannon's client
 // work does not share an event loop with the Kiln server it is measuring.
-// Protocol (IPC): parent sends RunRequest, child answers RunResponse.
+// Protocol (IPC): parent sends RunRequest, child answers RunResponse. With `versus`, one
+// run alternates between two ops every `everyMs`, so the two share the host's drift.
+import { performance } from 'node:perf_hooks';
 import autocannon, { type RequestSpec } from 'autocannon';
-import { observationBody, patientBody, seedMrn } from './fixtures.ts';
+import { HEART_RATE, HYPERTENSION, conditionBody, observationBody, patientBody, searchPath, seedMrn } from './fixtures.ts';
 import { summarize, type LatencySummary } from './stats.ts';
 
-export type Op = 'createPatient' | 'readPatient' | 'updatePatient' | 'createObservation';
+export type Op = 'createPatient' | 'readPatient' | 'updatePatient' | 'createObservation'
+  | 'readObservation' | 'searchObservation' | 'createCondition' | 'readCondition' | 'searchCondition';
 
 export interface RunRequest {
   kind: 'run';
@@ -16,6 +19,8 @@ export interface RunRequest {
   seconds: number;
   ids: string[]; // seeded Patient ids
   tag: string; // unique per bench invocation (MRN prefix)
+  targets?: string[]; // read*: the ids to read; search*: the patients to search by
+  versus?: { op: Op; targets?: string[]; everyMs: number }; // the op to alternate with
 }
 
 export interface HttpStats {
@@ -33,7 +38,7 @@ export interface HttpStats {
 }
 
 export type RunResponse =
-  | { kind: 'result'; runId: number; stats: HttpStats }
+  | { kind: 'result'; runId: number; stats: HttpStats; versus?: HttpStats }
   | { kind: 'error'; runId: number; message: string };
 
 const FHIR_HEADERS = { accept: 'application/fhir+json', 'content-type': 'application/fhir+json' };
@@ -72,6 +77,29 @@ function requestFor(r: RunRequest): RequestSpec {
           return { ...req, body: JSON.stringify(observationBody(r.ids[s % n], s, new Date().toISOString())) };
         },
       };
+    case 'createCondition':
+      return {
+        method: 'POST', path: '/fhir/Condition', headers: FHIR_HEADERS,
+        setupRequest: (req) => ({ ...req, body: JSON.stringify(conditionBody(r.ids[seq++ % n], new Date().toISOString())) }),
+      };
+    case 'readObservation':
+    case 'readCondition': {
+      const type = r.op === 'readObservation' ? 'Observation' : 'Condition';
+      const targets = r.targets!;
+      return {
+        method: 'GET', path: `/fhir/${type}`, headers: { accept: 'application/fhir+json' },
+        setupRequest: (req) => ({ ...req, path: `/fhir/${type}/${targets[seq++ % targets.length]}` }),
+      };
+    }
+    case 'searchObservation':
+    case 'searchCondition': {
+      const [type, code] = r.op === 'searchObservation' ? ['Observation', HEART_RATE] : ['Condition', HYPERTENSION];
+      const targets = r.targets!;
+      return {
+        method: 'GET', path: `/fhir/${type}`, headers: { accept: 'application/fhir+json' },
+        setupRequest: (req) => ({ ...req, path: searchPath(type, targets[seq++ % targets.length], code) }),
+      };
+    }
   }
 }
 
@@ -105,8 +133,64 @@ async function run(r: RunRequest): Promise<HttpStats> {
   };
 }
 
+/**
+ * `r.op` and `r.versus.op` in one autocannon run, switching every `everyMs` (from the op
+ * of the first slot): each request counts for the op of the slot it was sent in, its
+ * latency from when it was built. Each op gets half the run's time.
+ */
+async function runAlternating(r: RunRequest & { versus: NonNullable<RunRequest['versus']> }): Promise<[HttpStats, HttpStats]> {
+  const specs = [requestFor(r), requestFor({ ...r, op: r.versus.op, targets: r.versus.targets })];
+  const acc = specs.map(() => ({ latencies: [] as number[], statusCodes: {} as Record<string, number>, ok: 0, non2xx: 0, firstErrorBody: undefined as string | undefined }));
+  const start = performance.now();
+  const slot = () => Math.floor((performance.now() - start) / r.versus.everyMs) % 2;
+  const req: RequestSpec = {
+    method: specs[0].method, path: specs[0].path, headers: specs[0].headers,
+    setupRequest: (base, context) => {
+      const k = slot();
+      context.k = k;
+      context.t0 = performance.now();
+      const { method, path, headers } = specs[k];
+      return specs[k].setupRequest!({ ...base, method, path, headers, body: undefined }, context);
+    },
+    onResponse: (status, body, context) => {
+      const a = acc[(context.k as number | undefined) ?? 0];
+      a.statusCodes[status] = (a.statusCodes[status] ?? 0) + 1;
+      if (status >= 200 && status < 300) {
+        a.ok++;
+        if (typeof context.t0 === 'number') a.latencies.push(performance.now() - context.t0);
+      } else {
+        a.non2xx++;
+        a.firstErrorBody ??= body.slice(0, 500);
+      }
+    },
+  };
+  const res = await autocannon({ url: r.origin, connections: r.connections, duration: r.seconds, timeout: 30, requests: [req] });
+  const half = res.duration / 2;
+  const stats = (op: Op, a: (typeof acc)[number]): HttpStats => ({
+    op,
+    seconds: half,
+    ok: a.ok,
+    reqPerSec: Math.round((a.ok / half) * 10) / 10,
+    latency: summarize(a.latencies),
+    autocannonLatency: { p50: res.latency.p50, p97_5: res.latency.p97_5, p99: res.latency.p99, mean: res.latency.mean }, // both ops
+    non2xx: a.non2xx,
+    statusCodes: a.statusCodes,
+    errors: res.errors, // transport errors and timeouts are not split by op
+    timeouts: res.timeouts,
+    ...(a.firstErrorBody !== undefined ? { firstErrorBody: a.firstErrorBody } : {}),
+  });
+  return [stats(r.op, acc[0]), stats(r.versus.op, acc[1])];
+}
+
 process.on('message', (msg: RunRequest) => {
   if (msg?.kind !== 'run') return;
+  if (msg.versus) {
+    runAlternating({ ...msg, versus: msg.versus }).then(
+      ([stats, versus]) => process.send!({ kind: 'result', runId: msg.runId, stats, versus } satisfies RunResponse),
+      (e: unknown) => process.send!({ kind: 'error', runId: msg.runId, message: String((e as Error)?.stack ?? e) } satisfies RunResponse),
+    );
+    return;
+  }
   run(msg).then(
     (stats) => process.send!({ kind: 'result', runId: msg.runId, stats } satisfies RunResponse),
     (e: unknown) => process.send!({ kind: 'error', runId: msg.runId, message: String((e as Error)?.stack ?? e) } satisfies RunResponse),
