@@ -9,23 +9,12 @@ import { permit, restriction, visible, writeGuard, type Access } from '../auth/e
 import { actionOf } from '../audit/event.ts';
 import { touchedResource, type RequestAudit } from '../audit/request.ts';
 import type { Tx } from '../store/resources.ts';
-import { requireSupported, type TypeInteraction } from '../interactions/supported.ts';
-
-/** The FHIR interaction an entry performs (an AuditEvent subtype). */
-function interactionOf(e: EntryRequest): TypeInteraction {
-  switch (e.method) {
-    case 'GET': case 'HEAD': return e.vid ? 'vread' : e.id ? 'read' : 'search-type';
-    case 'POST': return 'create';
-    case 'PUT': return 'update';
-    case 'PATCH': return 'patch';
-    case 'DELETE': return 'delete';
-  }
-}
+import { requireSupported } from '../interactions/supported.ts';
 
 /** Each entry needs what the same request on its own would (src/http/router.ts, crud.ts, search.ts). */
 function entryPolicy(ctx: Ctx, e: EntryRequest): EntryPolicy {
   const conditional = !e.id && (e.method === 'PUT' || e.method === 'DELETE');
-  requireSupported(e.type, interactionOf(e));
+  requireSupported(e.type, e.interaction);
   const perm = ({ GET: 'r', HEAD: 'r', POST: 'c', PUT: 'u', PATCH: 'u', DELETE: 'd' } as const)[e.method];
   const isSearch = (e.method === 'GET' || e.method === 'HEAD') && !e.id;
   const access: Access = permit(ctx, e.type, isSearch ? 's' : perm);
@@ -39,7 +28,7 @@ function entryPolicy(ctx: Ctx, e: EntryRequest): EntryPolicy {
 
 /** The entry's own AuditEvent, a child of the Bundle's. */
 function entryAudit(audit: RequestAudit, e: EntryRequest): RequestAudit {
-  const subtype = interactionOf(e);
+  const subtype = e.interaction;
   const child = audit.child(subtype, actionOf(subtype, e.method));
   if (e.id) child.touch({ resources: [e.vid ? `${e.type}/${e.id}/_history/${e.vid}` : `${e.type}/${e.id}`] });
   else if (e.method === 'GET' || e.method === 'HEAD') child.query = { type: e.type, text: new URLSearchParams(e.query).toString() };

@@ -25,38 +25,23 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const FILE_NAME = /^[A-Za-z]+-\d+\.\d+\.ndjson$/;
 const RETRY_AFTER_SECONDS = 2;
 
-/** Paths this module serves, relative to the tenant base. */
-export function isExportPath(segments: string[]): boolean {
-  const [first, second, third] = segments;
-  return (first === '$export' && segments.length === 1)
-    || (first === '$export-status' && segments.length === 2)
-    || (first === '$export-file' && segments.length === 3)
-    || (first === 'Patient' && second === '$export' && segments.length === 2)
-    || (first === 'Group' && third === '$export' && segments.length === 3);
-}
-
 /** A file download may ask for NDJSON, which the router's JSON negotiation would refuse. */
 export function isExportFilePath(urlPath: string): boolean {
   return /\/\$export-file\/[^/]+\/[^/]+$/.test(urlPath);
 }
 
+/** Serves an export route of src/interactions/routes.ts, which has already refused other methods (405). */
 export async function exportInteraction(ctx: Ctx, segments: string[]): Promise<void> {
   const m = ctx.req.method;
   const [first, second, third] = segments;
-  const allow = (...methods: string[]) => {
-    if (!methods.includes(m)) throw new FhirError(405, 'not-supported', `${m} is not supported on ${segments.join('/')}`);
-  };
   if (first === '$export-status') {
-    allow('GET', 'DELETE');
     ctx.audit?.interaction('operation', m === 'GET' ? 'R' : 'D', { operation: m === 'GET' ? 'export-status' : 'export-cancel' });
     return m === 'GET' ? status(ctx, second) : cancel(ctx, second);
   }
   if (first === '$export-file') {
-    allow('GET');
     ctx.audit?.interaction('operation', 'R', { operation: 'export-file' });
     return file(ctx, second, third);
   }
-  allow('GET', 'POST');
   const url = new URL(ctx.req.originalUrl, 'http://x');
   ctx.audit?.interaction('operation', 'E', { operation: 'export', query: url.search.slice(1) });
   if (first === '$export') return kickoff(ctx, 'system', '$export');

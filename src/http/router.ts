@@ -1,5 +1,6 @@
-// Dispatches /fhir[/{tenant}]/... paths to FHIR interactions; everything else
-// under the base is a 404 or 405 OperationOutcome.
+// Dispatches /fhir[/{tenant}]/... paths to FHIR interactions through the route table
+// (src/interactions/routes.ts, which Bundle entries share): one handler per route here;
+// everything else under the base is a 404 or 405 OperationOutcome.
 import type { Request, Response } from 'express';
 import type { Config } from '../config.ts';
 import type { Database } from '../store/database.ts';
@@ -8,7 +9,6 @@ import { queryPairs } from './context.ts';
 import { responseType, sendJson } from './format.ts';
 import { FhirError, notFound } from '../fhir/outcome.ts';
 import { capabilityStatement } from '../fhir/capability.ts';
-import { TABLES } from '../../mappings/postgres/index.ts';
 import { findOrg } from '../store/tenants.ts';
 import { logFailure } from '../store/resources.ts';
 import * as crud from './crud.ts';
@@ -17,7 +17,8 @@ import { searchInteraction, systemSearchInteraction } from './search.ts';
 import { bundleInteraction } from './bundles.ts';
 import { everythingInteraction } from './everything.ts';
 import { validateOperation } from '../operations/validate.ts';
-import { exportInteraction, isExportFilePath, isExportPath } from './export.ts';
+import { exportInteraction, isExportFilePath } from './export.ts';
+import { matchRoute, pathSegments, type RouteName } from '../interactions/routes.ts';
 import { authenticate } from '../auth/enforce.ts';
 import { AuditWriter } from '../audit/writer.ts';
 import { RequestAudit } from '../audit/request.ts';
@@ -31,17 +32,6 @@ type Handler = () => Promise<void>;
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const RESERVED = new Set(['metadata']);
 const DEFAULT_SLUG = 'default';
-
-const methodNotAllowed = (method: string, path: string) =>
-  new FhirError(405, 'not-supported', `${method} is not supported on ${path || 'the base'}`);
-
-function decodeSegment(segment: string): string {
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    throw new FhirError(400, 'invalid', `Malformed percent-encoding in path segment '${segment}'`);
-  }
-}
 
 /**
  * The client's address for the AuditEvent: req.ip, which without an X-Forwarded-For header
@@ -89,7 +79,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     // PostgreSQL text cannot hold NUL: refused once for the whole URL (path ids, every query parameter).
     if (/%00/i.test(req.originalUrl)) throw new FhirError(400, 'invalid', 'A NUL character (%00) is not allowed in a FHIR URL');
     if (!isExportFilePath(req.path)) responseType(req); // 406 before any work (export files are NDJSON)
-    const segments = req.path.split('/').filter((s) => s !== '').map(decodeSegment);
+    const segments = pathSegments(req.path);
     let slug = DEFAULT_SLUG;
     if (segments.length && TENANT_SLUG.test(segments[0]) && !RESERVED.has(segments[0])) slug = segments.shift()!;
     const origin = config.baseUrl ?? `${req.protocol}://${req.get('host')}/fhir`;
@@ -97,7 +87,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     const ctx: Ctx = { req, res, db, config, orgId: await orgId(slug), base, tenant: slug };
     if (segments.length === 1 && segments[0] === 'metadata') {
       // Open to everyone, and no patient data: neither authorized nor audited.
-      if (req.method !== 'GET' && req.method !== 'HEAD') throw methodNotAllowed(req.method, 'metadata');
+      matchRoute(req.method, segments); // 405 for a method the capabilities route does not take
       return sendJson(req, res, 200, capabilityStatement(base, version, { smart: config.authMode === 'smart' }));
     }
     // Read at each request, so a benchmark can compare auditing on and off in one run.
@@ -113,96 +103,80 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     }
   }
 
-  /** Resolves the interaction (naming it for the audit) without running it. */
+  /** Resolves the interaction through the route table (naming it for the audit) without running it. */
   function route(ctx: Ctx, segments: string[]): Handler {
-    const { req } = ctx;
-    const m = req.method;
-    const [first, second, third, fourth] = segments;
-    const path = segments.join('/');
-    const rawQuery = req.originalUrl.includes('?') ? req.originalUrl.slice(req.originalUrl.indexOf('?') + 1) : '';
-
-    if (segments.length === 0) {
-      if (m === 'POST') { nameInteraction(ctx, undefined); return () => bundleInteraction(ctx); }
-      if (m === 'GET') { nameInteraction(ctx, 'search-system', undefined, rawQuery); return () => systemSearchInteraction(ctx, queryPairs(req)); }
-      throw methodNotAllowed(m, '');
-    }
-    if (isExportPath(segments)) { nameInteraction(ctx, 'operation'); return () => exportInteraction(ctx, segments); }
-    if (first === '_history' && segments.length === 1) {
-      if (m !== 'GET') throw methodNotAllowed(m, path);
-      nameInteraction(ctx, 'history-system', undefined, rawQuery);
-      return () => historyInteraction(ctx);
-    }
-    if (!TABLES[first]) {
-      if (/^[A-Z][A-Za-z]+$/.test(first)) throw new FhirError(404, 'not-supported', `Resource type ${first} is not supported`);
-      throw notFound(`No route for /${path}`);
-    }
-    const type = first;
-    if (segments.length === 1) {
-      if (m === 'GET') { typeLevel(ctx, type, 'search-type', rawQuery); return () => searchInteraction(ctx, type, queryPairs(req)); }
-      if (m === 'POST') { typeLevel(ctx, type, 'create'); return () => crud.create(ctx, type); }
-      if (m === 'PUT') { typeLevel(ctx, type, 'update', rawQuery); return () => crud.conditionalUpdate(ctx, type); }
-      if (m === 'DELETE') { typeLevel(ctx, type, 'delete', rawQuery); return () => crud.conditionalDelete(ctx, type); }
-      throw methodNotAllowed(m, path);
-    }
-    if (segments.length === 2 && second === '_search') {
-      if (m !== 'POST') throw methodNotAllowed(m, path);
-      const form = Buffer.isBuffer(req.body) && /x-www-form-urlencoded/.test(req.get('content-type') ?? '') ? req.body.toString('utf8') : '';
-      const pairs = [...queryPairs(req), ...new URLSearchParams(form).entries()];
-      typeLevel(ctx, type, 'search-type', new URLSearchParams(pairs).toString());
-      return () => searchInteraction(ctx, type, pairs);
-    }
-    if (type === 'Patient' && (second === '$everything' || (segments.length === 3 && third === '$everything'))) {
-      if (m !== 'GET') throw methodNotAllowed(m, path);
-      ctx.audit?.interaction('operation', 'E', { operation: 'everything', query: rawQuery, type: 'Patient' });
-      if (segments.length === 2) return () => everythingInteraction(ctx);
-      return () => everythingInteraction(ctx, second);
-    }
-    if (segments.length === 2 && second === '$validate') {
-      if (m !== 'POST') throw methodNotAllowed(m, path);
-      ctx.audit?.interaction('operation', 'E', { operation: 'validate', query: rawQuery, type });
-      return () => validateOperation(ctx, type);
-    }
-    if (segments.length === 2 && second === '_history') {
-      if (m !== 'GET') throw methodNotAllowed(m, path);
-      typeLevel(ctx, type, 'history-type', rawQuery);
-      return () => historyInteraction(ctx, type);
-    }
-    // The resource is the audit's entity even when the request is refused before it runs.
-    if (second && !second.startsWith('_') && !second.startsWith('$')) ctx.audit?.touch({ resources: [`${type}/${second}${third === '_history' && fourth ? `/_history/${fourth}` : ''}`] });
-    if (segments.length === 3 && third === '$validate') {
-      if (m !== 'POST' && m !== 'GET') throw methodNotAllowed(m, path);
-      ctx.audit?.interaction('operation', 'E', { operation: 'validate', query: rawQuery, type });
-      return () => validateOperation(ctx, type, second);
-    }
-    if (segments.length === 2) {
-      if (m === 'GET' || m === 'HEAD') { typeLevel(ctx, type, 'read'); return () => crud.read(ctx, type, second); }
-      if (m === 'PUT') { typeLevel(ctx, type, 'update'); return () => crud.update(ctx, type, second); }
-      if (m === 'PATCH') { typeLevel(ctx, type, 'patch'); return () => crud.patch(ctx, type, second); }
-      if (m === 'DELETE') { typeLevel(ctx, type, 'delete'); return () => crud.remove(ctx, type, second); }
-      throw methodNotAllowed(m, path);
-    }
-    if (type === 'Patient' && segments.length === 3 && third !== '_history' && !third.startsWith('$')) {
-      // Compartment search (http.html#search): GET [base]/Patient/[id]/[type]?...
-      if (m !== 'GET') throw methodNotAllowed(m, path);
-      if (!TABLES[third]) throw new FhirError(404, 'not-supported', `Resource type ${third} is not supported`);
-      checkId(second);
-      const pair = compartmentPair(third, second);
-      if (!pair) throw new FhirError(400, 'invalid', `${third} is not in the Patient compartment (R4 CompartmentDefinition/patient)`);
-      typeLevel(ctx, third, 'search-type', rawQuery);
-      return () => searchInteraction(ctx, third, queryPairs(req), { pair, path: `Patient/${second}/${third}` });
-    }
-    if (third === '_history' && segments.length === 3) {
-      if (m !== 'GET') throw methodNotAllowed(m, path);
-      typeLevel(ctx, type, 'history-instance');
-      return () => historyInteraction(ctx, type, second);
-    }
-    if (third === '_history' && segments.length === 4) {
-      if (m !== 'GET' && m !== 'HEAD') throw methodNotAllowed(m, path);
-      typeLevel(ctx, type, 'vread');
-      return () => crud.vread(ctx, type, second, fourth);
-    }
-    throw notFound(`No route for /${path}`);
+    const match = matchRoute(ctx.req.method, segments);
+    const rawQuery = ctx.req.originalUrl.includes('?') ? ctx.req.originalUrl.slice(ctx.req.originalUrl.indexOf('?') + 1) : '';
+    return PREPARE[match.route.name](ctx, match.params, rawQuery, segments);
   }
 
   return dispatch;
 }
+
+/** Names one route's interaction for the audit, checks what must be refused before authentication, and returns its handler. */
+type Prepare = (ctx: Ctx, p: Record<string, string>, rawQuery: string, segments: string[]) => Handler;
+
+/** The resource is the audit's entity even when the request is refused before it runs. */
+function touchInstance(ctx: Ctx, type: string, id: string, vid?: string): void {
+  if (!/^[_$]/.test(id)) ctx.audit?.touch({ resources: [`${type}/${id}${vid ? `/_history/${vid}` : ''}`] });
+}
+
+function exportRoute(ctx: Ctx, _p: Record<string, string>, _q: string, segments: string[]): Handler {
+  nameInteraction(ctx, 'operation');
+  return () => exportInteraction(ctx, segments);
+}
+
+function validateRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string): Handler {
+  if (p.id !== undefined) touchInstance(ctx, p.type, p.id);
+  ctx.audit?.interaction('operation', 'E', { operation: 'validate', query: rawQuery, type: p.type });
+  return () => validateOperation(ctx, p.type, p.id);
+}
+
+function everythingRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string): Handler {
+  ctx.audit?.interaction('operation', 'E', { operation: 'everything', query: rawQuery, type: 'Patient' });
+  return () => everythingInteraction(ctx, p.id);
+}
+
+/** One per route of src/interactions/routes.ts (the compiler checks none is missing). */
+const PREPARE: Record<RouteName, Prepare> = {
+  // Answered by dispatch before the audit and authentication, so never prepared here.
+  capabilities: () => { throw new FhirError(500, 'exception', 'metadata is answered before routing'); },
+  bundle: (ctx) => { nameInteraction(ctx, undefined); return () => bundleInteraction(ctx); },
+  'search-system': (ctx, _p, q) => { nameInteraction(ctx, 'search-system', undefined, q); return () => systemSearchInteraction(ctx, queryPairs(ctx.req)); },
+  'history-system': (ctx, _p, q) => { nameInteraction(ctx, 'history-system', undefined, q); return () => historyInteraction(ctx); },
+  export: exportRoute,
+  'export-patient': exportRoute,
+  'export-group': exportRoute,
+  'export-status': exportRoute,
+  'export-file': exportRoute,
+  'search-type': (ctx, { type }, q) => { typeLevel(ctx, type, 'search-type', q); return () => searchInteraction(ctx, type, queryPairs(ctx.req)); },
+  create: (ctx, { type }) => { typeLevel(ctx, type, 'create'); return () => crud.create(ctx, type); },
+  'conditional-update': (ctx, { type }, q) => { typeLevel(ctx, type, 'update', q); return () => crud.conditionalUpdate(ctx, type); },
+  'conditional-delete': (ctx, { type }, q) => { typeLevel(ctx, type, 'delete', q); return () => crud.conditionalDelete(ctx, type); },
+  'search-post': (ctx, { type }) => {
+    const { req } = ctx;
+    const form = Buffer.isBuffer(req.body) && /x-www-form-urlencoded/.test(req.get('content-type') ?? '') ? req.body.toString('utf8') : '';
+    const pairs = [...queryPairs(req), ...new URLSearchParams(form).entries()];
+    typeLevel(ctx, type, 'search-type', new URLSearchParams(pairs).toString());
+    return () => searchInteraction(ctx, type, pairs);
+  },
+  'history-type': (ctx, { type }, q) => { typeLevel(ctx, type, 'history-type', q); return () => historyInteraction(ctx, type); },
+  'validate-type': validateRoute,
+  'everything-all': everythingRoute,
+  read: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'read'); return () => crud.read(ctx, type, id); },
+  update: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'update'); return () => crud.update(ctx, type, id); },
+  patch: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'patch'); return () => crud.patch(ctx, type, id); },
+  delete: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'delete'); return () => crud.remove(ctx, type, id); },
+  validate: validateRoute,
+  everything: everythingRoute,
+  'search-compartment': (ctx, { id, compartmentType: type }, q) => {
+    touchInstance(ctx, 'Patient', id);
+    checkId(id);
+    const pair = compartmentPair(type, id);
+    if (!pair) throw new FhirError(400, 'invalid', `${type} is not in the Patient compartment (R4 CompartmentDefinition/patient)`);
+    typeLevel(ctx, type, 'search-type', q);
+    return () => searchInteraction(ctx, type, queryPairs(ctx.req), { pair, path: `Patient/${id}/${type}` });
+  },
+  'history-instance': (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'history-instance'); return () => historyInteraction(ctx, type, id); },
+  vread: (ctx, { type, id, vid }) => { touchInstance(ctx, type, id, vid); typeLevel(ctx, type, 'vread'); return () => crud.vread(ctx, type, id, vid); },
+};

@@ -14,8 +14,10 @@ import { parseSearch } from '../search/query.ts';
 import { runSearch } from '../store/searchRun.ts';
 import * as write from './write.ts';
 import { isFhirPathPatch, parseFhirPathPatch } from '../fhir/fhirpathPatch.ts';
+import { matchRoute, pathSegments, entryInteraction, type Method, type RouteMatch } from './routes.ts';
+import type { TypeInteraction } from './supported.ts';
 
-export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+export type { Method };
 const ORDER: Record<Method, number> = { DELETE: 0, POST: 1, PUT: 2, PATCH: 2, GET: 3, HEAD: 3 };
 
 export interface EntryResult {
@@ -29,7 +31,7 @@ export interface EntryResult {
 }
 
 /** What authorization sees of an entry's request. */
-export type EntryRequest = Pick<Parsed, 'index' | 'method' | 'type' | 'id' | 'vid' | 'query' | 'ifNoneExist'>;
+export type EntryRequest = Pick<Parsed, 'index' | 'method' | 'interaction' | 'type' | 'id' | 'vid' | 'query' | 'ifNoneExist'>;
 
 /** What an entry may do (src/http/bundles.ts builds it from the token's scopes). */
 export interface EntryPolicy {
@@ -44,6 +46,8 @@ export interface EntryPolicy {
 interface Parsed {
   index: number;
   method: Method;
+  /** From the route table (routes.ts), as the same request over HTTP would be named. */
+  interaction: TypeInteraction;
   type: string;
   id?: string;
   vid?: string;
@@ -86,19 +90,24 @@ function parseEntry(entry: BundleEntry, index: number, base: string, validated?:
   if (!url) throw badRequest(`Bundle.entry[${index}].request.url is missing`);
   if (url.startsWith(base + '/')) url = url.slice(base.length + 1);
   const [path, query = ''] = url.split('?', 2);
-  const segments = path.split('/').filter(Boolean);
-  const [type, id, history, vid] = segments;
-  if (!type || !Object.hasOwn(TABLES, type)) throw new FhirError(404, 'not-supported', `Bundle.entry[${index}]: resource type '${type ?? ''}' is not supported`);
-  if (segments.length > 4 || (history !== undefined && history !== '_history')) throw badRequest(`Bundle.entry[${index}].request.url '${url}' is not a resource URL`);
+  // The same route, 404 and 405 as the request on its own (src/http/router.ts).
+  let route: RouteMatch;
+  try {
+    route = matchRoute(method, pathSegments(path));
+  } catch (e) {
+    throw atEntry(index, e);
+  }
+  const interaction = entryInteraction(route, index, method, url);
+  const { type, id, vid } = route.params;
   if (id) write.checkId(id);
   const parsed: Parsed = {
-    index, method, type, id, vid, query: [...new URLSearchParams(query).entries()], fullUrl: entry.fullUrl,
+    index, method, interaction, type, id, vid, query: [...new URLSearchParams(query).entries()], fullUrl: entry.fullUrl,
     ifMatch: parseETagValue(entry.request?.ifMatch),
     ifNoneExist: write.ifNoneExistCriteria(entry.request?.ifNoneExist),
   };
   if (method === 'POST' || method === 'PUT') {
     if (!entry.resource) throw badRequest(`Bundle.entry[${index}] (${method}) has no resource`);
-    if (method === 'POST' && (id || parsed.query.length)) throw badRequest(`Bundle.entry[${index}]: POST goes to the type URL`);
+    if (method === 'POST' && parsed.query.length) throw badRequest(`Bundle.entry[${index}]: POST goes to the type URL`);
     if (method === 'PUT' && !id && parsed.query.length === 0) throw badRequest(`Bundle.entry[${index}]: PUT needs an id or search criteria`);
     try {
       parsed.resource = write.checkResource(entry.resource, type, validated);
@@ -107,7 +116,6 @@ function parseEntry(entry: BundleEntry, index: number, base: string, validated?:
     }
   }
   if (method === 'PATCH') {
-    if (!id) throw badRequest(`Bundle.entry[${index}]: PATCH needs an id`);
     // A FHIRPath Patch is the entry's Parameters resource; as `resource` too, so that its
     // references to other entries are rewritten like any entry resource's.
     if (isFhirPathPatch(entry.resource)) {
