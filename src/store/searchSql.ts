@@ -148,12 +148,13 @@ function valueCond(def: SearchParamDef, modifier: string | undefined, value: str
 /**
  * The conditions (OR'd) one reference value puts on index rows `s`: its target, and for an
  * absolute URL ending in Type/id also rows that hold it as text with no target (a canonical;
- * extract.ts). Each is a range of search_references_value (param, org_id, resource_type,
- * target_id, id), so a driving walk takes them one by one (driverRows).
+ * extract.ts). Each is a range of an index in id order (search_references_value for a
+ * target, search_references_url for text), so a driving walk takes them one by one (driverRows).
  */
 function referenceAlternatives(value: string, modifier: string | undefined): ((s: string, p: P) => string)[] {
   const t = referenceTarget(value, modifier);
-  if (t.url) return [(s, p) => `${s}.reference = ${p(t.url)}`];
+  // A URL that names no Type/id is stored with no target: the partial index sql/032 serves both text forms.
+  if (t.url) return [(s, p) => `${s}.target_id IS NULL AND ${s}.reference = ${p(t.url)}`];
   const target = (s: string, p: P) => `${s}.target_id = ${p(t.id)}${t.type ? ` AND ${s}.target_type = ${p(t.type)}` : ''}`;
   if (!t.text) return [target];
   return [target, (s, p) => `${s}.target_id IS NULL AND ${s}.reference = ${p(t.text)}`];

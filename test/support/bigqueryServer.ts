@@ -474,6 +474,14 @@ export async function startFakeBigQuery(opts: { location?: string } = {}): Promi
         if (a !== undefined && sub === undefined && req.method === 'GET') return send(res, 200, requireDataset(p, a).resource);
         if (a !== undefined && sub === 'tables') {
           if (b === undefined && req.method === 'POST') return send(res, 200, insertTable(p, a, rec.body ?? {}));
+          if (b === undefined && req.method === 'GET') {
+            // tables.list: every table and view of the dataset, one page.
+            requireDataset(p, a);
+            const listed = [...tables.entries()].filter(([k]) => k.startsWith(`${p}:${a}.`)).map(([, t]) => ({
+              kind: 'bigquery#table', id: t.resource.id, tableReference: t.resource.tableReference, type: t.resource.type,
+            }));
+            return send(res, 200, { kind: 'bigquery#tableList', tables: listed, totalItems: listed.length });
+          }
           if (b !== undefined && segs.length === 6) {
             requireDataset(p, a);
             const table = tables.get(tKey(p, a, b));
