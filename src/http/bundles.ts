@@ -5,25 +5,17 @@ import { inTenant } from './context.ts';
 import { readJsonBody, requireBodyType, sendJson } from './format.ts';
 import { badRequest, FhirError } from '../fhir/outcome.ts';
 import { batch, transaction, type EntryPolicy, type EntryRequest, type EntryResult } from '../interactions/bundle.ts';
-import { permit, restriction, visible, writeGuard, type Access } from '../auth/enforce.ts';
+import { policyOf } from './policy.ts';
 import { actionOf } from '../audit/event.ts';
 import { touchedResource, type RequestAudit } from '../audit/request.ts';
 import type { Tx } from '../store/resources.ts';
 import { requireSupported } from '../interactions/supported.ts';
 
-/** Each entry needs what the same request on its own would (src/http/router.ts, crud.ts, search.ts). */
+/** Each entry needs what the same request on its own would (src/http/policy.ts, as crud.ts asks it). */
 function entryPolicy(ctx: Ctx, e: EntryRequest): EntryPolicy {
-  const conditional = !e.id && (e.method === 'PUT' || e.method === 'DELETE');
   requireSupported(e.type, e.interaction);
-  const perm = ({ GET: 'r', HEAD: 'r', POST: 'c', PUT: 'u', PATCH: 'u', DELETE: 'd' } as const)[e.method];
-  const isSearch = (e.method === 'GET' || e.method === 'HEAD') && !e.id;
-  const access: Access = permit(ctx, e.type, isSearch ? 's' : perm);
-  const searchAccess = isSearch ? access : conditional || e.ifNoneExist ? permit(ctx, e.type, 's') : undefined;
-  return {
-    guard: perm === 'r' ? undefined : writeGuard(ctx, e.type, access),
-    restrict: searchAccess ? restriction(ctx, e.type, searchAccess) : [],
-    visible: perm === 'r' && !isSearch ? (tx, type, id, json) => visible(ctx, tx, type, id, json, access) : undefined,
-  };
+  const conditional = !e.id && (e.method === 'PUT' || e.method === 'DELETE');
+  return policyOf(ctx, e.type, e.interaction, conditional || !!e.ifNoneExist);
 }
 
 /** The entry's own AuditEvent, a child of the Bundle's. */

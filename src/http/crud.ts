@@ -10,7 +10,8 @@ import { FhirError, badRequest, informational } from '../fhir/outcome.ts';
 import { readById, readVersion, requireLive } from '../store/resources.ts';
 import * as write from '../interactions/write.ts';
 import { isFhirPathPatch } from '../fhir/fhirpathPatch.ts';
-import { permit, requireVisible, restriction, writeGuard, type Access } from '../auth/enforce.ts';
+import { requireVisible } from '../auth/enforce.ts';
+import { policyOf } from './policy.ts';
 import { touchedResource } from '../audit/request.ts';
 import type { Tx } from '../store/resources.ts';
 
@@ -48,11 +49,6 @@ function sendDeleted(ctx: Ctx, type: string, versionId: number | undefined) {
   }
 }
 
-/** Search pairs confining conditional criteria to what the token may search (conditional writes need s too). */
-function searchable(ctx: Ctx, type: string, criteria: [string, string][]): [string, string][] {
-  return [...criteria, ...restriction(ctx, type, permit(ctx, type, 's'))];
-}
-
 /** Runs a write and records its AuditEvent in the same transaction. */
 function audited<T>(ctx: Ctx, type: string, fn: (tx: Tx) => Promise<T>, touched: (r: T) => { id?: string; json?: string; versionId?: number }): Promise<T> {
   return inTenant(ctx, async (tx) => {
@@ -65,42 +61,35 @@ function audited<T>(ctx: Ctx, type: string, fn: (tx: Tx) => Promise<T>, touched:
 
 const ofWritten = (w: write.Written) => ({ id: w.id, json: w.json, versionId: w.versionId });
 
-function guardOf(ctx: Ctx, type: string, access: Access) {
-  return writeGuard(ctx, type, access);
-}
-
 export async function create(ctx: Ctx, type: string) {
-  const access = permit(ctx, type, 'c');
+  const { guard, restrict } = policyOf(ctx, type, 'create', !!ctx.req.get('if-none-exist'));
   const { body, text } = await resourceBody(ctx, type);
   const raw = write.ifNoneExistCriteria(ctx.req.get('if-none-exist'));
-  const ifNoneExist = raw ? searchable(ctx, type, raw) : undefined;
-  const guard = guardOf(ctx, type, access);
+  const ifNoneExist = raw ? [...raw, ...restrict] : undefined;
   sendWrite(ctx, type, await audited(ctx, type, (tx) => write.create(tx, type, body, text, { ifNoneExist }, guard), ofWritten));
 }
 
 export async function update(ctx: Ctx, type: string, id: string) {
   checkId(id);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const access = permit(ctx, type, 'u');
+  const { guard } = policyOf(ctx, type, 'update', false);
   const { body, text } = await resourceBody(ctx, type);
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  const guard = guardOf(ctx, type, access);
   sendWrite(ctx, type, await audited(ctx, type, (tx) => write.update(tx, type, id, body, text, ifMatch, guard), ofWritten));
 }
 
 export async function conditionalUpdate(ctx: Ctx, type: string) {
-  const access = permit(ctx, type, 'u');
+  const { guard, restrict } = policyOf(ctx, type, 'update', true);
   const { body, text } = await resourceBody(ctx, type);
-  const criteria = searchable(ctx, type, criteriaPairs(queryPairs(ctx.req)));
+  const criteria = [...criteriaPairs(queryPairs(ctx.req)), ...restrict];
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  const guard = guardOf(ctx, type, access);
   sendWrite(ctx, type, await audited(ctx, type, (tx) => write.conditionalUpdate(tx, type, criteria, body, text, ifMatch, guard), ofWritten));
 }
 
 export async function patch(ctx: Ctx, type: string, id: string) {
   checkId(id);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const access = permit(ctx, type, 'u');
+  const { guard } = policyOf(ctx, type, 'patch', false);
   // The Content-Type says which patch: JSON Patch, or a FHIRPath Patch Parameters as FHIR JSON.
   const format = requireBodyType(ctx.req, true);
   const ops = (await readJsonBody(ctx.req, { kind: 'json' })).value;
@@ -110,23 +99,20 @@ export async function patch(ctx: Ctx, type: string, id: string) {
     throw new FhirError(415, 'not-supported', 'PATCH with a FHIR JSON body takes a FHIRPath Patch (a Parameters resource); send a JSON Patch as application/json-patch+json');
   }
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  const guard = guardOf(ctx, type, access);
   sendWrite(ctx, type, await audited(ctx, type, (tx) => write.patch(tx, type, id, ops, ifMatch, guard), ofWritten));
 }
 
 export async function remove(ctx: Ctx, type: string, id: string) {
   checkId(id);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const access = permit(ctx, type, 'd');
+  const { guard } = policyOf(ctx, type, 'delete', false);
   const ifMatch = parseETag(ctx.req.get('if-match'));
-  const guard = guardOf(ctx, type, access);
   sendDeleted(ctx, type, await audited(ctx, type, (tx) => write.remove(tx, type, id, ifMatch, guard), (v) => ({ id, versionId: v })));
 }
 
 export async function conditionalDelete(ctx: Ctx, type: string) {
-  const access = permit(ctx, type, 'd');
-  const criteria = searchable(ctx, type, criteriaPairs(queryPairs(ctx.req)));
-  const guard = guardOf(ctx, type, access);
+  const { guard, restrict } = policyOf(ctx, type, 'delete', true);
+  const criteria = [...criteriaPairs(queryPairs(ctx.req)), ...restrict];
   let matched: string | undefined;
   const v = await audited(ctx, type, async (tx) => {
     const m = await write.matchOne(tx, type, criteria, 'Conditional delete');
@@ -139,7 +125,7 @@ export async function conditionalDelete(ctx: Ctx, type: string) {
 export async function read(ctx: Ctx, type: string, id: string) {
   checkId(id);
   ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const access = permit(ctx, type, 'r');
+  const { access } = policyOf(ctx, type, 'read', false);
   const stored = requireLive(await readById(ctx.db.app, ctx.orgId, type, id), type, id);
   await requireVisible(ctx, undefined, type, id, stored.json, access);
   await ctx.audit?.success(touchedResource(type, id, stored.json));
@@ -150,7 +136,7 @@ export async function vread(ctx: Ctx, type: string, id: string, vid: string) {
   checkId(id);
   const version = write.parseVersionId(vid);
   ctx.audit?.touch({ resources: [`${type}/${id}/_history/${vid}`] });
-  const access = permit(ctx, type, 'r');
+  const { access } = policyOf(ctx, type, 'vread', false);
   const stored = await inTenant(ctx, async (tx) => {
     const v = await readVersion(tx, type, id, version);
     // A version is visible when it was in the token's compartment (filters: the current version must match).

@@ -12,6 +12,7 @@ import { ID_PATTERN, parseVersionId } from '../interactions/write.ts';
 import { dateRange } from '../../mappings/search/precision.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { forbidden, permit, visible } from '../auth/enforce.ts';
+import { policyOf } from './policy.ts';
 import { touchedResource } from '../audit/request.ts';
 
 /**
@@ -68,7 +69,7 @@ function entryOf(ctx: Ctx, e: HistoryEntry): EntryParts {
 export async function historyInteraction(ctx: Ctx, type?: string, id?: string) {
   if (id) checkId(id);
   if (id) ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const access = id ? permit(ctx, type!, 'r') : undefined;
+  const access = id ? policyOf(ctx, type!, 'history-instance', false).access : undefined;
   if (!id) permitWideHistory(ctx, type);
   const count = pageSize(ctx, ctx.req.query._count);
   const since = parseSince(ctx.req.query._since);

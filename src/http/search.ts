@@ -12,7 +12,8 @@ import { subset, type SummaryMode } from '../fhir/subset.ts';
 import { parseSearch } from '../search/query.ts';
 import { runSearch, runSystemSearch, fetchIncludes } from '../store/searchRun.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
-import { accessOf, filterVisible, forbidden, permit, restriction } from '../auth/enforce.ts';
+import { accessOf, filterVisible, forbidden, permit } from '../auth/enforce.ts';
+import { policyOf } from './policy.ts';
 import { queryPatients } from '../audit/request.ts';
 
 /** Records the search's AuditEvent: the query, and the patients it names or is confined to. */
@@ -32,10 +33,9 @@ export interface Within {
 }
 
 export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, string][], within?: Within) {
-  const access = permit(ctx, type, 's');
   // The compartment and granular filters apply to the result type and to every resource
   // a chain or _has reaches, so the client's criteria can only narrow what the token sees.
-  const restricted = restriction(ctx, type, access);
+  const { access, restrict: restricted } = policyOf(ctx, type, 'search-type', false);
   const q = parseSearch(type, [...pairs, ...restricted, ...within ? [within.pair] : []]);
   if (q.unknown.length && preferStrict(ctx.req)) throw badRequest(`Unsupported search parameter(s): ${q.unknown.join(', ')}`);
   const count = pageSize(ctx, q.count);
@@ -99,7 +99,7 @@ export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][
   const at = cursor && { type: cursor.key[0], id: cursor.key[1] };
   const countOnly = first.summary === 'count';
   const result = await inTenant(ctx, (tx) => runSystemSearch(tx, {
-    types: types.map((type) => ({ type, criteria: parseSearch(type, [...usable, ...restriction(ctx, type, permit(ctx, type, 's'))]).criteria })),
+    types: types.map((type) => ({ type, criteria: parseSearch(type, [...usable, ...policyOf(ctx, type, 'search-type', false).restrict]).criteria })),
     count: countOnly ? 0 : count, after: cursor?.dir === 'next' ? at : undefined, before: cursor?.dir === 'previous' ? at : undefined,
     // _total=estimate is counted exactly here: the planner's guess for a union of types is poor.
     total: countOnly || first.total !== 'none' ? 'accurate' : 'none',
