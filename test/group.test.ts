@@ -46,9 +46,12 @@ test('members must be stored Patients (422), and the Group must be valid (400)',
   assert.equal(noType.status, 400, 'type and actual are required');
   const badType = await fhir(srv.url, 'POST', 'Group', { resourceType: 'Group', type: 'cohort', actual: true });
   assert.ok(badType.status === 400 || badType.status === 422, `bad Group.type refused: ${badType.status}`);
-  // References to types Kiln does not store are kept as given.
+  // Every type is stored: a reference to an Organization must resolve too; one to another server is kept as given.
   const managed = await fhir(srv.url, 'POST', 'Group', group([], { managingEntity: { reference: 'Organization/elsewhere' } }));
-  assert.equal(managed.status, 201);
+  assert.equal(managed.status, 422);
+  const org = await fhir(srv.url, 'POST', 'Organization', { resourceType: 'Organization', name: 'Registry' });
+  assert.equal((await fhir(srv.url, 'POST', 'Group', group([], { managingEntity: { reference: `Organization/${org.json.id}` } }))).status, 201);
+  assert.equal((await fhir(srv.url, 'POST', 'Group', group([], { managingEntity: { reference: 'https://registry.example/fhir/Organization/1' } }))).status, 201);
 });
 
 test('search by member, type, name and _include of members', async () => {
@@ -75,7 +78,7 @@ test('the CapabilityStatement lists Group and the $export operations', async () 
   const g = cs.rest[0].resource.find((r: any) => r.type === 'Group');
   assert.ok(g, 'Group advertised');
   assert.ok(g.searchParam.some((p: any) => p.name === 'member'));
-  assert.deepEqual(g.operation.map((o: any) => o.name), ['export']);
+  assert.deepEqual(g.operation.map((o: any) => o.name), ['export', 'validate']);
   const p = cs.rest[0].resource.find((r: any) => r.type === 'Patient');
   assert.ok(p.operation.some((o: any) => o.name === 'export'));
   assert.ok(cs.rest[0].operation.some((o: any) => o.name === 'export' && /bulkdata/.test(o.definition)));
