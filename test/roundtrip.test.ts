@@ -286,7 +286,8 @@ test('localizeExample rewrites references as the README describes', () => {
   assert.equal(out.id, undefined);
   assert.deepEqual(out.subject, { reference: 'Patient/anchor' });
   assert.deepEqual(out.encounter, { reference: 'Encounter/E1' });
-  assert.deepEqual(out.performer, [{ reference: 'Practitioner/p' }, { reference: '#c' }]);
+  // Practitioners are stored too: one the examples never created goes display-only.
+  assert.deepEqual(out.performer, [{ display: 'Practitioner/p' }, { reference: '#c' }]);
   assert.deepEqual(out.hasMember, [{ reference: 'Observation/O1' }, { display: 'kept' }]);
   assert.deepEqual(out.derivedFrom, [{ display: 'Observation/other' }]);
   assert.deepEqual(out.focus, [{ reference: 'Patient/anchor/_history/1' }]);

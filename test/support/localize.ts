@@ -5,6 +5,7 @@
 // JSON here is parsed and written losslessly: a number keeps its literal text
 // (FHIR decimals are significant to their precision: 1.00 is not 1.0), so a
 // comparison also catches a server that re-serializes 70.50 as 70.5.
+import { RESOURCE_TYPES } from '../../mappings/resourceTypes.ts';
 
 /** A JSON number, kept as its literal text. */
 export class JsonNumber {
@@ -99,8 +100,8 @@ export function cloneJson<T>(value: T): T {
   return out as T;
 }
 
-/** The types Kiln stores; a literal reference to one of them must resolve. */
-export const STORED_TYPES = new Set(['Patient', 'Encounter', 'Observation', 'MedicationStatement', 'AuditEvent', 'Group']);
+/** The types Kiln stores (every R4 type): a literal reference to one of them must resolve. */
+export const STORED_TYPES: ReadonlySet<string> = new Set(RESOURCE_TYPES);
 
 /** `Type/id` (relative, or absolute URL ending in it), with an optional `/_history/n`. */
 const LITERAL = /^(?:[A-Za-z][A-Za-z0-9+.-]*:\/\/[^?#]*\/)?([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
