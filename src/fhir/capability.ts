@@ -1,17 +1,29 @@
 // The CapabilityStatement, derived from what the code really serves: the mapped
-// types, the interactions the router dispatches, the search parameters the store
+// types, the interactions the router dispatches, the operations its routes run (each
+// from its OperationDefinition in conformance/), the search parameters the store
 // evaluates and the profiles the validator enforces.
-import fs from 'node:fs';
-import type { CapabilityStatement, CapabilityStatementRestResource, OperationDefinition } from '@medplum/fhirtypes';
+import type { CapabilityStatement, CapabilityStatementRestResourceOperation, CapabilityStatementRestResource } from '@medplum/fhirtypes';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { searchParamsFor } from '../../mappings/search/definitions.ts';
 import { knownProfiles } from './validate.ts';
 import { smartSecurityExtension } from '../auth/discovery.ts';
 import { interactionsOf, supports } from '../interactions/supported.ts';
+import { OPERATIONS, typesOf, type Operation } from '../operations/definitions.ts';
 
-/** Operations on every type, each from its OperationDefinition in conformance/ (as src/operations/ serves them). */
-const TYPE_OPERATIONS = ['OperationDefinition-Resource-validate.json'].map((file) =>
-  JSON.parse(fs.readFileSync(new URL(`../../conformance/${file}`, import.meta.url), 'utf8')) as OperationDefinition);
+const entryOf = (op: Operation): CapabilityStatementRestResourceOperation => ({ name: op.definition.code!, definition: op.definition.url! });
+
+/** rest.operation: the operations defined at the system level. */
+const SYSTEM_OPERATIONS = OPERATIONS.filter((op) => op.definition.system).map(entryOf);
+
+/** Each type's operations (at the type or instance level), in the route table's order. */
+function typeOperations(): Map<string, CapabilityStatementRestResourceOperation[]> {
+  const byType = new Map<string, CapabilityStatementRestResourceOperation[]>();
+  for (const op of OPERATIONS) {
+    if (!op.definition.type && !op.definition.instance) continue;
+    for (const t of typesOf(op.definition)) byType.set(t, [...(byType.get(t) ?? []), entryOf(op)]);
+  }
+  return byType;
+}
 
 export interface CapabilityOptions {
   /** KILN_AUTH=smart: rest.security carries the SMART extension. */
@@ -34,6 +46,7 @@ function buildRestResources(): CapabilityStatementRestResource[] {
       for (const target of d.target ?? []) revIncludes.set(target, [...(revIncludes.get(target) ?? []), `${t}:${d.code}`]);
     }
   }
+  const operations = typeOperations();
   const resource: CapabilityStatementRestResource[] = Object.keys(TABLES).map((type) => ({
     type: type as CapabilityStatementRestResource['type'],
     profile: `http://hl7.org/fhir/StructureDefinition/${type}`,
@@ -47,14 +60,11 @@ function buildRestResources(): CapabilityStatementRestResource[] {
     conditionalUpdate: supports(type, 'update'),
     conditionalDelete: supports(type, 'delete') ? 'single' : 'not-supported',
     referencePolicy: ['literal', 'enforced', 'local'],
-    ...(type === 'Patient' ? { operation: [{ name: 'everything', definition: 'http://hl7.org/fhir/OperationDefinition/Patient-everything' },
-      { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export' }] } : {}),
-    ...(type === 'Group' ? { operation: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' }] } : {}),
+    ...(operations.has(type) ? { operation: operations.get(type) } : {}),
     searchParam: searchParamsFor(type).map((d) => ({ name: d.code, definition: d.url, type: d.type as 'token' })),
     searchInclude: [...searchParamsFor(type).filter((d) => d.type === 'reference').map((d) => `${type}:${d.code}`), '*'],
     searchRevInclude: revIncludes.get(type) ?? [],
   }));
-  for (const r of resource) r.operation = [...(r.operation ?? []), ...TYPE_OPERATIONS.map((od) => ({ name: od.code, definition: od.url! }))];
   return resource;
 }
 
@@ -76,7 +86,7 @@ export function capabilityStatement(base: string, version: string, opts: Capabil
       ...(opts.smart ? { security: smartSecurityExtension(base) } : {}),
       resource,
       interaction: [{ code: 'history-system' }, { code: 'search-system' }, { code: 'transaction' }, { code: 'batch' }],
-      operation: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export' }],
+      operation: SYSTEM_OPERATIONS,
       searchParam: ['_id', '_lastUpdated', '_tag', '_profile', '_security', '_source'].map((name) => ({ name, type: name === '_lastUpdated' ? 'date' : name === '_profile' || name === '_source' ? 'uri' : 'token' })),
     }],
   };

@@ -25,6 +25,11 @@ export interface Route {
   interaction: Interaction;
   /** The operation's name (interaction 'operation'). */
   operation?: string;
+  /**
+   * The operation's OperationDefinition, a file in conformance/ whose code is `operation`: the
+   * CapabilityStatement lists each such operation from it (src/operations/definitions.ts).
+   */
+  definition?: string;
   /** Whether a batch or transaction entry can run it (bundle.ts runEntry); the others are refused there with 400. */
   entry?: boolean;
 }
@@ -34,10 +39,10 @@ export const ROUTES = [
   { name: 'bundle', methods: ['POST'], pattern: '', interaction: 'batch' },
   { name: 'search-system', methods: ['GET'], pattern: '', interaction: 'search-system' },
   { name: 'history-system', methods: ['GET'], pattern: '_history', interaction: 'history-system' },
-  // Bulk Data (src/http/export.ts): kick-off, status (poll or cancel) and output files.
-  { name: 'export', methods: ['GET', 'POST'], pattern: '$export', interaction: 'operation', operation: 'export' },
-  { name: 'export-patient', methods: ['GET', 'POST'], pattern: 'Patient/$export', interaction: 'operation', operation: 'export' },
-  { name: 'export-group', methods: ['GET', 'POST'], pattern: 'Group/:id/$export', interaction: 'operation', operation: 'export' },
+  // Bulk Data (src/operations/export.ts): kick-off, status (poll or cancel) and output files.
+  { name: 'export', methods: ['GET', 'POST'], pattern: '$export', interaction: 'operation', operation: 'export', definition: 'OperationDefinition-export.json' },
+  { name: 'export-patient', methods: ['GET', 'POST'], pattern: 'Patient/$export', interaction: 'operation', operation: 'export', definition: 'OperationDefinition-patient-export.json' },
+  { name: 'export-group', methods: ['GET', 'POST'], pattern: 'Group/:id/$export', interaction: 'operation', operation: 'export', definition: 'OperationDefinition-group-export.json' },
   { name: 'export-status', methods: ['GET', 'DELETE'], pattern: '$export-status/:job', interaction: 'operation', operation: 'export-status' },
   { name: 'export-file', methods: ['GET'], pattern: '$export-file/:job/:file', interaction: 'operation', operation: 'export-file' },
   { name: 'search-type', methods: ['GET'], pattern: ':type', interaction: 'search-type', entry: true },
@@ -46,14 +51,14 @@ export const ROUTES = [
   { name: 'conditional-delete', methods: ['DELETE'], pattern: ':type', interaction: 'delete', entry: true },
   { name: 'search-post', methods: ['POST'], pattern: ':type/_search', interaction: 'search-type' },
   { name: 'history-type', methods: ['GET'], pattern: ':type/_history', interaction: 'history-type' },
-  { name: 'validate-type', methods: ['POST'], pattern: ':type/$validate', interaction: 'operation', operation: 'validate' },
-  { name: 'everything-all', methods: ['GET'], pattern: 'Patient/$everything', interaction: 'operation', operation: 'everything' },
+  { name: 'validate-type', methods: ['POST'], pattern: ':type/$validate', interaction: 'operation', operation: 'validate', definition: 'OperationDefinition-Resource-validate.json' },
+  { name: 'everything-all', methods: ['GET'], pattern: 'Patient/$everything', interaction: 'operation', operation: 'everything', definition: 'OperationDefinition-Patient-everything.json' },
   { name: 'read', methods: ['GET', 'HEAD'], pattern: ':type/:id', interaction: 'read', entry: true },
   { name: 'update', methods: ['PUT'], pattern: ':type/:id', interaction: 'update', entry: true },
   { name: 'patch', methods: ['PATCH'], pattern: ':type/:id', interaction: 'patch', entry: true },
   { name: 'delete', methods: ['DELETE'], pattern: ':type/:id', interaction: 'delete', entry: true },
-  { name: 'validate', methods: ['POST', 'GET'], pattern: ':type/:id/$validate', interaction: 'operation', operation: 'validate' },
-  { name: 'everything', methods: ['GET'], pattern: 'Patient/:id/$everything', interaction: 'operation', operation: 'everything' },
+  { name: 'validate', methods: ['POST', 'GET'], pattern: ':type/:id/$validate', interaction: 'operation', operation: 'validate', definition: 'OperationDefinition-Resource-validate.json' },
+  { name: 'everything', methods: ['GET'], pattern: 'Patient/:id/$everything', interaction: 'operation', operation: 'everything', definition: 'OperationDefinition-Patient-everything.json' },
   // Compartment search (http.html#search): GET [base]/Patient/[id]/[type]?...
   { name: 'search-compartment', methods: ['GET'], pattern: 'Patient/:id/:compartmentType', interaction: 'search-type' },
   { name: 'history-instance', methods: ['GET'], pattern: ':type/:id/_history', interaction: 'history-instance' },

@@ -1,17 +1,19 @@
-// GET [base]/Patient/[id]/$everything and [base]/Patient/$everything: the patient
+// $everything (R4 patient-operation-everything.html; Kiln's OperationDefinition is
+// conformance/OperationDefinition-Patient-everything.json, which says what it returns):
+//   GET [base]/Patient/[id]/$everything and [base]/Patient/$everything: the patient
 // compartment as a searchset Bundle, with start, end, _since, _type and _count, paged.
-import type { Ctx } from './context.ts';
-import { inTenant, pageSize, queryPairs } from './context.ts';
-import { sendJson } from './format.ts';
-import { bundleJson } from './bundle.ts';
-import { decodeCursor, pageLinks, pageOf } from './paging.ts';
+import type { Ctx } from '../http/context.ts';
+import { inTenant, pageSize, queryPairs } from '../http/context.ts';
+import { sendJson } from '../http/format.ts';
+import { bundleJson } from '../http/bundle.ts';
+import { decodeCursor, pageLinks, pageOf } from '../http/paging.ts';
 import { badRequest, notFound } from '../fhir/outcome.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { PATIENT_COMPARTMENT } from '../../mappings/resourceTypes.ts';
 import { dateRange } from '../../mappings/search/extract.ts';
 import { readCurrent, requireLive } from '../store/resources.ts';
 import { everything } from '../store/everything.ts';
-import { checkId } from './crud.ts';
+import { checkId } from '../http/crud.ts';
 import { ID_PATTERN } from '../interactions/write.ts';
 import { accessOf, permit, restrictionCriteria } from '../auth/enforce.ts';
 

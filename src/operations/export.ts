@@ -1,14 +1,16 @@
-// Bulk Data Access IG v2 over HTTP: $export kick-off (system, Patient, Group), the
-// status URL (poll, DELETE to cancel) and the output files.
+// Bulk Data Access IG v2 over HTTP: $export kick-off (system, Patient, Group; their
+// OperationDefinitions are conformance/OperationDefinition-export.json, -patient-export.json
+// and -group-export.json), the status URL (poll, DELETE to cancel) and the output files.
+// The job itself runs in src/export/ (params.ts checks the kick-off parameters).
 // With KILN_AUTH=smart a kick-off needs system/ scopes (src/auth/enforce.ts exportAccess)
 // and the status URL and files need a token of the client that started the export
 // (requiresAccessToken: true).
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Ctx } from './context.ts';
-import { inTenant, queryPairs } from './context.ts';
-import { jsonBody, sendOutcome } from './format.ts';
-import { FhirError, badRequest, informational, notFound, outcome } from '../fhir/outcome.ts';
+import type { Ctx } from '../http/context.ts';
+import { inTenant, queryPairs } from '../http/context.ts';
+import { jsonBody, sendOutcome } from '../http/format.ts';
+import { badRequest, informational, notFound, outcome } from '../fhir/outcome.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { mapGroup } from '../../mappings/postgres/group.ts';
 import { readCurrent, requireLive } from '../store/resources.ts';
@@ -16,7 +18,7 @@ import { deleteJob, findJob, listFiles, type ExportJob } from '../store/exportJo
 import { parseKickoff, parametersToPairs, type ExportLevel } from '../export/params.ts';
 import { createJob } from '../export/run.ts';
 import { jobDir } from '../export/runner.ts';
-import { checkId } from './crud.ts';
+import { checkId } from '../http/crud.ts';
 import { exportAccess, exportableTypes, forbidden } from '../auth/enforce.ts';
 import { exportOwner, recordExportOwner } from '../store/auditExportOwners.ts';
 
