@@ -48,6 +48,14 @@ describe('the table', () => {
     }
   });
 
+  test('every type and system interaction names its scope permission (SMART v2 c r u d s), the same on every route; operations name none', () => {
+    const expected: Record<string, string> = {
+      read: 'r', vread: 'r', 'history-instance': 'r', 'search-type': 's', 'history-type': 's', 'search-system': 's', 'history-system': 's',
+      create: 'c', update: 'u', patch: 'u', delete: 'd',
+    };
+    for (const r of ROUTES as readonly Route[]) assert.equal(r.permission, expected[r.interaction], r.name);
+  });
+
   test('a literal beats a parameter in the same place', () => {
     const name = (m: string, p: string) => matchRoute(m, p.split('/').filter(Boolean)).route.name;
     assert.equal(name('POST', 'Patient/_search'), 'search-post');

@@ -15,7 +15,7 @@ import { requireSupported } from '../interactions/supported.ts';
 function entryPolicy(ctx: Ctx, e: EntryRequest): EntryPolicy {
   requireSupported(e.type, e.interaction);
   const conditional = !e.id && (e.method === 'PUT' || e.method === 'DELETE');
-  return policyOf(ctx, e.type, e.interaction, conditional || !!e.ifNoneExist);
+  return policyOf(ctx, e.type, e.permission, conditional || !!e.ifNoneExist);
 }
 
 /** The entry's own AuditEvent, a child of the Bundle's. */

@@ -1,8 +1,10 @@
-// REST handlers for instance-level interactions: they parse the HTTP request, run
-// the interaction in a tenant transaction and answer per Prefer / conditional headers.
+// REST handlers for instance-level interactions: they parse the HTTP request, run the
+// interaction through the request's session (src/http/session.ts: its policy, tenant
+// transaction and AuditEvent) and answer per Prefer / conditional headers.
 import type { Resource } from '@medplum/fhirtypes';
 import type { Ctx } from './context.ts';
-import { inTenant, criteriaPairs, queryPairs } from './context.ts';
+import { criteriaPairs, queryPairs } from './context.ts';
+import type { Session } from './session.ts';
 import {
   readJsonBody, requireBodyType, sendJson, sendOutcome, preferReturn, parseETag, etag, httpDate,
 } from './format.ts';
@@ -10,10 +12,7 @@ import { FhirError, badRequest, informational } from '../fhir/outcome.ts';
 import { readById, readVersion, requireLive } from '../store/resources.ts';
 import * as write from '../interactions/write.ts';
 import { isFhirPathPatch } from '../fhir/fhirpathPatch.ts';
-import { requireVisible } from '../auth/enforce.ts';
-import { policyOf } from './policy.ts';
 import { touchedResource } from '../audit/request.ts';
-import type { Tx } from '../store/resources.ts';
 
 export const checkId = write.checkId;
 
@@ -49,107 +48,94 @@ function sendDeleted(ctx: Ctx, type: string, versionId: number | undefined) {
   }
 }
 
-/** Runs a write and records its AuditEvent in the same transaction. */
-function audited<T>(ctx: Ctx, type: string, fn: (tx: Tx) => Promise<T>, touched: (r: T) => { id?: string; json?: string; versionId?: number }): Promise<T> {
-  return inTenant(ctx, async (tx) => {
-    const r = await fn(tx);
-    const t = touched(r);
-    if (ctx.audit) await ctx.audit.inTx(tx, t.id ? touchedResource(type, t.id, t.json, t.versionId) : {});
-    return r;
-  });
-}
-
 const ofWritten = (w: write.Written) => ({ id: w.id, json: w.json, versionId: w.versionId });
 
-export async function create(ctx: Ctx, type: string) {
-  const { guard, restrict } = policyOf(ctx, type, 'create', !!ctx.req.get('if-none-exist'));
-  const { body, text } = await resourceBody(ctx, type);
-  const raw = write.ifNoneExistCriteria(ctx.req.get('if-none-exist'));
+type Params = Record<string, string>;
+
+export async function create(s: Session, { type }: Params) {
+  const { guard, restrict } = s.policy;
+  const { body, text } = await resourceBody(s.ctx, type);
+  const raw = write.ifNoneExistCriteria(s.req.get('if-none-exist'));
   const ifNoneExist = raw ? [...raw, ...restrict] : undefined;
-  sendWrite(ctx, type, await audited(ctx, type, (tx) => write.create(tx, type, body, text, { ifNoneExist }, guard), ofWritten));
+  sendWrite(s.ctx, type, await s.audited((tx) => write.create(tx, type, body, text, { ifNoneExist }, guard), ofWritten));
 }
 
-export async function update(ctx: Ctx, type: string, id: string) {
+export async function update(s: Session, { type, id }: Params) {
   checkId(id);
-  ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const { guard } = policyOf(ctx, type, 'update', false);
-  const { body, text } = await resourceBody(ctx, type);
-  const ifMatch = parseETag(ctx.req.get('if-match'));
-  sendWrite(ctx, type, await audited(ctx, type, (tx) => write.update(tx, type, id, body, text, ifMatch, guard), ofWritten));
+  const { guard } = s.policy;
+  const { body, text } = await resourceBody(s.ctx, type);
+  const ifMatch = parseETag(s.req.get('if-match'));
+  sendWrite(s.ctx, type, await s.audited((tx) => write.update(tx, type, id, body, text, ifMatch, guard), ofWritten));
 }
 
-export async function conditionalUpdate(ctx: Ctx, type: string) {
-  const { guard, restrict } = policyOf(ctx, type, 'update', true);
-  const { body, text } = await resourceBody(ctx, type);
-  const criteria = [...criteriaPairs(queryPairs(ctx.req)), ...restrict];
-  const ifMatch = parseETag(ctx.req.get('if-match'));
-  sendWrite(ctx, type, await audited(ctx, type, (tx) => write.conditionalUpdate(tx, type, criteria, body, text, ifMatch, guard), ofWritten));
+export async function conditionalUpdate(s: Session, { type }: Params) {
+  const { guard, restrict } = s.policy;
+  const { body, text } = await resourceBody(s.ctx, type);
+  const criteria = [...criteriaPairs(queryPairs(s.req)), ...restrict];
+  const ifMatch = parseETag(s.req.get('if-match'));
+  sendWrite(s.ctx, type, await s.audited((tx) => write.conditionalUpdate(tx, type, criteria, body, text, ifMatch, guard), ofWritten));
 }
 
-export async function patch(ctx: Ctx, type: string, id: string) {
+export async function patch(s: Session, { type, id }: Params) {
   checkId(id);
-  ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const { guard } = policyOf(ctx, type, 'patch', false);
+  const { guard } = s.policy;
   // The Content-Type says which patch: JSON Patch, or a FHIRPath Patch Parameters as FHIR JSON.
-  const format = requireBodyType(ctx.req, true);
-  const ops = (await readJsonBody(ctx.req, { kind: 'json' })).value;
+  const format = requireBodyType(s.req, true);
+  const ops = (await readJsonBody(s.req, { kind: 'json' })).value;
   if (format === 'json-patch' && !Array.isArray(ops)) throw badRequest('A JSON Patch document (application/json-patch+json) is an array of operations');
   // FHIR JSON that is not a Parameters (a JSON Patch array, say) is a body this media type does not carry.
   if (format === 'resource' && !isFhirPathPatch(ops)) {
     throw new FhirError(415, 'not-supported', 'PATCH with a FHIR JSON body takes a FHIRPath Patch (a Parameters resource); send a JSON Patch as application/json-patch+json');
   }
-  const ifMatch = parseETag(ctx.req.get('if-match'));
-  sendWrite(ctx, type, await audited(ctx, type, (tx) => write.patch(tx, type, id, ops, ifMatch, guard), ofWritten));
+  const ifMatch = parseETag(s.req.get('if-match'));
+  sendWrite(s.ctx, type, await s.audited((tx) => write.patch(tx, type, id, ops, ifMatch, guard), ofWritten));
 }
 
-export async function remove(ctx: Ctx, type: string, id: string) {
+export async function remove(s: Session, { type, id }: Params) {
   checkId(id);
-  ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const { guard } = policyOf(ctx, type, 'delete', false);
-  const ifMatch = parseETag(ctx.req.get('if-match'));
-  sendDeleted(ctx, type, await audited(ctx, type, (tx) => write.remove(tx, type, id, ifMatch, guard), (v) => ({ id, versionId: v })));
+  const { guard } = s.policy;
+  const ifMatch = parseETag(s.req.get('if-match'));
+  sendDeleted(s.ctx, type, await s.audited((tx) => write.remove(tx, type, id, ifMatch, guard), (v) => ({ id, versionId: v })));
 }
 
-export async function conditionalDelete(ctx: Ctx, type: string) {
-  const { guard, restrict } = policyOf(ctx, type, 'delete', true);
-  const criteria = [...criteriaPairs(queryPairs(ctx.req)), ...restrict];
+export async function conditionalDelete(s: Session, { type }: Params) {
+  const { guard, restrict } = s.policy;
+  const criteria = [...criteriaPairs(queryPairs(s.req)), ...restrict];
   let matched: string | undefined;
-  const v = await audited(ctx, type, async (tx) => {
+  const v = await s.audited(async (tx) => {
     const m = await write.matchOne(tx, type, criteria, 'Conditional delete');
     matched = m;
     return m ? write.remove(tx, type, m, undefined, guard) : undefined;
   }, (version) => ({ id: matched, versionId: version }));
-  sendDeleted(ctx, type, v);
+  sendDeleted(s.ctx, type, v);
 }
 
-export async function read(ctx: Ctx, type: string, id: string) {
+export async function read(s: Session, { type, id }: Params) {
   checkId(id);
-  ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const { access } = policyOf(ctx, type, 'read', false);
-  const stored = requireLive(await readById(ctx.db.app, ctx.orgId, type, id), type, id);
-  await requireVisible(ctx, undefined, type, id, stored.json, access);
-  await ctx.audit?.success(touchedResource(type, id, stored.json));
-  sendStored(ctx, stored);
+  s.authorize();
+  const stored = requireLive(await readById(s.ctx.db.app, s.orgId, type, id), type, id);
+  await s.requireVisible(undefined, id, stored.json);
+  await s.succeed(touchedResource(type, id, stored.json));
+  sendStored(s.ctx, stored);
 }
 
-export async function vread(ctx: Ctx, type: string, id: string, vid: string) {
+export async function vread(s: Session, { type, id, vid }: Params) {
   checkId(id);
   const version = write.parseVersionId(vid);
-  ctx.audit?.touch({ resources: [`${type}/${id}/_history/${vid}`] });
-  const { access } = policyOf(ctx, type, 'vread', false);
-  const stored = await inTenant(ctx, async (tx) => {
+  s.authorize();
+  const stored = await s.inTenant(async (tx) => {
     const v = await readVersion(tx, type, id, version);
     // A version is visible when it was in the token's compartment (filters: the current version must match).
-    if (v && !v.deleted) await requireVisible(ctx, tx, type, id, v.json!, access);
+    if (v && !v.deleted) await s.requireVisible(tx, id, v.json!);
     return v;
   });
   if (!stored) throw new FhirError(404, 'not-found', `${type}/${id}/_history/${vid} not found`);
   if (stored.deleted) {
-    ctx.res.set('ETag', etag(stored.versionId));
+    s.res.set('ETag', etag(stored.versionId));
     throw new FhirError(410, 'deleted', `${type}/${id} version ${vid} is a delete`);
   }
-  await ctx.audit?.success(touchedResource(type, id, stored.json, stored.versionId));
-  sendStored(ctx, stored as typeof stored & { json: string });
+  await s.succeed(touchedResource(type, id, stored.json, stored.versionId));
+  sendStored(s.ctx, stored as typeof stored & { json: string });
 }
 
 /** Sends a stored version, honouring If-None-Match / If-Modified-Since (304). */

@@ -1,7 +1,8 @@
 // History interactions (instance, type, system): Bundle type "history",
 // newest first, keyset-paged with an opaque _page cursor.
 import type { Ctx } from './context.ts';
-import { inTenant, pageSize, queryPairs } from './context.ts';
+import { pageSize, queryPairs } from './context.ts';
+import type { Session } from './session.ts';
 import { sendJson } from './format.ts';
 import { bundleJson, type EntryParts } from './bundle.ts';
 import { decodeCursor, pageLinks, pageOf, type Cursor } from './paging.ts';
@@ -11,8 +12,7 @@ import { checkId } from './crud.ts';
 import { ID_PATTERN, parseVersionId } from '../interactions/write.ts';
 import { dateRange } from '../../mappings/search/precision.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
-import { forbidden, permit, visible } from '../auth/enforce.ts';
-import { policyOf } from './policy.ts';
+import { forbidden } from '../auth/enforce.ts';
 import { touchedResource } from '../audit/request.ts';
 
 /**
@@ -20,9 +20,9 @@ import { touchedResource } from '../audit/request.ts';
  * to a compartment or a granular filter (old versions are not in the search index), so
  * they need unrestricted search access on each type.
  */
-function permitWideHistory(ctx: Ctx, type?: string): void {
+function permitWideHistory(s: Session, type?: string): void {
   for (const t of type ? [type] : Object.keys(TABLES)) {
-    const a = permit(ctx, t, 's');
+    const a = s.permitOn(t);
     if (a.compartment || a.filters.length) {
       throw forbidden(`${type ? 'Type' : 'System'} history needs user- or system-level search access to ${t} without granular filters; patient-level tokens can read instance history`);
     }
@@ -66,17 +66,17 @@ function entryOf(ctx: Ctx, e: HistoryEntry): EntryParts {
   };
 }
 
-export async function historyInteraction(ctx: Ctx, type?: string, id?: string) {
+export async function historyInteraction(s: Session, { type, id }: Record<string, string>) {
+  const { ctx } = s;
   if (id) checkId(id);
-  if (id) ctx.audit?.touch({ resources: [`${type}/${id}`] });
-  const access = id ? policyOf(ctx, type!, 'history-instance', false).access : undefined;
-  if (!id) permitWideHistory(ctx, type);
+  const access = id ? s.authorize().access : undefined;
+  if (!id) permitWideHistory(s, type);
   const count = pageSize(ctx, ctx.req.query._count);
   const since = parseSince(ctx.req.query._since);
   const rawPage = typeof ctx.req.query._page === 'string' ? ctx.req.query._page : undefined;
   const cursor: Cursor | undefined = rawPage === undefined ? undefined : decodeCursor(rawPage, fits);
   const at = cursor && keyFrom(cursor.key);
-  const { paged, page, total } = await inTenant(ctx, async (tx) => {
+  const { paged, page, total } = await s.inTenant(async (tx) => {
     // One extra row, on the cursor's side, tells whether a page lies beyond this one.
     const rows = await readHistory(tx, { type, id, since, before: cursor?.dir === 'next' ? at : undefined, after: cursor?.dir === 'previous' ? at : undefined, count: count + 1 });
     const paged = pageOf(rows, count, cursor);
@@ -86,7 +86,7 @@ export async function historyInteraction(ctx: Ctx, type?: string, id?: string) {
       // Only the versions that were the token's to see (the links still page over all of
       // them); a resource never in reach is a 404.
       const shown: typeof page = [];
-      for (const e of page) if (e.deleted || await visible(ctx, tx, e.type, e.id, e.json!, access)) shown.push(e);
+      for (const e of page) if (e.deleted || await s.policy.visible!(tx, e.type, e.id, e.json!)) shown.push(e);
       if (!shown.some((e) => !e.deleted) && total !== 0) throw notFound(`${type}/${id} not found`);
       page = shown;
     }
@@ -100,7 +100,6 @@ export async function historyInteraction(ctx: Ctx, type?: string, id?: string) {
     return `${ctx.base}/${path}${pairs.length ? '?' + new URLSearchParams(pairs).toString() : ''}`;
   };
   const links = pageLinks(link, rawPage, { next: paged.next && keyOf(paged.next), previous: paged.previous && keyOf(paged.previous) });
-  if (id) await ctx.audit?.success({ patients: [...new Set(page.flatMap((e) => touchedResource(e.type, e.id, e.json).patients ?? []))] });
-  else await ctx.audit?.success();
+  await s.succeed(id ? { patients: [...new Set(page.flatMap((e) => touchedResource(e.type, e.id, e.json).patients ?? []))] } : undefined);
   sendJson(ctx.req, ctx.res, 200, bundleJson('history', page.map((e) => entryOf(ctx, e)), links, total));
 }

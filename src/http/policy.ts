@@ -1,20 +1,12 @@
 // What a type or instance interaction may do under the request's token, for an HTTP request
-// (crud.ts) and a Bundle entry (bundles.ts) alike: the permission follows from the
-// interaction (the route table's name for it), so neither picks its own, and the
-// restriction and write guard are composed once.
+// and a Bundle entry alike (src/http/session.ts asks it): the permission is the route's
+// (src/interactions/routes.ts), so no handler picks its own, and the restriction and write
+// guard are composed once.
 import type { Ctx } from './context.ts';
 import { permit, restriction, visible, writeGuard } from '../auth/enforce.ts';
 import type { Access, Permission } from '../auth/scopes.ts';
-import type { TypeInteraction } from '../interactions/supported.ts';
 import type { EntryPolicy } from '../interactions/bundle.ts';
 import type { Tx } from '../store/resources.ts';
-
-/** The scope permission (SMART v2 c r u d s) each interaction needs. */
-export const PERMISSION: Record<TypeInteraction, Permission> = {
-  read: 'r', vread: 'r', 'history-instance': 'r',
-  'search-type': 's', 'history-type': 's',
-  create: 'c', update: 'u', patch: 'u', delete: 'd',
-};
 
 export interface Policy extends EntryPolicy {
   /** The token's access for the interaction's permission. */
@@ -22,12 +14,11 @@ export interface Policy extends EntryPolicy {
 }
 
 /**
- * The interaction's access (403 when the token lacks it). `matches`: the interaction also
+ * The access for the route's permission (403 when the token lacks it). `matches`: the interaction also
  * finds resources by criteria (a conditional update or delete, If-None-Exist), which then
  * needs search access too and is confined by its restriction.
  */
-export function policyOf(ctx: Ctx, type: string, interaction: TypeInteraction, matches: boolean): Policy {
-  const perm = PERMISSION[interaction];
+export function policyOf(ctx: Ctx, type: string, perm: Permission, matches: boolean): Policy {
   const access = permit(ctx, type, perm);
   const searchAccess = perm === 's' ? access : matches ? permit(ctx, type, 's') : undefined;
   const writes = perm === 'c' || perm === 'u' || perm === 'd';

@@ -18,7 +18,7 @@ import { bundleInteraction } from './bundles.ts';
 import { everythingInteraction } from '../operations/everything.ts';
 import { validateOperation } from '../operations/validate.ts';
 import { exportInteraction, isExportFilePath } from '../operations/export.ts';
-import { matchRoute, pathSegments, type RouteName } from '../interactions/routes.ts';
+import { matchRoute, pathSegments, type RouteMatch, type RouteName } from '../interactions/routes.ts';
 import { authenticate } from '../auth/enforce.ts';
 import { AuditWriter } from '../audit/writer.ts';
 import { RequestAudit } from '../audit/request.ts';
@@ -26,8 +26,10 @@ import { actionOf } from '../audit/event.ts';
 import { requireSupported, type TypeInteraction } from '../interactions/supported.ts';
 import { checkId } from '../interactions/write.ts';
 import { compartmentPair } from '../auth/scopes.ts';
+import { Session } from './session.ts';
 
-type Handler = () => Promise<void>;
+/** Runs the route's interaction in the request's session (made once the token is verified), with the path's parameters. */
+type Handler = (s: Session, params: Record<string, string>) => Promise<void>;
 
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const RESERVED = new Set(['metadata']);
@@ -93,9 +95,10 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     // Read at each request, so a benchmark can compare auditing on and off in one run.
     if (config.audit === 'on') ctx.audit = new RequestAudit(auditor, ctx.orgId, base, clientAddress(req));
     try {
-      const handler = route(ctx, segments);
+      const match = matchRoute(req.method, segments);
+      const handler = route(ctx, match, segments);
       await authenticate(ctx);
-      await handler();
+      await handler(new Session(ctx, match), match.params);
     } catch (e) {
       // Refused and failed requests leave an AuditEvent too (outcome 4 or 8).
       await ctx.audit?.failure(e).catch(logAuditFailure);
@@ -104,8 +107,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
   }
 
   /** Resolves the interaction through the route table (naming it for the audit) without running it. */
-  function route(ctx: Ctx, segments: string[]): Handler {
-    const match = matchRoute(ctx.req.method, segments);
+  function route(ctx: Ctx, match: RouteMatch, segments: string[]): Handler {
     const rawQuery = ctx.req.originalUrl.includes('?') ? ctx.req.originalUrl.slice(ctx.req.originalUrl.indexOf('?') + 1) : '';
     return PREPARE[match.route.name](ctx, match.params, rawQuery, segments);
   }
@@ -123,50 +125,50 @@ function touchInstance(ctx: Ctx, type: string, id: string, vid?: string): void {
 
 function exportRoute(ctx: Ctx, _p: Record<string, string>, _q: string, segments: string[]): Handler {
   nameInteraction(ctx, 'operation');
-  return () => exportInteraction(ctx, segments);
+  return (s) => exportInteraction(s.ctx, segments);
 }
 
 function validateRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string): Handler {
   if (p.id !== undefined) touchInstance(ctx, p.type, p.id);
   ctx.audit?.interaction('operation', 'E', { operation: 'validate', query: rawQuery, type: p.type });
-  return () => validateOperation(ctx, p.type, p.id);
+  return (s) => validateOperation(s.ctx, p.type, p.id);
 }
 
 function everythingRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string): Handler {
   ctx.audit?.interaction('operation', 'E', { operation: 'everything', query: rawQuery, type: 'Patient' });
-  return () => everythingInteraction(ctx, p.id);
+  return (s) => everythingInteraction(s.ctx, p.id);
 }
 
 /** One per route of src/interactions/routes.ts (the compiler checks none is missing). */
 const PREPARE: Record<RouteName, Prepare> = {
   // Answered by dispatch before the audit and authentication, so never prepared here.
   capabilities: () => { throw new FhirError(500, 'exception', 'metadata is answered before routing'); },
-  bundle: (ctx) => { nameInteraction(ctx, undefined); return () => bundleInteraction(ctx); },
-  'search-system': (ctx, _p, q) => { nameInteraction(ctx, 'search-system', undefined, q); return () => systemSearchInteraction(ctx, queryPairs(ctx.req)); },
-  'history-system': (ctx, _p, q) => { nameInteraction(ctx, 'history-system', undefined, q); return () => historyInteraction(ctx); },
+  bundle: (ctx) => { nameInteraction(ctx, undefined); return (s) => bundleInteraction(s.ctx); },
+  'search-system': (ctx, _p, q) => { nameInteraction(ctx, 'search-system', undefined, q); return (s) => systemSearchInteraction(s, queryPairs(ctx.req)); },
+  'history-system': (ctx, _p, q) => { nameInteraction(ctx, 'history-system', undefined, q); return historyInteraction; },
   export: exportRoute,
   'export-patient': exportRoute,
   'export-group': exportRoute,
   'export-status': exportRoute,
   'export-file': exportRoute,
-  'search-type': (ctx, { type }, q) => { typeLevel(ctx, type, 'search-type', q); return () => searchInteraction(ctx, type, queryPairs(ctx.req)); },
-  create: (ctx, { type }) => { typeLevel(ctx, type, 'create'); return () => crud.create(ctx, type); },
-  'conditional-update': (ctx, { type }, q) => { typeLevel(ctx, type, 'update', q); return () => crud.conditionalUpdate(ctx, type); },
-  'conditional-delete': (ctx, { type }, q) => { typeLevel(ctx, type, 'delete', q); return () => crud.conditionalDelete(ctx, type); },
+  'search-type': (ctx, { type }, q) => { typeLevel(ctx, type, 'search-type', q); return (s) => searchInteraction(s, queryPairs(ctx.req)); },
+  create: (ctx, { type }) => { typeLevel(ctx, type, 'create'); return crud.create; },
+  'conditional-update': (ctx, { type }, q) => { typeLevel(ctx, type, 'update', q); return crud.conditionalUpdate; },
+  'conditional-delete': (ctx, { type }, q) => { typeLevel(ctx, type, 'delete', q); return crud.conditionalDelete; },
   'search-post': (ctx, { type }) => {
     const { req } = ctx;
     const form = Buffer.isBuffer(req.body) && /x-www-form-urlencoded/.test(req.get('content-type') ?? '') ? req.body.toString('utf8') : '';
     const pairs = [...queryPairs(req), ...new URLSearchParams(form).entries()];
     typeLevel(ctx, type, 'search-type', new URLSearchParams(pairs).toString());
-    return () => searchInteraction(ctx, type, pairs);
+    return (s) => searchInteraction(s, pairs);
   },
-  'history-type': (ctx, { type }, q) => { typeLevel(ctx, type, 'history-type', q); return () => historyInteraction(ctx, type); },
+  'history-type': (ctx, { type }, q) => { typeLevel(ctx, type, 'history-type', q); return historyInteraction; },
   'validate-type': validateRoute,
   'everything-all': everythingRoute,
-  read: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'read'); return () => crud.read(ctx, type, id); },
-  update: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'update'); return () => crud.update(ctx, type, id); },
-  patch: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'patch'); return () => crud.patch(ctx, type, id); },
-  delete: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'delete'); return () => crud.remove(ctx, type, id); },
+  read: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'read'); return crud.read; },
+  update: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'update'); return crud.update; },
+  patch: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'patch'); return crud.patch; },
+  delete: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'delete'); return crud.remove; },
   validate: validateRoute,
   everything: everythingRoute,
   'search-compartment': (ctx, { id, compartmentType: type }, q) => {
@@ -175,8 +177,8 @@ const PREPARE: Record<RouteName, Prepare> = {
     const pair = compartmentPair(type, id);
     if (!pair) throw new FhirError(400, 'invalid', `${type} is not in the Patient compartment (R4 CompartmentDefinition/patient)`);
     typeLevel(ctx, type, 'search-type', q);
-    return () => searchInteraction(ctx, type, queryPairs(ctx.req), { pair, path: `Patient/${id}/${type}` });
+    return (s) => searchInteraction(s, queryPairs(ctx.req), { pair, path: `Patient/${id}/${type}` });
   },
-  'history-instance': (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'history-instance'); return () => historyInteraction(ctx, type, id); },
-  vread: (ctx, { type, id, vid }) => { touchInstance(ctx, type, id, vid); typeLevel(ctx, type, 'vread'); return () => crud.vread(ctx, type, id, vid); },
+  'history-instance': (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'history-instance'); return historyInteraction; },
+  vread: (ctx, { type, id, vid }) => { touchInstance(ctx, type, id, vid); typeLevel(ctx, type, 'vread'); return crud.vread; },
 };

@@ -1,8 +1,8 @@
 // Type-level search (GET [type]?..., POST [type]/_search): criteria, result
 // control (_sort, _count, _total, _summary, _elements, _include, _revinclude) and
 // stable cursor paging. Unknown parameters are reported (lenient) or refused (strict).
-import type { Ctx } from './context.ts';
-import { inTenant, pageSize } from './context.ts';
+import { pageSize } from './context.ts';
+import type { Session } from './session.ts';
 import { sendJson, preferStrict } from './format.ts';
 import { bundleJson, type EntryParts } from './bundle.ts';
 import { decodeCursor, pageLinks } from './paging.ts';
@@ -12,15 +12,14 @@ import { subset, type SummaryMode } from '../fhir/subset.ts';
 import { parseSearch } from '../search/query.ts';
 import { runSearch, runSystemSearch, fetchIncludes } from '../store/searchRun.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
-import { accessOf, filterVisible, forbidden, permit } from '../auth/enforce.ts';
-import { policyOf } from './policy.ts';
+import { filterVisible, forbidden } from '../auth/enforce.ts';
 import { queryPatients } from '../audit/request.ts';
 
 /** Records the search's AuditEvent: the query, and the patients it names or is confined to. */
-async function auditSearch(ctx: Ctx, type: string | undefined, pairs: [string, string][], confined: boolean) {
+function auditSearch(s: Session, type: string | undefined, pairs: [string, string][], confined: boolean) {
   const patients = queryPatients(type, pairs);
-  if (confined && ctx.access?.patient) patients.push(ctx.access.patient);
-  await ctx.audit?.success({ patients });
+  if (confined && s.ctx.access?.patient) patients.push(s.ctx.access.patient);
+  return s.succeed({ patients });
 }
 
 /** A system search's cursor: a stored type and an id (the sort values fit when the search runs). */
@@ -32,16 +31,18 @@ export interface Within {
   path: string;
 }
 
-export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, string][], within?: Within) {
+export async function searchInteraction(s: Session, pairs: [string, string][], within?: Within) {
+  const { ctx } = s;
+  const type = s.match.type!;
   // The compartment and granular filters apply to the result type and to every resource
   // a chain or _has reaches, so the client's criteria can only narrow what the token sees.
-  const { access, restrict: restricted } = policyOf(ctx, type, 'search-type', false);
+  const { access, restrict: restricted } = s.policy;
   const q = parseSearch(type, [...pairs, ...restricted, ...within ? [within.pair] : []]);
   if (q.unknown.length && preferStrict(ctx.req)) throw badRequest(`Unsupported search parameter(s): ${q.unknown.join(', ')}`);
   const count = pageSize(ctx, q.count);
   const cursor = q.page ? decodeCursor(q.page) : undefined;
   const countOnly = q.summary === 'count';
-  const result = await inTenant(ctx, async (tx) => {
+  const result = await s.inTenant(async (tx) => {
     const page = await runSearch(tx, {
       orgId: ctx.orgId,
       type, criteria: q.criteria, sort: q.sort, count: countOnly ? 0 : count,
@@ -66,7 +67,7 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
       search: { mode: 'outcome' },
     });
   }
-  await auditSearch(ctx, type, pairs, access.compartment);
+  await auditSearch(s, type, pairs, access.compartment);
   // Links repeat the query (minus what was ignored) so every page means the same search.
   const keep = pairs.filter(([n]) => n !== '_page' && n !== '_count' && !q.unknown.includes(n.split(/[:.]/)[0]));
   const link = (page?: string) => `${ctx.base}/${within?.path ?? type}?${new URLSearchParams([...keep, ['_count', String(count)], ...page ? [['_page', page]] : []]).toString()}`;
@@ -75,14 +76,15 @@ export async function searchInteraction(ctx: Ctx, type: string, pairs: [string, 
 }
 
 /** GET [base]?_type=A,B&...: parameters common to the listed types (all stored types by default). */
-export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][]) {
+export async function systemSearchInteraction(s: Session, pairs: [string, string][]) {
+  const { ctx } = s;
   const typeParam = pairs.find(([n]) => n === '_type')?.[1];
   let types = typeParam ? typeParam.split(',').filter(Boolean) : Object.keys(TABLES);
   const bad = types.filter((t) => !TABLES[t]);
   if (bad.length) throw badRequest(`_type names types Kiln does not store: ${bad.join(', ')}`, ['_type']);
   // Named types must all be searchable; without _type, the search covers those that are.
-  if (typeParam) types.forEach((t) => permit(ctx, t, 's'));
-  else types = types.filter((t) => accessOf(ctx, t, 's'));
+  if (typeParam) types.forEach((t) => s.permitOn(t));
+  else types = types.filter((t) => s.accessOn(t));
   if (!types.length) throw forbidden("The access token's scopes allow searching no resource type");
   const rest = pairs.filter(([n]) => n !== '_type');
   const parsed = types.map((type) => ({ type, q: parseSearch(type, rest) }));
@@ -98,8 +100,8 @@ export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][
   const cursor = first.page ? decodeCursor(first.page, typedId) : undefined;
   const at = cursor && { type: cursor.key[0], id: cursor.key[1] };
   const countOnly = first.summary === 'count';
-  const result = await inTenant(ctx, (tx) => runSystemSearch(tx, {
-    types: types.map((type) => ({ type, criteria: parseSearch(type, [...usable, ...policyOf(ctx, type, 'search-type', false).restrict]).criteria })),
+  const result = await s.inTenant((tx) => runSystemSearch(tx, {
+    types: types.map((type) => ({ type, criteria: parseSearch(type, [...usable, ...s.policyOn(type).restrict]).criteria })),
     count: countOnly ? 0 : count, after: cursor?.dir === 'next' ? at : undefined, before: cursor?.dir === 'previous' ? at : undefined,
     // _total=estimate is counted exactly here: the planner's guess for a union of types is poor.
     total: countOnly || first.total !== 'none' ? 'accurate' : 'none',
@@ -116,6 +118,6 @@ export async function systemSearchInteraction(ctx: Ctx, pairs: [string, string][
   const keep = pairs.filter(([n]) => n !== '_page' && n !== '_count' && !unknown.includes(n));
   const link = (page?: string) => `${ctx.base}?${new URLSearchParams([...keep, ['_count', String(count)], ...page ? [['_page', page]] : []]).toString()}`;
   const links = pageLinks(link, first.page, { next: result.next && [result.next.type, result.next.id], previous: result.previous && [result.previous.type, result.previous.id] });
-  await auditSearch(ctx, undefined, pairs, types.some((t) => accessOf(ctx, t, 's')?.compartment));
+  await auditSearch(s, undefined, pairs, types.some((t) => s.accessOn(t)?.compartment));
   sendJson(ctx.req, ctx.res, 200, bundleJson('searchset', entries, links, result.total));
 }

@@ -16,6 +16,7 @@ import * as write from './write.ts';
 import { isFhirPathPatch, parseFhirPathPatch } from '../fhir/fhirpathPatch.ts';
 import { matchRoute, pathSegments, entryInteraction, type Method, type RouteMatch } from './routes.ts';
 import type { TypeInteraction } from './supported.ts';
+import type { Permission } from '../auth/scopes.ts';
 
 export type { Method };
 const ORDER: Record<Method, number> = { DELETE: 0, POST: 1, PUT: 2, PATCH: 2, GET: 3, HEAD: 3 };
@@ -31,7 +32,7 @@ export interface EntryResult {
 }
 
 /** What authorization sees of an entry's request. */
-export type EntryRequest = Pick<Parsed, 'index' | 'method' | 'interaction' | 'type' | 'id' | 'vid' | 'query' | 'ifNoneExist'>;
+export type EntryRequest = Pick<Parsed, 'index' | 'method' | 'interaction' | 'permission' | 'type' | 'id' | 'vid' | 'query' | 'ifNoneExist'>;
 
 /** What an entry may do (src/http/bundles.ts builds it from the token's scopes). */
 export interface EntryPolicy {
@@ -48,6 +49,8 @@ interface Parsed {
   method: Method;
   /** From the route table (routes.ts), as the same request over HTTP would be named. */
   interaction: TypeInteraction;
+  /** The route's scope permission (routes.ts), as the same request over HTTP needs. */
+  permission: Permission;
   type: string;
   id?: string;
   vid?: string;
@@ -101,7 +104,7 @@ function parseEntry(entry: BundleEntry, index: number, base: string, validated?:
   const { type, id, vid } = route.params;
   if (id) write.checkId(id);
   const parsed: Parsed = {
-    index, method, interaction, type, id, vid, query: [...new URLSearchParams(query).entries()], fullUrl: entry.fullUrl,
+    index, method, interaction, permission: route.route.permission!, type, id, vid, query: [...new URLSearchParams(query).entries()], fullUrl: entry.fullUrl,
     ifMatch: parseETagValue(entry.request?.ifMatch),
     ifNoneExist: write.ifNoneExistCriteria(entry.request?.ifNoneExist),
   };

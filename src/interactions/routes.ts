@@ -5,6 +5,7 @@
 import { FhirError, badRequest, notFound } from '../fhir/outcome.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import type { TypeInteraction } from './supported.ts';
+import type { Permission } from '../auth/scopes.ts';
 
 export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 export const METHODS: readonly Method[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'];
@@ -23,6 +24,12 @@ export interface Route {
    */
   pattern: string;
   interaction: Interaction;
+  /**
+   * The SMART v2 scope permission (c r u d s) the interaction needs on its type, which the
+   * request's session (src/http/session.ts) applies. Operations have none: each decides its
+   * own access (src/operations/).
+   */
+  permission?: Permission;
   /** The operation's name (interaction 'operation'). */
   operation?: string;
   /**
@@ -37,32 +44,32 @@ export interface Route {
 export const ROUTES = [
   { name: 'capabilities', methods: ['GET', 'HEAD'], pattern: 'metadata', interaction: 'capabilities' },
   { name: 'bundle', methods: ['POST'], pattern: '', interaction: 'batch' },
-  { name: 'search-system', methods: ['GET'], pattern: '', interaction: 'search-system' },
-  { name: 'history-system', methods: ['GET'], pattern: '_history', interaction: 'history-system' },
+  { name: 'search-system', methods: ['GET'], pattern: '', interaction: 'search-system', permission: 's' },
+  { name: 'history-system', methods: ['GET'], pattern: '_history', interaction: 'history-system', permission: 's' },
   // Bulk Data (src/operations/export.ts): kick-off, status (poll or cancel) and output files.
   { name: 'export', methods: ['GET', 'POST'], pattern: '$export', interaction: 'operation', operation: 'export', definition: 'OperationDefinition-export.json' },
   { name: 'export-patient', methods: ['GET', 'POST'], pattern: 'Patient/$export', interaction: 'operation', operation: 'export', definition: 'OperationDefinition-patient-export.json' },
   { name: 'export-group', methods: ['GET', 'POST'], pattern: 'Group/:id/$export', interaction: 'operation', operation: 'export', definition: 'OperationDefinition-group-export.json' },
   { name: 'export-status', methods: ['GET', 'DELETE'], pattern: '$export-status/:job', interaction: 'operation', operation: 'export-status' },
   { name: 'export-file', methods: ['GET'], pattern: '$export-file/:job/:file', interaction: 'operation', operation: 'export-file' },
-  { name: 'search-type', methods: ['GET'], pattern: ':type', interaction: 'search-type', entry: true },
-  { name: 'create', methods: ['POST'], pattern: ':type', interaction: 'create', entry: true },
-  { name: 'conditional-update', methods: ['PUT'], pattern: ':type', interaction: 'update', entry: true },
-  { name: 'conditional-delete', methods: ['DELETE'], pattern: ':type', interaction: 'delete', entry: true },
-  { name: 'search-post', methods: ['POST'], pattern: ':type/_search', interaction: 'search-type' },
-  { name: 'history-type', methods: ['GET'], pattern: ':type/_history', interaction: 'history-type' },
+  { name: 'search-type', methods: ['GET'], pattern: ':type', interaction: 'search-type', permission: 's', entry: true },
+  { name: 'create', methods: ['POST'], pattern: ':type', interaction: 'create', permission: 'c', entry: true },
+  { name: 'conditional-update', methods: ['PUT'], pattern: ':type', interaction: 'update', permission: 'u', entry: true },
+  { name: 'conditional-delete', methods: ['DELETE'], pattern: ':type', interaction: 'delete', permission: 'd', entry: true },
+  { name: 'search-post', methods: ['POST'], pattern: ':type/_search', interaction: 'search-type', permission: 's' },
+  { name: 'history-type', methods: ['GET'], pattern: ':type/_history', interaction: 'history-type', permission: 's' },
   { name: 'validate-type', methods: ['POST'], pattern: ':type/$validate', interaction: 'operation', operation: 'validate', definition: 'OperationDefinition-Resource-validate.json' },
   { name: 'everything-all', methods: ['GET'], pattern: 'Patient/$everything', interaction: 'operation', operation: 'everything', definition: 'OperationDefinition-Patient-everything.json' },
-  { name: 'read', methods: ['GET', 'HEAD'], pattern: ':type/:id', interaction: 'read', entry: true },
-  { name: 'update', methods: ['PUT'], pattern: ':type/:id', interaction: 'update', entry: true },
-  { name: 'patch', methods: ['PATCH'], pattern: ':type/:id', interaction: 'patch', entry: true },
-  { name: 'delete', methods: ['DELETE'], pattern: ':type/:id', interaction: 'delete', entry: true },
+  { name: 'read', methods: ['GET', 'HEAD'], pattern: ':type/:id', interaction: 'read', permission: 'r', entry: true },
+  { name: 'update', methods: ['PUT'], pattern: ':type/:id', interaction: 'update', permission: 'u', entry: true },
+  { name: 'patch', methods: ['PATCH'], pattern: ':type/:id', interaction: 'patch', permission: 'u', entry: true },
+  { name: 'delete', methods: ['DELETE'], pattern: ':type/:id', interaction: 'delete', permission: 'd', entry: true },
   { name: 'validate', methods: ['POST', 'GET'], pattern: ':type/:id/$validate', interaction: 'operation', operation: 'validate', definition: 'OperationDefinition-Resource-validate.json' },
   { name: 'everything', methods: ['GET'], pattern: 'Patient/:id/$everything', interaction: 'operation', operation: 'everything', definition: 'OperationDefinition-Patient-everything.json' },
   // Compartment search (http.html#search): GET [base]/Patient/[id]/[type]?...
-  { name: 'search-compartment', methods: ['GET'], pattern: 'Patient/:id/:compartmentType', interaction: 'search-type' },
-  { name: 'history-instance', methods: ['GET'], pattern: ':type/:id/_history', interaction: 'history-instance' },
-  { name: 'vread', methods: ['GET', 'HEAD'], pattern: ':type/:id/_history/:vid', interaction: 'vread', entry: true },
+  { name: 'search-compartment', methods: ['GET'], pattern: 'Patient/:id/:compartmentType', interaction: 'search-type', permission: 's' },
+  { name: 'history-instance', methods: ['GET'], pattern: ':type/:id/_history', interaction: 'history-instance', permission: 'r' },
+  { name: 'vread', methods: ['GET', 'HEAD'], pattern: ':type/:id/_history/:vid', interaction: 'vread', permission: 'r', entry: true },
 ] as const satisfies readonly Route[];
 
 export type RouteName = typeof ROUTES[number]['name'];
