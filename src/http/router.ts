@@ -143,7 +143,7 @@ function everythingRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string):
 const PREPARE: Record<RouteName, Prepare> = {
   // Answered by dispatch before the audit and authentication, so never prepared here.
   capabilities: () => { throw new FhirError(500, 'exception', 'metadata is answered before routing'); },
-  bundle: (ctx) => { nameInteraction(ctx, undefined); return (s) => bundleInteraction(s.ctx); },
+  bundle: (ctx) => { nameInteraction(ctx, undefined); return bundleInteraction; },
   'search-system': (ctx, _p, q) => { nameInteraction(ctx, 'search-system', undefined, q); return (s) => systemSearchInteraction(s, queryPairs(ctx.req)); },
   'history-system': (ctx, _p, q) => { nameInteraction(ctx, 'history-system', undefined, q); return historyInteraction; },
   export: exportRoute,

@@ -9,7 +9,10 @@ import { policyOf, type Policy } from './policy.ts';
 import { accessOf, permit, visible, type Access } from '../auth/enforce.ts';
 import { notFound } from '../fhir/outcome.ts';
 import type { RouteMatch } from '../interactions/routes.ts';
-import { touchedResource, type Touched } from '../audit/request.ts';
+import { touchedResource, type RequestAudit, type Touched } from '../audit/request.ts';
+import { actionOf } from '../audit/event.ts';
+import { requireSupported } from '../interactions/supported.ts';
+import type { EntryRequest, EntryResult } from '../interactions/bundle.ts';
 import type { Tx } from '../store/resources.ts';
 
 /** What a write touched, for its AuditEvent (no id: nothing was written). */
@@ -22,9 +25,10 @@ export interface Written {
 /**
  * Whether the interaction also finds resources by criteria (a conditional update or delete,
  * a create with If-None-Exist), which needs search access and is confined by its restriction.
+ * Over HTTP only a create reads If-None-Exist; an entry's ifNoneExist counts on any method.
  */
 function byCriteria(interaction: string, id: string | undefined, ifNoneExist: unknown): boolean {
-  return ((interaction === 'update' || interaction === 'delete') && id === undefined) || (interaction === 'create' && !!ifNoneExist);
+  return ((interaction === 'update' || interaction === 'delete') && id === undefined) || !!ifNoneExist;
 }
 
 export class Session {
@@ -50,7 +54,8 @@ export class Session {
   authorize(): Policy {
     if (!this.computed) {
       const { route, params, type } = this.match;
-      this.computed = policyOf(this.ctx, type!, route.permission!, byCriteria(route.interaction, params.id, this.req.get('if-none-exist')));
+      const ifNoneExist = route.interaction === 'create' ? this.req.get('if-none-exist') : undefined;
+      this.computed = policyOf(this.ctx, type!, route.permission!, byCriteria(route.interaction, params.id, ifNoneExist));
     }
     return this.computed;
   }
@@ -98,5 +103,53 @@ export class Session {
   /** Records a successful read, search or operation before the answer goes out. */
   succeed(t?: Touched): Promise<void> {
     return this.ctx.audit?.success(t) ?? Promise.resolve();
+  }
+
+  /** A batch or transaction entry of this request, with the policy and AuditEvent the same request over HTTP would have. */
+  forEntry(entry: EntryRequest): EntrySession {
+    return new EntrySession(this.ctx, entry);
+  }
+}
+
+/**
+ * One Bundle entry: its policy (from its route's permission, src/interactions/bundle.ts
+ * parseEntry) and its own AuditEvent, a child of the Bundle's (a batch records one per
+ * entry; a transaction's entries are named in the Bundle's own).
+ */
+export class EntrySession {
+  constructor(private readonly ctx: Ctx, readonly entry: EntryRequest) {}
+
+  /** 405 when the entry's type does not support its interaction, 403 when the token lacks the permission. */
+  get policy(): Policy {
+    const e = this.entry;
+    requireSupported(e.type, e.interaction);
+    return policyOf(this.ctx, e.type, e.permission, byCriteria(e.interaction, e.id, e.ifNoneExist));
+  }
+
+  private audit(): RequestAudit | undefined {
+    const e = this.entry;
+    const child = this.ctx.audit?.child(e.interaction, actionOf(e.interaction, e.method));
+    if (e.id) child?.touch({ resources: [e.vid ? `${e.type}/${e.id}/_history/${e.vid}` : `${e.type}/${e.id}`] });
+    else if (child && (e.method === 'GET' || e.method === 'HEAD')) child.query = { type: e.type, text: new URLSearchParams(e.query).toString() };
+    return child;
+  }
+
+  /** Resources and patients the entry touched, from its result. */
+  touched(r: EntryResult): Touched {
+    const e = this.entry;
+    const loc = r.location ? /^([A-Za-z]+)\/([^/]+)\/_history\/(\d+)$/.exec(r.location) : null;
+    if (loc) return touchedResource(loc[1], loc[2], r.json, Number(loc[3]));
+    if (e.id && r.json && e.method !== 'DELETE') return touchedResource(e.type, e.id, r.json);
+    return {};
+  }
+
+  /** Records the entry's AuditEvent in its write transaction. */
+  async recordInTx(tx: Tx, r: EntryResult): Promise<void> {
+    await this.audit()?.inTx(tx, this.touched(r));
+  }
+
+  /** Records the entry's refusal or failure. */
+  async failed(err: unknown): Promise<void> {
+    await this.audit()?.failure(err);
   }
 }
