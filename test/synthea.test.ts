@@ -79,9 +79,12 @@ async function checkTenant(base: string) {
   const patient = stored.get('Patient')![0];
   const conditions = await fhir(base, 'GET', `Condition?patient=Patient/${patient.id}&_summary=count`);
   assert.equal(conditions.json.total, stored.get('Condition')!.filter((c) => c.subject.reference === `Patient/${patient.id}`).length);
+  // Patient bundles carry their own copies of some practitioners: as many hits as the files hold.
   const npi = stored.get('Practitioner')![0].identifier[0];
+  const withNpi = stored.get('Practitioner')!.filter((p) => p.identifier?.some((i: any) => i.system === npi.system && i.value === npi.value)).length;
   const byNpi = await fhir(base, 'GET', `Practitioner?identifier=${encodeURIComponent(`${npi.system}|${npi.value}`)}`);
-  assert.equal(byNpi.json.entry.length, 1);
+  assert.equal(byNpi.json.entry.length, withNpi);
+  assert.ok(withNpi >= 1);
   const claims = await fhir(base, 'GET', `Claim?patient=${patient.id}&_include=Claim:provider&_count=500`);
   assert.ok(claims.json.entry.some((e: any) => e.search.mode === 'include' && e.resource.resourceType === 'Organization'), 'Claim:provider includes the Organization');
   return stored;
