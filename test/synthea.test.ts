@@ -81,7 +81,8 @@ async function checkTenant(base: string) {
   assert.equal(conditions.json.total, stored.get('Condition')!.filter((c) => c.subject.reference === `Patient/${patient.id}`).length);
   // Patient bundles carry their own copies of some practitioners: as many hits as the files hold.
   const npi = stored.get('Practitioner')![0].identifier[0];
-  const withNpi = stored.get('Practitioner')!.filter((p) => p.identifier?.some((i: any) => i.system === npi.system && i.value === npi.value)).length;
+  const withNpi = bundles.flatMap((b) => b.entry).filter((e: any) => e.resource.resourceType === 'Practitioner'
+    && e.resource.identifier?.some((i: any) => i.system === npi.system && i.value === npi.value)).length;
   const byNpi = await fhir(base, 'GET', `Practitioner?identifier=${encodeURIComponent(`${npi.system}|${npi.value}`)}`);
   assert.equal(byNpi.json.entry.length, withNpi);
   assert.ok(withNpi >= 1);
