@@ -223,3 +223,57 @@ describe('HTTP request and Bundle entry agree', () => {
     });
   }
 });
+
+describe('POST $everything (R4 operations.html#request: parameters in a Parameters body or a form)', () => {
+  let srv: TestServer;
+  let patient: string;
+
+  before(async () => {
+    // No AuditEvents, which are in the patient's compartment too: the counts below are the test's own resources.
+    srv = await startTestServer({ audit: 'off' });
+    patient = (await fhir(srv.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Posted' }] })).json.id;
+    for (const text of ['a', 'b']) {
+      await fhir(srv.url, 'POST', 'Observation', { resourceType: 'Observation', status: 'final', code: { text }, subject: { reference: `Patient/${patient}` } });
+    }
+  });
+  after(async () => {
+    await srv.stop();
+    removeDataDir(srv.dataDir);
+  });
+
+  const ids = (r: { json: any }) => (r.json.entry ?? []).map((e: any) => e.fullUrl);
+
+  test('a Parameters body means what the same query does, and its next link is a GET with them in the URL', async () => {
+    const get = await fhir(srv.url, 'GET', `Patient/${patient}/$everything?_type=Observation&_count=1`);
+    const post = await fhir(srv.url, 'POST', `Patient/${patient}/$everything`, {
+      resourceType: 'Parameters', parameter: [{ name: '_type', valueString: 'Observation' }, { name: '_count', valueInteger: 1 }],
+    });
+    assert.equal(post.status, 200, post.text);
+    assert.equal(ids(post).length, 1);
+    assert.deepEqual(ids(post), ids(get));
+    const next = post.json.link.find((l: any) => l.relation === 'next').url as string;
+    const rest = await fhir(srv.url, 'GET', next.slice(srv.url.length + 1));
+    assert.equal(rest.status, 200, rest.text);
+    assert.equal(ids(rest).length, 1);
+    assert.ok(rest.json.entry[0].fullUrl.includes('/Observation/') && rest.json.entry[0].fullUrl !== ids(post)[0]);
+  });
+
+  test('a form and an empty body work at both levels; a parameter in the URL and the body is repeated (400)', async () => {
+    const form = await fhir(srv.url, 'POST', 'Patient/$everything', '_type=Patient', { 'content-type': 'application/x-www-form-urlencoded' });
+    assert.equal(form.status, 200, form.text);
+    assert.deepEqual(ids(form), [`${srv.url}/Patient/${patient}`]);
+    const empty = await fhir(srv.url, 'POST', `Patient/${patient}/$everything`);
+    assert.equal(empty.status, 200, empty.text);
+    assert.equal(ids(empty).length, 3);
+    const twice = await fhir(srv.url, 'POST', `Patient/${patient}/$everything?_count=1`, '_count=2', { 'content-type': 'application/x-www-form-urlencoded' });
+    assert.equal(twice.status, 400, twice.text);
+  });
+
+  test('a body that is not a Parameters resource is a 400, an unsupported Content-Type a 415', async () => {
+    const wrong = await fhir(srv.url, 'POST', `Patient/${patient}/$everything`, { resourceType: 'Patient' });
+    assert.equal(wrong.status, 400, wrong.text);
+    assert.equal(wrong.json.resourceType, 'OperationOutcome');
+    const xml = await fhir(srv.url, 'POST', `Patient/${patient}/$everything`, '<Parameters/>', { 'content-type': 'application/xml' });
+    assert.equal(xml.status, 415, xml.text);
+  });
+});

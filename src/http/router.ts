@@ -134,9 +134,9 @@ function validateRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string): H
   return (s) => validateOperation(s.ctx, p.type, p.id);
 }
 
-function everythingRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string): Handler {
+function everythingRoute(ctx: Ctx, _p: Record<string, string>, rawQuery: string): Handler {
   ctx.audit?.interaction('operation', 'E', { operation: 'everything', query: rawQuery, type: 'Patient' });
-  return (s) => everythingInteraction(s.ctx, p.id);
+  return everythingInteraction;
 }
 
 /** One per route of src/interactions/routes.ts (the compiler checks none is missing). */
