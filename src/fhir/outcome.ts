@@ -25,8 +25,10 @@ export const conflict = (msg: string) => new FhirError(409, 'conflict', msg);
 export const preconditionFailed = (msg: string) => new FhirError(412, 'conflict', msg);
 export const unprocessable = (msg: string, expression?: string[]) => new FhirError(422, 'processing', msg, expression);
 
+/** The issues as an OperationOutcome; an empty array is left out (FHIR JSON has no empty arrays). */
 export function outcome(issues: OperationOutcomeIssue[]): OperationOutcome {
-  return { resourceType: 'OperationOutcome', issue: issues };
+  const issue = issues.map((i) => Object.fromEntries(Object.entries(i).filter(([, v]) => !(Array.isArray(v) && v.length === 0))) as OperationOutcomeIssue);
+  return { resourceType: 'OperationOutcome', issue };
 }
 
 /** A 503's body: the server cannot serve now (database away, stopping); the client retries after Retry-After. */

@@ -18,6 +18,9 @@ import { databaseUnavailable, RETRY_AFTER_SECONDS } from '../store/resources.ts'
 export function createApp(db: Database, config: Config, version: string, inFlight: InFlight) {
   const app = express();
   app.disable('x-powered-by');
+  // An ETag is a resource's version (W/"3"), set where one is sent; Express's body hashes
+  // would put one on errors and search Bundles, where it means nothing a client may use.
+  app.set('etag', false);
   // Without a configured proxy, X-Forwarded-For is the client's say-so (the login limit keys on req.ip).
   app.set('trust proxy', config.trustProxy);
   app.use(helmet({ contentSecurityPolicy: false }));

@@ -65,8 +65,11 @@ export async function everythingInteraction(s: Session, { id: patientId }: Recor
   const posted = bodyPairs(ctx.req);
   const query = posted.length ? withBody(ctx.req.query, posted) : ctx.req.query;
   const count = pageSize(ctx, query._count);
-  // By default the types of the patient compartment (the Patient too, which is in its own).
-  const asked = typeof query._type === 'string' ? query._type.split(',').filter(Boolean) : Object.keys(PATIENT_COMPARTMENT);
+  // By default the types of the patient compartment (the Patient too, which is in its own);
+  // AuditEvents only when _type names them: every read records one, so each $everything
+  // would grow the next.
+  const asked = typeof query._type === 'string' ? query._type.split(',').filter(Boolean)
+    : Object.keys(PATIENT_COMPARTMENT).filter((t) => t !== 'AuditEvent');
   const unknown = asked.filter((t) => !TABLES[t]);
   if (unknown.length) throw badRequest(`_type names types Kiln does not store: ${unknown.join(', ')}`, ['_type']);
   // Needs read on Patient; returns only the types the token may read. A patient-level

@@ -21,6 +21,9 @@ export interface EverythingQuery {
   restrict?: Record<string, Criterion[]>;
 }
 
+/** The Patient comes first (the record the rest is about), then the types in name order. */
+const rank = (type: string) => (type === 'Patient' ? 0 : 1);
+
 export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: string; id: string; json: string }[]> {
   const values: unknown[] = [];
   const p = (v: unknown) => { values.push(v); return `$${values.length}`; };
@@ -39,12 +42,13 @@ export async function everything(tx: Tx, q: EverythingQuery): Promise<{ type: st
     const inCompartment = compartmentCond(type, 'r', { patients, constant: (v) => `${p(v)}::text${typeof v === 'string' ? '' : '[]'}` });
     if (inCompartment) conds.push(inCompartment);
     for (const c of q.restrict?.[type] ?? []) conds.push(criterionSql(c, type, 'r', p));
-    parts.push(`SELECT ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${READ_FROM[type]} r WHERE ${conds.join(' AND ')}`);
+    parts.push(`SELECT ${rank(type)} AS rank, ${p(type)}::text AS type, r.id, r.resource::text AS json FROM ${READ_FROM[type]} r WHERE ${conds.join(' AND ')}`);
   }
   if (!parts.length) return [];
   // Going back, read down from the cursor and restore the order.
   const [cursor, cmp, dir] = q.before ? [q.before, '<', 'DESC'] : [q.after, '>', 'ASC'];
-  const keyset = cursor ? `WHERE (type, id) ${cmp} (${p(cursor.type)}::text, ${p(cursor.id)}::text)` : '';
-  const { rows } = await tx.query(`SELECT * FROM (${parts.join(' UNION ALL ')}) u ${keyset} ORDER BY type ${dir}, id ${dir} LIMIT ${p(q.count)}`, values);
+  const keyset = cursor ? `WHERE (rank, type, id) ${cmp} (${rank(cursor.type)}, ${p(cursor.type)}::text, ${p(cursor.id)}::text)` : '';
+  const { rows } = await tx.query(`SELECT type, id, json FROM (${parts.join(' UNION ALL ')}) u ${keyset}
+    ORDER BY rank ${dir}, type ${dir}, id ${dir} LIMIT ${p(q.count)}`, values);
   return q.before ? rows.reverse() : rows;
 }
