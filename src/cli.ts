@@ -1,6 +1,7 @@
 #!/usr/bin/env -S npx tsx
 // `npm run kiln -- <command>`: operator commands that work beside a running server
 // (the embedded PostgreSQL is shared when it is already up) or against DATABASE_URL.
+import fs from 'node:fs';
 import cliProgress from 'cli-progress';
 import { loadConfig } from './config.ts';
 import { openDatabase, type Database } from './store/database.ts';
@@ -14,7 +15,10 @@ const USAGE = `usage:
   kiln tenant list                              list tenants
   kiln import [--tenant <slug>] <file>...       load FHIR Bundles (.json) and NDJSON (.ndjson) files
   kiln auth ...                                 SMART clients, users, tokens, launches, key rotation (kiln auth: help)
-${EXPORT_USAGE}`;
+  kiln bigquery sync ...                        load the tenant's changes into BigQuery (kiln bigquery: help)
+  kiln healthie ...                             sync with the Healthie EHR (kiln healthie: help)
+${EXPORT_USAGE}
+  kiln --help | --version`;
 
 const SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
@@ -73,6 +77,16 @@ async function importCommand(db: Database, args: string[]): Promise<number> {
 
 async function main(argv: string[]): Promise<number> {
   const [group, command, ...rest] = argv;
+  // Asked for, usage is an answer (stdout, 0); a wrong command still gets it on stderr with 2.
+  if (group === '--help' || group === '-h' || group === 'help') {
+    console.log(USAGE);
+    return 0;
+  }
+  if (group === '--version' || group === '-v') {
+    const pkg = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+    console.log(`kiln ${pkg.version}`);
+    return 0;
+  }
   if (group === 'bigquery') return (await import('./bigquery/cli.ts')).bigqueryCommand(argv.slice(1));
   if (group === 'healthie') return (await import('./healthie/cli.ts')).healthieCommand(argv.slice(1));
   if (group === 'auth') return (await import('./auth/cli.ts')).authCommand(argv.slice(1));
