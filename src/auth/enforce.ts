@@ -6,7 +6,7 @@ import { inTenant, type Ctx } from '../http/context.ts';
 import type { Tx } from '../store/resources.ts';
 import { FhirError, notFound } from '../fhir/outcome.ts';
 import { parseSearch, reachPair, type Reach } from '../search/query.ts';
-import { STORED_TYPES } from '../search/criteria.ts';
+import { RESOURCE_TYPES } from '../../mappings/resourceTypes.ts';
 import { runSearch } from '../store/searchRun.ts';
 import type { WriteGuard } from '../interactions/write.ts';
 import { AuthError, verifyAccessToken } from './verify.ts';
@@ -107,7 +107,7 @@ const isRestricted = (a: Access) => a.compartment || a.filters.length > 0;
 /** Whether the token is restricted on a type a chain or `_has` can reach (auth off, system/*: no). */
 function needsReach(ctx: Ctx): boolean {
   if (!grantsOf(ctx)) return false;
-  return STORED_TYPES.some((t) => { const a = accessOf(ctx, t, 's'); return !a || isRestricted(a); });
+  return RESOURCE_TYPES.some((t) => { const a = accessOf(ctx, t, 's'); return !a || isRestricted(a); });
 }
 
 /**

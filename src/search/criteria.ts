@@ -1,6 +1,6 @@
 // Parses FHIR search parameters (search.html) into criteria the SQL builder can
 // turn into conditions: names, modifiers, prefixes, chains and _has. Pure: no I/O.
-import { RESOURCE_TYPES } from '../../mappings/resourceTypes.ts';
+import { RESOURCE_TYPES, isResourceType } from '../../mappings/resourceTypes.ts';
 import { badRequest } from '../fhir/outcome.ts';
 import { searchParamsFor, type SearchParamDef } from '../../mappings/search/definitions.ts';
 import { dateRange } from '../../mappings/search/precision.ts';
@@ -26,12 +26,11 @@ export interface Criterion {
   anyRef?: { params: string[]; targetType: string; targetId: string; self: boolean };
 }
 
-export const STORED_TYPES: readonly string[] = RESOURCE_TYPES;
 
 const MODIFIERS: Record<string, string[]> = {
   string: ['exact', 'contains', 'missing'],
   token: ['not', 'text', 'of-type', 'missing'],
-  reference: ['missing', 'identifier', ...STORED_TYPES],
+  reference: ['missing', 'identifier', ...RESOURCE_TYPES],
   date: ['missing'],
   quantity: ['missing'],
   number: ['missing'],
@@ -103,9 +102,9 @@ export function parseCriterion(type: string, name: string, raw: string): Criteri
     // Without a type modifier, the one target type that has the chained parameter
     // (Observation `encounter.subject`: Encounter, not EpisodeOfCare); several need the modifier.
     const innerCode = name.slice(dot + 1).split(/[.:]/, 1)[0];
-    const targets = (def.target ?? []).filter((t) => STORED_TYPES.includes(t) && (innerCode.startsWith('_') || paramDef(t, innerCode)));
+    const targets = (def.target ?? []).filter((t) => isResourceType(t) && (innerCode.startsWith('_') || paramDef(t, innerCode)));
     const targetType = modifier ?? (targets.length === 1 ? targets[0] : undefined);
-    if (!targetType || !STORED_TYPES.includes(targetType)) {
+    if (!isResourceType(targetType)) {
       throw badRequest(`Chained parameter '${name}' needs a target type Kiln stores (e.g. ${code}:Patient.name)`, [name]);
     }
     const inner = parseCriterion(targetType, name.slice(dot + 1), raw);
@@ -130,7 +129,7 @@ function parseHas(type: string, name: string, raw: string): Criterion {
   const m = /^_has:([A-Za-z]+):([a-z0-9-]+):(.+)$/.exec(name);
   if (!m) throw badRequest(`Malformed _has parameter '${name}'`, [name]);
   const [, sourceType, refCode, rest] = m;
-  if (!STORED_TYPES.includes(sourceType)) throw badRequest(`_has: type ${sourceType} is not stored`, [name]);
+  if (!isResourceType(sourceType)) throw badRequest(`_has: type ${sourceType} is not stored`, [name]);
   const refParam = paramDef(sourceType, refCode);
   if (!refParam || refParam.type !== 'reference') throw badRequest(`_has: '${refCode}' is not a reference parameter of ${sourceType}`, [name]);
   const inner = parseCriterion(sourceType, rest, raw);

@@ -1,7 +1,8 @@
 // Splits a search request's parameters into criteria and result control
 // (search.html: _sort, _count, _total, _summary, _elements, _include, _revinclude).
 import { badRequest } from '../fhir/outcome.ts';
-import { checkPairText, parseCriterion, paramDef, STORED_TYPES, type Criterion } from './criteria.ts';
+import { checkPairText, parseCriterion, paramDef, type Criterion } from './criteria.ts';
+import { isResourceType } from '../../mappings/resourceTypes.ts';
 import type { IncludeSpec, SortSpec } from '../store/searchRun.ts';
 
 export interface ParsedSearch {
@@ -23,12 +24,12 @@ const IGNORED = new Set(['_format', '_pretty']);
 function includeSpec(value: string, iterate: boolean, name: string): IncludeSpec {
   if (value === '*') return { sourceType: '*', param: '*', iterate };
   const [sourceType, param, targetType] = value.split(':');
-  if (!STORED_TYPES.includes(sourceType) || !param) throw badRequest(`${name} takes Type:parameter[:targetType], got '${value}'`, [name]);
+  if (!isResourceType(sourceType) || !param) throw badRequest(`${name} takes Type:parameter[:targetType], got '${value}'`, [name]);
   if (param !== '*') {
     const def = paramDef(sourceType, param);
     if (!def || def.type !== 'reference') throw badRequest(`${name}: '${param}' is not a reference parameter of ${sourceType}`, [name]);
   }
-  if (targetType && !STORED_TYPES.includes(targetType)) throw badRequest(`${name}: target type ${targetType} is not stored`, [name]);
+  if (targetType && !isResourceType(targetType)) throw badRequest(`${name}: target type ${targetType} is not stored`, [name]);
   return { sourceType, param, targetType, iterate };
 }
 
