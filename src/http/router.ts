@@ -27,6 +27,7 @@ import { requireSupported, type TypeInteraction } from '../interactions/supporte
 import { checkId } from '../interactions/write.ts';
 import { compartmentPair } from '../auth/scopes.ts';
 import { Session } from './session.ts';
+import { requestInfo } from './requestInfo.ts';
 
 /** Runs the route's interaction in the request's session (made once the token is verified), with the path's parameters. */
 type Handler = (s: Session, params: Record<string, string>) => Promise<void>;
@@ -86,18 +87,25 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     if (segments.length && TENANT_SLUG.test(segments[0]) && !RESERVED.has(segments[0])) slug = segments.shift()!;
     const origin = config.baseUrl ?? `${req.protocol}://${req.get('host')}/fhir`;
     const base = slug === DEFAULT_SLUG ? origin : `${origin}/${slug}`;
+    const info = requestInfo(res);
+    info.tenant = slug;
     const ctx: Ctx = { req, res, db, config, orgId: await orgId(slug), base, tenant: slug };
     if (segments.length === 1 && segments[0] === 'metadata') {
       // Open to everyone, and no patient data: neither authorized nor audited.
       matchRoute(req.method, segments); // 405 for a method the capabilities route does not take
+      info.interaction = 'capabilities';
       return sendJson(req, res, 200, capabilityStatement(base, version, { smart: config.authMode === 'smart' }));
     }
     // Read at each request, so a benchmark can compare auditing on and off in one run.
     if (config.audit === 'on') ctx.audit = new RequestAudit(auditor, ctx.orgId, base, clientAddress(req));
     try {
       const match = matchRoute(req.method, segments);
+      // An operation is named by itself ('$everything'), so its latency is not mixed with others'.
+      info.interaction = match.route.operation ? `$${match.route.operation}` : match.route.interaction;
+      info.type = match.type;
       const handler = route(ctx, match, segments);
       await authenticate(ctx);
+      info.client = ctx.access?.clientId;
       await handler(new Session(ctx, match), match.params);
     } catch (e) {
       // Refused and failed requests leave an AuditEvent too (outcome 4 or 8).
