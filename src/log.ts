@@ -1,0 +1,28 @@
+// The process's one logger (pino): JSON lines on stdout, human-readable when stdout is a
+// terminal (or KILN_LOG_FORMAT=pretty). An error is logged by its class, code, message and
+// stack only: a PostgreSQL error's other fields (detail, where) can quote a row, which is PHI.
+import pino, { type Logger } from 'pino';
+import pretty from 'pino-pretty';
+
+function errFields(e: unknown): Record<string, unknown> {
+  if (!(e instanceof Error)) return { type: typeof e };
+  const code = (e as { code?: unknown }).code;
+  return { type: e.constructor.name, ...(code !== undefined ? { code: String(code) } : {}), message: e.message, stack: e.stack };
+}
+
+function makeLogger(): Logger {
+  const level = process.env.KILN_LOG_LEVEL ?? 'info';
+  const format = process.env.KILN_LOG_FORMAT ?? (process.stdout.isTTY ? 'pretty' : 'json');
+  const options: pino.LoggerOptions = {
+    level,
+    base: { pid: process.pid },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    serializers: { err: errFields },
+    formatters: { level: (label) => ({ level: label }) },
+  };
+  // Synchronous writes: a line logged just before process.exit (a startup failure) is not lost.
+  if (format === 'pretty') return pino(options, pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true }));
+  return pino(options, pino.destination({ dest: 1, sync: true }));
+}
+
+export const log: Logger = makeLogger();
