@@ -55,9 +55,11 @@ test('PostgreSQL restarted under load: no crash, 503 + Retry-After while it is a
     phase = 'outage';
     await srv.db.embedded.stop(); // fast shutdown (SIGINT to the postmaster), as `kill -INT` does
     await new Promise((r) => setTimeout(r, 1500));
-    const health = await fetch(`${srv.url.replace(/\/fhir$/, '')}/healthz`);
-    assert.equal(health.status, 503, '/healthz while the database is away');
-    assert.ok(health.headers.get('retry-after'), '/healthz 503 has Retry-After');
+    const root = srv.url.replace(/\/fhir$/, '');
+    const ready = await fetch(`${root}/readyz`);
+    assert.equal(ready.status, 503, '/readyz while the database is away');
+    assert.ok(ready.headers.get('retry-after'), '/readyz 503 has Retry-After');
+    assert.equal((await fetch(`${root}/healthz`)).status, 200, '/healthz: the process is alive and serving');
 
     await srv.db.embedded.start();
     const back = performance.now();

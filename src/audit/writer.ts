@@ -29,11 +29,19 @@ const MAX_STORED_PARTS = 10_000;
  * 1.3 with four, and less database CPU per read). */
 const MAX_IN_FLIGHT = 1;
 
+/** The writer on each audit pool: the metrics (src/http/metrics.ts) find a server's writer by its Database. */
+const writers = new WeakMap<pg.Pool, AuditWriter>();
+export function auditWriterOf(pool: pg.Pool): AuditWriter | undefined {
+  return writers.get(pool);
+}
+
 export class AuditWriter {
   private queue: Pending[] = [];
   /** The flush scheduled next (a timer, or the next turn of the event loop). */
   private next?: () => void;
   private inFlight = 0;
+  /** Batches being written: their events still wait for the commit. */
+  private readonly writing = new Set<Pending[]>();
   /**
    * `org id` of parts (sql/027) this writer has committed over its current connection: a
    * batch sends only the others, and the database does not check that an event's part is
@@ -55,9 +63,24 @@ export class AuditWriter {
    * callback gave batches of about 4.5 events under bench:audit's load, this about 8.
    */
   constructor(private readonly pool: pg.Pool, private readonly windowMs: number) {
+    writers.set(pool, this);
     pool.on('remove', (c) => {
       if (c === this.partsConnection) this.partsConnection = undefined;
     });
+  }
+
+  /** Events waiting for their group commit: queued, or in a batch being written. */
+  get backlog(): number {
+    let n = this.queue.length;
+    for (const b of this.writing) n += b.length;
+    return n;
+  }
+
+  /** How long the oldest event still waiting for its commit has waited, in ms (0 when none waits). */
+  get lagMs(): number {
+    let oldest = this.queue[0]?.at ?? Infinity;
+    for (const b of this.writing) oldest = Math.min(oldest, b[0].at);
+    return oldest === Infinity ? 0 : performance.now() - oldest;
   }
 
   /** Resolves once the event is stored; rejects when it could not be (the caller answers 503 when the database is unavailable, else 500). */
@@ -129,6 +152,7 @@ export class AuditWriter {
     const batch = this.queue.splice(0, MAX_BATCH);
     if (!batch.length) return;
     this.inFlight++;
+    this.writing.add(batch);
     void this.write(batch);
   }
 
@@ -154,6 +178,7 @@ export class AuditWriter {
       }
       for (const p of pending) p.resolve();
     }));
+    this.writing.delete(batch);
     this.inFlight--;
     this.schedule();
   }

@@ -12,7 +12,8 @@ import { cors } from './cors.ts';
 import { FhirError, outcome, transient } from '../fhir/outcome.ts';
 import type { InFlight } from './inFlight.ts';
 import { BodyPoolBusy, warmBodyPool } from '../fhir/bodyPool.ts';
-import { databaseUnavailable, RETRY_AFTER_SECONDS } from '../store/resources.ts';
+import { databaseUnavailable } from '../store/resources.ts';
+import { observability } from './metrics.ts';
 
 /** `inFlight` counts the requests being handled (FHIR and authorization), so the server can stop after them. */
 export function createApp(db: Database, config: Config, version: string, inFlight: InFlight) {
@@ -24,14 +25,8 @@ export function createApp(db: Database, config: Config, version: string, inFligh
   // Without a configured proxy, X-Forwarded-For is the client's say-so (the login limit keys on req.ip).
   app.set('trust proxy', config.trustProxy);
   app.use(helmet({ contentSecurityPolicy: false }));
-  app.get('/healthz', async (_req, res) => {
-    try {
-      await db.app.query('SELECT 1');
-      res.json({ status: 'ok' });
-    } catch {
-      res.status(503).set('Retry-After', String(RETRY_AFTER_SECONDS)).json({ status: 'database unavailable' });
-    }
-  });
+  // Request counts and latencies; /healthz (alive), /readyz (database, migrations), /metrics.
+  app.use(observability(db));
   app.use('/fhir', cors(config.corsOrigins));
   // Bodies are parsed by the handlers so malformed JSON gets a FHIR answer.
   app.use('/fhir', express.raw({ type: () => true, limit: config.bodyLimit }));

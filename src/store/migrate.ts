@@ -7,6 +7,21 @@ import type pg from 'pg';
 const SQL_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../sql');
 const MIGRATION_LOCK = 7_201_001; // advisory lock key: one migrator at a time
 
+/** The migration files in sql/, in the order they apply. */
+function migrationFiles(): string[] {
+  return fs.readdirSync(SQL_DIR).filter((f) => /^\d+_.*\.sql$/.test(f)).sort();
+}
+
+/** Migration files in sql/ that the database has not recorded as applied (all of them before the first migrate). */
+export async function pendingMigrations(db: pg.Pool | pg.ClientBase): Promise<string[]> {
+  const rows = await db.query('SELECT version FROM schema_migrations').then((r) => r.rows, (e: { code?: string }) => {
+    if (e.code === '42P01') return []; // undefined_table: never migrated
+    throw e;
+  });
+  const done = new Set<string>(rows.map((r) => r.version));
+  return migrationFiles().filter((f) => !done.has(f));
+}
+
 export async function migrate(pool: pg.Pool): Promise<string[]> {
   const client = await pool.connect();
   const applied: string[] = [];
@@ -15,8 +30,7 @@ export async function migrate(pool: pg.Pool): Promise<string[]> {
     await client.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
       version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
     const done = new Set((await client.query('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
-    const files = fs.readdirSync(SQL_DIR).filter((f) => /^\d+_.*\.sql$/.test(f)).sort();
-    for (const file of files) {
+    for (const file of migrationFiles()) {
       if (done.has(file)) continue;
       await client.query('BEGIN');
       try {
