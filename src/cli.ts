@@ -3,8 +3,10 @@
 // (the embedded PostgreSQL is shared when it is already up) or against DATABASE_URL.
 import fs from 'node:fs';
 import cliProgress from 'cli-progress';
-import { loadConfig } from './config.ts';
+import { cliConfig, serverBaseUrl } from './runtime.ts';
+import { tenantBase } from './auth/urls.ts';
 import { openDatabase, type Database } from './store/database.ts';
+import type { Config } from './config.ts';
 import { createOrg, findOrg, listOrgs } from './store/tenants.ts';
 import { importFiles } from './importer.ts';
 import { loadDefinitions } from './fhir/validate.ts';
@@ -14,6 +16,7 @@ const USAGE = `usage:
   kiln tenant create <slug> [name]              create a tenant (organization) and its partitions
   kiln tenant list                              list tenants
   kiln import [--tenant <slug>] <file>...       load FHIR Bundles (.json) and NDJSON (.ndjson) files
+  kiln demo [--data <dir>]                      a 'demo' tenant with the Synthea data, a token and example requests
   kiln auth ...                                 SMART clients, users, tokens, launches, key rotation (kiln auth: help)
   kiln bigquery sync ...                        load the tenant's changes into BigQuery (kiln bigquery: help)
   kiln healthie ...                             sync with the Healthie EHR (kiln healthie: help)
@@ -38,7 +41,7 @@ async function tenantCommand(db: Database, command: string, rest: string[]): Pro
   }
 }
 
-async function importCommand(db: Database, args: string[]): Promise<number> {
+async function importCommand(db: Database, config: Config, args: string[]): Promise<number> {
   let slug = 'default';
   const files: string[] = [];
   for (let i = 0; i < args.length; i++) {
@@ -51,7 +54,6 @@ async function importCommand(db: Database, args: string[]): Promise<number> {
     return 2;
   }
   loadDefinitions();
-  const config = loadConfig();
   const bar = new cliProgress.SingleBar({
     format: 'import [{bar}] {value}/{total} files | {resources} resources | {file}',
     stream: process.stderr,
@@ -60,7 +62,7 @@ async function importCommand(db: Database, args: string[]): Promise<number> {
   bar.start(files.length, 0, { resources: 0, file: '' });
   let lastFile = '';
   const summary = await importFiles(files, {
-    db, orgId: org.id, base: config.baseUrl ?? `http://localhost:${config.port}/fhir${slug === 'default' ? '' : `/${slug}`}`,
+    db, orgId: org.id, base: tenantBase(serverBaseUrl(config), slug),
     maxEntries: Number.MAX_SAFE_INTEGER, maxCount: config.maxCount,
     onProgress: (resources, file) => {
       if (file !== lastFile) { lastFile = file; bar.increment(1, { resources, file }); } else bar.update({ resources, file });
@@ -90,6 +92,7 @@ async function main(argv: string[]): Promise<number> {
   if (group === 'bigquery') return (await import('./bigquery/cli.ts')).bigqueryCommand(argv.slice(1));
   if (group === 'healthie') return (await import('./healthie/cli.ts')).healthieCommand(argv.slice(1));
   if (group === 'auth') return (await import('./auth/cli.ts')).authCommand(argv.slice(1));
+  if (group === 'demo') return (await import('./demo.ts')).demoCommand(argv.slice(1));
   if (group === 'export' || group === 'export-worker') return exportCli(argv);
   const isTenant = group === 'tenant' && (command === 'list' || (command === 'create' && SLUG.test(rest[0] ?? '')));
   const isImport = group === 'import' && argv.length > 1;
@@ -101,9 +104,10 @@ async function main(argv: string[]): Promise<number> {
     console.error(USAGE);
     return 2;
   }
-  const db = await openDatabase(loadConfig());
+  const config = await cliConfig();
+  const db = await openDatabase(config);
   try {
-    return isImport ? await importCommand(db, argv.slice(1)) : await tenantCommand(db, command, rest);
+    return isImport ? await importCommand(db, config, argv.slice(1)) : await tenantCommand(db, command, rest);
   } finally {
     await db.close();
   }

@@ -5,7 +5,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import readline from 'node:readline';
 import { decodeJwt, importJWK, type JSONWebKeySet, type JWK } from 'jose';
-import { loadConfig } from '../config.ts';
+import { loadConfig, type Config } from '../config.ts';
+import { cliConfig, serverBaseUrl } from '../runtime.ts';
+import { tenantBase } from './urls.ts';
 import { openDatabase, type Database } from '../store/database.ts';
 import { findOrg } from '../store/tenants.ts';
 import { insertClient, listClients, revokeClient, type ClientAuthMethod } from '../store/authClients.ts';
@@ -205,10 +207,12 @@ async function userList(db: Database, args: Args): Promise<number> {
   return 0;
 }
 
-async function token(db: Database, args: Args): Promise<number> {
+async function token(db: Database, config: Config, args: Args): Promise<number> {
   const minutes = Number(one(args, '--minutes') ?? 15);
+  const tenant = one(args, '--tenant') ?? 'default';
   const t = await mintAdminToken(db, {
-    tenant: one(args, '--tenant') ?? 'default', audience: one(args, '--aud'), scopes: many(args, '--scope'), minutes,
+    // By default, for the running server's base (src/runtime.ts), wherever it listens.
+    tenant, audience: one(args, '--aud') ?? tenantBase(serverBaseUrl(config), tenant), scopes: many(args, '--scope'), minutes,
     patient: one(args, '--patient'), fhirUser: one(args, '--fhir-user'),
   });
   console.error(`token for ${t.audience}, scope "${t.scope}", expires ${new Date(t.expiresAt * 1000).toISOString()}`);
@@ -287,7 +291,7 @@ export async function authCommand(argv: string[]): Promise<number> {
       : group === 'user' && command === 'list' ? (db) => userList(db, args)
       : group === 'user' && (command === 'disable' || command === 'enable' || command === 'password') ? (db) => userChange(db, args, command)
       : group === 'token' && command === 'revoke' ? (db) => tokenRevoke(db, args)
-      : group === 'token' ? (db) => token(db, args)
+      : group === 'token' ? (db) => token(db, config, args)
       : group === 'launch' ? (db) => launch(db, args)
       : group === 'rotate-keys' ? (db) => rotateKeys(db)
       : undefined;
@@ -295,7 +299,8 @@ export async function authCommand(argv: string[]): Promise<number> {
     console.error(USAGE);
     return 2;
   }
-  const db = await openDatabase(loadConfig());
+  const config = await cliConfig();
+  const db = await openDatabase(config);
   try {
     return await run(db);
   } catch (e) {

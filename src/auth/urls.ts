@@ -32,3 +32,13 @@ export function relativeFhirUser(base: string, ref: string | undefined): string 
   if (!ref) return undefined;
   return ref.startsWith(`${base}/`) ? ref.slice(base.length + 1) : ref;
 }
+
+const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '[::1]']);
+
+/** An http URL on a loopback name, as its port and path (the same for every such name); else undefined. */
+export function loopbackSpot(url: string): { port: number; path: string } | undefined {
+  let u: URL;
+  try { u = new URL(url); } catch { return undefined; }
+  if (u.protocol !== 'http:' || !LOOPBACK_NAMES.has(u.hostname) || u.search || u.hash || u.username) return undefined;
+  return { port: Number(u.port || 80), path: u.pathname };
+}

@@ -7,7 +7,7 @@ import { liveKeyRings, MAX_TOKEN_SECONDS, TOKEN_ALG, type LoadedKey } from './ke
 import { sha256 } from './secrets.ts';
 import { ACCESS_TOKEN_TYP } from './tokens.ts';
 import type { ExternalIssuer } from './settings.ts';
-import { relativeFhirUser } from './urls.ts';
+import { loopbackSpot, relativeFhirUser } from './urls.ts';
 
 export { mintAdminToken, type AdminTokenOptions } from './tokens.ts';
 
@@ -145,12 +145,39 @@ export function configureTokenCache(enabled: boolean): void {
 /** Entries in the verified-token cache (tests). */
 export const tokenCacheSize = () => tokenCache.size;
 
+/** Ports this process listens on without BASE_URL (counted: servers in one process may share none or one). */
+const loopbackPorts = new Map<number, number>();
+
+/**
+ * Without BASE_URL a base is named by the request's Host, so `kiln auth token` (for
+ * http://localhost:PORT/fhir) would be refused at http://127.0.0.1:PORT/fhir: on these
+ * ports Kiln's own tokens for one loopback name are good at the others. Returns the undo.
+ */
+export function acceptLoopbackAudiences(port: number): () => void {
+  loopbackPorts.set(port, (loopbackPorts.get(port) ?? 0) + 1);
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    const n = (loopbackPorts.get(port) ?? 1) - 1;
+    if (n > 0) loopbackPorts.set(port, n); else loopbackPorts.delete(port);
+  };
+}
+
+/** The token's base (audience or issuer) names the expected one: the same URL, or another loopback name for it. */
+function sameBase(tokenBase: string, expected: string): boolean {
+  if (tokenBase === expected) return true;
+  const a = loopbackSpot(tokenBase);
+  const b = loopbackSpot(expected);
+  return !!a && !!b && a.port === b.port && a.path === b.path && loopbackPorts.has(a.port);
+}
+
 /** The checks of a verified token against this request, and against revocations since it was verified. */
 async function admit(v: VerifiedToken, expected: { audience: string; tenant: string }): Promise<AccessContext> {
   // A genuine, live token of another tenant is forbidden rather than unauthenticated.
   if (v.context.tenant !== expected.tenant) throw new AuthError(403, `The access token is bound to another tenant than '${expected.tenant}'`, 'insufficient_scope');
-  if (!v.audiences.includes(expected.audience)) throw invalidToken(`The access token's audience is not ${expected.audience}`);
-  if (v.issuer !== expected.audience) throw invalidToken('The access token has another issuer');
+  if (!v.audiences.some((a) => sameBase(a, expected.audience))) throw invalidToken(`The access token's audience is not ${expected.audience}`);
+  if (!sameBase(v.issuer, expected.audience)) throw invalidToken('The access token has another issuer');
   for (const ring of liveKeyRings()) {
     const revoked = await ring.revocations().catch(() => undefined);
     if (revoked?.clients.has(v.context.clientId)) throw invalidToken('The client of this access token was revoked');

@@ -1,5 +1,5 @@
 // `kiln bigquery sync [--tenant <slug>]`: one incremental export-and-load of a tenant.
-import { loadConfig } from '../config.ts';
+import { cliConfig } from '../runtime.ts';
 import { openDatabase } from '../store/database.ts';
 import { findOrg } from '../store/tenants.ts';
 import { loadDefinitions } from '../fhir/validate.ts';
@@ -25,7 +25,7 @@ export async function bigqueryCommand(args: string[]): Promise<number> {
     console.error((e as Error).message);
     return 2;
   }
-  const config = loadConfig();
+  const config = await cliConfig();
   loadDefinitions();
   const db = await openDatabase(config);
   try {

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
-import { loadConfig } from '../config.ts';
+import { cliConfig } from '../runtime.ts';
 import { openDatabase } from '../store/database.ts';
 import { findOrg } from '../store/tenants.ts';
 import { withTenant } from '../store/resources.ts';
@@ -47,7 +47,7 @@ async function exportCommand(args: string[]): Promise<number> {
     console.error(`--since '${since}' is not an instant (e.g. 2024-01-01T00:00:00Z)`);
     return 2;
   }
-  const config = loadConfig();
+  const config = await cliConfig();
   const db = await openDatabase(config);
   try {
     const org = await findOrg(db.owner, slug);
@@ -95,7 +95,7 @@ async function exportCommand(args: string[]): Promise<number> {
 }
 
 async function workerCommand(): Promise<number> {
-  const config = loadConfig();
+  const config = await cliConfig();
   loadDefinitions(); // _elements needs the resource definitions
   const db = await openDatabase(config);
   const worker = new ExportWorker(db, config, (msg) => console.log(msg));

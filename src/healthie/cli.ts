@@ -1,7 +1,7 @@
 // `kiln healthie ...`: pull a tenant from Healthie (progress bar + summary), push the
 // outbox once, process the webhook queue once, show outbox/webhook status.
 import cliProgress from 'cli-progress';
-import { loadConfig } from '../config.ts';
+import { cliConfig } from '../runtime.ts';
 import { openDatabase } from '../store/database.ts';
 import { findOrg } from '../store/tenants.ts';
 import { withTenant } from '../store/resources.ts';
@@ -30,7 +30,7 @@ export async function healthieCommand(args: string[]): Promise<number> {
     console.error(USAGE);
     return 2;
   }
-  const db = await openDatabase(loadConfig());
+  const db = await openDatabase(await cliConfig());
   try {
     const org = await findOrg(db.owner, slug);
     if (!org) {
