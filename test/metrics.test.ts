@@ -8,9 +8,11 @@ import { startTestServer, removeDataDir, fhir, type TestServer } from './support
 
 let srv: TestServer;
 let root: string;
-// The export worker off: a kicked-off job stays queued for the gauge to count.
+// The export worker off: a kicked-off job stays queued for the gauge to count. A read's
+// AuditEvent waits 400 ms for others (group commit), long enough to see it queued.
+const AUDIT_WINDOW_MS = 800;
 before(async () => {
-  srv = await startTestServer({ audit: 'on', config: { exportWorker: 'off' } });
+  srv = await startTestServer({ audit: 'on', auditWindowMs: AUDIT_WINDOW_MS, config: { exportWorker: 'off' } });
   root = srv.url.replace(/\/fhir$/, '');
 });
 after(async () => { await srv.stop(); removeDataDir(srv.dataDir); });
@@ -88,6 +90,18 @@ describe('/metrics', () => {
     assert.equal(value(samples, 'kiln_audit_queue_lag_seconds'), 0);
     assert.equal(value(samples, 'kiln_database_up'), 1);
     assert.ok(samples.some((s) => s.name === 'process_resident_memory_bytes'), 'the default process metrics');
+  });
+
+  test('the audit queue gauges show a read waiting for its AuditEvent\'s group commit, and how long', async () => {
+    const id = (await fhir(srv.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Audited' }] })).json.id;
+    const read = fhir(srv.url, 'GET', `Patient/${id}`);
+    await new Promise((r) => setTimeout(r, AUDIT_WINDOW_MS / 4));
+    const { samples } = await scrape();
+    assert.equal(value(samples, 'kiln_audit_queue_events'), 1);
+    const lag = value(samples, 'kiln_audit_queue_lag_seconds')!;
+    assert.ok(lag >= 0.15 && lag < AUDIT_WINDOW_MS / 1000, `lag ${lag}`);
+    assert.equal((await read).status, 200);
+    assert.equal(value((await scrape()).samples, 'kiln_audit_queue_events'), 0);
   });
 
   test('export jobs by state: a kicked-off job is counted as queued', async () => {
