@@ -9,7 +9,7 @@ import { startTestServer, removeDataDir, fhir, type TestServer } from './support
 let srv: TestServer;
 let root: string;
 // The export worker off: a kicked-off job stays queued for the gauge to count. A read's
-// AuditEvent waits 400 ms for others (group commit), long enough to see it queued.
+// AuditEvent waits 800 ms for others (group commit), long enough to see it queued.
 const AUDIT_WINDOW_MS = 800;
 before(async () => {
   srv = await startTestServer({ audit: 'on', auditWindowMs: AUDIT_WINDOW_MS, config: { exportWorker: 'off' } });
