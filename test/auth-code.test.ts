@@ -383,4 +383,33 @@ describe('authorization code + PKCE', () => {
     const refresh = await tokenRequest({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: app });
     assert.equal(refresh.json.error, 'invalid_grant');
   });
+
+  it('picker and consent escape what a Patient carries, explain online_access, and a tampered paging cursor shows the first page', async () => {
+    const born = new Date(Date.now() - 10 * 86_400_000).toISOString().slice(0, 10);
+    const zed = (await fhir(server.url, 'POST', 'Patient', {
+      resourceType: 'Patient', name: [{ given: ['<img src=x>'], family: 'Zed"&' }], birthDate: born, gender: 'female',
+      identifier: [{ type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v2-0203', code: 'MR' }] }, value: '<b>Z-1</b>' }],
+    }, admin)).json.id;
+    const online = /client_id: (\S+)/.exec(kiln('client', 'add', '--tenant', 'default', '--name', 'Ward <Board>', '--public', '--redirect-uri', REDIRECT,
+      '--scope', 'patient/*.rs online_access'))![1];
+    const b = new Browser();
+    const { challenge } = pkce();
+    const start = await b.request('GET', authorizeUrl({ response_type: 'code', client_id: online, redirect_uri: REDIRECT, scope: 'launch/patient patient/*.rs online_access', state: 's', aud: server.url, code_challenge: challenge, code_challenge_method: 'S256' }));
+    const picker = await b.request('POST', `${server.url}/auth/login`, { request: start.request!, username: 'dr.who', password: PASSWORD });
+    const tampered = await b.request('POST', `${server.url}/auth/pick`, { request: picker.request!, name: '', page: 'not-a-cursor' });
+    assert.equal(tampered.status, 200);
+    for (const name of ['Alice', 'Bob', 'Carol']) assert.match(tampered.html, new RegExp(name));
+    const found = await b.request('POST', `${server.url}/auth/pick`, { request: picker.request!, name: 'zed', action: 'search' });
+    assert.match(found.html, /&lt;img src=x&gt; Zed&quot;&amp;/);
+    assert.match(found.html, /&lt;b&gt;Z-1&lt;\/b&gt;/);
+    assert.match(found.html, new RegExp(`${born} \\(age 10 days\\)`));
+    assert.doesNotMatch(found.html, /<img|<b>/);
+    const consent = await b.request('POST', `${server.url}/auth/pick`, { request: picker.request!, patient: zed });
+    assert.match(consent.html, /Allow Ward &lt;Board&gt;\?/);
+    assert.match(consent.html, /<strong>&lt;img src=x&gt; Zed&quot;&amp;<\/strong>/);
+    assert.match(consent.html, /MRN &lt;b&gt;Z-1&lt;\/b&gt;/);
+    assert.match(consent.html, /Read and search all of this patient&#39;s data <code class="muted">patient\/\*\.rs/);
+    assert.match(consent.html, /Keep access without signing in again for up to 8 hours/);
+    assert.doesNotMatch(consent.html, /<img|<b>/);
+  });
 });

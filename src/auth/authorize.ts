@@ -8,7 +8,8 @@ import { findClient, type ClientRow } from '../store/authClients.ts';
 import { findUser } from '../store/authUsers.ts';
 import { forgiveLoginAttempt, lockLoginCounters, recordLoginFailure, type LoginKey } from '../store/authLoginFailures.ts';
 import { deleteRequest, findRequest, insertCode, insertRequest, updateRequest, useLaunch, type RequestRow } from '../store/authFlow.ts';
-import { patientExists, searchPatientsByName } from '../store/authPatients.ts';
+import { findPatientChoice, patientExists, searchPatients } from '../store/authPatients.ts';
+import { decodeCursor, encodeCursor, pageOf, type Cursor } from '../http/paging.ts';
 import { inOrg, type AuthCtx } from './context.ts';
 import { inTurn } from './inTurn.ts';
 import { asPatientScopes, grantScopes, parseClinicalScope, patientUser, splitScope } from './scopeGrant.ts';
@@ -19,7 +20,8 @@ import { noStore } from './oauthError.ts';
 
 const REQUEST_SECONDS = 15 * 60;
 export const CODE_SECONDS = 120;
-const PICKER_LIMIT = 20;
+/** Patients per picker page. */
+const PICKER_PAGE = 20;
 const BROWSER_COOKIE = 'kiln_authz';
 const CHALLENGE = /^[A-Za-z0-9\-._~]{43,128}$/;
 
@@ -165,12 +167,36 @@ async function nextStep(tx: Tx, a: AuthCtx, l: Loaded): Promise<Outcome> {
     await deleteRequest(tx, l.request.requestHash);
     return refused(l, why);
   }
-  if (l.request.params.needsPatient && !l.request.patient) {
-    const patients = await searchPatientsByName(tx, a.org.id, '', PICKER_LIMIT);
-    return page(200, pickerPage({ request: l.requestId, clientName: l.client.name, name: '', patients, limit: PICKER_LIMIT }));
+  if (l.request.params.needsPatient && !l.request.patient) return picker(tx, a, l, 200, '');
+  const id = patientUser(l.request.fhirUser) ?? l.request.patient;
+  const patient = id ? (await findPatientChoice(tx, a.org.id, id)) ?? { id } : undefined;
+  const { offlineRefreshSeconds, onlineRefreshSeconds } = a.config.auth;
+  return page(200, consentPage({
+    request: l.requestId, clientName: l.client.name, username: l.request.username!, scopes: offered(l), patient,
+    lifetimes: { offlineSeconds: offlineRefreshSeconds, onlineSeconds: onlineRefreshSeconds },
+  }));
+}
+
+/** A picker cursor carries a row's order key: three strings (family, given, id). */
+function pickerCursor(raw: string | null): Cursor | undefined {
+  if (!raw) return undefined;
+  try {
+    return decodeCursor(raw, (key) => key.length === 3 && key.every((k) => k.length <= 1000));
+  } catch {
+    return undefined; // a tampered or stale cursor shows the first page
   }
-  const patient = patientUser(l.request.fhirUser) ?? l.request.patient;
-  return page(200, consentPage({ request: l.requestId, clientName: l.client.name, username: l.request.username!, scopes: offered(l), patient }));
+}
+
+/** One page of the picker: patients matching `text` from the cursor on, with links to the pages around it. */
+async function picker(tx: Tx, a: AuthCtx, l: Loaded, status: number, text: string, cursor?: Cursor): Promise<Outcome> {
+  const rows = await searchPatients(tx, a.org.id, {
+    text, count: PICKER_PAGE, after: cursor?.dir === 'next' ? cursor.key : undefined, before: cursor?.dir === 'previous' ? cursor.key : undefined,
+  });
+  const { page: patients, next, previous } = pageOf(rows, PICKER_PAGE, cursor);
+  return page(status, pickerPage({
+    request: l.requestId, clientName: l.client.name, name: text, patients,
+    next: next && encodeCursor('next', next.key), previous: previous && encodeCursor('previous', previous.key),
+  }));
 }
 
 export async function login(a: AuthCtx, form: URLSearchParams): Promise<void> {
@@ -231,9 +257,9 @@ export async function pick(a: AuthCtx, form: URLSearchParams): Promise<void> {
       await updateRequest(tx, l.request.requestHash, { patient: chosen });
       return nextStep(tx, a, { ...l, request: { ...l.request, patient: chosen } });
     }
-    const name = (form.get('name') ?? '').trim().slice(0, 100);
-    const patients = await searchPatientsByName(tx, a.org.id, name, PICKER_LIMIT);
-    return page(chosen ? 400 : 200, pickerPage({ request: l.requestId, clientName: l.client.name, name, patients, limit: PICKER_LIMIT }));
+    // A new search starts at the first page; the paging buttons carry their cursor.
+    const text = (form.get('name') ?? '').trim().slice(0, 100);
+    return picker(tx, a, l, chosen ? 400 : 200, text, form.get('action') === 'search' ? undefined : pickerCursor(form.get('page')));
   });
   send(a, outcome);
 }

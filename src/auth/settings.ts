@@ -22,6 +22,9 @@ export interface AuthSettings {
   accessTokenSeconds: number;
   /** Lifetime of Backend Services (client_credentials) access tokens. */
   backendTokenSeconds: number;
+  /** Refresh tokens: offline_access ones last this long from their last use; online_access ones this long from the sign-in. */
+  offlineRefreshSeconds: number;
+  onlineRefreshSeconds: number;
   external?: ExternalIssuer;
   /** KILN_TOKEN_CACHE: keep verified access tokens in memory (default on; 'off' for comparisons). */
   tokenCache: boolean;
@@ -52,6 +55,8 @@ export function loadAuthSettings(env: NodeJS.ProcessEnv = process.env): AuthSett
   return {
     accessTokenSeconds: Number(env.KILN_AUTH_TOKEN_MINUTES ?? 60) * 60,
     backendTokenSeconds: Number(env.KILN_AUTH_BACKEND_TOKEN_MINUTES ?? 5) * 60,
+    offlineRefreshSeconds: 90 * 24 * 3600,
+    onlineRefreshSeconds: 8 * 3600,
     tokenCache: env.KILN_TOKEN_CACHE !== 'off',
     allowHttpJwks: env.KILN_AUTH_ALLOW_HTTP_JWKS === 'on',
     loginLimit: {

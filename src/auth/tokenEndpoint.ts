@@ -18,8 +18,6 @@ import { auditGranted, auditRefused, type AuthenticationFacts } from './audit.ts
 import { decodeJwt } from 'jose';
 import { verifyAccessToken, type AccessContext } from './verify.ts';
 
-const OFFLINE_SECONDS = 90 * 24 * 3600;
-const ONLINE_SECONDS = 8 * 3600;
 const VERIFIER = /^[A-Za-z0-9\-._~]{43,128}$/;
 
 /** What a token request answers: a body, or an error to send after the transaction commits
@@ -109,7 +107,7 @@ async function issueUserTokens(a: AuthCtx, tx: Tx, client: ClientRow, grant: Gra
       tokenHash: sha256(refresh), family: g.family, clientId: client.clientId, scopes: g.scopes,
       username: g.username, fhirUser: g.fhirUser, patient: g.patient, encounter: g.encounter,
       // Offline access slides with use; online access ends when the first token's time is up.
-      expiresAt: offline ? now + OFFLINE_SECONDS : g.refreshExpiresAt ?? now + ONLINE_SECONDS,
+      expiresAt: offline ? now + a.config.auth.offlineRefreshSeconds : g.refreshExpiresAt ?? now + a.config.auth.onlineRefreshSeconds,
     });
     body.refresh_token = refresh;
   }
