@@ -1,9 +1,11 @@
 // The CLI answers --help and --version (issue #23 item 3): asked for, usage goes to stdout
 // with exit 0 and names every command group; an unknown command still gets it on stderr, 2.
-import { test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { bearer, fhir, removeDataDir, startTestServer, type TestServer } from './support/server.ts';
+import { runtimePath } from '../src/runtime.ts';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
@@ -33,4 +35,99 @@ test('an unknown command prints the usage on stderr and exits 2', async () => {
   assert.equal(r.code, 2);
   assert.match(r.stderr, /^usage:/);
   assert.equal(r.stdout, '');
+});
+
+// ---------------------------------------------------------------- the CLI finds its server
+// src/runtime.ts: the server's card in its data dir gives the CLI its ports and base URL, so
+// `kiln auth token` needs no environment beside a server on any ports (issue #23 item 3).
+
+/** The CLI with none of the server's settings in its environment but the data dir (and `extra`). */
+function kilnBeside(dataDir: string, extra: Record<string, string>, ...args: string[]) {
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) if (k.startsWith('KILN_') || ['PORT', 'HOST', 'BASE_URL', 'DATABASE_URL', 'APP_DATABASE_URL'].includes(k)) delete env[k];
+  return spawn('npx', ['tsx', 'src/cli.ts', ...args], { env: { ...env, KILN_DATA_DIR: dataDir, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function outcome(child: ChildProcess, onStderr: (text: string) => void = () => {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => { stdout += d; });
+  child.stderr!.on('data', (d) => { stderr += d; onStderr(stderr); });
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** The pid of a process that has exited. */
+async function deadPid(): Promise<number> {
+  const child = spawn('true');
+  await new Promise((resolve) => child.on('exit', resolve));
+  return child.pid!;
+}
+
+describe('the CLI beside a running server on non-default ports', () => {
+  let srv: TestServer;
+  let card: string;
+  before(async () => {
+    srv = await startTestServer({ auth: 'smart' });
+    card = fs.readFileSync(runtimePath(srv.dataDir), 'utf8');
+  });
+  after(async () => {
+    await srv.stop();
+    assert.equal(fs.existsSync(runtimePath(srv.dataDir)), false, 'a clean stop removes the card');
+    removeDataDir(srv.dataDir);
+  });
+  afterEach(() => fs.writeFileSync(runtimePath(srv.dataDir), card));
+
+  const status = async (base: string, t: string) => (await fhir(base, 'GET', 'Patient?_count=1', undefined, bearer(t))).status;
+
+  test('auth token with no PORT or KILN_PG_PORT is for the server, accepted at localhost and 127.0.0.1', async () => {
+    assert.notEqual(srv.port, 8080);
+    assert.notEqual(srv.pgPort, 54329);
+    const r = await outcome(kilnBeside(srv.dataDir, {}, 'auth', 'token'));
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, new RegExp(`^token for http://127\\.0\\.0\\.1:${srv.port}/fhir,`));
+    const t = r.stdout.trim();
+    assert.equal(await status(`http://localhost:${srv.port}/fhir`, t), 200);
+    assert.equal(await status(`http://127.0.0.1:${srv.port}/fhir`, t), 200);
+    // The loopback names are one server only on its own port, and never stand for another host.
+    for (const aud of [`http://localhost:${srv.port + 1}/fhir`, `http://kiln.example:${srv.port}/fhir`]) {
+      const other = await outcome(kilnBeside(srv.dataDir, {}, 'auth', 'token', '--aud', aud));
+      assert.equal(other.code, 0, other.stderr);
+      assert.equal(await status(`http://localhost:${srv.port}/fhir`, other.stdout.trim()), 401, aud);
+      assert.equal(await status(`http://127.0.0.1:${srv.port}/fhir`, other.stdout.trim()), 401, aud);
+    }
+  });
+
+  test('a stale card (its pid is dead) is ignored: no wait, the environment decides', async () => {
+    fs.writeFileSync(runtimePath(srv.dataDir), JSON.stringify({ state: 'starting', pid: await deadPid(), dataDir: srv.dataDir, startedAt: new Date().toISOString(), postgres: 1 }));
+    const t0 = Date.now();
+    const r = await outcome(kilnBeside(srv.dataDir, { KILN_PG_PORT: String(srv.pgPort) }, 'tenant', 'list'));
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /\tdefault\t/);
+    assert.doesNotMatch(r.stderr, /waiting/);
+    assert.ok(Date.now() - t0 < 60_000);
+  });
+
+  test('a server still starting is waited for, with one line on stderr', async () => {
+    fs.writeFileSync(runtimePath(srv.dataDir), JSON.stringify({ state: 'starting', pid: process.pid, dataDir: srv.dataDir, startedAt: new Date().toISOString(), postgres: srv.pgPort }));
+    let ready = false;
+    const r = await outcome(kilnBeside(srv.dataDir, {}, 'auth', 'token'), (stderr) => {
+      if (ready || !stderr.includes('to finish starting')) return;
+      ready = true;
+      setTimeout(() => fs.writeFileSync(runtimePath(srv.dataDir), card), 500);
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, new RegExp(`^waiting for the Kiln server \\(pid ${process.pid}\\) to finish starting\\.\\.\\.\\n`));
+    assert.equal(await status(`http://localhost:${srv.port}/fhir`, r.stdout.trim()), 200);
+  });
+
+  test('a server that exits while starting ends the wait with a message, exit 1', async () => {
+    const starter = spawn('sleep', ['30']);
+    fs.writeFileSync(runtimePath(srv.dataDir), JSON.stringify({ state: 'starting', pid: starter.pid, dataDir: srv.dataDir, startedAt: new Date().toISOString(), postgres: srv.pgPort }));
+    const r = await outcome(kilnBeside(srv.dataDir, {}, 'auth', 'token'), (stderr) => {
+      if (stderr.includes('to finish starting')) starter.kill();
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /the Kiln server exited before it was ready/);
+    assert.equal(r.stdout, '');
+  });
 });
