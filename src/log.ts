@@ -10,6 +10,12 @@ function errFields(e: unknown): Record<string, unknown> {
   return { type: e.constructor.name, ...(code !== undefined ? { code: String(code) } : {}), message: e.message, stack: e.stack };
 }
 
+/** On a terminal an access line (src/http/accessLog.ts) reads as "GET /fhir/Patient 200 4.2 ms", its other fields after it. */
+function prettyMessage(line: Record<string, unknown>, messageKey: string): string {
+  if (line[messageKey] !== 'request') return String(line[messageKey] ?? '');
+  return `${String(line.method)} ${String(line.path)} ${String(line.status)} ${String(line.durationMs)} ms`;
+}
+
 function makeLogger(): Logger {
   const level = process.env.KILN_LOG_LEVEL ?? 'info';
   const format = process.env.KILN_LOG_FORMAT ?? (process.stdout.isTTY ? 'pretty' : 'json');
@@ -21,7 +27,12 @@ function makeLogger(): Logger {
     formatters: { level: (label) => ({ level: label }) },
   };
   // Synchronous writes: a line logged just before process.exit (a startup failure) is not lost.
-  if (format === 'pretty') return pino(options, pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true }));
+  if (format === 'pretty') {
+    return pino(options, pretty({
+      colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true,
+      singleLine: true, messageFormat: prettyMessage,
+    }));
+  }
   return pino(options, pino.destination({ dest: 1, sync: true }));
 }
 

@@ -5,6 +5,7 @@
 import type pg from 'pg';
 import { insertAuditEvents, partsOf, type AuditRow } from '../store/auditWrite.ts';
 import { databaseUnavailable, logUnavailable } from '../store/resources.ts';
+import { log } from '../log.ts';
 import type { AuditPart } from './eventText.ts';
 
 interface Pending {
@@ -172,7 +173,7 @@ export class AuditWriter {
         // The requests waiting fail now (503 when the database is away); the next batch connects afresh.
         const unavailable = databaseUnavailable(e);
         if (unavailable) logUnavailable('audit write failed, database unavailable', e);
-        else console.error('audit write failed', e instanceof Error ? e.stack : e);
+        else log.error({ err: e }, 'audit write failed');
         for (const p of pending) p.reject(unavailable ?? e);
         return;
       }

@@ -6,6 +6,7 @@
 // refetches for an unknown kid at most once per cooldown and shares one fetch per URL
 // between concurrent requests; a failed fetch is not retried within the cooldown either.
 import { createRemoteJWKSet, customFetch, type JWTVerifyGetKey } from 'jose';
+import { log } from '../log.ts';
 
 export const JWKS_MAX_BYTES = 64 * 1024;
 const TIMEOUT_MS = 5_000;
@@ -64,7 +65,7 @@ async function boundedFetch(entry: RemoteSet, url: string, init: RequestInit): P
       : new JwksUnavailable('could not be reached');
     entry.failure = { at: Date.now(), error };
     // The client only hears invalid_client; the operator learns why (once per cooldown).
-    console.error(`a client's JWKS at ${new URL(url).origin} ${error.message}`);
+    log.warn(`a client's JWKS at ${new URL(url).origin} ${error.message}`);
     throw error;
   }
 }

@@ -20,6 +20,7 @@ import { sha256 } from './secrets.ts';
 import { DEFAULT_TENANT, fhirRoot, tenantBase } from './urls.ts';
 import type { InFlight } from '../http/inFlight.ts';
 import { logFailure } from '../store/resources.ts';
+import { requestInfo } from '../http/requestInfo.ts';
 
 const TENANT_SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const PAGES = new Set(['authorize', 'login', 'pick', 'consent']);
@@ -47,6 +48,7 @@ export function authRoutes(db: Database, config: Config, inFlight: InFlight): ex
       if (!org) return undefined;
       orgs.set(slug, org);
     }
+    requestInfo(res).tenant = slug;
     return { req, res, db, config, ring, org, base: tenantBase(fhirRoot(req, config), slug) };
   }
 
@@ -57,6 +59,7 @@ export function authRoutes(db: Database, config: Config, inFlight: InFlight): ex
     if (doc !== 'smart-configuration' && doc !== 'openid-configuration') return next();
     ctxFor(req, res).then((a) => {
       if (!a) return next();
+      requestInfo(res).interaction = doc;
       res.json(doc === 'smart-configuration' ? smartConfiguration(a.base) : openidConfiguration(a.base));
     }).catch(next);
   });
@@ -79,6 +82,7 @@ export function authRoutes(db: Database, config: Config, inFlight: InFlight): ex
   async function handle(req: Request, res: Response, endpoint: string, allowed: string[]): Promise<boolean> {
     const a = await ctxFor(req, res);
     if (!a) return false;
+    requestInfo(res).interaction = endpoint; // 'token', 'authorize', 'introspect', ...
     if (PAGES.has(endpoint)) await pageHeaders(a, endpoint);
     if (!allowed.includes(req.method)) {
       res.set('Allow', allowed.join(', '));

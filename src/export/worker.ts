@@ -11,6 +11,7 @@ import type { Database } from '../store/database.ts';
 import { claimJob, deleteExpiredJobs, existingJobIds, failJob, releaseJob } from '../store/exportJobs.ts';
 import { exportRoot, jobDir, runJob } from './runner.ts';
 import { databaseUnavailable, logFailure, logUnavailable } from '../store/resources.ts';
+import { log } from '../log.ts';
 
 /** Kick-offs in this process wake the worker at once instead of at its next poll. */
 export const exportSignal = new EventEmitter();
@@ -88,7 +89,7 @@ export class ExportWorker {
         if (!this.stopping) logUnavailable(`export ${job.id}: database unavailable, will retry`, e);
         await releaseJob(this.db.owner, job, this.name).catch(() => {});
       } else {
-        console.error(`export ${job.id} failed:`, e instanceof Error ? e.stack : e);
+        log.error({ err: e, job: job.id }, 'export failed');
         await failJob(this.db.owner, job, this.name, this.config.exportTtlSeconds, (e as Error).message ?? String(e));
         fs.rmSync(jobDir(this.config, job.id), { recursive: true, force: true }); // a failed job has no manifest
       }

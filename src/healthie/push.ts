@@ -17,6 +17,7 @@ import { healthieSettings, clientFor } from './settings.ts';
 import { KINDS, kindOfFhirType, fetchObject, mirrorObject, type MirrorContext } from './refetch.ts';
 import { processWebhooks } from './webhooks.ts';
 import { pull } from './pull.ts';
+import { log as logger } from '../log.ts';
 import {
   loadMaps, patientToClientInputs, encounterToAppointmentInputs, observationToEntryInputs, statementToMedicationInputs,
   isExternalEncounter, isMirroredStatement, UnmappableObservation, epochMs, SYSTEM, type HealthieMaps,
@@ -145,7 +146,7 @@ async function writeBackId(db: Database, orgId: number, type: string, id: string
  * The in-process sync loop: every `intervalMs`, for each tenant with a Healthie API key,
  * processes the webhook queue and pushes the outbox. Returns a stop function.
  */
-export function startHealthieLoop(db: Database, intervalMs: number, log: (msg: string) => void = console.error,
+export function startHealthieLoop(db: Database, intervalMs: number, log: (msg: string) => void = (msg) => logger.warn(msg),
   pullEveryMs = 0): () => Promise<void> {
   let running: Promise<void> | undefined;
   let stopped = false;

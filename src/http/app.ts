@@ -14,6 +14,7 @@ import type { InFlight } from './inFlight.ts';
 import { BodyPoolBusy, warmBodyPool } from '../fhir/bodyPool.ts';
 import { databaseUnavailable } from '../store/resources.ts';
 import { observability } from './metrics.ts';
+import { accessLog, requestLog, withRequestId } from './accessLog.ts';
 
 /** `inFlight` counts the requests being handled (FHIR and authorization), so the server can stop after them. */
 export function createApp(db: Database, config: Config, version: string, inFlight: InFlight) {
@@ -24,6 +25,7 @@ export function createApp(db: Database, config: Config, version: string, inFligh
   app.set('etag', false);
   // Without a configured proxy, X-Forwarded-For is the client's say-so (the login limit keys on req.ip).
   app.set('trust proxy', config.trustProxy);
+  app.use(accessLog); // first: every path, the errors and 404s too, gets its line and request id
   app.use(helmet({ contentSecurityPolicy: false }));
   // Request counts and latencies; /healthz (alive), /readyz (database, migrations), /metrics.
   app.use(observability(db));
@@ -44,7 +46,7 @@ export function createApp(db: Database, config: Config, version: string, inFligh
     if (res.headersSent) return;
     if (err instanceof FhirError) {
       if (err instanceof BodyPoolBusy) res.set('Retry-After', String(err.retryAfter));
-      sendOutcome(req, res, err.status, outcome(err.issues));
+      sendOutcome(req, res, err.status, withRequestId(res, err.status, outcome(err.issues)));
       return;
     }
     const e = err as { type?: string; status?: number; message?: string };
@@ -59,15 +61,14 @@ export function createApp(db: Database, config: Config, version: string, inFligh
     const unavailable = databaseUnavailable(err);
     if (unavailable) {
       res.set('Retry-After', String(unavailable.retryAfter));
-      sendOutcome(req, res, 503, transient(unavailable.message));
+      sendOutcome(req, res, 503, withRequestId(res, 503, transient(unavailable.message)));
       return;
     }
-    // A bug: log it, tell the client nothing about internals. The path only (a query string
-    // can carry PHI), and the stack without the error's other fields (a PostgreSQL detail
-    // can quote a row).
-    const code = (err as { code?: unknown })?.code;
-    console.error('internal error', req.method, req.path, ...(code ? [`code ${String(code)}`] : []), err instanceof Error ? err.stack : typeof err);
-    sendOutcome(req, res, 500, outcome([{ severity: 'error', code: 'exception', diagnostics: 'Internal server error' }]));
+    // A bug: log it, tell the client nothing about internals but the request id to find the
+    // line by. The path only (a query string can carry PHI); the err serializer (src/log.ts)
+    // keeps the stack, not a PostgreSQL error's detail (which can quote a row).
+    requestLog(res).error({ err, method: req.method, path: req.path }, 'internal error');
+    sendOutcome(req, res, 500, withRequestId(res, 500, outcome([{ severity: 'error', code: 'exception', diagnostics: 'Internal server error' }])));
   });
   return app;
 }

@@ -4,6 +4,8 @@
 import type { Response } from 'express';
 
 export interface RequestInfo {
+  /** The request id (src/http/accessLog.ts): the incoming X-Request-Id when sane, else generated. */
+  id?: string;
   /** Tenant slug. */
   tenant?: string;
   /** The route table's interaction ('read', 'search-type', 'operation', ...), or an authorization endpoint's name. */

@@ -28,6 +28,7 @@ import { checkId } from '../interactions/write.ts';
 import { compartmentPair } from '../auth/scopes.ts';
 import { Session } from './session.ts';
 import { requestInfo } from './requestInfo.ts';
+import { requestLog } from './accessLog.ts';
 
 /** Runs the route's interaction in the request's session (made once the token is verified), with the path's parameters. */
 type Handler = (s: Session, params: Record<string, string>) => Promise<void>;
@@ -46,8 +47,8 @@ function clientAddress(req: Request): string | undefined {
 }
 
 /** A failed request whose own AuditEvent could not be stored: during a database outage, one line per interval, not one per request. */
-function logAuditFailure(err: unknown): void {
-  logFailure('audit of a failed request not stored', err);
+function logAuditFailure(res: Response, err: unknown): void {
+  logFailure('audit of a failed request not stored', err, requestLog(res));
 }
 
 /** Names the interaction for the request's AuditEvent. (Module functions, not closures
@@ -109,7 +110,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
       await handler(new Session(ctx, match), match.params);
     } catch (e) {
       // Refused and failed requests leave an AuditEvent too (outcome 4 or 8).
-      await ctx.audit?.failure(e).catch(logAuditFailure);
+      await ctx.audit?.failure(e).catch((err: unknown) => logAuditFailure(res, err));
       throw e;
     }
   }

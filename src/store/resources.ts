@@ -12,6 +12,8 @@ import { ROW_KEYED_TYPES } from '../../mappings/search/rowKeys.ts';
 import { auditRow, insertAuditEvents } from './auditWrite.ts';
 import type { AuditEvent } from '@medplum/fhirtypes';
 import { FhirError, badRequest, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome.ts';
+import type { Logger } from 'pino';
+import { log } from '../log.ts';
 
 export type Tx = pg.PoolClient;
 
@@ -107,21 +109,22 @@ const UNAVAILABLE_LOG_MS = 10_000;
 let lastUnavailableLog = 0;
 
 /** Logs that the database cannot serve (one line, at most every 10 s: an outage fails many requests at once). */
-export function logUnavailable(what: string, e: unknown): void {
+export function logUnavailable(what: string, e: unknown, logger: Logger = log): void {
   const now = Date.now();
   if (now - lastUnavailableLog < UNAVAILABLE_LOG_MS) return;
   lastUnavailableLog = now;
   const err = e as { code?: unknown; message?: unknown } | undefined;
-  console.error(`${what}: ${[err?.code, err?.message].filter((x) => typeof x === 'string' && x).join(' ')}`);
+  const code = typeof err?.code === 'string' ? err.code : undefined;
+  logger.warn(code ? { code } : {}, `${what}: ${typeof err?.message === 'string' ? err.message : ''}`);
 }
 
 /**
  * Logs a background failure: a lost database as logUnavailable does, anything else with its
  * stack only (a PostgreSQL error's detail can quote a row: PHI).
  */
-export function logFailure(what: string, e: unknown): void {
-  if (databaseUnavailable(e)) logUnavailable(`${what}, the database is unavailable`, e);
-  else console.error(`${what}:`, e instanceof Error ? e.stack : typeof e);
+export function logFailure(what: string, e: unknown, logger: Logger = log): void {
+  if (databaseUnavailable(e)) logUnavailable(`${what}, the database is unavailable`, e, logger);
+  else logger.error({ err: e }, what);
 }
 
 /** Database constraint failures become FHIR errors, a lost database a 503; anything else stays a bug (500). */

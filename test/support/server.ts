@@ -9,6 +9,11 @@ import { startServer, type RunningServer } from '../../src/server.ts';
 import type { Config } from '../../src/config.ts';
 import { keyRingFor } from '../../src/auth/keys.ts';
 import { signAccessToken } from '../../src/auth/tokens.ts';
+import { log } from '../../src/log.ts';
+
+// In-process servers log an access line per request: quiet unless asked (KILN_LOG_LEVEL=info);
+// errors (a 500 is a bug) still show. test/logs.test.ts reads a server process's own lines.
+log.level = process.env.KILN_LOG_LEVEL ?? 'error';
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
