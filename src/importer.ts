@@ -12,6 +12,7 @@ import { TABLES } from '../mappings/postgres/index.ts';
 import { transaction } from './interactions/bundle.ts';
 import * as write from './interactions/write.ts';
 import { FhirError } from './fhir/outcome.ts';
+import { analyzeTenant } from './store/analyze.ts';
 
 export interface ImportSummary {
   files: number;
@@ -19,6 +20,8 @@ export interface ImportSummary {
   skipped: number;
   failures: { file: string; what: string; reason: string }[];
   seconds: number;
+  /** The types of the resources loaded (their tenant partitions are analyzed at the end). */
+  types: Set<string>;
 }
 
 export interface ImportOptions {
@@ -53,6 +56,7 @@ async function importBundle(file: string, opts: ImportOptions, summary: ImportSu
     inTenant: (fn) => withTenant(opts.db.app, opts.orgId, fn),
   });
   summary.resources += entries.length;
+  for (const e of entries) summary.types.add(e.resource!.resourceType);
   opts.onProgress?.(summary.resources, file);
 }
 
@@ -71,6 +75,7 @@ async function importNdjson(file: string, opts: ImportOptions, summary: ImportSu
           return checked.id ? write.update(tx, checked.resourceType, checked.id, checked, text) : write.create(tx, checked.resourceType, checked, text);
         });
         summary.resources++;
+        summary.types.add(resource.resourceType);
       } catch (e) {
         summary.failures.push({ file, what: `line ${line}`, reason: reason(e) });
       }
@@ -99,7 +104,7 @@ async function importNdjson(file: string, opts: ImportOptions, summary: ImportSu
 
 export async function importFiles(files: string[], opts: ImportOptions): Promise<ImportSummary> {
   const started = Date.now();
-  const summary: ImportSummary = { files: 0, resources: 0, skipped: 0, failures: [], seconds: 0 };
+  const summary: ImportSummary = { files: 0, resources: 0, skipped: 0, failures: [], seconds: 0, types: new Set() };
   for (const file of files) {
     summary.files++;
     try {
@@ -109,6 +114,8 @@ export async function importFiles(files: string[], opts: ImportOptions): Promise
       summary.failures.push({ file, what: 'file', reason: reason(e) });
     }
   }
+  // Fresh statistics for what was loaded, so plans and `_total=estimate` fit the new rows at once.
+  await analyzeTenant(opts.db.owner, opts.orgId, summary.types);
   summary.seconds = (Date.now() - started) / 1000;
   return summary;
 }

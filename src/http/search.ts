@@ -10,7 +10,7 @@ import { ID_PATTERN } from '../interactions/write.ts';
 import { badRequest, outcome } from '../fhir/outcome.ts';
 import { subset, type SummaryMode } from '../fhir/subset.ts';
 import { parseSearch } from '../search/query.ts';
-import { runSearch, runSystemSearch, fetchIncludes } from '../store/searchRun.ts';
+import { runSearch, runSystemSearch, fetchIncludes, EXACT_TOTAL_BOUND } from '../store/searchRun.ts';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { filterVisible, forbidden } from '../auth/enforce.ts';
 import { queryPatients } from '../audit/request.ts';
@@ -64,6 +64,14 @@ export async function searchInteraction(s: Session, pairs: [string, string][], w
   if (q.unknown.length) {
     entries.push({
       resourceJson: JSON.stringify(outcome([{ severity: 'warning', code: 'not-supported', diagnostics: `Ignored unsupported search parameter(s): ${q.unknown.join(', ')}` }])),
+      search: { mode: 'outcome' },
+    });
+  }
+  if (result.page.estimated && !countOnly) {
+    // Bundle.total cannot say it is approximate: the outcome entry does.
+    entries.push({
+      resourceJson: JSON.stringify(outcome([{ severity: 'information', code: 'informational',
+        diagnostics: `total is an estimate: more than ${EXACT_TOTAL_BOUND} matches (counted exactly up to ${EXACT_TOTAL_BOUND}), sized by the database's statistics; _total=accurate counts them all` }])),
       search: { mode: 'outcome' },
     });
   }

@@ -37,6 +37,8 @@ export interface SearchPage {
   /** Cursor (first row) for the page before this one, when there is one. */
   previous?: string[];
   total?: number;
+  /** The total is the planner's estimate (`_total=estimate` past EXACT_TOTAL_BOUND). */
+  estimated?: boolean;
 }
 
 function params(keyForms?: KeyForms) {
@@ -200,7 +202,8 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   // the partitions outside a date range).
   const found = await onGenericPlans(tx, ROW_KEYED_TYPES.has(q.type), async (run) => ({
     rows: (await run(st.page)).rows,
-    total: q.total === 'accurate' ? (await run(st.count)).rows[0].n as number : undefined,
+    total: q.total === 'accurate' ? (await run(st.count)).rows[0].n as number
+      : q.total === 'estimate' ? (await run(boundedCount(st.count))).rows[0].n as number : undefined,
   }));
   const { rows } = found;
   const keyOf = (row: Record<string, string> | undefined) => row && [...Array.from({ length: st.keys }, (_, i) => String(row[`k${i}`])), row.id];
@@ -212,13 +215,31 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   const next = q.before || more ? keyOf(last) : undefined;
   const previous = q.before ? (more ? keyOf(first) : undefined) : q.after ? keyOf(first) : undefined;
   let total = found.total;
-  if (q.total === 'estimate') total = await estimateRows(tx, st.count.sql, st.count.values);
-  return { rows: page.map((r) => ({ id: r.id, json: r.json })), next, previous, total };
+  // Past the bound, the planner's estimate, which cannot go below what was counted.
+  const estimated = q.total === 'estimate' && total! > EXACT_TOTAL_BOUND;
+  if (estimated) total = Math.max(total!, await estimateRows(tx, st.count.sql, st.count.values));
+  return { rows: page.map((r) => ({ id: r.id, json: r.json })), next, previous, total, ...estimated ? { estimated } : {} };
 }
 
-/** The planner's row estimate for a count query (`_total=estimate`): no rows are read. */
+/**
+ * `_total=estimate` counts matches up to this bound exactly (reading at most one more), and
+ * beyond it takes the planner's estimate (at least the bound + 1). The planner alone said 1
+ * for 1,300 matches in partitions not analyzed yet, and 7 for 343 in analyzed ones (a
+ * criterion over many small monthly partitions); a small count is cheap.
+ */
+export const EXACT_TOTAL_BOUND = 1000;
+
+const COUNT_PREFIX = /^SELECT count\(\*\)::integer AS n /;
+
+/** The count query stopped after EXACT_TOTAL_BOUND + 1 matches. */
+function boundedCount(count: { sql: string; values: unknown[] }): { sql: string; values: unknown[] } {
+  const rows = count.sql.replace(COUNT_PREFIX, 'SELECT 1 ');
+  return { sql: `SELECT count(*)::integer AS n FROM (${rows} LIMIT ${EXACT_TOTAL_BOUND + 1}) m`, values: count.values };
+}
+
+/** The planner's row estimate for a count query: no rows are read. */
 async function estimateRows(tx: Tx, countSql: string, values: unknown[]): Promise<number> {
-  const from = countSql.replace(/^SELECT count\(\*\)::integer AS n /, 'SELECT 1 ');
+  const from = countSql.replace(COUNT_PREFIX, 'SELECT 1 ');
   const { rows } = await tx.query(`EXPLAIN (FORMAT JSON) ${from}`, values);
   const plan = rows[0]['QUERY PLAN'];
   return Math.max(0, Math.round((Array.isArray(plan) ? plan : JSON.parse(plan))[0].Plan['Plan Rows']));
