@@ -16,9 +16,12 @@ function prettyMessage(line: Record<string, unknown>, messageKey: string): strin
   return `${String(line.method)} ${String(line.path)} ${String(line.status)} ${String(line.durationMs)} ms`;
 }
 
+const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
 function makeLogger(): Logger {
-  const level = process.env.KILN_LOG_LEVEL ?? 'info';
-  const format = process.env.KILN_LOG_FORMAT ?? (process.stdout.isTTY ? 'pretty' : 'json');
+  const asked = process.env.KILN_LOG_LEVEL || 'info';
+  const level = LEVELS.includes(asked) ? asked : 'info';
+  const format = process.env.KILN_LOG_FORMAT || (process.stdout.isTTY ? 'pretty' : 'json');
   const options: pino.LoggerOptions = {
     level,
     base: { pid: process.pid },
@@ -27,13 +30,21 @@ function makeLogger(): Logger {
     formatters: { level: (label) => ({ level: label }) },
   };
   // Synchronous writes: a line logged just before process.exit (a startup failure) is not lost.
-  if (format === 'pretty') {
-    return pino(options, pretty({
-      colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true,
-      singleLine: true, messageFormat: prettyMessage,
-    }));
-  }
-  return pino(options, pino.destination({ dest: 1, sync: true }));
+  const out = format === 'pretty'
+    ? pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true, singleLine: true, messageFormat: prettyMessage })
+    : pino.destination({ dest: 1, sync: true });
+  const logger = pino(options, { write(line: string) { out.write(line); if (taps.size) for (const tap of taps) tap(line); } });
+  if (level !== asked) logger.warn(`KILN_LOG_LEVEL '${asked}' is not one of ${LEVELS.join(', ')}: logging at info`);
+  return logger;
+}
+
+type Tap = (line: string) => void;
+const taps = new Set<Tap>();
+
+/** Hands each line written (its JSON text) to fn too, until the returned function is called: how an in-process test reads the log. */
+export function tapLog(fn: Tap): () => void {
+  taps.add(fn);
+  return () => { taps.delete(fn); };
 }
 
 export const log: Logger = makeLogger();

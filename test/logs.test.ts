@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { fhir, freePort, removeDataDir } from './support/server.ts';
+import { fhir, freePort, removeDataDir, startTestServer } from './support/server.ts';
+import { log, tapLog } from '../src/log.ts';
 import { keyRingFor } from '../src/auth/keys.ts';
 import { signAccessToken } from '../src/auth/tokens.ts';
 
@@ -171,4 +172,26 @@ test('a 503 (statement over KILN_STATEMENT_TIMEOUT_MS) names the request id in i
   const bad = await fhir(base, 'GET', 'Patient/no_such!id', undefined, auth);
   assert.ok(bad.status >= 400 && bad.status < 500, bad.text);
   assert.ok(!bad.text.includes(bad.headers.get('x-request-id') ?? '-'), 'no request id in a 4xx outcome');
+});
+
+test('an in-process server is quiet by default, and a test reads its lines with tapLog', async () => {
+  const srv = await startTestServer();
+  const seen: string[] = [];
+  const untap = tapLog((l) => seen.push(l));
+  const level = log.level;
+  try {
+    await fhir(srv.url, 'GET', 'metadata', undefined, { 'x-request-id': 'quiet-1' });
+    assert.deepEqual(seen.filter((l) => l.includes('quiet-1')), [], `below the tests' level (${level}): no access line`);
+    log.level = 'info';
+    await fhir(srv.url, 'GET', 'Patient?name=SECRET-TAP', undefined, { 'x-request-id': 'tapped-1' });
+    const line = seen.map((l) => JSON.parse(l)).find((l) => l.reqId === 'tapped-1');
+    assert.equal(line?.path, '/fhir/Patient');
+    assert.equal(line?.interaction, 'search-type');
+    assert.ok(!seen.join('').includes('SECRET-TAP'));
+  } finally {
+    log.level = level;
+    untap();
+    await srv.stop();
+    removeDataDir(srv.dataDir);
+  }
 });

@@ -13,7 +13,7 @@ import { log } from '../../src/log.ts';
 
 // In-process servers log an access line per request: quiet unless asked (KILN_LOG_LEVEL=info);
 // errors (a 500 is a bug) still show. test/logs.test.ts reads a server process's own lines.
-log.level = process.env.KILN_LOG_LEVEL ?? 'error';
+log.level = process.env.KILN_LOG_LEVEL || 'error';
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
