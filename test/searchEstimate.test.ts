@@ -100,3 +100,8 @@ test('the importer analyzes the partitions it filled: past the bound the estimat
   assert.equal((await totals('Observation?code=2339-0', `${srv.url}/imported`)).estimate, SMALL);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test('the CapabilityStatement documents the bound', async () => {
+  const r = await fhir(srv.url, 'GET', 'metadata');
+  assert.match(r.json.rest[0].documentation, /_total=estimate` counts exactly up to 1,000 matches/);
+});

@@ -9,6 +9,7 @@ import { knownProfiles } from './validate.ts';
 import { smartSecurityExtension } from '../auth/discovery.ts';
 import { interactionsOf, supports } from '../interactions/supported.ts';
 import { OPERATIONS, typesOf, type Operation } from '../operations/definitions.ts';
+import { EXACT_TOTAL_BOUND } from '../store/searchRun.ts';
 
 const entryOf = (op: Operation): CapabilityStatementRestResourceOperation => ({ name: op.definition.code!, definition: op.definition.url! });
 
@@ -83,6 +84,7 @@ export function capabilityStatement(base: string, version: string, opts: Capabil
     patchFormat: ['application/json-patch+json', 'application/fhir+json'],
     rest: [{
       mode: 'server',
+      documentation: `Search: \`_total=accurate\` counts every match; \`_total=estimate\` counts exactly up to ${EXACT_TOTAL_BOUND.toLocaleString('en-US')} matches, and past that gives the database's estimate (at least ${(EXACT_TOTAL_BOUND + 1).toLocaleString('en-US')}) with an OperationOutcome entry saying so.`,
       ...(opts.smart ? { security: smartSecurityExtension(base) } : {}),
       resource,
       interaction: [{ code: 'history-system' }, { code: 'search-system' }, { code: 'transaction' }, { code: 'batch' }],
