@@ -11,17 +11,24 @@ import { createOrg, findOrg, listOrgs } from './store/tenants.ts';
 import { importFiles } from './importer.ts';
 import { loadDefinitions } from './fhir/validate.ts';
 import { EXPORT_USAGE, exportCli } from './export/cli.ts';
+import { commandWords, usageError, usageOf, wantsHelp } from './cliUsage.ts';
+import { StartupError } from './store/database.ts';
 
 const USAGE = `usage:
   kiln tenant create <slug> [name]              create a tenant (organization) and its partitions
   kiln tenant list                              list tenants
   kiln import [--tenant <slug>] <file>...       load FHIR Bundles (.json) and NDJSON (.ndjson) files
   kiln demo [--data <dir>]                      a 'demo' tenant with the Synthea data, a token and example requests
-  kiln auth ...                                 SMART clients, users, tokens, launches, key rotation (kiln auth: help)
-  kiln bigquery sync ...                        load the tenant's changes into BigQuery (kiln bigquery: help)
-  kiln healthie ...                             sync with the Healthie EHR (kiln healthie: help)
+  kiln auth client add|list|revoke ...          SMART apps and backend services
+  kiln auth user add|list|disable|enable|password ...   people who sign in on the authorize page
+  kiln auth token [revoke] ...                  mint a local access token, or revoke one
+  kiln auth launch ...                          an EHR launch id for one app's authorize request
+  kiln auth rotate-keys                         a new token signing key
+  kiln bigquery sync [--tenant <slug>]          load the tenant's changes into BigQuery
+  kiln healthie pull|push|webhooks|status --tenant <slug>   sync with the Healthie EHR
 ${EXPORT_USAGE}
-  kiln --help | --version`;
+  kiln --help | --version
+  kiln <command> --help                         the usage of one command (kiln auth --help, kiln auth client add --help, ...)`;
 
 const SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
@@ -77,6 +84,18 @@ async function importCommand(db: Database, config: Config, args: string[]): Prom
   return summary.failures.length ? 1 : 0;
 }
 
+/** Why the arguments of `kiln import` cannot run, if they cannot: no files, or --tenant without a slug. */
+function importArgsError(args: string[]): string | undefined {
+  let files = 0;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--tenant') {
+      if (!args[++i] || args[i].startsWith('-')) return '--tenant needs a slug';
+    } else if (args[i].startsWith('--')) return `unknown option '${args[i]}'`;
+    else files++;
+  }
+  return files ? undefined : 'no files to import';
+}
+
 async function main(argv: string[]): Promise<number> {
   const [group, command, ...rest] = argv;
   // Asked for, usage is an answer (stdout, 0); a wrong command still gets it on stderr with 2.
@@ -94,16 +113,23 @@ async function main(argv: string[]): Promise<number> {
   if (group === 'auth') return (await import('./auth/cli.ts')).authCommand(argv.slice(1));
   if (group === 'demo') return (await import('./demo.ts')).demoCommand(argv.slice(1));
   if (group === 'export' || group === 'export-worker') return exportCli(argv);
-  const isTenant = group === 'tenant' && (command === 'list' || (command === 'create' && SLUG.test(rest[0] ?? '')));
-  const isImport = group === 'import' && argv.length > 1;
-  if (group === 'tenant' && command === 'create' && !SLUG.test(rest[0] ?? '')) {
-    console.error('A tenant slug is 1-63 lowercase letters, digits or hyphens, starting with a letter or digit.');
-    return 2;
+  if (group !== 'tenant' && group !== 'import') return usageError(USAGE, [], group === undefined ? undefined : `unknown command '${group}'`);
+  if (wantsHelp(argv)) {
+    console.log(usageOf(USAGE, commandWords(argv)));
+    return 0;
   }
-  if (!isTenant && !isImport) {
-    console.error(USAGE);
-    return 2;
+  const words = commandWords(argv);
+  if (group === 'tenant') {
+    if (command !== 'list' && command !== 'create') return usageError(USAGE, ['tenant'], command === undefined ? 'a tenant command is required' : `unknown tenant command '${command}'`);
+    if (command === 'list' && rest.length) return usageError(USAGE, words, `unexpected '${rest[0]}'`);
+    if (command === 'create' && !SLUG.test(rest[0] ?? '')) {
+      return usageError(USAGE, ['tenant', 'create'], 'A tenant slug is 1-63 lowercase letters, digits or hyphens, starting with a letter or digit.');
+    }
+  } else {
+    const bad = importArgsError(argv.slice(1));
+    if (bad) return usageError(USAGE, ['import'], bad);
   }
+  const isImport = group === 'import';
   const config = await cliConfig();
   const db = await openDatabase(config);
   try {
@@ -113,4 +139,9 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-process.exit(await main(process.argv.slice(2)));
+// A database that cannot be reached or started is one line naming the cause and the remedy.
+process.exit(await main(process.argv.slice(2)).catch((e: unknown) => {
+  if (!(e instanceof StartupError)) throw e;
+  console.error(e.message);
+  return e.exitCode;
+}));

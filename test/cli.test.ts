@@ -33,8 +33,68 @@ test('--version prints the package version', async () => {
 test('an unknown command prints the usage on stderr and exits 2', async () => {
   const r = await kiln('frobnicate');
   assert.equal(r.code, 2);
-  assert.match(r.stderr, /^usage:/);
+  assert.match(r.stderr, /^unknown command 'frobnicate'\nusage:/);
   assert.equal(r.stdout, '');
+});
+
+// Every command answers --help and -h with its own usage (issue #23: `auth client add --help`
+// answered "--help needs a value", `bigquery --help` exited 2); each entry: the command, and
+// the usage lines its help must show.
+const HELP: [string[], string[]][] = [
+  [['tenant'], ['kiln tenant create', 'kiln tenant list']],
+  [['tenant', 'create'], ['kiln tenant create']],
+  [['import'], ['kiln import']],
+  [['auth'], ['kiln auth client add', 'kiln auth client list', 'kiln auth client revoke', 'kiln auth user add', 'kiln auth user list',
+    'kiln auth user disable|enable', 'kiln auth user password', 'kiln auth token [', 'kiln auth token revoke', 'kiln auth launch', 'kiln auth rotate-keys']],
+  [['auth', 'client', 'add'], ['kiln auth client add', '--jwks', '--secret', '--public']],
+  [['auth', 'user', 'add'], ['kiln auth user add']],
+  [['auth', 'user', 'disable'], ['kiln auth user disable|enable']],
+  [['auth', 'token'], ['kiln auth token [', 'kiln auth token revoke']],
+  [['auth', 'launch'], ['kiln auth launch']],
+  [['export'], ['kiln export [']],
+  [['export-worker'], ['kiln export-worker']],
+  [['bigquery'], ['kiln bigquery sync']],
+  [['bigquery', 'sync'], ['kiln bigquery sync']],
+  [['healthie'], ['kiln healthie pull', 'kiln healthie push', 'kiln healthie webhooks', 'kiln healthie status']],
+  [['healthie', 'pull'], ['kiln healthie pull']],
+];
+
+test('--help and -h at every level print that command\'s usage on stdout and exit 0', async () => {
+  for (const [i, [command, shown]] of HELP.entries()) {
+    for (const flag of [i % 2 ? '-h' : '--help']) {
+      const r = await kiln(...command, flag);
+      const what = `kiln ${command.join(' ')} ${flag}`;
+      assert.equal(r.code, 0, `${what}: ${r.stderr}`);
+      assert.match(r.stdout, /^usage:\n/, what);
+      for (const line of shown) assert.ok(r.stdout.includes(line), `${what} shows ${line}:\n${r.stdout}`);
+      assert.equal(r.stderr, '', what);
+    }
+  }
+  // The most specific usage: a subcommand's help leaves its siblings out.
+  assert.ok(!(await kiln('auth', 'client', 'add', '--help')).stdout.includes('kiln auth user'));
+});
+
+test('a wrong or missing argument prints the reason and the usage on stderr, exit 2', async () => {
+  const cases: [string[], RegExp][] = [
+    [['tenant'], /^a tenant command is required\nusage:\n {2}kiln tenant create/],
+    [['tenant', 'list', 'extra'], /^unexpected 'extra'/],
+    [['import', '--tenant', 'default'], /^no files to import\nusage:\n {2}kiln import/],
+    [['auth'], /^an auth command is required\nusage:/],
+    [['auth', 'client', 'add', '--tenant'], /^--tenant needs a value\nusage:\n {2}kiln auth client add/],
+    [['auth', 'user', 'add', '--tenant', 'default', 'bob', '--fhiruser', 'Practitioner/1'], /^kiln auth user add does not take --fhiruser/],
+    [['auth', 'token', 'extra'], /^unexpected 'extra'/],
+    [['export', '--since'], /^--since needs a value/],
+    [['export-worker', 'now'], /^unexpected 'now'/],
+    [['bigquery'], /^a bigquery command is required\nusage:/],
+    [['healthie', 'push', '--full'], /^kiln healthie push does not take '--full'/],
+    [['healthie', 'pull', '--tenat', 'x'], /^kiln healthie pull does not take '--tenat'/],
+  ];
+  for (const [args, stderr] of cases) {
+    const r = await kiln(...args);
+    assert.equal(r.code, 2, `kiln ${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, stderr, `kiln ${args.join(' ')}`);
+    assert.equal(r.stdout, '', `kiln ${args.join(' ')}`);
+  }
 });
 
 // ---------------------------------------------------------------- the CLI finds its server

@@ -20,6 +20,7 @@ import { mintAdminToken } from './tokens.ts';
 import { hashPassword, randomToken, sha256 } from './secrets.ts';
 import { parseClinicalScope } from './scopeGrant.ts';
 import { jwksUrlRefusal } from './clientJwks.ts';
+import { commandWords, usageError, usageOf, wantsHelp } from '../cliUsage.ts';
 
 const USAGE = `usage:
   kiln auth client add --tenant <slug> --name <name> --scope "<scopes>" one of:
@@ -28,7 +29,7 @@ const USAGE = `usage:
         --public --redirect-uri <uri>...                     public app (PKCE, no secret)
   kiln auth client list [--tenant <slug>]
   kiln auth client revoke <client_id>
-  kiln auth user add --tenant <slug> <username> [--fhir-user Practitioner/123]   password from KILN_AUTH_PASSWORD or a prompt
+  kiln auth user add --tenant <slug> <username> [--fhir-user Practitioner/123]   password from KILN_AUTH_PASSWORD, a prompt or a line of stdin
   kiln auth user list [--tenant <slug>]
   kiln auth user disable|enable --tenant <slug> <username>   disabling also revokes the user's refresh tokens
   kiln auth user password --tenant <slug> <username>   new password from KILN_AUTH_PASSWORD or a prompt; revokes the user's refresh tokens
@@ -39,6 +40,31 @@ const USAGE = `usage:
   kiln auth rotate-keys                                   new signing key; the old one stays published until its tokens expire`;
 
 const FLAGS_WITHOUT_VALUE = new Set(['--public', '--secret']);
+
+/** Each command's options and positional arguments: anything else is a usage error, never ignored. */
+const COMMANDS: Record<string, { flags: string[]; positional: number }> = {
+  'client add': { flags: ['--tenant', '--name', '--scope', '--jwks', '--secret', '--public', '--redirect-uri'], positional: 0 },
+  'client list': { flags: ['--tenant'], positional: 0 },
+  'client revoke': { flags: [], positional: 1 },
+  'user add': { flags: ['--tenant', '--fhir-user'], positional: 1 },
+  'user list': { flags: ['--tenant'], positional: 0 },
+  'user disable': { flags: ['--tenant'], positional: 1 },
+  'user enable': { flags: ['--tenant'], positional: 1 },
+  'user password': { flags: ['--tenant'], positional: 1 },
+  'token': { flags: ['--tenant', '--scope', '--minutes', '--patient', '--fhir-user', '--aud'], positional: 0 },
+  'token revoke': { flags: ['--tenant'], positional: 1 },
+  'launch': { flags: ['--tenant', '--client', '--patient', '--user', '--encounter', '--minutes'], positional: 0 },
+  'rotate-keys': { flags: [], positional: 0 },
+};
+
+/** Why args cannot be those of `name`, if they cannot: an option it does not take, or too many arguments. */
+function argsError(name: string, args: Args): string | undefined {
+  const spec = COMMANDS[name];
+  const unknown = [...args.flags.keys()].find((f) => !spec.flags.includes(f));
+  if (unknown) return `kiln auth ${name} does not take ${unknown}`;
+  if (args.positional.length > spec.positional) return `unexpected '${args.positional[spec.positional]}'`;
+  return undefined;
+}
 
 interface Args { positional: string[]; flags: Map<string, string[]> }
 
@@ -135,19 +161,47 @@ async function clientList(db: Database, args: Args): Promise<number> {
   return 0;
 }
 
+/** How long a password piped on stdin may take to arrive: stdin left open and silent is an error, not a hang. */
+const STDIN_PASSWORD_WAIT_MS = 10_000;
+
+/** The first line of a non-terminal stdin; a stdin that ends (or stays silent) without one is a usage error. */
+function passwordFromStdin(): Promise<string> {
+  const none = 'no password: set KILN_AUTH_PASSWORD, run the command in a terminal to be prompted, or pipe the password as one line on stdin';
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const done = (fail?: boolean) => {
+      clearTimeout(timer);
+      process.stdin.removeAllListeners('data').removeAllListeners('end').pause();
+      process.stdin.unref?.();
+      const line = text.split(/\r?\n/)[0];
+      if (fail || !line) reject(new UsageError(none));
+      else resolve(line);
+    };
+    const timer = setTimeout(() => done(true), STDIN_PASSWORD_WAIT_MS);
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', (chunk: string) => { text += chunk; if (text.includes('\n')) done(); });
+    process.stdin.on('end', () => done());
+    process.stdin.on('error', () => done(true));
+  });
+}
+
 /** A password from KILN_AUTH_PASSWORD, a hidden prompt on a terminal, or a line of stdin. */
 async function readPassword(): Promise<string> {
   if (process.env.KILN_AUTH_PASSWORD) return process.env.KILN_AUTH_PASSWORD;
-  const rl = readline.createInterface({ input: process.stdin, output: process.stderr, terminal: process.stdin.isTTY });
-  if (process.stdin.isTTY) {
-    // Echo nothing while the password is typed.
-    (rl as unknown as { _writeToOutput: (s: string) => void })._writeToOutput = (s: string) => {
-      if (s.includes('Password')) process.stderr.write(s);
-    };
-  }
-  const password = await new Promise<string>((resolve) => rl.question('Password: ', resolve));
+  if (!process.stdin.isTTY) return passwordFromStdin();
+  const rl = readline.createInterface({ input: process.stdin, output: process.stderr, terminal: true });
+  // Echo nothing while the password is typed.
+  (rl as unknown as { _writeToOutput: (s: string) => void })._writeToOutput = (s: string) => {
+    if (s.includes('Password')) process.stderr.write(s);
+  };
+  // Ctrl-D closes the prompt without an answer: no password, not a hang.
+  const password = await new Promise<string | undefined>((resolve) => {
+    rl.once('close', () => resolve(undefined));
+    rl.question('Password: ', resolve);
+  });
   rl.close();
-  if (process.stdin.isTTY) process.stderr.write('\n');
+  process.stderr.write('\n');
+  if (password === undefined) throw new UsageError('no password given (or set KILN_AUTH_PASSWORD)');
   return password;
 }
 
@@ -271,14 +325,25 @@ async function rotateKeys(db: Database): Promise<number> {
 
 export async function authCommand(argv: string[]): Promise<number> {
   const [group, command, ...rest] = argv;
+  const words = ['auth', ...commandWords(argv)];
+  if (wantsHelp(argv) || group === 'help') {
+    console.log(usageOf(USAGE, group === 'help' ? ['auth'] : words));
+    return 0;
+  }
+  const sub = group === 'client' || group === 'user' || (group === 'token' && command === 'revoke');
+  const name = sub ? `${group} ${command}` : group;
+  if (!name || !COMMANDS[name]) {
+    return usageError(USAGE, words.slice(0, sub ? 2 : 1), group === undefined ? 'an auth command is required'
+      : sub && command === undefined ? `kiln auth ${group} needs a command` : `unknown command 'kiln ${words.join(' ')}'`);
+  }
   let args: Args;
   try {
-    const sub = group === 'client' || group === 'user' || (group === 'token' && command === 'revoke');
     args = parseArgs(sub ? rest : argv.slice(1));
   } catch (e) {
-    console.error((e as Error).message);
-    return 2;
+    return usageError(USAGE, ['auth', ...name.split(' ')], (e as Error).message);
   }
+  const bad = argsError(name, args);
+  if (bad) return usageError(USAGE, ['auth', ...name.split(' ')], bad);
   const run: ((db: Database) => Promise<number>) | undefined =
     group === 'client' && command === 'add' ? (db) => clientAdd(db, args)
       : group === 'client' && command === 'list' ? (db) => clientList(db, args)
@@ -295,18 +360,14 @@ export async function authCommand(argv: string[]): Promise<number> {
       : group === 'launch' ? (db) => launch(db, args)
       : group === 'rotate-keys' ? (db) => rotateKeys(db)
       : undefined;
-  if (!run) {
-    console.error(USAGE);
-    return 2;
-  }
+  if (!run) return usageError(USAGE, ['auth', 'client', 'revoke'], 'a client_id is required');
   const config = await cliConfig();
   const db = await openDatabase(config);
   try {
     return await run(db);
   } catch (e) {
-    if (e instanceof UsageError || /^unknown tenant|^minutes must/.test((e as Error).message)) {
-      console.error((e as Error).message);
-      return 2;
+    if (e instanceof UsageError || /^unknown tenant|^minutes must/.test(String((e as Error)?.message))) {
+      return usageError(USAGE, ['auth', ...name.split(' ')], (e as Error).message);
     }
     throw e;
   } finally {

@@ -5,6 +5,7 @@ import { findOrg } from '../store/tenants.ts';
 import { loadDefinitions } from '../fhir/validate.ts';
 import { BigQuerySetupError, LoadJobError, targetFromEnv } from './load.ts';
 import { syncTenant } from './sync.ts';
+import { usageError, wantsHelp } from '../cliUsage.ts';
 
 const USAGE = `usage:
   kiln bigquery sync [--tenant <slug>]          export what changed since the last sync and load it into BigQuery
@@ -12,12 +13,16 @@ const USAGE = `usage:
                                                  credentials: Google application-default credentials)`;
 
 export async function bigqueryCommand(args: string[]): Promise<number> {
+  if (wantsHelp(args) || args[0] === 'help') {
+    console.log(USAGE);
+    return 0;
+  }
+  if (args[0] !== 'sync') return usageError(USAGE, [], args[0] === undefined ? 'a bigquery command is required' : `unknown command 'kiln bigquery ${args[0]}'`);
   let slug = 'default';
   for (let i = 1; i < args.length; i++) {
     if (args[i] === '--tenant' && args[i + 1]) slug = args[++i];
-    else { console.error(USAGE); return 2; }
+    else return usageError(USAGE, [], args[i] === '--tenant' ? '--tenant needs a slug' : `unexpected '${args[i]}'`);
   }
-  if (args[0] !== 'sync') { console.error(USAGE); return 2; }
   let target;
   try {
     target = targetFromEnv();

@@ -13,13 +13,21 @@ import { TABLES } from '../../mappings/postgres/index.ts';
 import { exportWithProgress } from './run.ts';
 import { ExportWorker } from './worker.ts';
 import { ownerOnlyDir } from './ndjson.ts';
+import { usageError, usageOf, wantsHelp } from '../cliUsage.ts';
 
 export const EXPORT_USAGE = `  kiln export [--tenant <slug>] [--type T,...] [--since <instant>] [--out <dir>]
                                                 export a tenant to NDJSON files now (progress on stderr)
   kiln export-worker                            run $export jobs (for a server with KILN_EXPORT_WORKER=off)`;
 
+const USAGE = `usage:\n${EXPORT_USAGE}`;
+
 export async function exportCli(argv: string[]): Promise<number> {
-  return argv[0] === 'export-worker' ? workerCommand() : exportCommand(argv.slice(1));
+  if (wantsHelp(argv)) {
+    console.log(usageOf(USAGE, [argv[0]]));
+    return 0;
+  }
+  if (argv[0] === 'export-worker') return argv.length > 1 ? usageError(USAGE, ['export-worker'], `unexpected '${argv[1]}'`) : workerCommand();
+  return exportCommand(argv.slice(1));
 }
 
 async function exportCommand(args: string[]): Promise<number> {
@@ -29,13 +37,16 @@ async function exportCommand(args: string[]): Promise<number> {
   let types: string[] | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
+    // An option without its value is an error, not a silent default (an export of everything).
+    if (['--tenant', '--since', '--out', '--type'].includes(a) && (args[i + 1] === undefined || args[i + 1].startsWith('--'))) {
+      return usageError(USAGE, ['export'], `${a} needs a value`);
+    }
     if (a === '--tenant') slug = args[++i] ?? '';
     else if (a === '--since') since = args[++i];
     else if (a === '--out') out = args[++i];
     else if (a === '--type') types = [...(types ?? []), ...(args[++i] ?? '').split(',').filter(Boolean)];
     else {
-      console.error(`unknown option '${a}'\nusage:\n${EXPORT_USAGE}`);
-      return 2;
+      return usageError(USAGE, ['export'], `unknown option '${a}'`);
     }
   }
   const unknown = (types ?? []).filter((t) => !TABLES[t]);

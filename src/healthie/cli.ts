@@ -11,6 +11,7 @@ import { healthieSettings, clientFor } from './settings.ts';
 import { pull, PHASES } from './pull.ts';
 import { pushOutbox } from './push.ts';
 import { processWebhooks } from './webhooks.ts';
+import { commandWords, usageError, usageOf, wantsHelp } from '../cliUsage.ts';
 
 const USAGE = `usage:
   kiln healthie pull --tenant <slug> [--full]    import Healthie patients, appointments, metric entries, medications
@@ -20,15 +21,20 @@ const USAGE = `usage:
 
 export async function healthieCommand(args: string[]): Promise<number> {
   const [command, ...rest] = args;
-  let slug = 'default';
-  let full = false;
-  for (let i = 0; i < rest.length; i++) {
-    if (rest[i] === '--tenant') slug = rest[++i] ?? '';
-    else if (rest[i] === '--full') full = true;
+  if (wantsHelp(args) || command === 'help') {
+    console.log(usageOf(USAGE, ['healthie', ...commandWords(args)].filter((w) => w !== 'help')));
+    return 0;
   }
   if (!['pull', 'push', 'webhooks', 'status'].includes(command)) {
-    console.error(USAGE);
-    return 2;
+    return usageError(USAGE, [], command === undefined ? 'a healthie command is required' : `unknown command 'kiln healthie ${command}'`);
+  }
+  let slug = 'default';
+  let full = false;
+  // An option a command does not take, or one without its value, is an error: never ignored.
+  for (let i = 0; i < rest.length; i++) {
+    if (rest[i] === '--tenant' && rest[i + 1] && !rest[i + 1].startsWith('-')) slug = rest[++i];
+    else if (rest[i] === '--full' && command === 'pull') full = true;
+    else return usageError(USAGE, ['healthie', command], rest[i] === '--tenant' ? '--tenant needs a slug' : `kiln healthie ${command} does not take '${rest[i]}'`);
   }
   const db = await openDatabase(await cliConfig());
   try {
