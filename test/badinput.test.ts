@@ -13,6 +13,7 @@ import pg from 'pg';
 import { createJob } from '../src/export/run.ts';
 import { jobDir, runJob } from '../src/export/runner.ts';
 import { databaseUnavailable } from '../src/store/resources.ts';
+import { tapLog } from '../src/log.ts';
 import type { ExportJob } from '../src/store/exportJobs.ts';
 
 let srv: TestServer;
@@ -180,16 +181,11 @@ const VERSIONS: [string, number][] = [
 /** Error lines the server logs meanwhile: an internal error (a 500's stack trace) or a lost AuditEvent. */
 async function logsOf<T>(fn: () => Promise<T>): Promise<{ result: T; bad: string[] }> {
   const bad: string[] = [];
-  const original = console.error;
-  console.error = (...args: unknown[]) => {
-    const line = args.map((a) => (a instanceof Error ? a.message : String(a))).join(' ');
-    if (/internal error|audit.*fail/i.test(line)) bad.push(line.slice(0, 300));
-    original(...args);
-  };
+  const untap = tapLog((line) => { if (/internal error|audit.*fail/i.test(line)) bad.push(line.slice(0, 300)); });
   try {
     return { result: await fn(), bad };
   } finally {
-    console.error = original;
+    untap();
   }
 }
 
