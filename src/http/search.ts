@@ -15,6 +15,8 @@ import { TABLES } from '../../mappings/postgres/index.ts';
 import { filterVisible, forbidden } from '../auth/enforce.ts';
 import { queryPatients } from '../audit/request.ts';
 
+const BOUND_TEXT = EXACT_TOTAL_BOUND.toLocaleString('en-US');
+
 /** Records the search's AuditEvent: the query, and the patients it names or is confined to. */
 function auditSearch(s: Session, type: string | undefined, pairs: [string, string][], confined: boolean) {
   const patients = queryPatients(type, pairs);
@@ -71,7 +73,7 @@ export async function searchInteraction(s: Session, pairs: [string, string][], w
     // Bundle.total cannot say it is approximate: the outcome entry does.
     entries.push({
       resourceJson: JSON.stringify(outcome([{ severity: 'information', code: 'informational',
-        diagnostics: `total is an estimate: more than ${EXACT_TOTAL_BOUND} matches (counted exactly up to ${EXACT_TOTAL_BOUND}), sized by the database's statistics; _total=accurate counts them all` }])),
+        diagnostics: `total is an estimate: more than ${BOUND_TEXT} matches (counted exactly up to ${BOUND_TEXT}), sized by the database's statistics; _total=accurate counts them all` }])),
       search: { mode: 'outcome' },
     });
   }
