@@ -5,7 +5,16 @@ import { log } from './log.ts';
 
 // Announced before the server's modules load (about a second), so that a CLI started
 // alongside (`npm start & kiln auth token`) finds the card and waits rather than racing initdb.
-writeRuntime(loadConfig(), { state: 'starting' });
+// A setting that cannot be read (KILN_AUTH_ISSUER without KILN_AUTH_JWKS_URL, ...) is one line, exit 2.
+const config = (() => {
+  try {
+    return loadConfig();
+  } catch (err) {
+    log.fatal(`configuration: ${err instanceof Error ? err.message : String(err)}`);
+    process.exit(2);
+  }
+})();
+writeRuntime(config, { state: 'starting' });
 const { startServer, StartupError } = await import('./server.ts');
 
 // A stray rejection is a bug to log, not a reason to drop every in-flight request.

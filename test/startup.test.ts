@@ -103,15 +103,20 @@ test('KILN_PG_PORT taken by another program: one line naming KILN_PG_PORT, exit 
   }
 });
 
-test('DATABASE_URL unreachable: one line naming it without its password, exit 1; a PORT that is no port: exit 2', async () => {
+test('DATABASE_URL unreachable: one line naming it without its password, exit 1; a PORT that is no port or a setting that cannot be read: exit 2', async () => {
   const pgPort = await freePort();
   const exit = await start({ PORT: String(await freePort()), HOST: '127.0.0.1', DATABASE_URL: `postgres://kiln:s3cret-pw@127.0.0.1:${pgPort}/kiln` }).exited;
   assert.equal(exit.code, 1, exit.out);
   assert.equal(fatalLine(exit), `DATABASE_URL postgres://kiln@127.0.0.1:${pgPort}/kiln refused the connection: is PostgreSQL running there?`);
   assert.ok(!exit.out.includes('s3cret-pw'));
-  const bad = await start({ PORT: 'eighty', KILN_DATA_DIR: tempDir() }).exited;
+  const dataDir = tempDir();
+  const bad = await start({ PORT: 'eighty', KILN_DATA_DIR: dataDir }).exited;
   assert.equal(bad.code, 2, bad.out);
   assert.equal(fatalLine(bad), `PORT must be a TCP port (0-65535), not 'eighty'`);
+  const unreadable = await start({ KILN_AUTH_ISSUER: 'https://issuer.example', KILN_DATA_DIR: dataDir }).exited;
+  assert.equal(unreadable.code, 2, unreadable.out);
+  assert.equal(fatalLine(unreadable), 'configuration: KILN_AUTH_ISSUER and KILN_AUTH_JWKS_URL go together: set both or neither');
+  removeDataDir(dataDir);
 });
 
 test('beside a running server: a second one on its data dir is refused naming the data dir; KILN_AUTH=off warns; auth user add without a password is exit 2', async () => {
@@ -171,6 +176,37 @@ test('beside a running server: a second one on its data dir is refused naming th
     assert.doesNotMatch(line, /ERROR:|DETAIL:|STATEMENT:/);
     assert.deepEqual(postgresOn(dataDir), []);
     assert.ok(!fs.existsSync(path.join(dataDir, 'pg', 'postmaster.pid')), 'no stale lock');
+  } finally {
+    for (const pid of postgresOn(dataDir)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    removeDataDir(dataDir);
+  }
+});
+
+test('a PostgreSQL left running by a killed server is stopped and run under the next one, which leaves none behind', async () => {
+  const dataDir = tempDir();
+  const pgPort = await freePort();
+  const env = () => freePort().then((port) => ({ port, env: { PORT: String(port), HOST: '127.0.0.1', KILN_DATA_DIR: dataDir, KILN_PG_PORT: String(pgPort) } }));
+  try {
+    const a = await env();
+    const killed = start(a.env);
+    await killed.until(/listening on/);
+    killed.child.kill('SIGKILL');
+    await killed.exited;
+    const [orphan] = postgresOn(dataDir);
+    assert.ok(orphan, 'the killed server left its PostgreSQL running');
+
+    const b = await env();
+    const next = start(b.env);
+    try {
+      await next.until(/listening on/);
+      assert.match(next.output(), new RegExp(`stopping the PostgreSQL \\(pid ${orphan}\\) that an exited Kiln process left running`));
+      assert.equal((await fhir(`http://127.0.0.1:${b.port}/fhir`, 'GET', 'metadata')).status, 200);
+      assert.ok(!postgresOn(dataDir).includes(orphan), 'the orphan is gone; this server runs its own');
+    } finally {
+      next.child.kill('SIGTERM');
+      assert.equal((await next.exited).code, 0, next.output());
+    }
+    assert.deepEqual(postgresOn(dataDir), [], 'nothing left running');
   } finally {
     for (const pid of postgresOn(dataDir)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     removeDataDir(dataDir);

@@ -305,9 +305,11 @@ async function launch(db: Database, args: Args): Promise<number> {
   const clientId = one(args, '--client');
   if (!clientId) throw new UsageError('--client is required: the app the launch is for');
   const username = one(args, '--user');
+  const minutes = Number(one(args, '--minutes') ?? 60);
+  if (!Number.isInteger(minutes) || minutes < 1 || minutes > 1440) throw new UsageError('--minutes must be a whole number between 1 and 1440');
   const id = randomToken();
   const made = await insertLaunch(db.owner, {
-    orgId: org.id, launchHash: sha256(id), clientId, username, patient, encounter: one(args, '--encounter'), minutes: Number(one(args, '--minutes') ?? 60),
+    orgId: org.id, launchHash: sha256(id), clientId, username, patient, encounter: one(args, '--encounter'), minutes,
   });
   if (!made) throw new UsageError(`no active client '${clientId}' in ${org.slug}`);
   console.error(`launch for Patient/${patient} in ${org.slug}, for client ${clientId}${username ? ` and user ${username}` : ''}, usable once; pass it as launch=... to the authorize endpoint`);

@@ -217,8 +217,9 @@ function kilnParent(pid: number): number | undefined {
     return /node|tsx/.test(fs.readFileSync(`/proc/${ppid}/cmdline`, 'utf8')) ? ppid : undefined;
   } catch {
     try { // no /proc (macOS)
-      const [ppid, ...cmd] = execFileSync('ps', ['-o', 'ppid=,comm=', '-p', String(pid)], { encoding: 'utf8' }).trim().split(/\s+/);
-      return Number(ppid) > 1 && /node|postgres/.test(cmd.join(' ')) ? Number(ppid) : undefined;
+      const ppid = Number(execFileSync('ps', ['-o', 'ppid=', '-p', String(pid)], { encoding: 'utf8' }).trim());
+      if (!(ppid > 1)) return undefined;
+      return /node|tsx/.test(execFileSync('ps', ['-o', 'command=', '-p', String(ppid)], { encoding: 'utf8' })) ? ppid : undefined;
     } catch { return undefined; }
   }
 }
@@ -252,7 +253,7 @@ function portBusy(port: number): Promise<boolean> {
 /**
  * The data dir's embedded PostgreSQL: started (after initdb on a first start) unless one already
  * runs on it. A CLI command shares a running one; a server refuses one that another live Kiln
- * process runs (it would stop PostgreSQL under the second server) but adopts an orphan.
+ * process runs (it would stop PostgreSQL under the second server) and replaces an orphan.
  */
 async function startEmbedded(config: Config, serving: boolean): Promise<{ url: string; postmaster?: Postmaster }> {
   const dir = path.join(config.dataDir, 'pg');
