@@ -153,7 +153,7 @@ async function listen(server: http.Server, config: Config): Promise<void> {
     server.once('error', (e: NodeJS.ErrnoException) => reject(
       e.code === 'EADDRINUSE' ? new StartupError(`port ${config.port} is in use by another process: stop it or set PORT`)
         : e.code === 'EACCES' ? new StartupError(`port ${config.port} needs privileges this process lacks: set PORT to 1024 or above`, 2)
-          : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' ? new StartupError(`HOST ${config.host} is not an address of this machine: set HOST (0.0.0.0: every interface, 127.0.0.1: this machine only)`, 2)
+          : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? new StartupError(`HOST ${config.host} is not an address of this machine: set HOST (0.0.0.0: every interface, 127.0.0.1: this machine only)`, 2)
             : e));
     server.listen(config.port, config.host, () => resolve());
   });
