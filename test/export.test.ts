@@ -468,6 +468,10 @@ test('kill -9 mid-export: after a restart the job resumes; every resource exactl
     // What else a crash can leave: a half-written temp file.
     fs.writeFileSync(path.join(dir, 'MedicationStatement-1.3.ndjson.part'), '{"resourceType":"MedicationStatement","id":"k0-m0"}\n{"resourceType":"Medi');
     await locker.query('SELECT pg_advisory_unlock(4242)');
+    // The next server stops the PostgreSQL the killed one left running and starts its own,
+    // which would cut this connection.
+    await locker.end();
+    locker = undefined;
 
     second = startChild(env);
     await second.ready;
