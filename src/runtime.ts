@@ -40,6 +40,10 @@ export function writeRuntime(config: Pick<Config, 'dataDir' | 'databaseUrl' | 'e
     pid: process.pid, dataDir: config.dataDir, startedAt: new Date().toISOString(),
     postgres: config.databaseUrl ? 'external database' : config.embeddedPort, ...card,
   };
+  // Another live server's card stays: this process is about to fail on the data dir's lock,
+  // and the CLI must still find the server that holds it.
+  const other = liveRuntime(config.dataDir);
+  if (other && other.pid !== process.pid) return;
   const tmp = `${runtimePath(config.dataDir)}.${process.pid}.tmp`;
   try {
     fs.mkdirSync(config.dataDir, { recursive: true });

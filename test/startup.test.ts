@@ -140,6 +140,8 @@ test('beside a running server: a second one on its data dir is refused naming th
       assert.match(fatalLine(exit), new RegExp(`^data dir ${dataDir} is used by a running PostgreSQL \\(pid ${postmaster}\\) of another Kiln process \\(pid ${first.child.pid}\\): stop that process, or set KILN_DATA_DIR to another directory$`));
     }
     assert.equal((await fhir(`http://127.0.0.1:${port}/fhir`, 'GET', 'metadata')).status, 200, 'the first server still serves');
+    const card = JSON.parse(fs.readFileSync(path.join(dataDir, 'kiln-runtime.json'), 'utf8'));
+    assert.deepEqual([card.pid, card.state, card.port], [first.child.pid, 'ready', port], 'the refused server left the running one\'s runtime card as it was');
     assert.ok(postgresOn(dataDir).includes(postmaster), 'its PostgreSQL still runs');
 
     // No terminal, no KILN_AUTH_PASSWORD, nothing on stdin: an error naming KILN_AUTH_PASSWORD, and no user.
