@@ -123,6 +123,20 @@ export async function waitForServer(dataDir: string, opts: { timeoutMs?: number;
   }
 }
 
+/** How long a CLI on a data dir without a database waits for a server starting beside it to write its card. */
+const FIRST_START_GRACE_MS = 3000;
+
+const tellWaiting = (c: Runtime) => console.error(`waiting for the Kiln server (pid ${c.pid}) to finish starting...`);
+
+async function announced(dataDir: string): Promise<Runtime | undefined> {
+  const until = Date.now() + FIRST_START_GRACE_MS;
+  while (Date.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    if (liveRuntime(dataDir)) return waitForServer(dataDir, { onWait: tellWaiting });
+  }
+  return undefined;
+}
+
 /**
  * The configuration of a CLI command that opens the database: the running server's ports
  * and base URL (from its card, after waiting for it to be ready) under the explicit
@@ -133,7 +147,10 @@ export async function cliConfig(env: NodeJS.ProcessEnv = process.env): Promise<C
   const dataDir = loadConfig(env).dataDir;
   let card: Runtime | undefined;
   try {
-    card = await waitForServer(dataDir, { onWait: (c) => console.error(`waiting for the Kiln server (pid ${c.pid}) to finish starting...`) });
+    card = await waitForServer(dataDir, { onWait: tellWaiting });
+    // A data dir without a database yet: a server started in the same breath (`npm start &`
+    // then the CLI) may not have announced itself; a moment's wait beats racing its initdb.
+    if (!card && !env.DATABASE_URL && !fs.existsSync(path.join(dataDir, 'pg', 'PG_VERSION'))) card = await announced(dataDir);
   } catch (e) {
     if (!(e instanceof ServerNotReady)) throw e;
     console.error(e.message);

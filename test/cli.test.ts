@@ -3,8 +3,10 @@
 import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { bearer, fhir, removeDataDir, startTestServer, type TestServer } from './support/server.ts';
+import { bearer, fhir, freePort, removeDataDir, startTestServer, type TestServer } from './support/server.ts';
 import { runtimePath } from '../src/runtime.ts';
 import { promisify } from 'node:util';
 
@@ -190,4 +192,22 @@ describe('the CLI beside a running server on non-default ports', () => {
     assert.match(r.stderr, /the Kiln server exited before it was ready/);
     assert.equal(r.stdout, '');
   });
+});
+
+test('on a data dir without a database, a CLI started just before the server waits for its card instead of running initdb itself', async () => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-first-'));
+  const starter = spawn('sleep', ['30']);
+  try {
+    const cli = kilnBeside(dataDir, { KILN_PG_PORT: String(await freePort()) }, 'tenant', 'list');
+    // The server announces itself a moment after the CLI started (npm start & then the CLI).
+    const announce = setTimeout(() => fs.writeFileSync(runtimePath(dataDir), JSON.stringify({ state: 'starting', pid: starter.pid, dataDir, startedAt: new Date().toISOString(), postgres: 1 })), 1500);
+    const r = await outcome(cli, (stderr) => { if (stderr.includes('to finish starting')) starter.kill(); });
+    clearTimeout(announce);
+    assert.match(r.stderr, /waiting for the Kiln server \(pid \d+\) to finish starting/);
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(fs.existsSync(path.join(dataDir, 'pg', 'PG_VERSION')), false, 'the CLI ran no initdb of its own');
+  } finally {
+    starter.kill();
+    removeDataDir(dataDir);
+  }
 });
