@@ -214,3 +214,35 @@ test('a PostgreSQL left running by a killed server is stopped and run under the 
     removeDataDir(dataDir);
   }
 });
+
+test('a server that starts while a kiln command runs the data dir\'s PostgreSQL (the command won the race) waits for the command to end, then starts', async () => {
+  const dataDir = tempDir();
+  const pgPort = await freePort();
+  const port = await freePort();
+  // export-worker runs until stopped: a kiln command holding the data dir's PostgreSQL, as
+  // `auth token` does for the moment it runs when it starts before the server announced itself.
+  const worker = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'export-worker'],
+    { env: cleanEnv({ KILN_DATA_DIR: dataDir, KILN_PG_PORT: String(pgPort) }), stdio: ['ignore', 'pipe', 'pipe'] });
+  const workerExit = new Promise<number | null>((resolve) => worker.once('exit', resolve));
+  try {
+    for (const deadline = Date.now() + 60_000; !postgresOn(dataDir).length && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 200));
+    assert.ok(postgresOn(dataDir).length, 'the command started PostgreSQL');
+    const server = start({ PORT: String(port), HOST: '127.0.0.1', KILN_DATA_DIR: dataDir, KILN_PG_PORT: String(pgPort) });
+    try {
+      await server.until(/waiting for the kiln command \(pid \d+\) that runs its PostgreSQL to finish/);
+      assert.equal(server.child.exitCode, null, server.output());
+      worker.kill('SIGTERM');
+      await workerExit;
+      await server.until(/listening on/);
+      assert.equal((await fhir(`http://127.0.0.1:${port}/fhir`, 'GET', 'metadata')).status, 200);
+    } finally {
+      server.child.kill('SIGTERM');
+      assert.equal((await server.exited).code, 0, server.output());
+    }
+    assert.deepEqual(postgresOn(dataDir), [], 'nothing left running');
+  } finally {
+    worker.kill('SIGKILL');
+    for (const pid of postgresOn(dataDir)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    removeDataDir(dataDir);
+  }
+});

@@ -16,6 +16,7 @@ import { migrate } from './migrate.ts';
 import { ensureAllOrgPartitions } from './tenants.ts';
 import { limitStatements, logUnavailable } from './resources.ts';
 import { log } from '../log.ts';
+import { liveRuntime } from '../runtime.ts';
 
 // Return timestamptz/date as strings: FHIR values are strings, and Date loses precision.
 pg.types.setTypeParser(pg.types.builtins.TIMESTAMPTZ, (v) => v);
@@ -241,6 +242,24 @@ async function stopOrphan(pid: number, shown: string, lockFile: string): Promise
   throw new StartupError(`data dir ${shown} is used by a PostgreSQL (pid ${pid}) that did not stop within 30 s: stop it, or set KILN_DATA_DIR to another directory`);
 }
 
+/** How long a starting server waits for a CLI command that holds the data dir's PostgreSQL. */
+const CLI_WAIT_MS = 60_000;
+
+/** Whether another live server announced itself on the data dir (its runtime card). */
+function otherServer(dataDir: string): boolean {
+  const card = liveRuntime(dataDir);
+  return card !== undefined && card.pid !== process.pid;
+}
+
+/** Waits until the lock file is gone (its postmaster stopped), up to ms. */
+async function lockReleased(lockFile: string, ms: number): Promise<boolean> {
+  for (const deadline = Date.now() + ms; Date.now() < deadline;) {
+    if (!fs.existsSync(lockFile)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return false;
+}
+
 /** Whether something already listens on 127.0.0.1:port (where the postmaster would listen). */
 function portBusy(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -273,12 +292,18 @@ async function startEmbedded(config: Config, serving: boolean): Promise<{ url: s
   let holder = lockHolder(dir);
   if (holder) {
     const parent = kilnParent(holder.pid);
-    if (serving && parent !== undefined && parent !== process.pid) {
+    // A CLI command (no card of a live server but this one's) that started PostgreSQL in the
+    // moment before this server announced itself stops it when it ends: wait for that.
+    if (serving && parent !== undefined && parent !== process.pid && !otherServer(config.dataDir)) {
+      log.info({ pid: parent }, `data dir ${shown}: waiting for the kiln command (pid ${parent}) that runs its PostgreSQL to finish`);
+      if (await lockReleased(path.join(dir, 'postmaster.pid'), CLI_WAIT_MS)) holder = undefined;
+    }
+    if (holder && serving && parent !== undefined && parent !== process.pid) {
       throw new StartupError(`data dir ${shown} is used by a running PostgreSQL (pid ${holder.pid}) of another Kiln process (pid ${parent}): stop that process, or set KILN_DATA_DIR to another directory`);
     }
     // An orphan (its Kiln was killed): the server runs PostgreSQL itself, to restart it when it
     // fails and stop it with the server, so the orphan stops first (fast shutdown: nothing committed is lost).
-    if (serving && parent === undefined) {
+    if (holder && serving && parent === undefined) {
       await stopOrphan(holder.pid, shown, path.join(dir, 'postmaster.pid'));
       holder = undefined;
     }
