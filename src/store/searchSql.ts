@@ -41,7 +41,9 @@ function dateCond(prefix: Prefix, lo: string, hi: string, loCol: string, hiCol: 
   const L = () => `${p(lo)}::timestamptz`;
   const H = () => `${p(hi)}::timestamptz`;
   switch (prefix) {
-    case 'eq': return `(${loCol} >= ${L()} AND ${hiCol} <= ${H()})`;
+    // `lo <= H` follows from lo <= hi: it bounds the index range on lo, which alone ran to the
+    // end of the parameter's rows (the planner then walked every row in id order instead).
+    case 'eq': { const h = H(); return `(${loCol} >= ${L()} AND ${loCol} <= ${h} AND ${hiCol} <= ${h})`; }
     case 'ne': return `NOT (${loCol} >= ${L()} AND ${hiCol} <= ${H()})`;
     case 'gt': return `${hiCol} > ${H()}`;
     case 'lt': return `${loCol} < ${L()}`;
@@ -92,6 +94,33 @@ function numberCond(prefix: Prefix, raw: string, col: string, p: P): string {
   }
 }
 
+/**
+ * The least string above every string that starts with `prefix`, in the byte order of the
+ * pattern operators (UTF-8 bytes sort as code points): its last code point incremented
+ * (past the surrogates), dropping a last U+10FFFF; undefined when there is none.
+ */
+export function prefixUpperBound(prefix: string): string | undefined {
+  const cps = Array.from(prefix);
+  while (cps.length) {
+    const cp = cps.pop()!.codePointAt(0)! + 1;
+    if (cp <= 0x10ffff) return cps.join('') + String.fromCodePoint(cp === 0xd800 ? 0xe000 : cp);
+  }
+  return undefined;
+}
+
+/**
+ * `col` starts with `prefix`. Under row-level security PostgreSQL does not turn LIKE (not
+ * leakproof) into an index range, and filtered every row of the parameter in the tenant:
+ * the range in the leakproof pattern operators (~>=~, ~<~, served by the text_pattern_ops
+ * value indexes) is the index condition, LIKE the exact check on the rows in it.
+ */
+function prefixCond(col: string, prefix: string, p: P): string {
+  const like = `${col} LIKE ${p(prefix.replace(/[\\%_]/g, '\\$&') + '%')}`;
+  if (prefix === '') return like;
+  const upper = prefixUpperBound(prefix);
+  return `(${col} ~>=~ ${p(prefix)}${upper === undefined ? '' : ` AND ${col} ~<~ ${p(upper)}`} AND ${like})`;
+}
+
 function tokenCond(value: string, s: string, p: P): string {
   const bar = value.indexOf('|');
   if (bar < 0) return `${s}.code = ${p(value)}`;
@@ -109,9 +138,11 @@ function valueCond(def: SearchParamDef, modifier: string | undefined, value: str
       if (modifier === 'text') return `lower(${s}.text) LIKE ${p(normalizeString(value).replace(/[\\%_]/g, '\\$&') + '%')}`;
       return tokenCond(value, s, p);
     case 'string': {
-      if (modifier === 'exact') return `${s}.raw = ${p(value)}`;
-      const v = normalizeString(value).replace(/[\\%_]/g, '\\$&');
-      return `${s}.value LIKE ${p(modifier === 'contains' ? `%${v}%` : `${v}%`)}`;
+      // value is normalizeString(raw) (extract.ts): its equality is the index condition of :exact.
+      if (modifier === 'exact') return `(${s}.value = ${p(normalizeString(value))} AND ${s}.raw = ${p(value)})`;
+      // :contains has no btree range: it checks the parameter's rows of the tenant (an index range of param).
+      if (modifier === 'contains') return `${s}.value LIKE ${p(`%${normalizeString(value).replace(/[\\%_]/g, '\\$&')}%`)}`;
+      return prefixCond(`${s}.value`, normalizeString(value), p);
     }
     case 'date': {
       const { prefix, rest } = prefixed(value);
@@ -133,7 +164,7 @@ function valueCond(def: SearchParamDef, modifier: string | undefined, value: str
       return `(${conds.join(' AND ')})`;
     }
     case 'uri':
-      if (modifier === 'below') return `${s}.value LIKE ${p(value.replace(/[\\%_]/g, '\\$&') + '%')}`;
+      if (modifier === 'below') return prefixCond(`${s}.value`, value, p);
       if (modifier === 'above') return `${p(value)} LIKE replace(replace(${s}.value, '%', '\\%'), '_', '\\_') || '%'`;
       return `${s}.value = ${p(value)}`;
     case 'composite': {
