@@ -1,7 +1,7 @@
 // Search plans as the request role, under row-level security. PostgreSQL only turns a
 // condition into an index condition under RLS when its operator is leakproof: LIKE is not,
 // so a string prefix search filtered every name row of the tenant (a cost that grows with
-// the tenant) until searchSql.ts put the leakproof range (~>=~, ~<~) beside it. For each
+// the tenant) until searchSql.ts wrote it as the leakproof range (~>=~, ~<~). For each
 // common form, the statement the server builds is explained as kiln_app with app.org_id
 // set: the search column must be in an index condition, and no scan may filter out many rows.
 import { after, before, describe, test } from 'node:test';
@@ -150,8 +150,13 @@ describe('search plans as the request role, under RLS', () => {
     assertIndexed(await plan('Patient', '_id=p7,p8'), 'patients', /id = ANY/);
   });
 
-  test('quantity (value-quantity=99.0)', { todo: 'numeric comparisons are not leakproof: the value is filtered, not an index condition' }, async () => {
-    assertIndexed(await plan('Observation', 'value-quantity=99.0|http://unitsofmeasure.org|/min'), 'search_quantities', /value >=/);
+  test('quantity (value-quantity=99.0, =gt148): a float8 range on the value (numeric comparisons are not leakproof)', async () => {
+    assertIndexed(await plan('Observation', 'value-quantity=99.0|http://unitsofmeasure.org|/min'), 'search_quantities', /value_f >= '98.95'::double precision/);
+    assertIndexed(await plan('Observation', 'value-quantity=gt148'), 'search_quantities', /value_f >= '148'::double precision/);
+    const res = await fhir(srv.url, 'GET', 'Observation?value-quantity=gt148&_count=200');
+    assert.equal(res.json.entry.length, OBSERVATIONS / 100, 'only 149 is above 148');
+    const eq = await fhir(srv.url, 'GET', 'Observation?value-quantity=99&_count=200');
+    assert.equal(eq.json.entry.length, OBSERVATIONS / 100);
   });
 
   test('every operator the search SQL applies to an index table\'s column is leakproof, or LIKE beside its leakproof range', async () => {
@@ -163,18 +168,20 @@ describe('search plans as the request role, under RLS', () => {
     ]), []);
   });
 
-  test('quantity and number comparisons are leakproof', { todo: 'numeric comparisons (numeric_ge, ...) are not leakproof' }, async () => {
-    assert.deepEqual(await leakyOperators([['Observation', 'value-quantity=ge99'], ['Observation', 'value-quantity=99|http://unitsofmeasure.org|/min']]), []);
+  test('quantity comparisons: the numeric ones beside their leakproof float8 bounds', async () => {
+    assert.deepEqual(await leakyOperators([['Observation', 'value-quantity=ge99'], ['Observation', 'value-quantity=99|http://unitsofmeasure.org|/min'],
+      ['Observation', 'value-quantity=ap100'], ['Observation', 'value-quantity=lt60']]), []);
   });
 });
 
 const COLUMN_TYPES: Record<string, string> = { value: 'text', raw: 'text', code: 'text', system: 'text', param: 'text', resource_type: 'text',
-  target_id: 'text', target_type: 'text', reference: 'text', id: 'text', last_updated: 'timestamptz', lo: 'timestamptz', hi: 'timestamptz', org_id: 'integer', clinical_time: 'timestamptz' };
+  value_f: 'float8', target_id: 'text', target_type: 'text', reference: 'text', id: 'text', last_updated: 'timestamptz', lo: 'timestamptz', hi: 'timestamptz', org_id: 'integer', clinical_time: 'timestamptz' };
 
 /**
  * The operators the page statements of `forms` apply to columns (`alias.column OP`, over
  * index rows s0, d, w0 ... and resource rows r, x) that are not leakproof (pg_proc), but
- * for LIKE on a column that also has its leakproof range (~>=~).
+ * for LIKE on a column that also has its leakproof range (~>=~) and a numeric comparison
+ * beside its float8 bound.
  */
 async function leakyOperators(forms: [string, string][]): Promise<string[]> {
   const found: string[] = [];
@@ -189,7 +196,8 @@ async function leakyOperators(forms: [string, string][]): Promise<string[]> {
       const { rows } = await srv.db.owner.query(`SELECT p.proname, p.proleakproof FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode
         WHERE o.oprname = $1 AND o.oprleft = $2::regtype AND o.oprright = $2::regtype`, [operator, t]);
       assert.equal(rows.length, 1, `${operator} on ${t}`);
-      const guarded = operator === '~~' && new RegExp(`\\b\\w+\\.${column} ~>=~ `).test(sql);
+      const guarded = operator === '~~' ? new RegExp(`\\b\\w+\\.${column} ~>=~ `).test(sql)
+        : t === 'numeric' && new RegExp(`\\b\\w+\\.${column}_f ${operator.startsWith('>') ? '>=' : '<='} `).test(sql);
       if (!rows[0].proleakproof && !guarded) found.push(`${type}?${query}: ${column} ${op} (${rows[0].proname})`);
     }
   }

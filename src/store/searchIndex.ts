@@ -11,14 +11,17 @@ export interface TableSpec {
   columns: [string, string, (row: any) => unknown][];
 }
 
-/** The index tables, their columns and where each value comes from (also used by bench/search-data.ts). */
+/**
+ * The index tables, their columns and where each value comes from (also used by bench/search-data.ts).
+ * value_f is the value as float8, whose comparisons are leakproof: the value index under RLS (sql/033).
+ */
 export const SPECS: TableSpec[] = [
   { table: 'search_tokens', key: 'tokens', columns: [['param', 'text', (r) => r.param], ['system', 'text', (r) => r.system], ['code', 'text', (r) => r.code], ['text', 'text', (r) => r.text]] },
   { table: 'search_strings', key: 'strings', columns: [['param', 'text', (r) => r.param], ['value', 'text', (r) => r.value], ['raw', 'text', (r) => r.raw]] },
   { table: 'search_dates', key: 'dates', columns: [['param', 'text', (r) => r.param], ['lo', 'timestamptz', (r) => r.lo], ['hi', 'timestamptz', (r) => r.hi]] },
   { table: 'search_references', key: 'references', columns: [['param', 'text', (r) => r.param], ['target_type', 'text', (r) => r.targetType], ['target_id', 'text', (r) => r.targetId], ['reference', 'text', (r) => r.reference]] },
-  { table: 'search_quantities', key: 'quantities', columns: [['param', 'text', (r) => r.param], ['value', 'numeric', (r) => r.value], ['lo', 'numeric', (r) => r.lo], ['hi', 'numeric', (r) => r.hi], ['system', 'text', (r) => r.system], ['code', 'text', (r) => r.code], ['unit', 'text', (r) => r.unit]] },
-  { table: 'search_numbers', key: 'numbers', columns: [['param', 'text', (r) => r.param], ['value', 'numeric', (r) => r.value], ['lo', 'numeric', (r) => r.lo], ['hi', 'numeric', (r) => r.hi]] },
+  { table: 'search_quantities', key: 'quantities', columns: [['param', 'text', (r) => r.param], ['value', 'numeric', (r) => r.value], ['value_f', 'float8', (r) => r.value], ['lo', 'numeric', (r) => r.lo], ['hi', 'numeric', (r) => r.hi], ['system', 'text', (r) => r.system], ['code', 'text', (r) => r.code], ['unit', 'text', (r) => r.unit]] },
+  { table: 'search_numbers', key: 'numbers', columns: [['param', 'text', (r) => r.param], ['value', 'numeric', (r) => r.value], ['value_f', 'float8', (r) => r.value], ['lo', 'numeric', (r) => r.lo], ['hi', 'numeric', (r) => r.hi]] },
   { table: 'search_uris', key: 'uris', columns: [['param', 'text', (r) => r.param], ['value', 'text', (r) => r.value]] },
   { table: 'search_composites', key: 'composites', columns: [['param', 'text', (r) => r.param], ['parts', 'jsonb', (r) => JSON.stringify(r.parts)]] },
 ];

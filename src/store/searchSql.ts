@@ -80,17 +80,25 @@ function instantCond(prefix: Prefix, lo: string, hi: string, col: string, p: P):
   }
 }
 
-function numberCond(prefix: Prefix, raw: string, col: string, p: P): string {
+/**
+ * A number compared with `col` (numeric). With `floatCol` (the value as float8, sql/033) each
+ * comparison also bounds it, inclusively: rounding to float8 keeps order, so the bound holds
+ * for every match, and float8 comparisons are leakproof, so under RLS they are the index
+ * condition (numeric ones are not, and filtered every row of the parameter in the tenant).
+ */
+function numberCond(prefix: Prefix, raw: string, col: string, p: P, floatCol?: string): string {
   const n = Number(raw);
   const [lo, hi] = searchNumberRange(raw);
+  const cmp = (op: string, x: number) => `${col} ${op} ${p(x)}::numeric`
+    + (floatCol ? ` AND ${floatCol} ${op.startsWith('>') ? '>=' : '<='} ${p(x)}::float8` : '');
   switch (prefix) {
-    case 'eq': return `(${col} >= ${p(lo)}::numeric AND ${col} < ${p(hi)}::numeric)`;
+    case 'eq': return `(${cmp('>=', lo)} AND ${cmp('<', hi)})`;
     case 'ne': return `NOT (${col} >= ${p(lo)}::numeric AND ${col} < ${p(hi)}::numeric)`;
-    case 'gt': case 'sa': return `${col} > ${p(n)}::numeric`;
-    case 'lt': case 'eb': return `${col} < ${p(n)}::numeric`;
-    case 'ge': return `${col} >= ${p(n)}::numeric`;
-    case 'le': return `${col} <= ${p(n)}::numeric`;
-    case 'ap': return `(${col} >= ${p(n - Math.abs(n) * 0.1)}::numeric AND ${col} <= ${p(n + Math.abs(n) * 0.1)}::numeric)`;
+    case 'gt': case 'sa': return `(${cmp('>', n)})`;
+    case 'lt': case 'eb': return `(${cmp('<', n)})`;
+    case 'ge': return `(${cmp('>=', n)})`;
+    case 'le': return `(${cmp('<=', n)})`;
+    case 'ap': return `(${cmp('>=', n - Math.abs(n) * 0.1)} AND ${cmp('<=', n + Math.abs(n) * 0.1)})`;
   }
 }
 
@@ -110,15 +118,18 @@ export function prefixUpperBound(prefix: string): string | undefined {
 
 /**
  * `col` starts with `prefix`. Under row-level security PostgreSQL does not turn LIKE (not
- * leakproof) into an index range, and filtered every row of the parameter in the tenant:
- * the range in the leakproof pattern operators (~>=~, ~<~, served by the text_pattern_ops
- * value indexes) is the index condition, LIKE the exact check on the rows in it.
+ * leakproof) into an index range, and filtered every row of the parameter in the tenant.
+ * The range [prefix, next) in the leakproof pattern operators (~>=~, ~<~: byte order, which
+ * the text_pattern_ops value indexes serve) holds exactly the strings with that prefix, so it
+ * replaces LIKE: with both, the planner counted the same condition twice, underestimated a
+ * common prefix's matches and collected them all instead of walking in id order.
  */
 function prefixCond(col: string, prefix: string, p: P): string {
-  const like = `${col} LIKE ${p(prefix.replace(/[\\%_]/g, '\\$&') + '%')}`;
-  if (prefix === '') return like;
+  // Parameters are registered only when used: PostgreSQL cannot type an unused one.
+  const like = () => `${col} LIKE ${p(prefix.replace(/[\\%_]/g, '\\$&') + '%')}`;
+  if (prefix === '') return like();
   const upper = prefixUpperBound(prefix);
-  return `(${col} ~>=~ ${p(prefix)}${upper === undefined ? '' : ` AND ${col} ~<~ ${p(upper)}`} AND ${like})`;
+  return upper === undefined ? `(${col} ~>=~ ${p(prefix)} AND ${like()})` : `(${col} ~>=~ ${p(prefix)} AND ${col} ~<~ ${p(upper)})`;
 }
 
 function tokenCond(value: string, s: string, p: P): string {
@@ -153,12 +164,12 @@ function valueCond(def: SearchParamDef, modifier: string | undefined, value: str
       return `(${referenceAlternatives(value, modifier).map((a) => `(${a(s, p)})`).join(' OR ')})`;
     case 'number': {
       const { prefix, rest } = prefixed(value);
-      return numberCond(prefix, rest, `${s}.value`, p);
+      return numberCond(prefix, rest, `${s}.value`, p, `${s}.value_f`);
     }
     case 'quantity': {
       const { prefix, rest } = prefixed(value);
       const [num, system, code] = rest.split('|');
-      const conds = [numberCond(prefix, num, `${s}.value`, p)];
+      const conds = [numberCond(prefix, num, `${s}.value`, p, `${s}.value_f`)];
       if (system) conds.push(`${s}.system = ${p(system)}`);
       if (code) conds.push(system ? `${s}.code = ${p(code)}` : `(${s}.code = ${p(code)} OR ${s}.unit = ${p(code)})`);
       return `(${conds.join(' AND ')})`;
