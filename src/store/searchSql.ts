@@ -81,23 +81,23 @@ function instantCond(prefix: Prefix, lo: string, hi: string, col: string, p: P):
 }
 
 /**
- * A number compared with `col` (numeric). With `floatCol` (the value as float8, sql/033) each
- * comparison also bounds it, inclusively: rounding to float8 keeps order, so the bound holds
- * for every match, and float8 comparisons are leakproof, so under RLS they are the index
- * condition (numeric ones are not, and filtered every row of the parameter in the tenant).
+ * A number compared with `col` (numeric). Index rows also hold their value as float8
+ * (`floatCol`, sql/033), compared instead: float8 comparisons are leakproof, so under RLS they
+ * are the index condition (numeric ones are not, and filtered every row of the parameter in
+ * the tenant). Both the stored values and the bounds here are JS numbers, whose decimal forms
+ * sort as the numbers do, so the float8 comparison is the numeric one.
  */
 function numberCond(prefix: Prefix, raw: string, col: string, p: P, floatCol?: string): string {
   const n = Number(raw);
   const [lo, hi] = searchNumberRange(raw);
-  const cmp = (op: string, x: number) => `${col} ${op} ${p(x)}::numeric`
-    + (floatCol ? ` AND ${floatCol} ${op.startsWith('>') ? '>=' : '<='} ${p(x)}::float8` : '');
+  const cmp = (op: string, x: number) => (floatCol ? `${floatCol} ${op} ${p(x)}::float8` : `${col} ${op} ${p(x)}::numeric`);
   switch (prefix) {
     case 'eq': return `(${cmp('>=', lo)} AND ${cmp('<', hi)})`;
-    case 'ne': return `NOT (${col} >= ${p(lo)}::numeric AND ${col} < ${p(hi)}::numeric)`;
-    case 'gt': case 'sa': return `(${cmp('>', n)})`;
-    case 'lt': case 'eb': return `(${cmp('<', n)})`;
-    case 'ge': return `(${cmp('>=', n)})`;
-    case 'le': return `(${cmp('<=', n)})`;
+    case 'ne': return `NOT (${cmp('>=', lo)} AND ${cmp('<', hi)})`;
+    case 'gt': case 'sa': return cmp('>', n);
+    case 'lt': case 'eb': return cmp('<', n);
+    case 'ge': return cmp('>=', n);
+    case 'le': return cmp('<=', n);
     case 'ap': return `(${cmp('>=', n - Math.abs(n) * 0.1)} AND ${cmp('<=', n + Math.abs(n) * 0.1)})`;
   }
 }
