@@ -73,6 +73,19 @@ describe('healthie mappings on the examples', () => {
     assert.equal(encounterToAppointmentInputs(external, maps, '1204417'), undefined, 'never written back');
   });
 
+  test('the class comes from contact_type alone: a provider-less (external) phone call is VR, with a provider too; external in person is AMB', () => {
+    const base = ex('03_appointment_in_person.json').data.appointment;
+    const classOf = (a: object) => appointmentToEncounter({ ...base, ...a }, maps, { now: NOW, patientId: 'p1' })!;
+    for (const provider of [base.provider, null]) {
+      const phone = classOf({ contact_type: 'Phone Call', provider, other_party_id: null });
+      assert.equal(phone.class.code, 'VR', `phone call, provider ${provider ? 'set' : 'none'}`);
+      assert.equal(phone.meta?.tag?.some((t) => t.code === 'external') ?? false, provider === null, 'external changes the tag');
+      assert.equal(classOf({ contact_type: 'In Person', provider, other_party_id: null }).class.code, 'AMB');
+    }
+    assert.equal(classOf({ contact_type: null, provider: null, other_party_id: null, external_videochat_url: 'https://meet.example/x' }).class.code, 'VR', 'no contact type, a video link');
+    assert.equal(classOf({ contact_type: null, provider: null, other_party_id: null, external_videochat_url: null, zoom_join_url: null }).class.code, 'AMB');
+  });
+
   test('metric entries: LOINC + UCUM, blood pressure components, unknown category kept', () => {
     const [weight, hr, steps, bp] = ex('06_metric_entries.json').data.entries;
     const w = entryToObservation(weight, maps, { now: NOW, patientId: 'p1' });

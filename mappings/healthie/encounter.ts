@@ -53,7 +53,10 @@ export function appointmentToEncounter(a: HealthieAppointment, maps: HealthieMap
   const actual = text(a.actual_duration);
   const minutes = actual !== undefined && Number.isFinite(Number(actual)) ? Number(actual) : a.length ?? undefined;
   const videoUrl = text(a.external_videochat_url) ?? text(a.zoom_join_url);
-  const classCode = external ? (videoUrl ? 'VR' : 'AMB') : maps.contactTypeToClass(contactType);
+  // The class comes from how the parties connect (contact_type); being external changes the
+  // tag, not the class: a provider-less "Phone Call" is VR as any phone call is. Without a
+  // contact type, a video link still says virtual.
+  const classCode = !contactType && videoUrl ? 'VR' : maps.contactTypeToClass(contactType);
   // Zoom details are kept (never the host's start URL); R4 has no VirtualServiceDetail.
   const virtual: Extension[] = [
     ...stringExt('meetingId', text(a.zoom_meeting_id)),
