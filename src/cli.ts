@@ -1,7 +1,7 @@
 #!/usr/bin/env -S npx tsx
 // `npm run kiln -- <command>`: operator commands that work beside a running server
 // (the embedded PostgreSQL is shared when it is already up) or against DATABASE_URL.
-import fs from 'node:fs';
+import { VERSION } from './version.ts';
 import cliProgress from 'cli-progress';
 import { cliConfig, serverBaseUrl } from './runtime.ts';
 import { tenantBase } from './auth/urls.ts';
@@ -104,8 +104,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (group === '--version' || group === '-v') {
-    const pkg = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
-    console.log(`kiln ${pkg.version}`);
+    console.log(`kiln ${VERSION}`);
     return 0;
   }
   if (group === 'bigquery') return (await import('./bigquery/cli.ts')).bigqueryCommand(argv.slice(1));

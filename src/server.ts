@@ -3,9 +3,9 @@
 // in-flight ones finish (even those whose client hung up, AuditEvents stored), then the
 // database closes.
 import http from 'node:http';
-import fs from 'node:fs';
 import type { AddressInfo, Socket } from 'node:net';
 import { loadConfig, type Config } from './config.ts';
+import { VERSION } from './version.ts';
 import { openDatabase, StartupError, type Database } from './store/database.ts';
 import { log } from './log.ts';
 
@@ -26,7 +26,6 @@ const PARTITION_MAINTENANCE_MS = 24 * 60 * 60 * 1000;
 /** How long a stop still answers 503 on idle connections after the last request finished. */
 const STOP_LINGER_MS = 250;
 
-const VERSION: string = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
 
 export interface RunningServer {
   url: string;
