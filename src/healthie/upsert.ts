@@ -8,7 +8,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { Database } from '../store/database.ts';
 import { withTenant, type Tx } from '../store/resources.ts';
 import { markSyncWrite, pendingPushNewerThan } from '../store/healthieSync.ts';
-import { checkResource, conditionalUpdate, matchCriteria } from '../interactions/write.ts';
+import { checkResource, conditionalUpdate, create, matchCriteria, update } from '../interactions/write.ts';
 import { toFhirDateTime } from '../../mappings/healthie/index.ts';
 
 export type UpsertOutcome = 'created' | 'updated' | 'unchanged' | 'kept-fhir';
@@ -21,22 +21,43 @@ function comparable(r: Resource): unknown {
 
 export interface UpsertResult { outcome: UpsertOutcome; id: string }
 
-export async function upsertInTx(tx: Tx, resource: Resource, system: string, value: string, healthieUpdatedAt?: string | null): Promise<UpsertResult> {
+/** Whether a stored resource already says what a freshly mapped one says (id and meta's version fields aside). */
+export function sameContent(stored: Resource, mapped: Resource): boolean {
+  return isDeepStrictEqual(comparable(stored), comparable(mapped));
+}
+
+/**
+ * Writes a mapped Healthie object whose stored match (if any) the caller already found,
+ * in a sync-write transaction. `found` undefined creates; `system|value` is the Healthie
+ * identifier the resource carries (the key future pulls find it by).
+ */
+export async function writeMatched(tx: Tx, resource: Resource, found: { id: string; json: string } | undefined,
+  healthieUpdatedAt?: string | null): Promise<UpsertResult> {
   await markSyncWrite(tx);
   const type = resource.resourceType;
-  const criteria: [string, string][] = [['identifier', `${system}|${value}`]];
-  const found = await matchCriteria(tx, type, criteria);
-  if (found.length === 1) {
-    const current = JSON.parse(found[0].json) as Resource;
-    if (isDeepStrictEqual(comparable(current), comparable(resource))) return { outcome: 'unchanged', id: found[0].id };
+  if (found) {
+    const current = JSON.parse(found.json) as Resource;
+    if (sameContent(current, resource)) return { outcome: 'unchanged', id: found.id };
     const at = toFhirDateTime(healthieUpdatedAt ?? undefined);
-    if (at && await pendingPushNewerThan(tx, type, found[0].id, new Date(Date.parse(at)).toISOString())) {
-      return { outcome: 'kept-fhir', id: found[0].id };
+    if (at && await pendingPushNewerThan(tx, type, found.id, new Date(Date.parse(at)).toISOString())) {
+      return { outcome: 'kept-fhir', id: found.id };
     }
   }
   checkResource(resource, type);
-  const w = await conditionalUpdate(tx, type, criteria, resource, undefined);
+  const w = found ? await update(tx, type, found.id, { ...resource, id: found.id }, undefined) : await create(tx, type, resource, undefined);
   return { outcome: w.created ? 'created' : 'updated', id: w.id };
+}
+
+export async function upsertInTx(tx: Tx, resource: Resource, system: string, value: string, healthieUpdatedAt?: string | null): Promise<UpsertResult> {
+  await markSyncWrite(tx);
+  const found = await matchCriteria(tx, resource.resourceType, [['identifier', `${system}|${value}`]]);
+  if (found.length > 1) {
+    // Two stored resources carry one Healthie id: leave the choice to the conditional update (412).
+    checkResource(resource, resource.resourceType);
+    const w = await conditionalUpdate(tx, resource.resourceType, [['identifier', `${system}|${value}`]], resource, undefined);
+    return { outcome: w.created ? 'created' : 'updated', id: w.id };
+  }
+  return writeMatched(tx, resource, found[0], healthieUpdatedAt);
 }
 
 export function upsert(db: Database, orgId: number, resource: Resource, system: string, value: string, healthieUpdatedAt?: string | null): Promise<UpsertResult> {
