@@ -1,6 +1,9 @@
 // Healthie Appointment <-> FHIR Encounter. Blockers and synced calendar events have no
 // patient and map to nothing. Appointments with no Healthie provider are external care:
-// tagged so, and never written back as provider appointments.
+// tagged so, and never written back as provider appointments. A group appointment gives
+// each client attending it an Encounter of their own (all with the appointment's
+// identifier); those are never written back either, since one client's Encounter cannot
+// say what the appointment is for the others.
 import type { Encounter, EncounterParticipant, Extension } from '@medplum/fhirtypes';
 import type { HealthieAppointment, HealthieRef, PatientContext } from './types.ts';
 import type { HealthieMaps } from './conceptMaps.ts';
@@ -8,14 +11,24 @@ import { compact, extValue, hasTag, healthieMeta, stringExt, text } from './comm
 import { addMinutes, toFhirDateTime } from './dates.ts';
 import { EXT, EXTERNAL_TAG, SYSTEM, UCUM, V3_ACT_CODE, V3_PARTICIPATION } from './systems.ts';
 
-/** The Healthie user id of the appointment's client (undefined for blockers and group shells). */
-export function appointmentClientId(a: HealthieAppointment): string | undefined {
-  return text(a.user?.id) ?? text(a.user_id) ?? text(a.attendees?.[0]?.id);
+/**
+ * The Healthie user ids of the appointment's clients: its user when set (a one-client
+ * appointment), else every attendee (a group appointment has user_id null), unique, in order.
+ */
+export function appointmentClientIds(a: HealthieAppointment): string[] {
+  const one = text(a.user?.id) ?? text(a.user_id);
+  if (one !== undefined) return [one];
+  return [...new Set((a.attendees ?? []).map((p) => text(p?.id)).filter((id): id is string => id !== undefined))];
 }
 
-/** Whether an appointment becomes an Encounter at all. */
+/** The first client's Healthie user id (undefined for blockers and empty group shells). */
+export function appointmentClientId(a: HealthieAppointment): string | undefined {
+  return appointmentClientIds(a)[0];
+}
+
+/** Whether an appointment becomes Encounters at all (one per client). */
 export function isMappableAppointment(a: HealthieAppointment): boolean {
-  return !a.is_blocker && !a.external_id_type && appointmentClientId(a) !== undefined;
+  return !a.is_blocker && !a.external_id_type && appointmentClientIds(a).length > 0;
 }
 
 function providersOf(a: HealthieAppointment): HealthieRef[] {
@@ -43,9 +56,13 @@ function participant(p: HealthieRef, primary: boolean): EncounterParticipant {
   };
 }
 
-/** The Encounter for an appointment, or undefined when it is not a patient visit. */
-export function appointmentToEncounter(a: HealthieAppointment, maps: HealthieMaps, ctx: PatientContext): Encounter | undefined {
+/**
+ * The Encounter of one client of an appointment (`ctx.clientId`, by default the first; its
+ * Kiln Patient is `ctx.patientId`), or undefined when the appointment is not a patient visit.
+ */
+export function appointmentToEncounter(a: HealthieAppointment, maps: HealthieMaps, ctx: PatientContext & { clientId?: string }): Encounter | undefined {
   if (!isMappableAppointment(a)) return undefined;
+  const clients = appointmentClientIds(a);
   const external = isExternalAppointment(a);
   const contactType = text(a.contact_type);
   const start = toFhirDateTime(a.date ?? a.start);
@@ -68,13 +85,15 @@ export function appointmentToEncounter(a: HealthieAppointment, maps: HealthieMap
     ...stringExt(EXT.pmStatus, text(a.pm_status)),
     ...stringExt(EXT.actualDuration, actual),
     ...(virtual.length ? [{ url: EXT.virtualService, extension: virtual }] : []),
+    // A count, not the other attendees: this Encounter sits in one patient's compartment.
+    ...(clients.length > 1 ? [{ url: EXT.groupAppointment, valueInteger: clients.length }] : []),
   ];
   const typeId = text(a.appointment_type?.id) ?? text(a.appointment_type_id);
   const typeName = text(a.appointment_type?.name);
   const locationText = text(a.location);
   const locationId = text(a.appointment_location_id);
   const reason = text(a.reason);
-  const clientId = appointmentClientId(a)!;
+  const clientId = ctx.clientId ?? clients[0];
   return compact({
     resourceType: 'Encounter' as const,
     meta: healthieMeta(ctx.source, external ? [{ ...EXTERNAL_TAG }] : []),
@@ -100,6 +119,21 @@ export function isExternalEncounter(e: Encounter): boolean {
   return hasTag(e, EXTERNAL_TAG.system, EXTERNAL_TAG.code);
 }
 
+/** Whether the Encounter is one attendee's share of a group appointment (or of one they left). */
+export function isGroupEncounter(e: Encounter): boolean {
+  return !!e.extension?.some((x) => x.url === EXT.groupAppointment || x.url === EXT.removedAttendee);
+}
+
+/**
+ * The stored Encounter of a client who is no longer an attendee of its appointment: kept
+ * (not deleted, it was that patient's booking), `cancelled` unless already entered-in-error,
+ * and marked so that it is never written back (it would book the client in again).
+ */
+export function removedAttendeeEncounter(stored: Encounter): Encounter {
+  const extension = [...(stored.extension ?? []).filter((x) => x.url !== EXT.removedAttendee), { url: EXT.removedAttendee, valueBoolean: true }];
+  return { ...stored, extension, status: stored.status === 'entered-in-error' ? stored.status : 'cancelled' };
+}
+
 /** Variables for createAppointment / updateAppointment. */
 export interface AppointmentInputs {
   create: Record<string, unknown>;
@@ -108,10 +142,12 @@ export interface AppointmentInputs {
 
 /**
  * Mutation inputs for an Encounter; undefined for external care, which is never
- * written to Healthie as a provider appointment. `clientId` is the Healthie user id.
+ * written to Healthie as a provider appointment, and for a group appointment's Encounter
+ * (sending one attendee's would make the group a one-client appointment, or cancel it for
+ * everyone). `clientId` is the Healthie user id.
  */
 export function encounterToAppointmentInputs(e: Encounter, maps: HealthieMaps, clientId: string, healthieId?: string): AppointmentInputs | undefined {
-  if (isExternalEncounter(e)) return undefined;
+  if (isExternalEncounter(e) || isGroupEncounter(e)) return undefined;
   // A Healthie appointment with no contact type keeps none; a FHIR-made one gets the ConceptMap's.
   const fromHealthie = e.identifier?.some((i) => i.system === SYSTEM.appointment);
   const contactType = extValue(e.extension, EXT.contactType) ?? (fromHealthie ? undefined : maps.classToContactType(e.class?.code ?? ''));

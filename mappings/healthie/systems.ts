@@ -28,6 +28,10 @@ export const EXT = {
   pmStatus: `${BASE}/StructureDefinition/pm-status`,
   actualDuration: `${BASE}/StructureDefinition/actual-duration`,
   virtualService: `${BASE}/StructureDefinition/virtual-service`,
+  /** On each attendee's Encounter of a group appointment: how many clients attend (integer). */
+  groupAppointment: `${BASE}/StructureDefinition/group-appointment`,
+  /** On the Encounter of a client no longer among the appointment's attendees (boolean true). */
+  removedAttendee: `${BASE}/StructureDefinition/removed-attendee`,
   entryId: `${BASE}/StructureDefinition/entry-id`,
   medicationDosage: `${BASE}/StructureDefinition/medication-dosage`,
 } as const;
