@@ -8,7 +8,7 @@ import { createOrg } from '../src/store/tenants.ts';
 import { HealthieClient } from '../src/healthie/client.ts';
 import { pull } from '../src/healthie/pull.ts';
 import { startHealthieLoop } from '../src/healthie/push.ts';
-import { SYSTEM } from '../mappings/healthie/index.ts';
+import { SYSTEM, toFhirDateTime } from '../mappings/healthie/index.ts';
 
 let srv: TestServer;
 before(async () => { srv = await startTestServer(); });
@@ -119,6 +119,38 @@ describe('healthie pull', () => {
     const kept = await pull({ db: srv.db, orgId, client, full: true });
     assert.equal(kept.phases.users.keptFhir, 1);
     assert.equal((await fhir(base, 'GET', `Patient/${patient.id}`)).json.birthDate, '1987-04-20');
+  });
+});
+
+describe('healthie pull watermark', () => {
+  const fake = new FakeHealthie('k');
+  let client: HealthieClient;
+  before(async () => { await fake.start(); fake.seedExamples(); client = new HealthieClient({ url: fake.url, apiKey: 'k', baseDelayMs: 2, maxDelayMs: 10 }); });
+  after(() => fake.stop());
+
+  test('a change in the same second as the newest updated_at of the last pull comes through the next incremental pull', async () => {
+    const { orgId, base } = await tenant('pull-same-second');
+    await pull({ db: srv.db, orgId, client });
+    const v = await versions(orgId);
+    // Healthie's times are to the second: a change made in the second the last pull saw as
+    // its newest carries the same updated_at (set explicitly: the fake's clock would move on).
+    const newest = (kind: 'users' | 'entries') => [...fake[kind].values()].sort((a, b) => Date.parse(toFhirDateTime(b.updated_at)!) - Date.parse(toFhirDateTime(a.updated_at)!))[0];
+    const entry = fake.entries.get('98811001')!; // the Weight entry, changed in the newest entry's second
+    fake.put('entries', { ...entry, metric_stat: 77.5, updated_at: newest('entries').updated_at }, false);
+    const user = newest('users');
+    fake.put('users', { ...user, phone_number: '555-123-4567' }, false);
+    const next = await pull({ db: srv.db, orgId, client });
+    assert.equal(next.phases.entries.updated, 1, 'the same-second entry change');
+    assert.equal(next.phases.users.updated, 1, 'the same-second user change');
+    assert.equal(await versions(orgId), v + 2, 'unchanged objects of that second write nothing');
+    const obs = await fhir(base, 'GET', `Observation?identifier=${encodeURIComponent(`${SYSTEM.entry}|${entry.id}`)}`);
+    assert.equal(obs.json.entry[0].resource.valueQuantity.value, 77.5);
+    const pat = await fhir(base, 'GET', `Patient?identifier=${encodeURIComponent(`${SYSTEM.user}|${user.id}`)}`);
+    assert.equal(pat.json.entry[0].resource.telecom.find((t: any) => t.system === 'phone').value, '555-123-4567');
+    // The second is read again on the pull after, but writes nothing.
+    const again = await pull({ db: srv.db, orgId, client });
+    assert.equal(again.phases.entries.updated + again.phases.users.updated, 0);
+    assert.equal(await versions(orgId), v + 2);
   });
 });
 

@@ -48,6 +48,10 @@ function iso(healthieTime: string | null | undefined): string | undefined {
   return t && Number.isFinite(Date.parse(t)) ? new Date(Date.parse(t)).toISOString() : undefined;
 }
 
+/** Older than the watermark, compared as instants: the watermark is stored to the second, and
+ * an object of that very second may have changed after the pull that set it, so it is read again. */
+const olderThan = (at: string | undefined, since: string | undefined) => !!(since && at && Date.parse(at) < Date.parse(since));
+
 export async function pull(opts: PullOptions): Promise<PullSummary> {
   const started = Date.now();
   const { db, orgId, client } = opts;
@@ -104,7 +108,7 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
           userIds.push(u.id);
           const at = iso(u.updated_at);
           if (at && (!newest || at > newest)) newest = at;
-          if (since && at && at < since) continue;
+          if (olderThan(at, since)) continue;
           await handle('users', u.id, async () => {
             const r = await upsert(db, orgId, userToPatient(u, { source, now: now() }), SYSTEM.user, u.id, u.updated_at);
             patientIds.set(u.id, r.id);
@@ -127,7 +131,7 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
       for (const o of page) {
         const at = iso(o.updated_at);
         if (at && (!newest || at > newest)) newest = at;
-        if (since && at && at < since) continue;
+        if (olderThan(at, since)) continue;
         fresh++;
         await handle(phase, o.id, () => each(o));
       }
@@ -162,7 +166,7 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
       for (const m of data.medications ?? []) {
         const at = iso(m.updated_at);
         if (at && (!newest || at > newest)) newest = at;
-        if (since && at && at < since) continue;
+        if (olderThan(at, since)) continue;
         await handle('medications', m.id, async () =>
           (await upsert(db, orgId, medicationToStatement(m, { source, now: now(), patientId }), SYSTEM.medication, m.id, m.updated_at)).outcome);
       }
