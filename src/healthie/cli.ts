@@ -11,6 +11,7 @@ import { healthieSettings, clientFor } from './settings.ts';
 import { pull, PHASES } from './pull.ts';
 import { pushOutbox } from './push.ts';
 import { processWebhooks } from './webhooks.ts';
+import { withPullLease, describeHolder } from './lease.ts';
 import { commandWords, usageError, usageOf, wantsHelp } from '../cliUsage.ts';
 
 const USAGE = `usage:
@@ -57,27 +58,32 @@ export async function healthieCommand(args: string[]): Promise<number> {
     loadDefinitions();
     if (command === 'push') {
       const s = await pushOutbox({ db, orgId: org.id, client: clientFor(settings) });
-      console.log(`pushed '${slug}': ${s.claimed} claimed, ${s.done} sent, ${s.skipped} skipped, ${s.superseded} superseded (Healthie newer), ${s.retried} to retry, ${s.failed} failed`);
+      console.log(`pushed '${slug}': ${s.claimed} claimed, ${s.done} sent, ${s.skipped} skipped, ${s.superseded} superseded (Healthie newer), ${s.retried} to retry, ${s.failed} failed${s.lost ? `, ${s.lost} taken over by another worker` : ''}`);
       for (const e of s.errors) console.log(`  ${e}`);
       return s.failed ? 1 : 0;
     }
     if (command === 'webhooks') {
       const s = await processWebhooks({ db, orgId: org.id, client: clientFor(settings) });
-      console.log(`webhooks '${slug}': ${s.claimed} claimed, ${s.done} processed ${JSON.stringify(s.outcomes)}, ${s.ignored} ignored, ${s.retried} to retry, ${s.failed} failed`);
+      console.log(`webhooks '${slug}': ${s.claimed} claimed, ${s.done} processed ${JSON.stringify(s.outcomes)}, ${s.ignored} ignored, ${s.retried} to retry, ${s.failed} failed${s.lost ? `, ${s.lost} taken over by another worker` : ''}`);
       return s.failed ? 1 : 0;
     }
     const bar = new cliProgress.MultiBar({ format: 'healthie {phase} | {value} seen | {created} new {updated} changed {unchanged} same {failed} failed', stream: process.stderr, noTTYOutput: false, clearOnComplete: false },
       cliProgress.Presets.shades_classic);
     const bars = new Map<string, cliProgress.SingleBar>();
-    const summary = await pull({
+    // One pull per tenant at a time across processes: a second one says who runs and stands aside.
+    const leased = await withPullLease(db, org.id, () => pull({
       db, orgId: org.id, client: clientFor(settings), full,
       onProgress: (phase, c) => {
         let b = bars.get(phase);
         if (!b) { b = bar.create(0, 0, { phase }); bars.set(phase, b); }
         b.update(c.seen, { phase, ...c });
       },
-    });
-    bar.stop();
+    })).finally(() => bar.stop());
+    if (!leased.ran) {
+      console.log(describeHolder(slug, leased.holder));
+      return 0;
+    }
+    const summary = leased.result;
     const rate = summary.seconds > 0 ? Math.round(summary.objects / summary.seconds) : summary.objects;
     console.log(`pulled ${summary.objects} Healthie objects into '${slug}' in ${summary.seconds.toFixed(1)} s (${rate} objects/s; ${summary.requests} requests, ${summary.retries} retries)`);
     for (const p of PHASES) {

@@ -1,21 +1,22 @@
 // Healthie webhooks: `POST /fhir/{tenant}/$healthie-webhook`. The delivery's HMAC
 // signature (HEALTHIE_API.md §4) is checked against the raw bytes in constant time; an
 // unsigned or wrongly signed delivery gets 401 and stores nothing. A good one is stored in
-// healthie_webhook_events and acknowledged with 202 at once; processWebhooks() later
-// re-fetches the object from Healthie and mirrors it with upsert(), so replays write nothing,
+// healthie_webhook_events and acknowledged with 202 at once; processWebhooks() later leases
+// it (sql/034), re-fetches the object from Healthie and mirrors it with upsert(), so replays write nothing,
 // and a replay within REPLAY_WINDOW_SECONDS of an identical delivery waits out the window.
 import crypto from 'node:crypto';
 import type { Request, Response } from 'express';
 import type { Database } from '../store/database.ts';
 import { withTenant } from '../store/resources.ts';
 import { findOrg } from '../store/tenants.ts';
-import { enqueueWebhook, claimWebhooks, finishWebhook, retryWebhook } from '../store/healthieSync.ts';
+import { enqueueWebhook, claimWebhooks, renewWebhooks, finishWebhook, retryWebhook, type ClaimedWebhook } from '../store/healthieSync.ts';
 import { outcome, informational, FhirError } from '../fhir/outcome.ts';
 import { parseJson } from '../fhir/body.ts';
 import { HealthieError } from './client.ts';
 import { healthieSettings } from './settings.ts';
 import { fetchObject, mirrorObject, type HealthieKind } from './refetch.ts';
 import type { PushOptions } from './push.ts';
+import { leaseSeconds, workerName, drainLeased, type Lease } from './lease.ts';
 import { loadMaps } from '../../mappings/healthie/index.ts';
 
 /** /fhir/$healthie-webhook (default tenant) or /fhir/{tenant}/$healthie-webhook. */
@@ -116,51 +117,46 @@ export function kindOfEvent(eventType: string, resourceType: string): HealthieKi
 
 /** Same knobs as the push worker: both drain a durable per-tenant queue with retries. */
 export type WebhookOptions = PushOptions;
-export interface WebhookSummary { claimed: number; done: number; ignored: number; failed: number; retried: number; outcomes: Record<string, number> }
+export interface WebhookSummary { claimed: number; done: number; ignored: number; failed: number; retried: number; lost: number; outcomes: Record<string, number> }
 
-/** Processes the tenant's due webhook deliveries once. */
+/**
+ * Processes the tenant's due webhook deliveries once. Deliveries are leased in a short
+ * transaction and re-fetched and mirrored with no transaction open; each outcome is
+ * recorded only while this worker still holds the delivery's lease.
+ */
 export async function processWebhooks(opts: WebhookOptions): Promise<WebhookSummary> {
   const { db, orgId, client } = opts;
   const maps = opts.maps ?? loadMaps();
-  const summary: WebhookSummary = { claimed: 0, done: 0, ignored: 0, failed: 0, retried: 0, outcomes: {} };
-  const seen = new Set<number>();
-  for (;;) {
-    const fresh = await withTenant(db.app, orgId, async (tx) => {
-      const items = (await claimWebhooks(tx, opts.batchSize ?? 20)).filter((i) => !seen.has(i.id));
-      for (const w of items) {
-        seen.add(w.id);
-        summary.claimed++;
-        const kind = kindOfEvent(w.eventType, w.resourceType);
-        if (!kind) {
-          await finishWebhook(tx, w.id, 'ignored', `${w.eventType} is not mirrored`);
-          summary.ignored++;
-          continue;
-        }
-        try {
-          const obj = await fetchObject(client, kind, w.resourceId);
-          if (!obj && !w.eventType.endsWith('.deleted')) {
-            await finishWebhook(tx, w.id, 'ignored', `Healthie ${kind} ${w.resourceId} not found`);
-            summary.ignored++;
-            continue;
-          }
-          const r = await mirrorObject({ db, orgId, client, maps }, kind, w.resourceId, obj);
-          summary.outcomes[r.outcome] = (summary.outcomes[r.outcome] ?? 0) + 1;
-          await finishWebhook(tx, w.id, 'done', r.reason);
-          summary.done++;
-        } catch (e) {
-          const message = (e as Error).message;
-          const permanent = e instanceof FhirError || e instanceof TypeError || (e instanceof HealthieError && !e.retryable && e.code !== 'UNAUTHORIZED');
-          if (!permanent && w.attempts + 1 < (opts.maxAttempts ?? 10)) {
-            await retryWebhook(tx, w.id, message, (opts.backoffSeconds ?? ((n) => Math.min(3600, 15 * 2 ** (n - 1))))(w.attempts + 1));
-            summary.retried++;
-          } else {
-            await finishWebhook(tx, w.id, 'failed', message);
-            summary.failed++;
-          }
+  const lease: Lease = { owner: workerName('webhooks'), seconds: opts.leaseSeconds ?? leaseSeconds() };
+  const summary: WebhookSummary = { claimed: 0, done: 0, ignored: 0, failed: 0, retried: 0, lost: 0, outcomes: {} };
+  const finish = async (w: ClaimedWebhook, status: 'done' | 'failed' | 'ignored', note?: string) => {
+    if (await withTenant(db.app, orgId, (tx) => finishWebhook(tx, w.id, lease.owner, status, note))) summary[status]++;
+    else summary.lost++;
+  };
+  await drainLeased(db, orgId, lease, 'Healthie webhook deliveries',
+    (tx, skip) => claimWebhooks(tx, lease, opts.batchSize ?? 5, skip),
+    (tx, ids) => renewWebhooks(tx, lease, ids),
+    async (w) => {
+      summary.claimed++;
+      const kind = kindOfEvent(w.eventType, w.resourceType);
+      if (!kind) return finish(w, 'ignored', `${w.eventType} is not mirrored`);
+      try {
+        const obj = await fetchObject(client, kind, w.resourceId);
+        if (!obj && !w.eventType.endsWith('.deleted')) return await finish(w, 'ignored', `Healthie ${kind} ${w.resourceId} not found`);
+        const r = await mirrorObject({ db, orgId, client, maps }, kind, w.resourceId, obj);
+        summary.outcomes[r.outcome] = (summary.outcomes[r.outcome] ?? 0) + 1;
+        await finish(w, 'done', r.reason);
+      } catch (e) {
+        const message = (e as Error).message;
+        const permanent = e instanceof FhirError || e instanceof TypeError || (e instanceof HealthieError && !e.retryable && e.code !== 'UNAUTHORIZED');
+        if (!permanent && w.attempts + 1 < (opts.maxAttempts ?? 10)) {
+          const delay = (opts.backoffSeconds ?? ((n) => Math.min(3600, 15 * 2 ** (n - 1))))(w.attempts + 1);
+          if (await withTenant(db.app, orgId, (tx) => retryWebhook(tx, w.id, lease.owner, message, delay))) summary.retried++;
+          else summary.lost++;
+        } else {
+          await finish(w, 'failed', message);
         }
       }
-      return items.length;
     });
-    if (fresh === 0) return summary;
-  }
+  return summary;
 }
