@@ -4,7 +4,7 @@
 // Medplum does not export its function table, so a parsed expression's FunctionAtoms with those
 // names are swapped for our own atoms before evaluation; everything else is Medplum's.
 import {
-  FunctionAtom, SymbolAtom, parseFhirPath, type Atom, type AtomContext, type FhirPathAtom, type TypedValue,
+  FunctionAtom, SymbolAtom, evalFhirPathTyped, parseFhirPath, type Atom, type AtomContext, type FhirPathAtom, type TypedValue,
 } from '@medplum/core';
 
 /** Functions a view may call: the specification's subset and the rest Medplum implements. */
@@ -147,7 +147,7 @@ export function pathProblems(expression: string, constants: ReadonlySet<string>)
 
 /** Evaluates a compiled expression; `variables` are keyed with their % ('%rowIndex'). */
 export function evalPath(expression: FhirPathAtom, input: TypedValue[], variables: Record<string, TypedValue>): TypedValue[] {
-  return expression.eval({ variables }, input);
+  return evalFhirPathTyped(expression, input, variables);
 }
 
 function typeName(atom: Atom): string | undefined {
