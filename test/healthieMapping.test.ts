@@ -9,7 +9,8 @@ import { startTestServer, removeDataDir, fhir, type TestServer } from './support
 import {
   loadMaps, userToPatient, appointmentToEncounter, entryToObservation, medicationToStatement,
   patientToClientInputs, encounterToAppointmentInputs, observationToEntryInputs, statementToMedicationInputs,
-  SYSTEM, EXTERNAL_TAG, HEALTHIE_TAG, LOINC, toFhirDateTime, toHealthieDateTime,
+  SYSTEM, EXT, EXTERNAL_TAG, HEALTHIE_TAG, LOINC, toFhirDateTime, toHealthieDateTime,
+  appointmentClientIds, isMappableAppointment, removedAttendeeEncounter,
 } from '../mappings/healthie/index.ts';
 
 const EX = path.join(SHARED_DATA, '..', 'healthie', 'examples');
@@ -86,6 +87,27 @@ describe('healthie mappings on the examples', () => {
     assert.equal(classOf({ contact_type: null, provider: null, other_party_id: null, external_videochat_url: null, zoom_join_url: null }).class.code, 'AMB');
   });
 
+  test('group appointment: one Encounter per attendee (subject and count, not the others), never written back; a client who left is cancelled', () => {
+    const base = ex('03_appointment_in_person.json').data.appointment;
+    const group = { ...base, user_id: null, user: null, attendees: [{ id: '11' }, { id: '12' }, { id: '11' }, { id: '13' }] };
+    assert.deepEqual(appointmentClientIds(group), ['11', '12', '13'], 'every attendee, once, in order');
+    assert.deepEqual(appointmentClientIds({ ...base, attendees: [{ id: '1204417' }, { id: '99' }] }), ['1204417'], 'user_id set: that client');
+    assert.equal(isMappableAppointment({ ...group, attendees: [] }), false, 'no client, no Encounter');
+    const second = appointmentToEncounter(group, maps, { now: NOW, patientId: 'p12', clientId: '12' })!;
+    assert.deepEqual(second.subject, { reference: 'Patient/p12', identifier: { system: SYSTEM.user, value: '12' } });
+    assert.deepEqual(second.identifier, [{ system: SYSTEM.appointment, value: base.id }]);
+    assert.deepEqual(second.extension?.filter((x) => x.url === EXT.groupAppointment), [{ url: EXT.groupAppointment, valueInteger: 3 }]);
+    assert.doesNotMatch(JSON.stringify(second), /"1[13]"/, "the other attendees' ids stay out of this patient's Encounter");
+    assert.equal(encounterToAppointmentInputs(second, maps, '12', base.id), undefined, 'one attendee cannot speak for the group');
+    const single = appointmentToEncounter(base, maps, { now: NOW, patientId: 'p1' })!;
+    assert.equal(single.extension?.some((x) => x.url === EXT.groupAppointment), false, 'a one-client appointment is unchanged');
+    assert.ok(encounterToAppointmentInputs(single, maps, '1204417', base.id));
+    const left = removedAttendeeEncounter(second);
+    assert.equal(left.status, 'cancelled');
+    assert.deepEqual(removedAttendeeEncounter(left), left, 'idempotent');
+    assert.equal(encounterToAppointmentInputs(removedAttendeeEncounter(single), maps, '1204417', base.id), undefined, 'a client who left is not booked again');
+  });
+
   test('metric entries: LOINC + UCUM, blood pressure components, unknown category kept', () => {
     const [weight, hr, steps, bp] = ex('06_metric_entries.json').data.entries;
     const w = entryToObservation(weight, maps, { now: NOW, patientId: 'p1' });
@@ -143,6 +165,8 @@ describe('mapped FHIR is accepted by Kiln', () => {
       appointmentToEncounter(ex('03_appointment_in_person.json').data.appointment, maps, ctx)!,
       appointmentToEncounter(ex('04_appointment_external.json').data.appointments[1], maps, ctx)!,
       appointmentToEncounter({ ...ex('03_appointment_in_person.json').data.appointment, id: '9', provider: null }, maps, ctx)!,
+      removedAttendeeEncounter(appointmentToEncounter({ ...ex('03_appointment_in_person.json').data.appointment, id: '10', user_id: null, user: null,
+        attendees: [{ id: '1204417' }, { id: '5' }] }, maps, { ...ctx, clientId: '1204417' })!),
       ...ex('06_metric_entries.json').data.entries.map((e: any) => entryToObservation(e, maps, ctx)),
       entryToObservation({ id: '77', category: 'Mood Score', metric_stat: 3, created_at: '2025-01-01 08:00:00 -0500' }, maps, ctx),
       ...ex('05_medications.json').data.medications.map((m: any) => medicationToStatement(m, ctx)),

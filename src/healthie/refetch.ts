@@ -1,15 +1,17 @@
-// Re-fetches one Healthie object by id and mirrors it into FHIR with upsert() (a sync
-// write: never pushed back). Shared by the webhook queue worker and by the push worker
-// when Healthie's copy turned out newer than the FHIR change (conflict rule).
+// Re-fetches one Healthie object by id and mirrors it into FHIR with upsert() (an
+// appointment with writeAppointment: one Encounter per client), as a sync write: never
+// pushed back. Shared by the webhook queue worker and by the push worker when Healthie's
+// copy turned out newer than the FHIR change (conflict rule).
 import type { Database } from '../store/database.ts';
 import { withTenant } from '../store/resources.ts';
 import { markSyncWrite } from '../store/healthieSync.ts';
-import { conditionalDelete } from '../interactions/write.ts';
+import { conditionalDelete, remove } from '../interactions/write.ts';
 import type { HealthieClient } from './client.ts';
 import * as Q from './queries.ts';
 import { upsert, patientIdFor, type UpsertOutcome } from './upsert.ts';
+import { appointmentEncounters, writeAppointment, type AppointmentWrite } from './appointments.ts';
 import {
-  userToPatient, appointmentToEncounter, entryToObservation, medicationToStatement, appointmentClientId, isMappableAppointment,
+  userToPatient, entryToObservation, medicationToStatement, appointmentClientIds, isMappableAppointment,
   SYSTEM, type HealthieMaps, type HealthieUser, type HealthieAppointment, type HealthieEntry, type HealthieMedication,
 } from '../../mappings/healthie/index.ts';
 
@@ -35,7 +37,8 @@ export async function fetchObject<T = any>(client: HealthieClient, kind: Healthi
 
 export interface MirrorContext { db: Database; orgId: number; client: HealthieClient; maps: HealthieMaps; now?: () => string }
 export type MirrorOutcome = UpsertOutcome | 'deleted' | 'skipped';
-export interface MirrorResult { outcome: MirrorOutcome; id?: string; reason?: string }
+/** For an appointment, `outcome` sums up `writes` (one per client's Encounter): the strongest of them. */
+export interface MirrorResult { outcome: MirrorOutcome; id?: string; reason?: string; writes?: AppointmentWrite[] }
 
 /**
  * Mirrors Healthie object `id` into FHIR. `obj` may be passed when already fetched; a
@@ -51,6 +54,12 @@ export async function mirrorObject(ctx: MirrorContext, kind: HealthieKind, id: s
   if (!current) {
     const deleted = await withTenant(db.app, orgId, async (tx) => {
       await markSyncWrite(tx);
+      // Every attendee's Encounter of a group appointment carries its identifier.
+      if (kind === 'appointment') {
+        const found = await appointmentEncounters(tx, id);
+        for (const f of found) await remove(tx, k.fhirType, f.id);
+        return found.length ? found.length : undefined;
+      }
       return conditionalDelete(tx, k.fhirType, [['identifier', `${k.system}|${id}`]]);
     });
     return deleted === undefined ? { outcome: 'skipped', reason: 'not in Healthie nor in FHIR' } : { outcome: 'deleted' };
@@ -59,27 +68,38 @@ export async function mirrorObject(ctx: MirrorContext, kind: HealthieKind, id: s
     const u = current as HealthieUser;
     return upsert(db, orgId, userToPatient(u, { source, now }), k.system, u.id, u.updated_at);
   }
-  const clientId = kind === 'appointment' ? appointmentClientId(current as HealthieAppointment)
-    : kind === 'entry' ? (current as HealthieEntry).poster?.id : (current as HealthieMedication).user_id ?? undefined;
-  if (kind === 'appointment' && !isMappableAppointment(current as HealthieAppointment)) return { outcome: 'skipped', reason: 'blocker or calendar event' };
+  if (kind === 'appointment') return mirrorAppointment(ctx, current as HealthieAppointment, source, now);
+  const clientId = kind === 'entry' ? (current as HealthieEntry).poster?.id : (current as HealthieMedication).user_id ?? undefined;
   if (!clientId) return { outcome: 'skipped', reason: 'no Healthie client' };
-  let patientId = await patientIdFor(db, orgId, String(clientId), SYSTEM.user);
-  if (!patientId) {
-    const p = await mirrorObject(ctx, 'user', String(clientId));
-    if (!p.id || p.outcome === 'deleted') return { outcome: 'skipped', reason: `client ${clientId} not found` };
-    patientId = p.id;
-  }
+  const patientId = await importedPatient(ctx, String(clientId));
+  if (!patientId) return { outcome: 'skipped', reason: `client ${clientId} not found` };
   const pctx = { source, now, patientId };
-  if (kind === 'appointment') {
-    const a = current as HealthieAppointment;
-    const enc = appointmentToEncounter(a, maps, pctx);
-    if (!enc) return { outcome: 'skipped', reason: 'not mapped' };
-    return upsert(db, orgId, enc, k.system, a.id, a.updated_at);
-  }
   if (kind === 'entry') {
     const e = current as HealthieEntry;
     return upsert(db, orgId, entryToObservation(e, maps, pctx), k.system, e.id, e.updated_at);
   }
   const m = current as HealthieMedication;
   return upsert(db, orgId, medicationToStatement(m, pctx), k.system, m.id, m.updated_at);
+}
+
+/** The Kiln Patient of a Healthie user, importing the user first when it never was. */
+async function importedPatient(ctx: MirrorContext, clientId: string): Promise<string | undefined> {
+  const patientId = await patientIdFor(ctx.db, ctx.orgId, clientId, SYSTEM.user);
+  if (patientId) return patientId;
+  const p = await mirrorObject(ctx, 'user', clientId);
+  return p.id && p.outcome !== 'deleted' ? p.id : undefined;
+}
+
+const STRENGTH: (AppointmentWrite['outcome'])[] = ['created', 'updated', 'cancelled', 'kept-fhir', 'unchanged', 'skipped'];
+
+/** Every client's Encounter of an appointment; clients never imported are imported first (before the transaction). */
+async function mirrorAppointment(ctx: MirrorContext, a: HealthieAppointment, source: string, now: string): Promise<MirrorResult> {
+  const patients = new Map<string, string | undefined>();
+  if (isMappableAppointment(a)) for (const c of appointmentClientIds(a)) patients.set(c, await importedPatient(ctx, c));
+  const writes = await withTenant(ctx.db.app, ctx.orgId, (tx) =>
+    writeAppointment(tx, a, ctx.maps, { source, now, patientIdOf: async (c) => patients.get(c) }));
+  if (writes.length === 0) return { outcome: 'skipped', reason: 'blocker, calendar event or no client', writes };
+  const strongest = STRENGTH.find((o) => writes.some((w) => w.outcome === o))!;
+  if (strongest === 'skipped') return { outcome: 'skipped', reason: 'no client found in Healthie', writes };
+  return { outcome: strongest === 'cancelled' ? 'updated' : strongest, id: writes.find((w) => w.id)?.id, writes };
 }
