@@ -118,6 +118,13 @@ describe('beyond the suite', () => {
       && e.message === 'Patient/p1: select[0].column[0]: 2 values for column family, which is not a collection (set collection: true)');
   });
 
+  test('a column giving a complex type must declare its type', () => {
+    const view = { resource: 'Patient', select: [{ forEach: 'name', column: [{ name: 'n', path: '$this' }] }] };
+    assert.throws(() => runView(view, [patient]), /select\[0\]\.column\[0\]: column n gives a HumanName, not a primitive/);
+    const typed = { resource: 'Patient', select: [{ forEach: 'name', column: [{ name: 'n', path: '$this', type: 'HumanName' }] }] };
+    assert.deepEqual(runView(typed, [patient]), [{ n: { family: 'A' } }, { n: { family: 'B' } }]);
+  });
+
   test('rowsOf streams one resource at a time, the same rows as runView', () => {
     const view = { resource: 'Patient', select: [{ column: [{ name: 'id', path: 'getResourceKey()' }] }, { forEach: 'name', column: [{ name: 'family', path: 'family' }] }] };
     const prepared = prepareView(view);

@@ -173,6 +173,8 @@ function columnsRow(columns: CompiledColumn[], input: TypedValue[], variables: V
   const row: Row = {};
   for (const { column, path, at } of columns) {
     const values = evalPath(path, input, variables);
+    const complex = column.type === undefined && values.find((v) => typeof v.value === 'object' && v.value !== null);
+    if (complex) throw new ViewError([`${at}: column ${column.name} gives a ${complex.type}, not a primitive; say so in its type`]);
     if (column.collection) row[column.name] = values.map((v) => v.value);
     else if (values.length === 0) row[column.name] = null;
     else if (values.length === 1) row[column.name] = values[0].value;
