@@ -2,13 +2,18 @@
 // metric entries and medications, as idempotent conditional updates. Incremental by
 // updated_at watermarks (sql/009): a phase's watermark moves only once the phase has
 // completed, so an interrupted pull redoes at most that phase, without duplicates.
+// One transaction per page: the page's patients and stored matches are found by one query
+// each, then every object is compared and written (writeMatched); the next page is fetched
+// from Healthie meanwhile. No transaction is open while a request is waited on.
+import type { Resource } from '@medplum/fhirtypes';
 import type { Database } from '../store/database.ts';
-import { withTenant } from '../store/resources.ts';
-import { readWatermark, writeWatermark } from '../store/healthieSync.ts';
+import { withTenant, type Tx } from '../store/resources.ts';
+import { markSyncWrite, readWatermark, writeWatermark } from '../store/healthieSync.ts';
+import { identifierPage, idsByIdentifier, lockCriteriaKeys, matchByIdentifier } from '../store/healthieMatch.ts';
 import { FhirError } from '../fhir/outcome.ts';
 import type { HealthieClient } from './client.ts';
 import * as Q from './queries.ts';
-import { upsert, patientIdFor, type UpsertOutcome } from './upsert.ts';
+import { identifierLockKey, upsertInTx, writeMatched, type UpsertOutcome } from './upsert.ts';
 import {
   loadMaps, userToPatient, appointmentToEncounter, entryToObservation, medicationToStatement, appointmentClientId,
   isMappableAppointment, toFhirDateTime, SYSTEM,
@@ -26,6 +31,8 @@ export interface PullSummary {
   objects: number;
   requests: number;
   retries: number;
+  /** Whether every linked client's medications were read (else only those of clients changed since the last pull). */
+  medicationSweep: boolean;
 }
 
 export interface PullOptions {
@@ -33,15 +40,29 @@ export interface PullOptions {
   orgId: number;
   client: HealthieClient;
   maps?: HealthieMaps;
-  /** Ignore watermarks (everything is compared; unchanged objects still write nothing). */
+  /** Ignore watermarks (everything is compared; unchanged objects still write nothing) and sweep medications. */
   full?: boolean;
+  /** Page size of appointments and entries (users pages are at most 100, Healthie's cap). */
   pageSize?: number;
+  /**
+   * Hours between medication sweeps (every linked client's `medications`): Healthie lists
+   * medications only per patient, so other pulls read those of clients changed since the
+   * last one, and medication.* webhooks carry the rest. Default KILN_HEALTHIE_MEDICATION_SWEEP_HOURS or 24.
+   */
+  medicationSweepHours?: number;
+  /** Sweep medications on this pull whether or not one is due. */
+  sweepMedications?: boolean;
+  /** Medication requests in flight at once (default 4). */
+  concurrency?: number;
   onProgress?: (phase: Phase, counts: PhaseCounts) => void;
   now?: () => string;
 }
 
 const emptyCounts = (): PhaseCounts => ({ seen: 0, created: 0, updated: 0, unchanged: 0, keptFhir: 0, skipped: 0, failed: 0 });
 const KEY: Record<UpsertOutcome, keyof PhaseCounts> = { created: 'created', updated: 'updated', unchanged: 'unchanged', 'kept-fhir': 'keptFhir' };
+const SWEEP = 'medication-sweep';
+/** Clients whose medications one transaction writes. */
+const MEDICATION_CHUNK = 50;
 
 function iso(healthieTime: string | null | undefined): string | undefined {
   const t = toFhirDateTime(healthieTime ?? undefined);
@@ -51,6 +72,28 @@ function iso(healthieTime: string | null | undefined): string | undefined {
 /** Older than the watermark, compared as instants: the watermark is stored to the second, and
  * an object of that very second may have changed after the pull that set it, so it is read again. */
 const olderThan = (at: string | undefined, since: string | undefined) => !!(since && at && Date.parse(at) < Date.parse(since));
+const later = (a: string | undefined, b: string | undefined) => (!b || (a && Date.parse(a) > Date.parse(b)) ? a : b);
+
+function sweepHours(opts: PullOptions): number {
+  if (opts.medicationSweepHours !== undefined) return opts.medicationSweepHours;
+  const n = Number(process.env.KILN_HEALTHIE_MEDICATION_SWEEP_HOURS || 24);
+  return Number.isFinite(n) && n >= 0 ? n : 24;
+}
+
+/** Errors that fail one object (recorded, the pull goes on); anything else fails the page. */
+const objectError = (e: unknown) => e instanceof FhirError || e instanceof TypeError || e instanceof RangeError;
+
+/** One Healthie object of a page: its mapped resource is built in the page's transaction, once the page's patients are known. */
+interface Item {
+  healthieId: string;
+  updatedAt?: string | null;
+  /** Healthie user ids whose Patient the mapping needs. */
+  users: string[];
+  /** The mapped resource; undefined: nothing to write (skipped). */
+  build: (patientOf: (userId: string) => string | undefined) => Resource | undefined;
+}
+
+type Result = { healthieId: string; outcome: UpsertOutcome | 'skipped' } | { healthieId: string; failed: string };
 
 export async function pull(opts: PullOptions): Promise<PullSummary> {
   const started = Date.now();
@@ -63,115 +106,214 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
   const startRetries = client.stats.retries;
   const summary: PullSummary = {
     phases: { users: emptyCounts(), appointments: emptyCounts(), entries: emptyCounts(), medications: emptyCounts() },
-    failures: [], seconds: 0, objects: 0, requests: 0, retries: 0,
+    failures: [], seconds: 0, objects: 0, requests: 0, retries: 0, medicationSweep: false,
   };
+  // Healthie user id -> Kiln Patient id, as found or written; bounded (ids only, refilled per page).
   const patientIds = new Map<string, string>();
-  const watermark = async (kind: Phase) => opts.full ? undefined : withTenant(db.app, orgId, (tx) => readWatermark(tx, kind));
-  const saveWatermark = async (kind: Phase, at: string | undefined) => {
+  const remember = (userId: string, id: string) => {
+    if (patientIds.size >= 100_000) patientIds.clear();
+    patientIds.set(userId, id);
+  };
+  const watermark = async (kind: string) => withTenant(db.app, orgId, (tx) => readWatermark(tx, kind));
+  const saveWatermark = async (kind: string, at: string | undefined) => {
     if (at) await withTenant(db.app, orgId, (tx) => writeWatermark(tx, kind, at));
   };
-  const patientOf = async (userId: string) => {
-    let id = patientIds.get(userId);
-    if (!id) {
-      id = await patientIdFor(db, orgId, userId, SYSTEM.user);
-      if (id) patientIds.set(userId, id);
-    }
-    return id;
-  };
-  // One object: mapping or FHIR errors are recorded and the pull goes on; Healthie
-  // transport errors (retries exhausted) abort it, leaving the phase's watermark as it was.
-  const handle = async (phase: Phase, healthieId: string, work: () => Promise<UpsertOutcome | 'skipped'>) => {
-    const c = summary.phases[phase];
-    c.seen++;
-    try {
-      const outcome = await work();
-      if (outcome === 'skipped') c.skipped++;
-      else c[KEY[outcome]]++;
-    } catch (e) {
-      if (!(e instanceof FhirError) && !(e instanceof TypeError) && !(e instanceof RangeError)) throw e;
-      c.failed++;
-      const reason = e instanceof FhirError ? `${e.status} ${e.issues.map((i) => i.diagnostics).join('; ')}` : e.message;
-      summary.failures.push({ phase, healthieId, reason });
-    }
-    opts.onProgress?.(phase, c);
-  };
 
-  // Users: the whole list (active and archived; archival shows as Patient.active=false),
-  // written when updated since the watermark. Their ids drive the medications phase.
-  const userIds: string[] = [];
+  const record = (phase: Phase, results: Result[]) => {
+    const c = summary.phases[phase];
+    for (const r of results) {
+      c.seen++;
+      if ('failed' in r) {
+        c.failed++;
+        summary.failures.push({ phase, healthieId: r.healthieId, reason: r.failed });
+      } else if (r.outcome === 'skipped') c.skipped++;
+      else c[KEY[r.outcome]]++;
+      opts.onProgress?.(phase, c);
+    }
+  };
+  const reasonOf = (e: unknown) => e instanceof FhirError ? `${e.status} ${e.issues.map((i) => i.diagnostics).join('; ')}` : (e as Error).message;
+
+  /** The page's objects in one transaction (see the header); what each came to. */
+  async function writeItems(tx: Tx, type: string, system: string, items: Item[]): Promise<Result[]> {
+    await markSyncWrite(tx);
+    const missing = [...new Set(items.flatMap((i) => i.users))].filter((u) => !patientIds.has(u));
+    for (const [userId, id] of await idsByIdentifier(tx, 'Patient', SYSTEM.user, missing)) remember(userId, id);
+    const results: Result[] = [];
+    const built: { item: Item; resource: Resource; at: number }[] = [];
+    for (const item of items) {
+      try {
+        const resource = item.build((u) => patientIds.get(u));
+        if (resource) built.push({ item, resource, at: results.length });
+        results.push({ healthieId: item.healthieId, outcome: 'skipped' });
+      } catch (e) {
+        if (!objectError(e)) throw e;
+        results.push({ healthieId: item.healthieId, failed: reasonOf(e) });
+      }
+    }
+    const values = built.map((b) => b.item.healthieId);
+    await lockCriteriaKeys(tx, values.map((v) => identifierLockKey(type, system, v)));
+    const stored = await matchByIdentifier(tx, type, system, values);
+    for (const { item, resource, at } of built) {
+      try {
+        const found = stored.get(item.healthieId) ?? [];
+        // Two stored resources carry one Healthie id: the conditional update's rule decides (412).
+        const r = found.length > 1
+          ? await upsertInTx(tx, resource, system, item.healthieId, item.updatedAt)
+          : await writeMatched(tx, resource, found[0], item.updatedAt, { marked: true });
+        if (type === 'Patient') remember(item.healthieId, r.id);
+        results[at] = { healthieId: item.healthieId, outcome: r.outcome };
+      } catch (e) {
+        if (!objectError(e)) throw e;
+        results[at] = { healthieId: item.healthieId, failed: reasonOf(e) };
+      }
+    }
+    return results;
+  }
+
+  /**
+   * Writes a page in one transaction. A database error (which aborts the transaction) sends
+   * the page again one object per transaction, so only the object that causes it fails the pull,
+   * as before pages were batched.
+   */
+  async function writePage(phase: Phase, type: string, system: string, items: Item[]): Promise<void> {
+    if (!items.length) return;
+    let results: Result[];
+    try {
+      results = await withTenant(db.app, orgId, (tx) => writeItems(tx, type, system, items));
+    } catch (e) {
+      if (items.length === 1) throw e;
+      results = [];
+      for (const item of items) results.push(...await withTenant(db.app, orgId, (tx) => writeItems(tx, type, system, [item])));
+    }
+    record(phase, results);
+  }
+
+  /**
+   * Pages of a newest-change-first list, each handed over with the objects not older than
+   * `since`, until a page reaches below it. The next page is requested while the caller
+   * writes the current one, unless this page already reached the watermark.
+   */
+  async function newestFirst<T extends { id: string; updated_at?: string | null; cursor?: string }>(
+    query: string, field: string, size: number, variables: Record<string, unknown>, since: string | undefined,
+    each: (fresh: T[]) => Promise<void>): Promise<string | undefined> {
+    let newest: string | undefined;
+    const pages = client.pages<T>(query, field, size, variables);
+    try {
+      let next: Promise<IteratorResult<T[]>> | undefined = pages.next();
+      while (next) {
+        const r: IteratorResult<T[]> = await next;
+        if (r.done) break;
+        const fresh: T[] = r.value.filter((o: T) => !olderThan(iso(o.updated_at), since));
+        for (const o of fresh) newest = later(iso(o.updated_at), newest);
+        next = fresh.length === r.value.length ? pages.next() : undefined;
+        // Awaited on the next turn; a failure meanwhile must not be an unhandled rejection.
+        next?.catch(() => {});
+        await each(fresh);
+      }
+    } finally {
+      void pages.return(undefined).catch(() => {});
+    }
+    return newest;
+  }
+
+  const lastSweep = await watermark(SWEEP);
+  const sweep = !!(opts.full || opts.sweepMedications || !lastSweep || Date.parse(lastSweep) <= Date.now() - sweepHours(opts) * 3_600_000);
+  summary.medicationSweep = sweep;
+  const sweepStarted = new Date().toISOString();
+
+  // Users, newest change first (active and archived; archival shows as Patient.active=false).
+  // Those changed since the watermark have their medications read below, when no sweep is due.
+  const changedUsers = new Set<string>();
   {
-    const since = await watermark('users');
+    const since = opts.full ? undefined : await watermark('users');
     let newest: string | undefined;
     for (const status of ['active', 'archived']) {
-      for await (const page of client.pages<HealthieUser>(Q.USERS, 'users', Math.min(pageSize, 100), { active_status: status })) {
-        for (const u of page) {
-          userIds.push(u.id);
-          const at = iso(u.updated_at);
-          if (at && (!newest || at > newest)) newest = at;
-          if (olderThan(at, since)) continue;
-          await handle('users', u.id, async () => {
-            const r = await upsert(db, orgId, userToPatient(u, { source, now: now() }), SYSTEM.user, u.id, u.updated_at);
-            patientIds.set(u.id, r.id);
-            return r.outcome;
-          });
-        }
-      }
+      newest = later(await newestFirst<HealthieUser>(Q.USERS, 'users', Math.min(pageSize, 100), { active_status: status }, since, async (users) => {
+        if (!sweep) for (const u of users) changedUsers.add(u.id);
+        await writePage('users', 'Patient', SYSTEM.user, users.map((u) => ({
+          healthieId: u.id, updatedAt: u.updated_at, users: [], build: () => userToPatient(u, { source, now: now() }),
+        })));
+      }), newest);
     }
     await saveWatermark('users', newest);
   }
 
-  // Appointments and entries: org-wide lists, newest change first, read until a page is
-  // entirely older than the watermark. The new watermark is the newest seen on page one.
+  // Appointments and entries: org-wide lists, newest change first, read until a page reaches
+  // below the watermark. The new watermark is the newest seen.
   async function changedSince<T extends { id: string; updated_at?: string | null; cursor?: string }>(
-    phase: Phase, query: string, field: string, each: (o: T) => Promise<UpsertOutcome | 'skipped'>) {
-    const since = await watermark(phase);
-    let newest: string | undefined;
-    for await (const page of client.pages<T>(query, field, pageSize)) {
-      let fresh = 0;
-      for (const o of page) {
-        const at = iso(o.updated_at);
-        if (at && (!newest || at > newest)) newest = at;
-        if (olderThan(at, since)) continue;
-        fresh++;
-        await handle(phase, o.id, () => each(o));
-      }
-      if (since && fresh === 0) break;
-    }
+    phase: Phase, query: string, field: string, type: string, system: string, item: (o: T) => Item) {
+    const since = opts.full ? undefined : await watermark(phase);
+    const newest = await newestFirst<T>(query, field, pageSize, {}, since, (fresh) => writePage(phase, type, system, fresh.map(item)));
     await saveWatermark(phase, newest);
   }
 
-  await changedSince<HealthieAppointment>('appointments', Q.APPOINTMENTS, 'appointments', async (a) => {
-    if (!isMappableAppointment(a)) return 'skipped';
-    const patientId = await patientOf(appointmentClientId(a)!);
-    if (!patientId) return 'skipped';
-    const enc = appointmentToEncounter(a, maps, { source, now: now(), patientId });
-    if (!enc) return 'skipped';
-    return (await upsert(db, orgId, enc, SYSTEM.appointment, a.id, a.updated_at)).outcome;
+  await changedSince<HealthieAppointment>('appointments', Q.APPOINTMENTS, 'appointments', 'Encounter', SYSTEM.appointment, (a) => {
+    const clientId = isMappableAppointment(a) ? appointmentClientId(a) : undefined;
+    return {
+      healthieId: a.id, updatedAt: a.updated_at, users: clientId ? [clientId] : [],
+      build: (patientOf) => {
+        const patientId = clientId && patientOf(clientId);
+        return patientId ? appointmentToEncounter(a, maps, { source, now: now(), patientId }) : undefined;
+      },
+    };
   });
 
-  await changedSince<HealthieEntry>('entries', Q.ENTRIES, 'entries', async (e) => {
-    const patientId = e.poster?.id ? await patientOf(e.poster.id) : undefined;
-    if (!patientId) return 'skipped';
-    return (await upsert(db, orgId, entryToObservation(e, maps, { source, now: now(), patientId }), SYSTEM.entry, e.id, e.updated_at)).outcome;
-  });
+  await changedSince<HealthieEntry>('entries', Q.ENTRIES, 'entries', 'Observation', SYSTEM.entry, (e) => ({
+    healthieId: e.id, updatedAt: e.updated_at, users: e.poster?.id ? [e.poster.id] : [],
+    build: (patientOf) => {
+      const patientId = e.poster?.id ? patientOf(e.poster.id) : undefined;
+      return patientId ? entryToObservation(e, maps, { source, now: now(), patientId }) : undefined;
+    },
+  }));
 
-  // Medications can only be listed per patient.
+  // Medications: Healthie lists them only per patient, with no "changed since". A sweep reads
+  // every linked client's (the clients come from the store, a page at a time); other pulls
+  // only those of clients changed since the last pull.
   {
-    const since = await watermark('medications');
-    let newest: string | undefined;
-    for (const userId of userIds) {
-      const patientId = await patientOf(userId);
-      if (!patientId) continue;
-      const data = await client.request<{ medications: HealthieMedication[] | null }>(Q.MEDICATIONS, { patient_id: userId });
-      for (const m of data.medications ?? []) {
-        const at = iso(m.updated_at);
-        if (at && (!newest || at > newest)) newest = at;
-        if (olderThan(at, since)) continue;
-        await handle('medications', m.id, async () =>
-          (await upsert(db, orgId, medicationToStatement(m, { source, now: now(), patientId }), SYSTEM.medication, m.id, m.updated_at)).outcome);
+    const medicationItems = (userId: string, list: HealthieMedication[]): Item[] => list.map((m) => ({
+      healthieId: m.id, updatedAt: m.updated_at, users: [userId],
+      build: (patientOf) => {
+        const patientId = patientOf(userId);
+        return patientId ? medicationToStatement(m, { source, now: now(), patientId }) : undefined;
+      },
+    }));
+    const fetchChunk = async (userIds: string[]): Promise<Item[]> => {
+      const lists: HealthieMedication[][] = new Array(userIds.length);
+      let i = 0;
+      const worker = async () => {
+        while (i < userIds.length) {
+          const k = i++;
+          lists[k] = (await client.request<{ medications: HealthieMedication[] | null }>(Q.MEDICATIONS, { patient_id: userIds[k] })).medications ?? [];
+        }
+      };
+      await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency ?? 4, userIds.length)) }, worker));
+      return userIds.flatMap((u, k) => medicationItems(u, lists[k]));
+    };
+    // Chunks of clients; the next chunk's medications are requested while this one is written.
+    async function* chunks(): AsyncGenerator<string[]> {
+      if (!sweep) {
+        const ids = [...changedUsers];
+        for (let k = 0; k < ids.length; k += MEDICATION_CHUNK) yield ids.slice(k, k + MEDICATION_CHUNK);
+        return;
+      }
+      let after: string | undefined;
+      for (;;) {
+        const page = await withTenant(db.app, orgId, (tx) => identifierPage(tx, 'Patient', SYSTEM.user, after, MEDICATION_CHUNK));
+        if (!page.length) return;
+        for (const p of page) remember(p.value, p.id);
+        yield page.map((p) => p.value);
+        after = page[page.length - 1].value;
       }
     }
-    await saveWatermark('medications', newest);
+    let pending: Promise<Item[]> | undefined;
+    for await (const userIds of chunks()) {
+      const fetched = fetchChunk(userIds);
+      fetched.catch(() => {});
+      if (pending) await writePage('medications', 'MedicationStatement', SYSTEM.medication, await pending);
+      pending = fetched;
+    }
+    if (pending) await writePage('medications', 'MedicationStatement', SYSTEM.medication, await pending);
+    if (sweep) await saveWatermark(SWEEP, sweepStarted);
   }
 
   summary.seconds = (Date.now() - started) / 1000;

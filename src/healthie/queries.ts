@@ -18,7 +18,7 @@ export const MEDICATION_FIELDS = `id name active code dosage frequency direction
   mirrored requires_consolidation user_id created_at updated_at`;
 
 export const USERS = `query Users($after: Cursor, $page_size: Int, $active_status: String) {
-  users(should_paginate: true, after: $after, page_size: $page_size, active_status: $active_status, order_by: CREATED_AT_ASC) { ${USER_FIELDS} }
+  users(should_paginate: true, after: $after, page_size: $page_size, active_status: $active_status, order_by: UPDATED_AT_DESC) { ${USER_FIELDS} }
 }`;
 export const USER = `query User($id: ID) { user(id: $id) { ${USER_FIELDS} } }`;
 export const APPOINTMENTS = `query Appointments($after: Cursor, $page_size: Int) {

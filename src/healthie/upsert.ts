@@ -8,7 +8,8 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { Database } from '../store/database.ts';
 import { withTenant, type Tx } from '../store/resources.ts';
 import { markSyncWrite, pendingPushNewerThan } from '../store/healthieSync.ts';
-import { checkResource, conditionalUpdate, create, matchCriteria, update } from '../interactions/write.ts';
+import { checkResource, conditionalUpdate, create, criteriaLockKey, matchCriteria, update } from '../interactions/write.ts';
+import { parseSearch } from '../search/query.ts';
 import { toFhirDateTime } from '../../mappings/healthie/index.ts';
 
 export type UpsertOutcome = 'created' | 'updated' | 'unchanged' | 'kept-fhir';
@@ -32,8 +33,9 @@ export function sameContent(stored: Resource, mapped: Resource): boolean {
  * identifier the resource carries (the key future pulls find it by).
  */
 export async function writeMatched(tx: Tx, resource: Resource, found: { id: string; json: string } | undefined,
-  healthieUpdatedAt?: string | null): Promise<UpsertResult> {
-  await markSyncWrite(tx);
+  healthieUpdatedAt?: string | null, opts: { marked?: boolean } = {}): Promise<UpsertResult> {
+  // `marked`: the caller already marked this transaction as a sync write (one round trip per page, not per object).
+  if (!opts.marked) await markSyncWrite(tx);
   const type = resource.resourceType;
   if (found) {
     const current = JSON.parse(found.json) as Resource;
@@ -46,6 +48,11 @@ export async function writeMatched(tx: Tx, resource: Resource, found: { id: stri
   checkResource(resource, type);
   const w = found ? await update(tx, type, found.id, { ...resource, id: found.id }, undefined) : await create(tx, type, resource, undefined);
   return { outcome: w.created ? 'created' : 'updated', id: w.id };
+}
+
+/** The lock key a conditional write on identifier `system|value` takes (src/interactions/write.ts matchCriteria). */
+export function identifierLockKey(type: string, system: string, value: string): string {
+  return criteriaLockKey(type, parseSearch(type, [['identifier', `${system}|${value}`]]).criteria);
 }
 
 export async function upsertInTx(tx: Tx, resource: Resource, system: string, value: string, healthieUpdatedAt?: string | null): Promise<UpsertResult> {

@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { buildSchema, execute, parse, validate, type DocumentNode, type GraphQLSchema } from 'graphql';
 import { SHARED_DATA } from './data.ts';
+import { toFhirDateTime } from '../../mappings/healthie/index.ts';
 
 export const HEALTHIE_DIR = path.join(SHARED_DATA, '..', 'healthie');
 let schemaCache: GraphQLSchema | undefined;
@@ -36,11 +37,24 @@ export function healthieTime(ms: number): string {
   return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
 }
 
+/** A Map that counts its changes, so the sorted lists built from it are rebuilt only after one. */
+class Versioned extends Map<string, Obj> {
+  version = 0;
+  override set(k: string, v: Obj): this { this.version++; return super.set(k, v); }
+  override delete(k: string): boolean { this.version++; return super.delete(k); }
+  override clear(): void { this.version++; super.clear(); }
+}
+
+/** Milliseconds of a Healthie date-time ("2025-01-14 07:31:12 -0600"). */
+const healthieMs = (t: string | undefined): number => Date.parse(toFhirDateTime(t) ?? '') || 0;
+
 export class FakeHealthie {
-  users = new Map<string, Obj>();
-  appointments = new Map<string, Obj>();
-  entries = new Map<string, Obj>();
-  medications = new Map<string, Obj>();
+  users = new Versioned();
+  appointments = new Versioned();
+  entries = new Versioned();
+  medications = new Versioned();
+  /** Sorted lists (and each id's position) per kind and order, valid while the map's version is. */
+  private sorted = new Map<string, { version: number; list: Obj[]; at: Map<string, number> }>();
   requests: RecordedRequest[] = [];
   /** Failures to answer with, one per request, before serving normally. */
   failures: Failure[] = [];
@@ -104,17 +118,46 @@ export class FakeHealthie {
     }
   }
 
-  private page(list: Obj[], args: Record<string, any>, max: number): Obj[] {
+  /** A kind's objects that `keep` admits, in `order` (newest change first, or by id), built once per change of the kind. */
+  private list(kind: 'users' | 'appointments' | 'entries', name: string, keep: (o: Obj) => boolean, order: 'updated-desc' | 'id'): { list: Obj[]; at: Map<string, number> } {
+    const map = this[kind];
+    const key = `${kind}/${name}/${order}`;
+    const cached = this.sorted.get(key);
+    if (cached && cached.version === map.version) return cached;
+    const rows = [...map.values()].filter(keep).map((o) => ({ o, ms: healthieMs(o.updated_at) }));
+    rows.sort(order === 'id' ? (a, b) => Number(a.o.id) - Number(b.o.id) || a.o.id.localeCompare(b.o.id) : (a, b) => b.ms - a.ms || b.o.id.localeCompare(a.o.id));
+    const list = rows.map((r) => r.o);
+    const built = { version: map.version, list, at: new Map(list.map((o, i) => [o.id, i])) };
+    this.sorted.set(key, built);
+    return built;
+  }
+
+  private byPatient?: { version: number; lists: Map<string, Obj[]> };
+  /** Medications per patient id, built once per change of the medications. */
+  private medicationsOf(): Map<string, Obj[]> {
+    if (this.byPatient?.version === this.medications.version) return this.byPatient.lists;
+    const lists = new Map<string, Obj[]>();
+    for (const m of this.medications.values()) {
+      const k = String(m.user_id);
+      const l = lists.get(k);
+      if (l) l.push(m); else lists.set(k, [m]);
+    }
+    this.byPatient = { version: this.medications.version, lists };
+    return lists;
+  }
+
+  /** A page after the cursor's object (its id is in the cursor); a cursor no longer in the list starts over, as findIndex did. */
+  private page({ list, at }: { list: Obj[]; at: Map<string, number> }, args: Record<string, any>, max: number): Obj[] {
     let start = 0;
     if (args.after) {
-      const i = list.findIndex((o) => o.cursor === args.after);
+      let id: string | undefined;
+      try { id = JSON.parse(Buffer.from(String(args.after), 'base64').toString('utf8')).k?.[0]; } catch { /* not ours */ }
+      const i = id === undefined ? -1 : at.get(String(id)) ?? -1;
       start = i + 1;
     }
     const size = Math.min(args.page_size ?? 10, max);
     return list.slice(start, start + size);
   }
-
-  private byUpdatedDesc = (a: Obj, b: Obj) => Date.parse(b.updated_at.replace(' ', 'T').replace(' +0000', 'Z')) - Date.parse(a.updated_at.replace(' ', 'T').replace(' +0000', 'Z')) || b.id.localeCompare(a.id);
 
   private root() {
     const touch = (kind: 'users' | 'appointments' | 'entries' | 'medications', id: string, patch: Record<string, any>) => {
@@ -128,19 +171,19 @@ export class FakeHealthie {
     return {
       user: ({ id }: any) => this.users.get(String(id)) ?? null,
       users: (args: any) => {
-        const list = [...this.users.values()].filter((u) => args.active_status === 'active' ? u.active : args.active_status === 'archived' ? !u.active : true)
-          .sort((a, b) => Number(a.id) - Number(b.id));
-        return this.page(list, args, 100);
+        const status = args.active_status === 'active' || args.active_status === 'archived' ? args.active_status : 'all';
+        const keep = (u: Obj) => status === 'active' ? !!u.active : status === 'archived' ? !u.active : true;
+        return this.page(this.list('users', status, keep, args.order_by === 'UPDATED_AT_DESC' ? 'updated-desc' : 'id'), args, 100);
       },
       appointment: ({ id, include_deleted }: any) => {
         const a = this.appointments.get(String(id));
         return a && (!a.deleted_at || include_deleted) ? a : null;
       },
-      appointments: (args: any) => this.page([...this.appointments.values()].filter((a) => !a.deleted_at).sort(this.byUpdatedDesc), args, 500),
+      appointments: (args: any) => this.page(this.list('appointments', 'live', (a) => !a.deleted_at, 'updated-desc'), args, 500),
       entry: ({ id }: any) => this.entries.get(String(id)) ?? null,
-      entries: (args: any) => this.page([...this.entries.values()].filter((e) => !args.type || e.type === args.type).sort(this.byUpdatedDesc), args, 500),
+      entries: (args: any) => this.page(this.list('entries', `type:${args.type ?? ''}`, (e) => !args.type || e.type === args.type, 'updated-desc'), args, 500),
       medication: ({ id }: any) => this.medications.get(String(id)) ?? null,
-      medications: ({ patient_id }: any) => [...this.medications.values()].filter((m) => String(m.user_id) === String(patient_id)),
+      medications: ({ patient_id }: any) => this.medicationsOf().get(String(patient_id)) ?? [],
       createClient: ({ input }: any) => {
         if (!input?.first_name || !input?.last_name) return { user: null, messages: [{ field: 'first_name', message: "can't be blank" }] };
         return payload('user', this.put('users', { id: this.newId(), active: true, ...input, location: null, locations: [] }), 'user');
