@@ -6,10 +6,8 @@
 // cancelled. Shared by the pull, webhooks and the push conflict rule (src/healthie/refetch.ts).
 import type { Encounter } from '@medplum/fhirtypes';
 import { lockCriteria, type Tx } from '../store/resources.ts';
-import { runSearch } from '../store/searchRun.ts';
-import { parseSearch } from '../search/query.ts';
-import { criteriaLockKey } from '../interactions/write.ts';
-import { writeMatched, type UpsertOutcome } from './upsert.ts';
+import { matchByIdentifier } from '../store/healthieMatch.ts';
+import { identifierLockKey, writeMatched, type UpsertOutcome } from './upsert.ts';
 import {
   appointmentToEncounter, appointmentClientIds, isMappableAppointment, removedAttendeeEncounter, SYSTEM,
   type HealthieAppointment, type HealthieMaps,
@@ -25,6 +23,11 @@ export interface AppointmentContext {
   now: string;
   /** The Kiln Patient id of a Healthie user, undefined when not imported (that client is skipped). */
   patientIdOf: (healthieUserId: string) => Promise<string | undefined>;
+  /** The appointment's stored Encounters when the caller found them in a batched lookup
+   * (src/store/healthieMatch.ts), holding the identifier's lock (identifierLockKey). */
+  stored?: { id: string; json: string }[];
+  /** The caller already marked the transaction as a sync write. */
+  marked?: boolean;
 }
 
 /**
@@ -33,16 +36,8 @@ export interface AppointmentContext {
  * (pull, webhook, push conflict) cannot both create a client's Encounter.
  */
 export async function appointmentEncounters(tx: Tx, appointmentId: string): Promise<{ id: string; json: string }[]> {
-  const { criteria } = parseSearch('Encounter', [['identifier', `${SYSTEM.appointment}|${appointmentId}`]]);
-  await lockCriteria(tx, criteriaLockKey('Encounter', criteria));
-  const rows: { id: string; json: string }[] = [];
-  let after: string[] | undefined;
-  do {
-    const page = await runSearch(tx, { type: 'Encounter', criteria, sort: [], count: 100, total: 'none', after });
-    rows.push(...page.rows);
-    after = page.next;
-  } while (after);
-  return rows;
+  await lockCriteria(tx, identifierLockKey('Encounter', SYSTEM.appointment, appointmentId));
+  return (await matchByIdentifier(tx, 'Encounter', SYSTEM.appointment, [appointmentId])).get(appointmentId) ?? [];
 }
 
 /**
@@ -53,7 +48,8 @@ export async function appointmentEncounters(tx: Tx, appointmentId: string): Prom
  */
 export async function writeAppointment(tx: Tx, a: HealthieAppointment, maps: HealthieMaps, ctx: AppointmentContext): Promise<AppointmentWrite[]> {
   const clients = isMappableAppointment(a) ? appointmentClientIds(a) : [];
-  const stored = (await appointmentEncounters(tx, a.id)).map((row) => ({ row, enc: JSON.parse(row.json) as Encounter }));
+  const stored = (ctx.stored ?? await appointmentEncounters(tx, a.id)).map((row) => ({ row, enc: JSON.parse(row.json) as Encounter }));
+  const opts = { marked: ctx.marked };
   const patients = new Map<string, string | undefined>();
   for (const c of clients) patients.set(c, await ctx.patientIdOf(c));
 
@@ -74,13 +70,13 @@ export async function writeAppointment(tx: Tx, a: HealthieAppointment, maps: Hea
     const found = storedOf(clientId);
     if (!patientId) { writes.push({ clientId, outcome: 'skipped', id: found?.id }); continue; }
     const enc = appointmentToEncounter(a, maps, { source: ctx.source, now: ctx.now, patientId, clientId })!;
-    const r = await writeMatched(tx, enc, found, a.updated_at);
+    const r = await writeMatched(tx, enc, found, a.updated_at, opts);
     writes.push({ clientId, outcome: r.outcome, id: r.id });
   }
   for (const [j, s] of stored.entries()) {
     if (used.has(j)) continue;
     const clientId = s.enc.subject?.identifier?.value ?? s.enc.subject?.reference ?? '';
-    const r = await writeMatched(tx, removedAttendeeEncounter(s.enc), s.row, a.updated_at);
+    const r = await writeMatched(tx, removedAttendeeEncounter(s.enc), s.row, a.updated_at, opts);
     writes.push({ clientId, outcome: r.outcome === 'updated' ? 'cancelled' : r.outcome, id: r.id });
   }
   return writes;
