@@ -1,0 +1,299 @@
+// The FHIRPath subset of SQL on FHIR v2 compiled to PostgreSQL expressions over jsonb.
+//
+// A FHIRPath collection is a jsonb array. Member navigation is an SQL/JSON path in lax mode
+// (`$."name"[*]."family"[*]`): lax unwraps arrays at each step, as FHIRPath flattens, and a
+// missing member or a member of a scalar is empty, not an error. Element names are checked
+// against the FHIR name syntax and the whole path goes as a bind parameter (`$3::jsonpath`),
+// so no text of the view reaches the SQL; literals and constants are parameters too.
+// What this file does not compile it refuses (ViewCompileError), never guesses.
+import {
+  AndAtom, ArithemticOperatorAtom, ConcatAtom, DotAtom, EmptySetAtom, EqualsAtom, FhirPathAtom, FunctionAtom,
+  ImpliesAtom, IndexerAtom, InfixOperatorAtom, LiteralAtom, NotEqualsAtom, OrAtom, SymbolAtom, XorAtom,
+  parseFhirPath, type Atom,
+} from '@medplum/core';
+
+export class ViewCompileError extends Error {}
+
+/** The bind parameters of one query: `add` gives the placeholder, the same value once. */
+export class Params {
+  readonly values: unknown[] = [];
+  private readonly seen = new Map<string, string>();
+  add(value: string | number | boolean): string {
+    const key = `${typeof value}:${String(value)}`;
+    let ph = this.seen.get(key);
+    if (!ph) {
+      this.values.push(value);
+      ph = `$${this.values.length}`;
+      this.seen.set(key, ph);
+    }
+    return ph;
+  }
+}
+
+/** Where an expression is evaluated: the current item (jsonb), %rowIndex, the view's constants. */
+export interface Scope {
+  item: string;
+  rowIndex: string;
+  resourceType: string;
+  constants: ReadonlyMap<string, unknown>;
+  params: Params;
+  alias: () => string;
+}
+
+/**
+ * A compiled value. `nav`: members of `base` (an item, or a jsonb array when baseIsArray) along
+ * the SQL/JSON path steps, kept open so consecutive steps become one path. `json`: a jsonb
+ * array. `bool`, `num`, `text`: one SQL scalar, NULL for the empty collection.
+ */
+export type Val =
+  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[] }
+  | { k: 'json'; sql: string }
+  | { k: 'bool' | 'num' | 'text'; sql: string };
+
+const NAME = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+const TYPE = /^(?:FHIR\.|System\.)?([A-Za-z][A-Za-z0-9]{0,63})$/;
+// Type/id at the end of a literal or absolute reference, before an optional _history.
+const REFERENCE = `'(?:^|/)([A-Za-z]+)/([A-Za-z0-9.-]{1,64})(?:/_history/[^/]+)?$'`;
+
+export function parsePath(path: string): Atom {
+  if (typeof path !== 'string' || path.trim() === '') throw new ViewCompileError('a FHIRPath expression must be a non-empty string');
+  let atom: FhirPathAtom;
+  try {
+    atom = parseFhirPath(path);
+  } catch (e) {
+    throw new ViewCompileError(`FHIRPath does not parse (${(e as Error).message}): ${path}`);
+  }
+  return atom.child;
+}
+
+export function compilePath(path: string, scope: Scope): Val {
+  return compile(parsePath(path), scope, undefined);
+}
+
+function member(name: string): string {
+  if (!NAME.test(name)) throw new ViewCompileError(`not an element name: ${name}`);
+  return `."${name}"[*]`;
+}
+
+/** The jsonb array of a value. */
+export function asJson(v: Val, scope: Scope): string {
+  switch (v.k) {
+    case 'json': return v.sql;
+    case 'nav': {
+      const path = `${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')} ? (@.type() != "null")`;
+      return `jsonb_path_query_array(${v.base}, ${scope.params.add(path)}::jsonpath)`;
+    }
+    case 'bool': case 'num': case 'text':
+      return `(CASE WHEN (${v.sql}) IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(${v.sql}) END)`;
+  }
+}
+
+/** The value as one SQL boolean (FHIRPath singleton evaluation: empty is NULL, a non-boolean item true). */
+export function asBool(v: Val, scope: Scope): string {
+  if (v.k === 'bool') return v.sql;
+  if (v.k === 'num' || v.k === 'text') return `((${v.sql}) IS NOT NULL OR NULL)`;
+  return `((${asJson(v, scope)}) -> 0 <> 'false'::jsonb)`;
+}
+
+function asNum(v: Val, scope: Scope): string {
+  if (v.k === 'num') return v.sql;
+  if (v.k === 'text') return `(${v.sql})::numeric`;
+  if (v.k === 'bool') throw new ViewCompileError('arithmetic on a boolean');
+  return `((${asJson(v, scope)}) ->> 0)::numeric`;
+}
+
+function asText(v: Val, scope: Scope): string {
+  if (v.k === 'text') return v.sql;
+  if (v.k === 'num' || v.k === 'bool') return `(${v.sql})::text`;
+  return `((${asJson(v, scope)}) ->> 0)`;
+}
+
+/** One item as jsonb (NULL when empty), for comparisons. */
+function asItem(v: Val, scope: Scope): string {
+  if (v.k === 'bool' || v.k === 'num' || v.k === 'text') return `to_jsonb(${v.sql})`;
+  return `((${asJson(v, scope)}) -> 0)`;
+}
+
+function self(scope: Scope): Val {
+  return { k: 'nav', base: scope.item, baseIsArray: false, steps: [] };
+}
+
+/** Keeps the items of a collection for which cond (compiled with the item as $this) is true, in order. */
+function filter(input: Val, scope: Scope, cond: (inner: Scope) => string): Val {
+  const t = scope.alias();
+  const inner = { ...scope, item: `${t}.e` };
+  return {
+    k: 'json',
+    sql: `(SELECT coalesce(jsonb_agg(${t}.e ORDER BY ${t}.o), '[]'::jsonb) FROM jsonb_array_elements(${asJson(input, scope)}) WITH ORDINALITY ${t}(e, o) WHERE (${cond(inner)}) IS TRUE)`,
+  };
+}
+
+function compile(atom: Atom, scope: Scope, input: Val | undefined): Val {
+  if (atom instanceof DotAtom) return compile(atom.right, scope, compile(atom.left, scope, input));
+  if (atom instanceof SymbolAtom) return symbol(atom.name, scope, input);
+  if (atom instanceof FunctionAtom) return fn(atom, scope, input ?? self(scope));
+  if (atom instanceof IndexerAtom) return index(compile(atom.left, scope, input), atom.expr, scope);
+  if (input) throw new ViewCompileError(`cannot apply ${atom.toString()} after a dot`);
+  if (atom instanceof LiteralAtom) return literal(atom, scope);
+  if (atom instanceof EmptySetAtom) return { k: 'json', sql: `'[]'::jsonb` };
+  if (atom instanceof InfixOperatorAtom) return infix(atom, scope);
+  throw new ViewCompileError(`unsupported FHIRPath: ${atom.toString()}`);
+}
+
+function symbol(name: string, scope: Scope, input: Val | undefined): Val {
+  if (!input) {
+    if (name === '$this') return self(scope);
+    if (name === '%rowIndex') return { k: 'num', sql: scope.rowIndex };
+    if (name.startsWith('%')) return constant(name.slice(1), scope);
+    if (name.startsWith('$')) throw new ViewCompileError(`unsupported variable ${name}`);
+    // A path may start with the resource type (Patient.name).
+    if (name === scope.resourceType && scope.item === ROOT_ITEM) return self(scope);
+  }
+  const base = input ?? self(scope);
+  if (base.k === 'nav') return { ...base, steps: [...base.steps, member(name)] };
+  return { k: 'nav', base: asJson(base, scope), baseIsArray: true, steps: [member(name)] };
+}
+
+/** The item expression of the resource itself (the compiler's root scope). */
+export const ROOT_ITEM = 'd.res';
+
+function constant(name: string, scope: Scope): Val {
+  if (!scope.constants.has(name)) throw new ViewCompileError(`undefined constant %${name}`);
+  const value = scope.constants.get(name);
+  if (typeof value === 'string') return { k: 'text', sql: `${scope.params.add(value)}::text` };
+  if (typeof value === 'number') return { k: 'num', sql: `${scope.params.add(value)}::numeric` };
+  if (typeof value === 'boolean') return { k: 'bool', sql: value ? 'true' : 'false' };
+  throw new ViewCompileError(`constant %${name} has no primitive value`);
+}
+
+function literal(atom: LiteralAtom, scope: Scope): Val {
+  const { type, value } = atom.value;
+  if (type === 'boolean') return { k: 'bool', sql: value ? 'true' : 'false' };
+  if (type === 'integer' || type === 'decimal') return { k: 'num', sql: `${scope.params.add(Number(value))}::numeric` };
+  if (typeof value === 'string') return { k: 'text', sql: `${scope.params.add(value)}::text` };
+  throw new ViewCompileError(`unsupported literal ${atom.toString()}`);
+}
+
+function integerArg(atom: Atom, scope: Scope): number {
+  let n: unknown;
+  if (atom instanceof LiteralAtom) n = atom.value.value;
+  else if (atom instanceof SymbolAtom && atom.name.startsWith('%') && scope.constants.has(atom.name.slice(1))) n = scope.constants.get(atom.name.slice(1));
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) throw new ViewCompileError(`an index must be a non-negative integer literal or constant: ${atom.toString()}`);
+  return n;
+}
+
+function index(input: Val, expr: Atom, scope: Scope): Val {
+  const n = integerArg(expr, scope);
+  return { k: 'nav', base: asJson(input, scope), baseIsArray: false, steps: [`[${n}]`] };
+}
+
+function typeName(atom: Atom | undefined): string {
+  const m = atom instanceof SymbolAtom ? TYPE.exec(atom.name) : null;
+  if (!m) throw new ViewCompileError(`expected a type name, not ${atom?.toString()}`);
+  return m[1];
+}
+
+function stringArg(atom: Atom | undefined, scope: Scope): string {
+  if (atom instanceof LiteralAtom && typeof atom.value.value === 'string') return `${scope.params.add(atom.value.value)}::text`;
+  if (atom instanceof SymbolAtom && atom.name.startsWith('%')) {
+    const c = constant(atom.name.slice(1), scope);
+    if (c.k === 'text') return c.sql;
+  }
+  throw new ViewCompileError(`expected a string literal, not ${atom?.toString()}`);
+}
+
+function arity(atom: FunctionAtom, min: number, max: number): void {
+  if (atom.args.length < min || atom.args.length > max) throw new ViewCompileError(`${atom.name}() takes ${min === max ? min : `${min} to ${max}`} arguments`);
+}
+
+function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
+  const len = () => `coalesce(jsonb_array_length(${asJson(input, scope)}), 0)`;
+  switch (atom.name) {
+    case 'where':
+      arity(atom, 1, 1);
+      return filter(input, scope, (inner) => asBool(compile(atom.args[0], inner, undefined), inner));
+    case 'exists':
+      arity(atom, 0, 1);
+      if (atom.args.length) return fn(new FunctionAtom('exists', []), scope, fn(new FunctionAtom('where', atom.args), scope, input));
+      return { k: 'bool', sql: `(${len()} > 0)` };
+    case 'empty':
+      arity(atom, 0, 0);
+      return { k: 'bool', sql: `(${len()} = 0)` };
+    case 'count':
+      arity(atom, 0, 0);
+      return { k: 'num', sql: `(${len()})::numeric` };
+    case 'first':
+      arity(atom, 0, 0);
+      return { k: 'nav', base: asJson(input, scope), baseIsArray: false, steps: ['[0]'] };
+    case 'last':
+      arity(atom, 0, 0);
+      return { k: 'nav', base: asJson(input, scope), baseIsArray: false, steps: ['[last]'] };
+    case 'not':
+      arity(atom, 0, 0);
+      return { k: 'bool', sql: `(NOT ${asBool(input, scope)})` };
+    case 'join': {
+      arity(atom, 0, 1);
+      const sep = atom.args.length ? stringArg(atom.args[0], scope) : `''`;
+      const t = scope.alias();
+      return { k: 'text', sql: `(SELECT coalesce(string_agg(${t}.e #>> '{}', ${sep} ORDER BY ${t}.o), '') FROM jsonb_array_elements(${asJson(input, scope)}) WITH ORDINALITY ${t}(e, o))` };
+    }
+    case 'ofType': {
+      arity(atom, 1, 1);
+      // A choice element (value[x]) is stored under its typed name: value.ofType(Quantity) is valueQuantity.
+      const type = typeName(atom.args[0]);
+      const last = input.k === 'nav' ? input.steps.at(-1) : undefined;
+      const m = last ? /^\."([A-Za-z][A-Za-z0-9_]*)"\[\*\]$/.exec(last) : null;
+      if (input.k !== 'nav' || !m) throw new ViewCompileError(`ofType() applies to a choice element here: ${atom.toString()}`);
+      return { ...input, steps: [...input.steps.slice(0, -1), member(m[1] + type[0].toUpperCase() + type.slice(1))] };
+    }
+    case 'extension': {
+      arity(atom, 1, 1);
+      const url = stringArg(atom.args[0], scope);
+      return filter(symbol('extension', scope, input), scope, (inner) => `${inner.item} ->> 'url' = ${url}`);
+    }
+    case 'getResourceKey':
+      arity(atom, 0, 0);
+      return symbol('id', scope, input);
+    case 'getReferenceKey': {
+      arity(atom, 0, 1);
+      const type = atom.args.length ? scope.params.add(typeName(atom.args[0])) : undefined;
+      const t = scope.alias();
+      const m = `regexp_match(${t}.e ->> 'reference', ${REFERENCE})`;
+      return {
+        k: 'json',
+        sql: `(SELECT coalesce(jsonb_agg(to_jsonb((${m})[2]) ORDER BY ${t}.o), '[]'::jsonb) FROM jsonb_array_elements(${asJson(input, scope)}) WITH ORDINALITY ${t}(e, o)`
+          + ` WHERE (${m}) IS NOT NULL${type ? ` AND (${m})[1] = ${type}::text` : ''})`,
+      };
+    }
+    default:
+      throw new ViewCompileError(`unsupported FHIRPath function ${atom.name}()`);
+  }
+}
+
+const COMPARE: Record<string, string> = { '<': '<', '>': '>', '<=': '<=', '>=': '>=' };
+const ARITH: Record<string, string> = { '+': '+', '-': '-', '*': '*', '/': '/' };
+
+function infix(atom: InfixOperatorAtom, scope: Scope): Val {
+  const l = compile(atom.left, scope, undefined);
+  const r = compile(atom.right, scope, undefined);
+  if (atom instanceof AndAtom) return { k: 'bool', sql: `(${asBool(l, scope)} AND ${asBool(r, scope)})` };
+  if (atom instanceof OrAtom) return { k: 'bool', sql: `(${asBool(l, scope)} OR ${asBool(r, scope)})` };
+  if (atom instanceof XorAtom) return { k: 'bool', sql: `(${asBool(l, scope)} <> ${asBool(r, scope)})` };
+  if (atom instanceof ImpliesAtom) return { k: 'bool', sql: `(NOT ${asBool(l, scope)} OR ${asBool(r, scope)})` };
+  if (atom instanceof EqualsAtom || atom instanceof NotEqualsAtom) {
+    // Collections are equal when their items are, in order; either one empty gives empty.
+    const eq = `(nullif(${asJson(l, scope)}, '[]'::jsonb) = nullif(${asJson(r, scope)}, '[]'::jsonb))`;
+    return { k: 'bool', sql: atom instanceof EqualsAtom ? eq : `(NOT ${eq})` };
+  }
+  if (atom instanceof ConcatAtom) return { k: 'text', sql: `(coalesce(${asText(l, scope)}, '') || coalesce(${asText(r, scope)}, ''))` };
+  if (atom instanceof ArithemticOperatorAtom && Object.hasOwn(COMPARE, atom.operator)) {
+    return { k: 'bool', sql: `(${asItem(l, scope)} ${COMPARE[atom.operator]} ${asItem(r, scope)})` };
+  }
+  if (atom instanceof ArithemticOperatorAtom && Object.hasOwn(ARITH, atom.operator)) {
+    if (atom.operator === '+' && (l.k === 'text' || r.k === 'text')) return { k: 'text', sql: `(${asText(l, scope)} || ${asText(r, scope)})` };
+    const op = ARITH[atom.operator];
+    const right = op === '/' ? `nullif(${asNum(r, scope)}, 0)` : asNum(r, scope);
+    return { k: 'num', sql: `(${asNum(l, scope)} ${op} ${right})` };
+  }
+  throw new ViewCompileError(`unsupported FHIRPath operator ${atom.operator}`);
+}
