@@ -119,7 +119,7 @@ describe('healthie group appointments', () => {
     putGroup('7200004');
     await hook('7200004', 'appointment.created');
     putGroup('7200004', [CLIENTS[0], CLIENTS[2]]);
-    await hook('7200004');
+    await hook('7200004', 'appointment.patient_removed');
     const encs = await encountersOf('7200004');
     assert.equal(encs.size, 3, 'not deleted');
     const left = encs.get(CLIENTS[1]);
