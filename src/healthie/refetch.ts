@@ -58,7 +58,7 @@ export async function mirrorObject(ctx: MirrorContext, kind: HealthieKind, id: s
       if (kind === 'appointment') {
         const found = await appointmentEncounters(tx, id);
         for (const f of found) await remove(tx, k.fhirType, f.id);
-        return found.length ? found.length : undefined;
+        return found.length || undefined;
       }
       return conditionalDelete(tx, k.fhirType, [['identifier', `${k.system}|${id}`]]);
     });
