@@ -11,10 +11,12 @@ import { startTestServer, removeDataDir, fhir, type TestServer } from './support
 import { FakeHealthie } from './support/healthieServer.ts';
 import { createOrg, ensureAllOrgPartitions } from '../src/store/tenants.ts';
 import { migrate } from '../src/store/migrate.ts';
+import { withTenant } from '../src/store/resources.ts';
+import { listOutbox } from '../src/store/healthieSync.ts';
 import { HealthieClient } from '../src/healthie/client.ts';
 import { pull } from '../src/healthie/pull.ts';
 import { pushOutbox, startHealthieLoop } from '../src/healthie/push.ts';
-import { signDelivery } from '../src/healthie/webhooks.ts';
+import { signDelivery, processWebhooks } from '../src/healthie/webhooks.ts';
 import { withPullLease } from '../src/healthie/lease.ts';
 import { SYSTEM } from '../mappings/healthie/index.ts';
 
@@ -115,6 +117,29 @@ describe('healthie workers hold leases, not transactions', () => {
     assert.deepEqual(updatesOf(mutations).map((m) => m.input.id), [userIds[0]]);
   });
 
+  test('while Healthie is slow and a webhook delivery is re-fetched, no transaction is open and the delivery is visibly leased', async () => {
+    const slug = 'workers-a';
+    const orgId = (await srv.db.owner.query('SELECT id FROM organizations WHERE slug = $1', [slug])).rows[0].id;
+    process.env[`HEALTHIE_WEBHOOK_SECRET_${envName(slug)}`] = SECRET;
+    const path = `/fhir/${slug}/$healthie-webhook`;
+    const body = JSON.stringify({ resource_id: userIds[2], resource_id_type: 'User', event_type: 'patient.updated', changed_fields: [] });
+    const res = await fetch(`${srv.url.replace(/\/fhir$/, '')}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...signDelivery(SECRET, path, body) }, body });
+    assert.equal(res.status, 202);
+    fake.delayMs = 1500;
+    const seen = fake.requests.length;
+    try {
+      const work = processWebhooks({ db: srv.db, orgId, client: fast() });
+      await until('the worker to ask Healthie', async () => fake.requests.length > seen);
+      assert.equal(await idleInTransaction(), 0, 'no transaction of the webhook worker is open while Healthie answers');
+      const [row] = (await srv.db.owner.query(`SELECT status, lease_owner, leased_until > now() AS leased FROM healthie_webhook_events WHERE org_id = $1`, [orgId])).rows;
+      assert.deepEqual([row.status, row.leased], ['pending', true]);
+      assert.match(row.lease_owner, /^webhooks@/);
+      assert.equal((await work).done, 1);
+    } finally {
+      fake.delayMs = 0;
+    }
+  });
+
   test('two `kiln healthie push` processes on one queue send each change to Healthie exactly once', async () => {
     const { orgId, base } = await pulledTenant('workers-b');
     for (const [i, uid] of userIds.entries()) {
@@ -172,7 +197,8 @@ describe('healthie workers hold leases, not transactions', () => {
     for (const [i, uid] of userIds.entries()) {
       assert.equal((await patientOf(base, uid)).telecom.find((t: any) => t.system === 'phone').value, `555-300-${String(i).padStart(4, '0')}`);
     }
-    const statuses = (await srv.db.owner.query(`SELECT status, count(*)::integer AS n FROM healthie_webhook_events GROUP BY status`)).rows;
+    const statuses = (await srv.db.owner.query(`SELECT status, count(*)::integer AS n FROM healthie_webhook_events w JOIN organizations o ON o.id = w.org_id
+      WHERE o.slug = $1 GROUP BY status`, [slug])).rows;
     assert.deepEqual(statuses, [{ status: 'done', n: N }]);
   });
 
@@ -241,7 +267,9 @@ describe('healthie workers hold leases, not transactions', () => {
     }
     const early = await pushOutbox({ db: srv.db, orgId, client: fast(), leaseSeconds: 3 });
     assert.equal(early.claimed, 0, 'the dead worker\'s lease still stands');
-    assert.equal((await outbox(orgId))[0].status, 'pending');
+    const [listed] = await withTenant(srv.db.app, orgId, (tx) => listOutbox(tx));
+    assert.equal(listed.status, 'pending');
+    assert.match(listed.leasedBy ?? '', /^push@/, '`kiln healthie status` shows who holds it');
     await until('the lease to run out', async () => !(await outbox(orgId))[0].leased, 10_000);
     const late = await pushOutbox({ db: srv.db, orgId, client: fast(), leaseSeconds: 3 });
     assert.equal(late.done, 1, JSON.stringify(late));

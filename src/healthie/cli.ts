@@ -46,7 +46,7 @@ export async function healthieCommand(args: string[]): Promise<number> {
     }
     if (command === 'status') {
       const rows = await withTenant(db.app, org.id, (tx) => listOutbox(tx, 50));
-      for (const r of rows) console.log(`${r.id}\t${r.status}\t${r.resourceType}/${r.resourceId}\tattempts ${r.attempts}${r.lastError ? `\t${r.lastError}` : ''}`);
+      for (const r of rows) console.log(`${r.id}\t${r.status}\t${r.resourceType}/${r.resourceId}\tattempts ${r.attempts}${r.leasedBy ? `\tsending (${r.leasedBy})` : ''}${r.lastError ? `\t${r.lastError}` : ''}`);
       console.log('webhooks:', JSON.stringify(await withTenant(db.app, org.id, countWebhooks)));
       return 0;
     }

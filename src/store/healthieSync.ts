@@ -111,14 +111,17 @@ export async function retryOutbox(tx: Tx, id: number, owner: string, error: stri
   return r.rowCount === 1;
 }
 
-export interface QueueRow { id: number; resourceType: string; resourceId: string; status: string; attempts: number; lastError: string | null; healthieId?: string | null }
+export interface QueueRow { id: number; resourceType: string; resourceId: string; status: string; attempts: number; lastError: string | null; healthieId?: string | null;
+  /** The worker holding the row, while its lease stands. */
+  leasedBy?: string | null }
 
 export async function listOutbox(tx: Tx, limit = 100): Promise<QueueRow[]> {
   const { rows } = await tx.query(
-    `SELECT id, resource_type, resource_id, version_id, status, attempts, last_error, healthie_id FROM healthie_outbox
+    `SELECT id, resource_type, resource_id, version_id, status, attempts, last_error, healthie_id,
+            CASE WHEN leased_until > now() THEN lease_owner END AS leased_by FROM healthie_outbox
       WHERE org_id = current_setting('app.org_id')::integer ORDER BY id DESC LIMIT $1`, [limit]);
   return rows.map((r) => ({ id: Number(r.id), resourceType: r.resource_type, resourceId: `${r.resource_id}/_history/${r.version_id}`,
-    status: r.status, attempts: r.attempts, lastError: r.last_error, healthieId: r.healthie_id }));
+    status: r.status, attempts: r.attempts, lastError: r.last_error, healthieId: r.healthie_id, leasedBy: r.leased_by }));
 }
 
 export interface WebhookEvent { eventType: string; resourceType: string; resourceId: string; body: string; bodyHash: string }
