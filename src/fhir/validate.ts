@@ -1,5 +1,6 @@
 // Structural validation of incoming resources against the R4 StructureDefinitions
-// (Medplum's validator) and against the profiles in profiles/ a resource claims.
+// (Medplum's validator) and against the profiles in profiles/ a resource claims; a stored
+// type that is not R4 (ViewDefinition) by its own validator instead.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +12,8 @@ import { checkCalendarDates } from './calendarDates.ts';
 import { isInheritedName } from './duplicateKeys.ts';
 import { checkRequiredBindings, loadBindings } from './bindings.ts';
 import { loadSummaries } from './subset.ts';
+import { isR4Type } from '../../mappings/resourceTypes.ts';
+import { validateView } from '../views/validate.ts';
 
 const PROFILE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../profiles');
 const profiles = new Map<string, StructureDefinition>();
@@ -161,6 +164,29 @@ function choiceIssues(resource: Resource): OperationOutcomeIssue[] {
   return issues;
 }
 
+/**
+ * The validators of the stored types that are not R4 resources (mappings/resourceTypes.ts
+ * NON_R4_TYPES), in place of the R4 StructureDefinitions: each gives its problems as
+ * `location: message` (`select[0].column[1].path: ...`).
+ */
+const NON_R4_VALIDATORS: Readonly<Record<string, (resource: unknown) => string[]>> = {
+  ViewDefinition: validateView,
+};
+
+/** `select[0].column[1].path: unknown function` -> an issue whose expression is `ViewDefinition.select[0].column[1].path`. */
+function problemIssue(type: string, problem: string): OperationOutcomeIssue {
+  const at = /^([A-Za-z_][\w.[\]]*): /.exec(problem)?.[1];
+  return { severity: 'error', code: 'structure', details: { text: problem }, diagnostics: problem, ...(at ? { expression: [`${type}.${at}`] } : {}) };
+}
+
+function validateNonR4(resource: Resource): void {
+  const type = resource.resourceType;
+  const check = Object.hasOwn(NON_R4_VALIDATORS, type) ? NON_R4_VALIDATORS[type] : undefined;
+  if (!check) throw new FhirError(400, 'not-supported', `Kiln has no validator for ${type}`);
+  const issues = check(resource).map((p) => problemIssue(type, p));
+  if (issues.length) throw FhirError.withIssues(400, issues, `${type} failed validation: ${issues.map((i) => i.diagnostics).join('; ')}`);
+}
+
 /** A parsed body must be a valid resource of the given type (400 otherwise). */
 export function checkResource(body: unknown, type: string): Resource {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new FhirError(400, 'invalid', 'A resource must be a JSON object');
@@ -184,6 +210,7 @@ export function validate(resource: Resource): void {
   // Before Medplum: it would take these keys for known elements (and recurse into any depth).
   const own = ownKeyIssues(resource);
   if (own.length) throw FhirError.withIssues(400, own, `${resource.resourceType} failed validation: ${own.length} issue(s)`);
+  if (!isR4Type(resource.resourceType)) return validateNonR4(resource);
   const issues = errorsOf(() => validateResource(resource));
   issues.push(...choiceIssues(resource));
   issues.push(...checkRequiredBindings(resource), ...checkCalendarDates(resource));

@@ -18,6 +18,7 @@ import { bundleInteraction } from './bundles.ts';
 import { everythingInteraction } from '../operations/everything.ts';
 import { validateOperation } from '../operations/validate.ts';
 import { exportInteraction, isExportFilePath } from '../operations/export.ts';
+import { isViewRunPath, viewRunOperation } from '../operations/viewRun.ts';
 import { matchRoute, pathSegments, type RouteMatch, type RouteName } from '../interactions/routes.ts';
 import { authenticate } from '../auth/enforce.ts';
 import { AuditWriter } from '../audit/writer.ts';
@@ -82,7 +83,8 @@ export function fhirRouter(db: Database, config: Config, version: string) {
   async function dispatch(req: Request, res: Response): Promise<void> {
     // PostgreSQL text cannot hold NUL: refused once for the whole URL (path ids, every query parameter).
     if (/%00/i.test(req.originalUrl)) throw new FhirError(400, 'invalid', 'A NUL character (%00) is not allowed in a FHIR URL');
-    if (!isExportFilePath(req.path)) responseType(req); // 406 before any work (export files are NDJSON)
+    // 406 before any work (export files are NDJSON; $run negotiates its own JSON, NDJSON or CSV)
+    if (!isExportFilePath(req.path) && !isViewRunPath(req.path)) responseType(req);
     const segments = pathSegments(req.path);
     let slug = DEFAULT_SLUG;
     if (segments.length && TENANT_SLUG.test(segments[0]) && !RESERVED.has(segments[0])) slug = segments.shift()!;
@@ -148,6 +150,12 @@ function everythingRoute(ctx: Ctx, _p: Record<string, string>, rawQuery: string)
   return everythingInteraction;
 }
 
+function viewRunRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string): Handler {
+  if (p.id !== undefined) touchInstance(ctx, 'ViewDefinition', p.id);
+  ctx.audit?.interaction('operation', 'E', { operation: 'run', query: rawQuery, type: 'ViewDefinition' });
+  return viewRunOperation;
+}
+
 /** One per route of src/interactions/routes.ts (the compiler checks none is missing). */
 const PREPARE: Record<RouteName, Prepare> = {
   // Answered by dispatch before the audit and authentication, so never prepared here.
@@ -180,6 +188,8 @@ const PREPARE: Record<RouteName, Prepare> = {
   delete: (ctx, { type, id }) => { touchInstance(ctx, type, id); typeLevel(ctx, type, 'delete'); return crud.remove; },
   validate: validateRoute,
   everything: everythingRoute,
+  'view-run-type': viewRunRoute,
+  'view-run': viewRunRoute,
   'search-compartment': (ctx, { id, compartmentType: type }, q) => {
     touchInstance(ctx, 'Patient', id);
     checkId(id);

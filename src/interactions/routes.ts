@@ -60,12 +60,15 @@ export const ROUTES = [
   { name: 'history-type', methods: ['GET'], pattern: ':type/_history', interaction: 'history-type', permission: 's' },
   { name: 'validate-type', methods: ['POST'], pattern: ':type/$validate', interaction: 'operation', operation: 'validate', definition: 'OperationDefinition-Resource-validate.json' },
   { name: 'everything-all', methods: ['GET', 'POST'], pattern: 'Patient/$everything', interaction: 'operation', operation: 'everything', definition: 'OperationDefinition-Patient-everything.json' },
+  // SQL on FHIR v2 (src/operations/viewRun.ts): a view's rows.
+  { name: 'view-run-type', methods: ['GET', 'POST'], pattern: 'ViewDefinition/$run', interaction: 'operation', operation: 'run', definition: 'OperationDefinition-ViewDefinition-run.json' },
   { name: 'read', methods: ['GET', 'HEAD'], pattern: ':type/:id', interaction: 'read', permission: 'r', entry: true },
   { name: 'update', methods: ['PUT'], pattern: ':type/:id', interaction: 'update', permission: 'u', entry: true },
   { name: 'patch', methods: ['PATCH'], pattern: ':type/:id', interaction: 'patch', permission: 'u', entry: true },
   { name: 'delete', methods: ['DELETE'], pattern: ':type/:id', interaction: 'delete', permission: 'd', entry: true },
   { name: 'validate', methods: ['POST', 'GET'], pattern: ':type/:id/$validate', interaction: 'operation', operation: 'validate', definition: 'OperationDefinition-Resource-validate.json' },
   { name: 'everything', methods: ['GET', 'POST'], pattern: 'Patient/:id/$everything', interaction: 'operation', operation: 'everything', definition: 'OperationDefinition-Patient-everything.json' },
+  { name: 'view-run', methods: ['GET', 'POST'], pattern: 'ViewDefinition/:id/$run', interaction: 'operation', operation: 'run', definition: 'OperationDefinition-ViewDefinition-run.json' },
   // Compartment search (http.html#search): GET [base]/Patient/[id]/[type]?...
   { name: 'search-compartment', methods: ['GET'], pattern: 'Patient/:id/:compartmentType', interaction: 'search-type', permission: 's' },
   { name: 'history-instance', methods: ['GET'], pattern: ':type/:id/_history', interaction: 'history-instance', permission: 'r' },
