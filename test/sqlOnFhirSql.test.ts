@@ -13,13 +13,15 @@ import path from 'node:path';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
 import { createOrg } from '../src/store/tenants.ts';
 import { withTenant } from '../src/store/resources.ts';
-import { compileView, runCompiledView, type ViewDef } from '../src/store/views/index.ts';
+import { compileView, runCompiledView } from '../src/store/views/index.ts';
+import type { ViewDefinition } from '../src/views/types.ts';
 import { validateView } from '../src/views/validate.ts';
+import { FhirError } from '../src/fhir/outcome.ts';
 
 const SUITE = path.join(import.meta.dirname, '../../shared/sql-on-fhir-v2/tests');
 const REPORT = path.join(import.meta.dirname, '../conformance/sql-on-fhir-test-report-postgres.json');
 
-interface SuiteTest { title: string; tags?: string[]; view: ViewDef; expect?: Record<string, unknown>[]; expectColumns?: string[]; expectError?: boolean }
+interface SuiteTest { title: string; tags?: string[]; view: ViewDefinition; expect?: Record<string, unknown>[]; expectColumns?: string[]; expectError?: boolean }
 interface SuiteFile { title: string; resources: { resourceType: string; id?: string }[]; tests: SuiteTest[] }
 
 const files = fs.readdirSync(SUITE).filter((f) => f.endsWith('.json')).sort();
@@ -74,7 +76,8 @@ async function run(file: string, t: SuiteTest): Promise<void> {
   if (t.expectError) {
     // Refused by the validator, the compiler, or the query as it runs (several values in a non-collection column).
     if (validateView(t.view).length > 0) return;
-    await assert.rejects(withTenant(srv.db.app, orgs.get(file)!, (tx) => runCompiledView(tx, t.view)));
+    await assert.rejects(withTenant(srv.db.app, orgs.get(file)!, (tx) => runCompiledView(tx, t.view)),
+      (e: unknown) => e instanceof FhirError && e.status === 400 && /^ViewDefinition: /.test(e.message));
     return;
   }
   assert.deepEqual(validateView(t.view), [], 'the validator accepts the view');
@@ -101,6 +104,43 @@ for (const [file, suite] of suites) {
     }
   });
 }
+
+describe('what the compiler refuses or checks itself', () => {
+  const patients = { resource: 'Patient', select: [{ column: [{ name: 'id', path: 'id', type: 'id' }] }] };
+  const rejects400 = (file: string, view: object, message: RegExp) => assert.rejects(
+    withTenant(srv.db.app, orgs.get(file)!, (tx) => runCompiledView(tx, view as ViewDefinition)),
+    (e: unknown) => e instanceof FhirError && e.status === 400 && message.test(e.message));
+
+  test('a where path giving a string is refused as the query runs, not taken as true', async () => {
+    await rejects400('validate.json', { ...patients, where: [{ path: 'name.family' }] }, /where\[0\] gives a value that is not one boolean/);
+  });
+
+  test('a function outside the subset is refused, not compiled wrongly', async () => {
+    await rejects400('basic.json', { ...patients, select: [{ column: [{ name: 'x', path: 'name.family.lowBoundary()' }] }] }, /unsupported FHIRPath function lowBoundary/);
+    await rejects400('basic.json', { ...patients, select: [{ column: [{ name: 'x', path: 'name.descendants()' }] }] }, /unsupported FHIRPath function descendants/);
+  });
+
+  test('no text of the view reaches the SQL: element names, literals and constants are bind parameters', () => {
+    const view = { resource: 'Patient', constant: [{ name: 'c', valueString: "x'); DROP TABLE patients; --" }],
+      select: [{ column: [{ name: "n'); --", path: "name.where(family = %c or given = 'it\\'s').family" }] }] };
+    const compiled = compileView(view as unknown as ViewDefinition);
+    assert.doesNotMatch(compiled.sql, /DROP|it's|family|given|n'\)/);
+    assert.ok(compiled.params.includes("x'); DROP TABLE patients; --") && compiled.params.includes("it's"));
+    assert.throws(() => compileView({ ...patients, select: [{ column: [{ name: 'x', path: '`a"b`' }] }] } as ViewDefinition), /not an element name/);
+  });
+
+  test("the query reads the tenant's partitions only, as kiln_app", async () => {
+    const view = { resource: 'Observation', select: [{ column: [{ name: 'id', path: 'id' }] }] } as ViewDefinition;
+    const org = orgs.get('view_resource.json')!;
+    const { sql, params } = compileView(view);
+    const plan = await withTenant(srv.db.app, org, async (tx) => (await tx.query(`EXPLAIN (FORMAT JSON) ${sql}`, params)).rows[0]['QUERY PLAN']);
+    const relations = JSON.stringify(plan).match(/"Relation Name":"[^"]+"/g) ?? [];
+    assert.ok(relations.length > 0);
+    for (const r of relations) assert.match(r, new RegExp(`"observations_o${org}_`), r);
+    const rows = await withTenant(srv.db.app, org, (tx) => runCompiledView(tx, view));
+    assert.deepEqual(rows, [{ id: 'ob1' }]);
+  });
+});
 
 describe('report', () => {
   test('conformance/sql-on-fhir-test-report-postgres.json is the result of this run', () => {

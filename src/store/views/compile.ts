@@ -10,25 +10,10 @@
 // view's `where` is a WHERE with FHIRPath's boolean semantics (empty is not true).
 // Output columns are aliased c0, c1, ...: column names never enter the SQL text.
 import { READ_FROM } from '../../../mappings/postgres/index.ts';
+import type { ViewColumn, ViewDefinition, ViewSelect } from '../../views/types.ts';
 import { asBool, asJson, compilePath, Params, ROOT_ITEM, ViewCompileError, type Scope, type Val } from './fhirpathSql.ts';
 
 export { ViewCompileError } from './fhirpathSql.ts';
-
-export interface ViewColumnDef { name: string; path: string; type?: string; collection?: boolean }
-export interface ViewSelectDef {
-  column?: ViewColumnDef[];
-  select?: ViewSelectDef[];
-  forEach?: string;
-  forEachOrNull?: string;
-  repeat?: string[];
-  unionAll?: ViewSelectDef[];
-}
-export interface ViewDef {
-  resource: string;
-  constant?: { name: string; [valueX: string]: unknown }[];
-  select: ViewSelectDef[];
-  where?: { path: string }[];
-}
 
 export interface CompiledColumn { name: string; type?: string; collection: boolean; alias: string }
 export interface CompiledView { sql: string; params: unknown[]; columns: CompiledColumn[] }
@@ -45,7 +30,7 @@ interface Compiled { sql: string; columns: CompiledColumn[] }
 class Compiler {
   readonly params = new Params();
   private n = 0;
-  constructor(readonly view: ViewDef, readonly constants: ReadonlyMap<string, unknown>) {}
+  constructor(readonly view: ViewDefinition, readonly constants: ReadonlyMap<string, unknown>) {}
 
   alias = (): string => `t${this.n++}`;
   column = (): string => `c${this.n++}`;
@@ -55,7 +40,7 @@ class Compiler {
   }
 
   /** A select node (its iteration, then columns × nested selects × unionAll) as a query of its columns. */
-  select(node: ViewSelectDef, scope: Scope): Compiled {
+  select(node: ViewSelect, scope: Scope): Compiled {
     const iterations = ['forEach', 'forEachOrNull', 'repeat'].filter((k) => (node as Record<string, unknown>)[k] !== undefined);
     if (iterations.length > 1) throw new ViewCompileError(`a select has more than one of ${iterations.join(', ')}`);
     if (node.forEach !== undefined || node.forEachOrNull !== undefined) {
@@ -72,14 +57,14 @@ class Compiler {
     return this.body(node, scope);
   }
 
-  private iterate(from: string, it: string, node: ViewSelectDef, scope: Scope): Compiled {
+  private iterate(from: string, it: string, node: ViewSelect, scope: Scope): Compiled {
     const inner = this.body(node, { ...scope, item: `${it}.e`, rowIndex: `(${it}.o - 1)::integer` });
     const x = this.alias();
     return { sql: `SELECT ${list(inner.columns)} FROM ${from} CROSS JOIN LATERAL (${inner.sql}) ${x}`, columns: inner.columns };
   }
 
   /** repeat: the items of every path, then theirs, recursively, numbered depth-first (%rowIndex). */
-  private repeat(node: ViewSelectDef, scope: Scope): Compiled {
+  private repeat(node: ViewSelect, scope: Scope): Compiled {
     if (!Array.isArray(node.repeat) || node.repeat.length === 0) throw new ViewCompileError('repeat takes a non-empty list of FHIRPath strings');
     const rec = this.alias();
     const children = (item: string) => node.repeat!.map((p, i) => {
@@ -94,7 +79,7 @@ class Compiler {
     return this.iterate(from, it, node, scope);
   }
 
-  private body(node: ViewSelectDef, scope: Scope): Compiled {
+  private body(node: ViewSelect, scope: Scope): Compiled {
     const own = (node.column ?? []).map((c) => this.columnOf(c, scope));
     const laterals: string[] = [];
     const columns: CompiledColumn[] = own.map((o) => o.column);
@@ -117,7 +102,7 @@ class Compiler {
     return { sql: `SELECT ${items.join(', ')}${laterals.length ? ` FROM (SELECT) ${this.alias()} ${laterals.join(' ')}` : ''}`, columns };
   }
 
-  private columnOf(c: ViewColumnDef, scope: Scope): { sql: string; column: CompiledColumn } {
+  private columnOf(c: ViewColumn, scope: Scope): { sql: string; column: CompiledColumn } {
     if (typeof c?.name !== 'string' || typeof c.path !== 'string') throw new ViewCompileError('a column needs a name and a path');
     const column: CompiledColumn = { name: c.name, type: c.type, collection: c.collection === true, alias: this.column() };
     const v = compilePath(c.path, scope);
@@ -152,7 +137,21 @@ function scalarColumn(v: Val, scope: Scope, column: CompiledColumn): string {
   return item;
 }
 
-function constantsOf(view: ViewDef): Map<string, unknown> {
+/** The marker of the error a where path giving a non-boolean raises. */
+export const NOT_BOOLEAN = 'kiln_not_boolean_where_';
+
+/** A where path's truth; a value that is not one boolean is an error the query raises (as in scalarColumn). */
+function whereCondition(v: Val, scope: Scope, i: number): string {
+  if (v.k === 'bool') return v.sql;
+  if (v.k !== 'nav' && v.k !== 'json') return asBool(v, scope);
+  const x = scope.alias();
+  return `(SELECT CASE WHEN jsonb_array_length(${x}.a) = 0 THEN NULL`
+    + ` WHEN jsonb_array_length(${x}.a) = 1 AND jsonb_typeof(${x}.a -> 0) = 'boolean' THEN (${x}.a -> 0)::boolean`
+    + ` ELSE (jsonb_path_query_first(jsonb_build_object('a', ${x}.a), 'strict $.${NOT_BOOLEAN}${i}'))::boolean END`
+    + ` FROM (SELECT ${asJson(v, scope)} AS a OFFSET 0) ${x})`;
+}
+
+function constantsOf(view: ViewDefinition): Map<string, unknown> {
   const constants = new Map<string, unknown>();
   for (const c of view.constant ?? []) {
     const keys = Object.keys(c ?? {}).filter((k) => k.startsWith('value'));
@@ -163,7 +162,7 @@ function constantsOf(view: ViewDef): Map<string, unknown> {
 }
 
 /** The view as one query: its rows are the view's rows, its columns aliased as `columns` says. */
-export function compileView(view: ViewDef): CompiledView {
+export function compileView(view: ViewDefinition): CompiledView {
   if (typeof view !== 'object' || view === null) throw new ViewCompileError('a ViewDefinition must be an object');
   if (typeof view.resource !== 'string' || !Object.hasOwn(READ_FROM, view.resource)) {
     throw new ViewCompileError(`resource must name a resource type this server stores, not ${String(view.resource)}`);
@@ -172,9 +171,9 @@ export function compileView(view: ViewDef): CompiledView {
   const compiler = new Compiler(view, constantsOf(view));
   const root = compiler.scope(ROOT_ITEM, '0');
   const body = compiler.select({ select: view.select }, root);
-  const where = (view.where ?? []).map((w) => {
+  const where = (view.where ?? []).map((w, i) => {
     if (typeof w?.path !== 'string') throw new ViewCompileError('a where needs a path');
-    return `(${asBool(compilePath(w.path, root), root)}) IS TRUE`;
+    return `(${whereCondition(compilePath(w.path, root), root, i)}) IS TRUE`;
   });
   // The resource text is parsed to jsonb once per row (OFFSET 0 keeps the planner from copying the cast into every use).
   const sql = `SELECT ${list(body.columns)} FROM ${READ_FROM[view.resource]} r`
