@@ -241,9 +241,15 @@ describe('ViewDefinition/$run', () => {
     assert.match(none.text, /viewReference or viewResource/);
     assert.equal((await get(`ViewDefinition/${viewId}/$run?frobnicate=1`)).status, 400);
     assert.equal((await get('ViewDefinition/nope/$run')).status, 404);
-    // A column with several values where the view says one: the view's problem, named with the resource.
-    const several = await run('ViewDefinition/$run', [{ name: 'viewResource', resource: { ...patientView(), select: [{ column: [{ name: 'family', path: 'name.family' }] }] } }]);
+    // A column with several values where the view says one is the view's problem: a 400 from
+    // the compiled SQL (every Patient: the system token) and from the in-memory runner (a
+    // patient token's compartment), which names the resource too.
+    const severalValues = [{ name: 'viewResource', resource: { ...patientView(), select: [{ column: [{ name: 'family', path: 'name.family' }] }] } }];
+    const several = await run('ViewDefinition/$run', severalValues);
     assert.equal(several.status, 400, several.text);
-    assert.match(several.text, /Patient\//);
+    assert.match(several.text, /column family has several values/);
+    const own = await run('ViewDefinition/$run', severalValues, bearer(await token(srv, { scope: 'patient/*.rs', patient: alice })));
+    assert.equal(own.status, 400, own.text);
+    assert.match(own.text, new RegExp(`Patient/${alice}: .*column family`));
   });
 });

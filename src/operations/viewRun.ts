@@ -3,12 +3,15 @@
 //   GET|POST [base]/ViewDefinition/[id]/$run   the stored view
 //   GET|POST [base]/ViewDefinition/$run        viewResource (POST) or viewReference
 // The rows of a view over the tenant's stored resources of its type, or over the `resource`
-// parameters, as a JSON array, NDJSON or CSV. Stored resources are read through the request's
-// token (a patient token: its compartment; granular scopes: their filters) in pages of
-// PAGE_SIZE, each page in a short transaction of its own, so no connection is held while a slow
-// client reads. The first page's rows are made before the status line is sent, so an invalid
-// view or a failing first page is a 4xx OperationOutcome; a resource that fails later ends the
-// response early (connection reset: the client sees an incomplete body, never a short one).
+// parameters, as a JSON array, NDJSON or CSV. A view over every stored resource of its type
+// (a token unrestricted on it, no patient, group or _since) runs as the compiled SQL of
+// src/store/views where that compiles it, in one transaction; otherwise the in-memory runner
+// (src/views) takes the stored resources the token may read (a patient token: its compartment;
+// granular scopes: their filters) in pages of PAGE_SIZE, each page read in a short transaction
+// of its own. Either way no connection is held while a slow client reads. The first page's rows
+// are made before the status line is sent, so an invalid view or a failing first page is a 4xx
+// OperationOutcome; a resource that fails later ends the response early (connection reset: the
+// client sees an incomplete body, never a short one).
 import { once } from 'node:events';
 import type { Request } from 'express';
 import type { Resource } from '@medplum/fhirtypes';
@@ -29,6 +32,7 @@ import { permit, requireVisible, restrictionCriteria } from '../auth/enforce.ts'
 import { readCurrent, requireLive, type Tx } from '../store/resources.ts';
 import { runSearch } from '../store/searchRun.ts';
 import { everything } from '../store/everything.ts';
+import { compileView, runCompiledView } from '../store/views/index.ts';
 import { ID_PATTERN, checkId } from '../interactions/write.ts';
 
 /** The output formats: `_format` short name -> media type. */
@@ -198,6 +202,27 @@ async function* givenResources(resources: unknown[]): Source {
   yield resources as Resource[];
 }
 
+/** The view's rows, a page at a time. */
+type RowSource = AsyncGenerator<Row[]>;
+
+async function* inMemory(view: PreparedView, source: Source): RowSource {
+  for await (const page of source) yield rowsOf(view, page);
+}
+
+async function* compiled(s: Session, view: ViewDefinition): RowSource {
+  yield await s.inTenant((tx) => runCompiledView(tx, view));
+}
+
+/** Whether the PostgreSQL compiler takes the view (it leaves out a few experimental functions). */
+function compiles(view: ViewDefinition): boolean {
+  try {
+    compileView(view);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 interface StoredQuery {
   type: string;
   restrict: Criterion[];
@@ -257,15 +282,12 @@ class RowWriter {
   }
 }
 
-/** The rows of one page of resources, at most `left`. A resource the view cannot turn into rows is a 400 (the view's problem, named with the resource). */
-function rowsOf(view: PreparedView, resources: Resource[], left: number): Row[] {
+/** The rows of one page of resources. A resource the view cannot turn into rows is a 400 (the view's problem, named with the resource). */
+function rowsOf(view: PreparedView, resources: Resource[]): Row[] {
   const rows: Row[] = [];
   try {
     for (const r of resources) {
-      for (const row of view.rowsOf(r)) {
-        if (rows.length >= left) return rows;
-        rows.push(row);
-      }
+      for (const row of view.rowsOf(r)) rows.push(row);
     }
   } catch (e) {
     if (e instanceof ViewError) throw new FhirError(400, 'processing', `ViewDefinition: ${e.message}`);
@@ -302,18 +324,20 @@ export async function viewRunOperation(s: Session, { id }: Record<string, string
     view = prepared(JSON.parse(stored.json), 'the stored ViewDefinition');
   }
 
-  let source: Source;
+  let source: RowSource;
   if (input.resources) {
-    source = givenResources(input.resources);
+    source = inMemory(view, givenResources(input.resources));
   } else {
-    source = storedResources(s, await storedQuery(s, view.view, input.patient, input.groups, since));
+    const q = await storedQuery(s, view.view, input.patient, input.groups, since);
+    const everyRow = !q.restrict.length && !q.patientIds && q.since === undefined;
+    source = everyRow && compiles(view.view) ? compiled(s, view.view) : inMemory(view, storedResources(s, q));
   }
 
   // The first page before the status line: its errors are still a 4xx.
   const writer = new RowWriter(format, view.columns.map((c) => c.name));
   let left = limit;
-  const first = await source.next();
-  const rows = left > 0 && !first.done ? rowsOf(view, first.value, left) : [];
+  const first = left > 0 ? await source.next() : { done: true as const, value: undefined };
+  const rows = first.done ? [] : first.value.slice(0, left);
   left -= rows.length;
   await s.succeed();
   const { res } = ctx;
@@ -326,7 +350,7 @@ export async function viewRunOperation(s: Session, { id }: Record<string, string
     while (left > 0 && !res.destroyed) {
       const next = await source.next();
       if (next.done) break;
-      const page = rowsOf(view, next.value, left);
+      const page = next.value.slice(0, left);
       left -= page.length;
       await send(page.map((r) => writer.row(r)).join(''));
     }
