@@ -109,6 +109,29 @@ describe('ViewDefinition resources', () => {
     assert.deepEqual(search.json.entry ?? [], [], 'nothing stored');
   });
 
+  test('$validate and Bundle entries check a view as a write does; a system $export includes views', async () => {
+    const checked = await fhir(srv.url, 'POST', 'ViewDefinition/$validate', { ...patientView(), select: [{ column: [{ name: 'a', path: 'name.(' }] }] }, system);
+    assert.equal(checked.status, 200);
+    assert.ok(checked.json.issue.some((i: Json) => i.severity === 'error' && (i.expression ?? []).includes('ViewDefinition.select[0].column[0].path')), checked.text);
+    const bundle = (view: Json) => ({ resourceType: 'Bundle', type: 'transaction', entry: [{ resource: view, request: { method: 'POST', url: 'ViewDefinition' } }] });
+    assert.equal((await fhir(srv.url, 'POST', '', bundle({ ...patientView('in_bundle'), select: [] }), system)).status, 400);
+    assert.equal((await fhir(srv.url, 'POST', '', bundle(patientView('in_bundle')), system)).status, 200);
+
+    const kick = await fhir(srv.url, 'GET', '$export?_type=ViewDefinition', undefined, { ...system, prefer: 'respond-async' });
+    assert.equal(kick.status, 202, kick.text);
+    let manifest: Json | undefined;
+    for (let i = 0; i < 600 && !manifest; i++) {
+      const poll = await fetch(kick.headers.get('content-location')!, { headers: { accept: 'application/json', ...system } });
+      if (poll.status === 200) manifest = await poll.json() as Json;
+      else await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(manifest, 'the export finished');
+    assert.deepEqual(manifest.output.map((o: Json) => o.type), ['ViewDefinition']);
+    const file = await fetch(manifest.output[0].url, { headers: system });
+    const names = (await file.text()).trim().split('\n').map((l) => JSON.parse(l).name);
+    assert.ok(names.includes('in_bundle'), names.join(','));
+  });
+
   test('metadata lists ViewDefinition with its search parameters and $run', async () => {
     const cs = await fhir(srv.url, 'GET', 'metadata');
     const vd = cs.json.rest[0].resource.find((r: Json) => r.type === 'ViewDefinition');
@@ -226,6 +249,24 @@ describe('ViewDefinition/$run', () => {
     assert.equal((await get(`ViewDefinition/${obsView}/$run`, own)).status, 403);
     const noObs = bearer(await token(srv, { scope: 'system/Patient.rs' }));
     assert.equal((await run('ViewDefinition/$run', [{ name: 'viewResource', resource: observationView }], noObs)).status, 403);
+  });
+
+  test('stored resources are read in pages: every row once past the first page', async () => {
+    const carol = (await post('Patient', { resourceType: 'Patient', name: [{ use: 'official', family: 'Carol' }] })).id;
+    const entry = Array.from({ length: 620 }, (_, i) => ({
+      resource: { resourceType: 'Observation', status: 'final', subject: { reference: `Patient/${carol}` }, code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] }, valueQuantity: { value: i } },
+      request: { method: 'POST', url: 'Observation' },
+    }));
+    assert.equal((await fhir(srv.url, 'POST', '', { resourceType: 'Bundle', type: 'transaction', entry }, system)).status, 200);
+    const values = (text: string) => text.trim().split('\n').map((l) => JSON.parse(l).value as number).sort((a, b) => a - b);
+    const all = Array.from({ length: 620 }, (_, i) => i);
+    // patient= (the compartment query) and a patient token (a search confined to it).
+    assert.deepEqual(values((await get(`ViewDefinition/${obsView}/$run?_format=ndjson&patient=Patient/${carol}`)).text), all);
+    const own = bearer(await token(srv, { scope: 'patient/*.rs', patient: carol }));
+    const r = await run('ViewDefinition/$run', [{ name: 'viewResource', resource: observationView }, { name: '_format', valueCode: 'ndjson' }], own);
+    assert.deepEqual(values(r.text), all);
+    const limited = await run('ViewDefinition/$run', [{ name: 'viewResource', resource: observationView }, { name: '_limit', valueInteger: 550 }], own);
+    assert.equal(JSON.parse(limited.text).length, 550);
   });
 
   test('refusals: invalid view, unknown format, no view, unknown parameter, unknown id', async () => {
