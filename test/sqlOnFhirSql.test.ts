@@ -116,7 +116,8 @@ describe('what the compiler refuses or checks itself', () => {
   });
 
   test('a function outside the subset is refused, not compiled wrongly', async () => {
-    await rejects400('basic.json', { ...patients, select: [{ column: [{ name: 'x', path: 'name.family.lowBoundary()' }] }] }, /unsupported FHIRPath function lowBoundary/);
+    await rejects400('basic.json', { ...patients, select: [{ column: [{ name: 'x', path: 'name.family.upper()' }] }] }, /unsupported FHIRPath function upper/);
+    await rejects400('basic.json', { ...patients, select: [{ column: [{ name: 'x', path: 'birthDate.lowBoundary()' }] }] }, /lowBoundary\(\) and highBoundary\(\) need the input type/);
     await rejects400('basic.json', { ...patients, select: [{ column: [{ name: 'x', path: 'name.descendants()' }] }] }, /unsupported FHIRPath function descendants/);
   });
 

@@ -105,7 +105,7 @@ class Compiler {
   private columnOf(c: ViewColumn, scope: Scope): { sql: string; column: CompiledColumn } {
     if (typeof c?.name !== 'string' || typeof c.path !== 'string') throw new ViewCompileError('a column needs a name and a path');
     const column: CompiledColumn = { name: c.name, type: c.type, collection: c.collection === true, alias: this.column() };
-    const v = compilePath(c.path, scope);
+    const v = compilePath(c.path, { ...scope, columnType: c.type });
     return { sql: column.collection ? asJson(v, scope) : scalarColumn(v, scope, column), column };
   }
 }

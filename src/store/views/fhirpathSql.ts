@@ -37,6 +37,8 @@ export interface Scope {
   resourceType: string;
   constants: ReadonlyMap<string, unknown>;
   params: Params;
+  /** The declared type of the column being compiled: what a boundary function takes its input to be when ofType() does not say. */
+  columnType?: string;
   alias: () => string;
 }
 
@@ -46,7 +48,7 @@ export interface Scope {
  * array. `bool`, `num`, `text`: one SQL scalar, NULL for the empty collection.
  */
 export type Val =
-  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[] }
+  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[]; ofType?: string }
   | { k: 'json'; sql: string }
   | { k: 'bool' | 'num' | 'text'; sql: string };
 
@@ -150,7 +152,7 @@ function symbol(name: string, scope: Scope, input: Val | undefined): Val {
     if (name === scope.resourceType && scope.item === ROOT_ITEM) return self(scope);
   }
   const base = input ?? self(scope);
-  if (base.k === 'nav') return { ...base, steps: [...base.steps, member(name)] };
+  if (base.k === 'nav') return { ...base, steps: [...base.steps, member(name)], ofType: undefined };
   return { k: 'nav', base: asJson(base, scope), baseIsArray: true, steps: [member(name)] };
 }
 
@@ -244,7 +246,7 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
       const last = input.k === 'nav' ? input.steps.at(-1) : undefined;
       const m = last ? /^\."([A-Za-z][A-Za-z0-9_]*)"\[\*\]$/.exec(last) : null;
       if (input.k !== 'nav' || !m) throw new ViewCompileError(`ofType() applies to a choice element here: ${atom.toString()}`);
-      return { ...input, steps: [...input.steps.slice(0, -1), member(m[1] + type[0].toUpperCase() + type.slice(1))] };
+      return { ...input, steps: [...input.steps.slice(0, -1), member(m[1] + type[0].toUpperCase() + type.slice(1))], ofType: type };
     }
     case 'extension': {
       arity(atom, 1, 1);
@@ -265,6 +267,9 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
           + ` WHERE (${m}) IS NOT NULL${type ? ` AND (${m})[1] = ${type}::text` : ''})`,
       };
     }
+    case 'lowBoundary': case 'highBoundary':
+      arity(atom, 0, 0);
+      return boundary(atom.name === 'lowBoundary', input, scope);
     default:
       throw new ViewCompileError(`unsupported FHIRPath function ${atom.name}()`);
   }
@@ -296,4 +301,37 @@ function infix(atom: InfixOperatorAtom, scope: Scope): Val {
     return { k: 'num', sql: `(${asNum(l, scope)} ${op} ${right})` };
   }
   throw new ViewCompileError(`unsupported FHIRPath operator ${atom.operator}`);
+}
+
+// lowBoundary()/highBoundary() of a decimal, date, dateTime or time, without a precision argument.
+// The type is the one ofType() named, else the column's declared type: a date and a dateTime
+// can have the same text ('2010-10-10') and different boundaries.
+const DATE_TIME = String.raw`^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$`;
+const TIME = String.raw`^(\d{2})(?::(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?$`;
+
+function boundary(low: boolean, input: Val, scope: Scope): Val {
+  const type = (input.k === 'nav' ? input.ofType : undefined) ?? scope.columnType;
+  const item = asItem(input, scope);
+  const x = scope.alias();
+  const text = (regex: string, build: (m: (i: number) => string) => string) =>
+    `(SELECT CASE WHEN ${x}.m IS NULL THEN NULL ELSE ${build((i) => `${x}.m[${i}]`)} END FROM (SELECT regexp_match(${item} #>> '{}', ${scope.params.add(regex)}::text) AS m) ${x})`;
+  const lastDay = (m: (i: number) => string) => `to_char(make_date(${m(1)}::integer, coalesce(${m(2)}, '12')::integer, 1) + interval '1 month' - interval '1 day', 'DD')`;
+  const fraction = (f: string) => low ? `rpad(coalesce(${f}, ''), 3, '0')` : `rpad(coalesce(${f}, ''), 3, '9')`;
+  const date = (m: (i: number) => string) => low
+    ? `${m(1)} || '-' || coalesce(${m(2)}, '01') || '-' || coalesce(${m(3)}, '01')`
+    : `${m(1)} || '-' || coalesce(${m(2)}, '12') || '-' || coalesce(${m(3)}, ${lastDay(m)})`;
+  switch (type) {
+    case 'decimal': case 'integer':
+      // An integer value is taken to one decimal place, as the specification's tests expect (1 gives 0.95 and 1.05).
+      return { k: 'num', sql: `(SELECT ${x}.v ${low ? '-' : '+'} 0.5 * power(10::numeric, -greatest(scale(${x}.v), 1)) FROM (SELECT (CASE WHEN jsonb_typeof(${item}) = 'number' THEN (${item})::numeric END) AS v) ${x})` };
+    case 'date':
+      return { k: 'text', sql: text(DATE_TIME, (m) => `CASE WHEN ${m(4)} IS NULL THEN ${date(m)} END`) };
+    case 'dateTime': case 'instant':
+      return { k: 'text', sql: text(DATE_TIME, (m) => `${date(m)} || 'T' || coalesce(${m(4)}, '${low ? '00' : '23'}') || ':' || coalesce(${m(5)}, '${low ? '00' : '59'}')`
+        + ` || ':' || coalesce(${m(6)}, '${low ? '00' : '59'}') || '.' || ${fraction(m(7))} || coalesce(${m(8)}, '${low ? '+14:00' : '-12:00'}')`) };
+    case 'time':
+      return { k: 'text', sql: text(TIME, (m) => `${m(1)} || ':' || coalesce(${m(2)}, '${low ? '00' : '59'}') || ':' || coalesce(${m(3)}, '${low ? '00' : '59'}') || '.' || ${fraction(m(4))}`) };
+    default:
+      throw new ViewCompileError('lowBoundary() and highBoundary() need the input type: use ofType() or a column type of decimal, date, dateTime or time');
+  }
 }
