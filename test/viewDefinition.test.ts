@@ -82,6 +82,8 @@ describe('ViewDefinition resources', () => {
     const updated = await fhir(srv.url, 'PUT', `ViewDefinition/${a.id}`, { ...patientView('crud_a', 'retired'), id: a.id }, system);
     assert.equal(updated.status, 200, updated.text);
     assert.deepEqual(await ids('status=retired&name=crud'), [a.id]);
+    const patched = await fhir(srv.url, 'PATCH', `ViewDefinition/${a.id}`, [{ op: 'replace', path: '/select/0/column/0/path', value: 'name.(' }], { ...system, 'content-type': 'application/json-patch+json' });
+    assert.equal(patched.status, 400, 'a patch giving an invalid view is refused');
     const history = await fhir(srv.url, 'GET', `ViewDefinition/${a.id}/_history`, undefined, system);
     assert.equal(history.json.total, 2);
 
