@@ -341,13 +341,22 @@ export async function viewRunOperation(s: Session, { id }: Record<string, string
   left -= rows.length;
   await s.succeed();
   const { res } = ctx;
+  let gone = false;
+  res.once('close', () => { gone = true; });
   res.status(200).type(`${FORMATS[format]}; charset=utf-8`);
   const send = async (text: string) => {
-    if (text && !res.write(text)) await once(res, 'drain');
+    if (!text || res.write(text) || gone) return;
+    // Wait for the client to take what is buffered, or to hang up (then no drain ever comes).
+    const ac = new AbortController();
+    try {
+      await Promise.race([once(res, 'drain', { signal: ac.signal }), once(res, 'close', { signal: ac.signal })]);
+    } finally {
+      ac.abort();
+    }
   };
   try {
     await send(writer.head(header) + rows.map((r) => writer.row(r)).join(''));
-    while (left > 0 && !res.destroyed) {
+    while (left > 0 && !gone) {
       const next = await source.next();
       if (next.done) break;
       const page = next.value.slice(0, left);
