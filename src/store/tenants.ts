@@ -9,9 +9,27 @@ export interface Org { id: number; slug: string; name: string }
 const MONTHS_BACK = Number(process.env.KILN_PARTITION_MONTHS_BACK ?? 12);
 const MONTHS_AHEAD = 3;
 
+const PARTITION_LOCK = 7_201_002; // advisory lock class: one partition maintainer per tenant at a time
+
+/**
+ * Creates the tenant's time partitions and moves rows out of its DEFAULT partitions. Two
+ * processes opening one database at once would otherwise attach the same partitions in
+ * opposite orders and deadlock (40P01), so the work holds a per-tenant lock.
+ */
 export async function ensureOrgPartitions(owner: pg.Pool, orgId: number, monthsBack = MONTHS_BACK): Promise<void> {
-  await owner.query('SELECT kiln_ensure_time_partitions($1, $2, $3)', [orgId, monthsBack, MONTHS_AHEAD]);
-  await owner.query('SELECT kiln_split_default_partitions($1)', [orgId]);
+  const client = await owner.connect();
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT pg_advisory_xact_lock($1, $2)', [PARTITION_LOCK, orgId]);
+    await client.query('SELECT kiln_ensure_time_partitions($1, $2, $3)', [orgId, monthsBack, MONTHS_AHEAD]);
+    await client.query('SELECT kiln_split_default_partitions($1)', [orgId]);
+    await client.query('COMMIT');
+  } catch (e) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw e;
+  } finally {
+    client.release();
+  }
 }
 
 export async function ensureAllOrgPartitions(owner: pg.Pool): Promise<void> {
