@@ -9,6 +9,7 @@ import { usageError, wantsHelp } from '../cliUsage.ts';
 
 const USAGE = `usage:
   kiln bigquery sync [--tenant <slug>]          export what changed since the last sync and load it into BigQuery
+                                                (a table per resource type and per active ViewDefinition)
                                                 (KILN_BIGQUERY_PROJECT, KILN_BIGQUERY_DATASET, KILN_BIGQUERY_LOCATION;
                                                  credentials: Google application-default credentials)`;
 
@@ -40,6 +41,10 @@ export async function bigqueryCommand(args: string[]): Promise<number> {
     const result = await syncTenant(db, config, { orgId: org.id, tenant: slug, target });
     for (const l of result.loads) {
       console.log(`  ${l.type.padEnd(20)} ${String(l.rows).padStart(9)} rows  ${l.state}${l.jobId ? `  (job ${l.jobId})` : ''}`);
+    }
+    for (const v of result.views) {
+      console.log(`  ${v.table.padEnd(20)} ${String(v.rows).padStart(9)} rows  ${v.state}${v.jobId ? `  (job ${v.jobId})` : ''}`
+        + `${v.errors ? `  ${v.errors} resources the view could not read (_kiln_error)` : ''}${v.reason ? `  ${v.view}: ${v.reason}` : ''}`);
     }
     const total = result.loads.reduce((n, l) => n + (l.state === 'loaded' ? l.rows : 0), 0);
     console.log(`${result.resumed ? 'resumed run' : 'synced'} '${slug}' into ${target.projectId}:${target.datasetId}: ${total} rows loaded, `

@@ -102,8 +102,13 @@ export function mergeFields(have: BqField[], wanted: BqField[]): { fields: BqFie
 
 /** Creates the type's table, or adds the columns a newer schema has; returns the table's schema. */
 export async function ensureTable(dataset: Dataset, type: string): Promise<BqField[]> {
-  const wanted = tableSchema(type);
-  const table = dataset.table(type);
+  return ensureFields(dataset, type, tableSchema(type),
+    `FHIR R4 ${type} versions loaded by Kiln (one row per exported version; see ${type}_latest)`);
+}
+
+/** Creates a table with `wanted` columns, or adds those it lacks; returns the table's schema. */
+export async function ensureFields(dataset: Dataset, tableId: string, wanted: BqField[], description: string): Promise<BqField[]> {
+  const table = dataset.table(tableId);
   try {
     const [meta] = await table.getMetadata();
     const { fields, grew } = mergeFields((meta.schema?.fields ?? []) as BqField[], wanted);
@@ -113,13 +118,10 @@ export async function ensureTable(dataset: Dataset, type: string): Promise<BqFie
     if ((e as ApiError).code !== 404) throw e;
   }
   try {
-    await dataset.createTable(type, {
-      schema: { fields: wanted },
-      description: `FHIR R4 ${type} versions loaded by Kiln (one row per exported version; see ${type}_latest)`,
-    });
+    await dataset.createTable(tableId, { schema: { fields: wanted }, description });
   } catch (e) {
     if ((e as ApiError).code !== 409) throw e; // created meanwhile by another sync
-    return ensureTable(dataset, type);
+    return ensureFields(dataset, tableId, wanted, description);
   }
   return wanted;
 }
@@ -141,17 +143,21 @@ WHERE _kiln_rank = 1 AND NOT IFNULL(${t.deleted}, FALSE)`;
 }
 
 export async function ensureView(dataset: Dataset, target: BigQueryTarget, type: string): Promise<void> {
-  const query = latestViewSql(target, type);
-  const view = dataset.table(`${type}_latest`);
+  await ensureQueryView(dataset, `${type}_latest`, latestViewSql(target, type), `Latest version of each ${type} (Kiln)`);
+}
+
+/** Creates a BigQuery view, or sets its query when it differs. */
+export async function ensureQueryView(dataset: Dataset, name: string, query: string, description: string): Promise<void> {
+  const view = dataset.table(name);
   try {
     const [meta] = await view.getMetadata();
-    if (meta.view?.query !== query) await view.setMetadata({ view: { query, useLegacySql: false } });
+    if (meta.view?.query !== query) await view.setMetadata({ view: { query, useLegacySql: false }, description });
     return;
   } catch (e) {
     if ((e as ApiError).code !== 404) throw e;
   }
   try {
-    await dataset.createTable(`${type}_latest`, { view: { query, useLegacySql: false }, description: `Latest version of each ${type} (Kiln)` });
+    await dataset.createTable(name, { view: { query, useLegacySql: false }, description });
   } catch (e) {
     if ((e as ApiError).code !== 409) throw e;
   }
@@ -330,7 +336,7 @@ export async function loadExport(target: BigQueryTarget, files: ExportFile[], op
   }
 }
 
-async function countLines(file: string): Promise<number> {
+export async function countLines(file: string): Promise<number> {
   let n = 0;
   for await (const chunk of fs.createReadStream(file)) {
     for (let i = (chunk as Buffer).indexOf(10); i !== -1; i = (chunk as Buffer).indexOf(10, i + 1)) n++;

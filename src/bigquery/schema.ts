@@ -30,7 +30,7 @@ export const LOAD_COLUMNS = {
 /** Per record: a JSON object of the members that have no column (primitive `_x` siblings, nulls in arrays, unknown keys). */
 export const UNMAPPED = '_unmapped';
 
-export type BqType = 'STRING' | 'INTEGER' | 'BOOLEAN' | 'BIGNUMERIC' | 'TIMESTAMP' | 'RECORD';
+export type BqType = 'STRING' | 'INTEGER' | 'BOOLEAN' | 'BIGNUMERIC' | 'TIMESTAMP' | 'RECORD' | 'FLOAT' | 'DATE';
 export type BqMode = 'NULLABLE' | 'REQUIRED' | 'REPEATED';
 
 /** A BigQuery TableFieldSchema as the REST API takes it. */

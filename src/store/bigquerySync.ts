@@ -17,15 +17,18 @@ export interface SyncRun {
   stagingDir: string;
   status: 'loading' | 'done' | 'abandoned';
   loaded: Record<string, { jobId?: string; rows: number; state: string }>;
+  /** The ViewDefinitions this run loads and their full-export backfill (src/bigquery/views.ts owns the shape). */
+  views: Record<string, unknown>;
 }
 
 const RUN_COLUMNS = `id, ${INSTANT('since')} AS since, ${INSTANT('transaction_time')} AS transaction_time, export_job_id, files,
-  after_by_type, staging_dir, status, loaded`;
+  after_by_type, staging_dir, status, loaded, views`;
 
 function toRun(r: any): SyncRun {
   return {
     id: Number(r.id), since: r.since ?? undefined, transactionTime: r.transaction_time, exportJobId: r.export_job_id,
     files: r.files, afterByType: r.after_by_type, stagingDir: r.staging_dir, status: r.status, loaded: r.loaded,
+    views: r.views ?? {},
   };
 }
 
@@ -57,17 +60,22 @@ export async function pendingRun(owner: pg.Pool, orgId: number, target: string):
 }
 
 export async function insertRun(owner: pg.Pool, orgId: number, target: string,
-  run: { since?: string; transactionTime: string; exportJobId: string; files: SyncFile[]; afterByType: Record<string, string>; stagingDir: string }): Promise<SyncRun> {
+  run: { since?: string; transactionTime: string; exportJobId: string; files: SyncFile[]; afterByType: Record<string, string>; stagingDir: string;
+    views?: Record<string, unknown> }): Promise<SyncRun> {
   const { rows } = await owner.query(
-    `INSERT INTO bigquery_sync_runs (org_id, target, since, transaction_time, export_job_id, files, after_by_type, staging_dir)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ${RUN_COLUMNS}`,
-    [orgId, target, run.since ?? null, run.transactionTime, run.exportJobId, JSON.stringify(run.files), JSON.stringify(run.afterByType), run.stagingDir]);
+    `INSERT INTO bigquery_sync_runs (org_id, target, since, transaction_time, export_job_id, files, after_by_type, staging_dir, views)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ${RUN_COLUMNS}`,
+    [orgId, target, run.since ?? null, run.transactionTime, run.exportJobId, JSON.stringify(run.files), JSON.stringify(run.afterByType), run.stagingDir,
+      JSON.stringify(run.views ?? {})]);
   return toRun(rows[0]);
 }
 
-/** Records one type's load and advances its watermark to the run's transaction time, atomically. */
+/**
+ * Records one type's (or view's) load and advances its watermark to the run's transaction time,
+ * or to `through` (a view loaded from the run's later full export), atomically.
+ */
 export async function markTypeLoaded(owner: pg.Pool, orgId: number, target: string, runId: number, type: string,
-  result: { jobId?: string; rows: number; state: string }): Promise<void> {
+  result: { jobId?: string; rows: number; state: string }, through?: string): Promise<void> {
   const client = await owner.connect();
   try {
     await client.query('BEGIN');
@@ -78,7 +86,7 @@ export async function markTypeLoaded(owner: pg.Pool, orgId: number, target: stri
     await client.query(
       `INSERT INTO bigquery_sync_watermarks (org_id, target, resource_type, loaded_through) VALUES ($1, $2, $3, $4)
        ON CONFLICT (org_id, target, resource_type) DO UPDATE SET loaded_through = GREATEST(bigquery_sync_watermarks.loaded_through, EXCLUDED.loaded_through)`,
-      [orgId, target, type, rows[0].transaction_time]);
+      [orgId, target, type, through ?? rows[0].transaction_time]);
     await client.query('COMMIT');
   } catch (e) {
     await client.query('ROLLBACK').catch(() => {});
