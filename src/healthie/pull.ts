@@ -9,13 +9,14 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { Database } from '../store/database.ts';
 import { withTenant, type Tx } from '../store/resources.ts';
 import { markSyncWrite, readWatermark, writeWatermark } from '../store/healthieSync.ts';
-import { identifierPage, idsByIdentifier, lockCriteriaKeys, matchByIdentifier } from '../store/healthieMatch.ts';
+import { identifierPage, idsByIdentifier, lockCriteriaKeys, matchByIdentifier, type IdentifierMatch } from '../store/healthieMatch.ts';
 import { FhirError } from '../fhir/outcome.ts';
 import type { HealthieClient } from './client.ts';
 import * as Q from './queries.ts';
 import { identifierLockKey, upsertInTx, writeMatched, type UpsertOutcome } from './upsert.ts';
+import { writeAppointment } from './appointments.ts';
 import {
-  loadMaps, userToPatient, appointmentToEncounter, entryToObservation, medicationToStatement, appointmentClientId,
+  loadMaps, userToPatient, entryToObservation, medicationToStatement, appointmentClientIds,
   isMappableAppointment, toFhirDateTime, SYSTEM,
   type HealthieUser, type HealthieAppointment, type HealthieEntry, type HealthieMedication, type HealthieMaps,
 } from '../../mappings/healthie/index.ts';
@@ -54,6 +55,8 @@ export interface PullOptions {
   sweepMedications?: boolean;
   /** Medication requests in flight at once (default 4). */
   concurrency?: number;
+  /** Page transactions in flight at once (default 2): one page's mapping and validation run while another's SQL does. */
+  writers?: number;
   onProgress?: (phase: Phase, counts: PhaseCounts) => void;
   now?: () => string;
 }
@@ -90,7 +93,9 @@ interface Item {
   /** Healthie user ids whose Patient the mapping needs. */
   users: string[];
   /** The mapped resource; undefined: nothing to write (skipped). */
-  build: (patientOf: (userId: string) => string | undefined) => Resource | undefined;
+  build?: (patientOf: (userId: string) => string | undefined) => Resource | undefined;
+  /** Writes the object itself, given what is stored under its identifier (instead of build + writeMatched). */
+  write?: (tx: Tx, stored: IdentifierMatch[], patientOf: (userId: string) => string | undefined) => Promise<UpsertOutcome | 'skipped'>;
 }
 
 type Result = { healthieId: string; outcome: UpsertOutcome | 'skipped' } | { healthieId: string; failed: string };
@@ -138,12 +143,13 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
     await markSyncWrite(tx);
     const missing = [...new Set(items.flatMap((i) => i.users))].filter((u) => !patientIds.has(u));
     for (const [userId, id] of await idsByIdentifier(tx, 'Patient', SYSTEM.user, missing)) remember(userId, id);
+    const patientOf = (u: string) => patientIds.get(u);
     const results: Result[] = [];
-    const built: { item: Item; resource: Resource; at: number }[] = [];
+    const built: { item: Item; resource?: Resource; at: number }[] = [];
     for (const item of items) {
       try {
-        const resource = item.build((u) => patientIds.get(u));
-        if (resource) built.push({ item, resource, at: results.length });
+        const resource = item.write ? undefined : item.build!(patientOf);
+        if (resource || item.write) built.push({ item, resource, at: results.length });
         results.push({ healthieId: item.healthieId, outcome: 'skipped' });
       } catch (e) {
         if (!objectError(e)) throw e;
@@ -156,10 +162,14 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
     for (const { item, resource, at } of built) {
       try {
         const found = stored.get(item.healthieId) ?? [];
+        if (item.write) {
+          results[at] = { healthieId: item.healthieId, outcome: await item.write(tx, found, patientOf) };
+          continue;
+        }
         // Two stored resources carry one Healthie id: the conditional update's rule decides (412).
         const r = found.length > 1
-          ? await upsertInTx(tx, resource, system, item.healthieId, item.updatedAt)
-          : await writeMatched(tx, resource, found[0], item.updatedAt, { marked: true });
+          ? await upsertInTx(tx, resource!, system, item.healthieId, item.updatedAt)
+          : await writeMatched(tx, resource!, found[0], item.updatedAt, { marked: true });
         if (type === 'Patient') remember(item.healthieId, r.id);
         results[at] = { healthieId: item.healthieId, outcome: r.outcome };
       } catch (e) {
@@ -186,6 +196,33 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
       for (const item of items) results.push(...await withTenant(db.app, orgId, (tx) => writeItems(tx, type, system, [item])));
     }
     record(phase, results);
+  }
+
+  // Pages being written; a phase waits for all of them before its watermark moves.
+  const writing: Promise<void>[] = [];
+  const writers = Math.max(1, opts.writers ?? 2);
+  async function submit(phase: Phase, type: string, system: string, items: Item[]): Promise<void> {
+    if (writing.length >= writers) await writing.shift();
+    const w = writePage(phase, type, system, items);
+    w.catch(() => {}); // awaited in turn (or by drain)
+    writing.push(w);
+  }
+  /** Waits for every page in flight; the first failure is thrown once none is left running. */
+  async function drain(): Promise<void> {
+    const all = await Promise.allSettled(writing.splice(0));
+    const failed = all.find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+  }
+  /** Runs a phase; on any failure, the pages still in flight finish before the pull gives up. */
+  async function phaseOf<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      const r = await work();
+      await drain();
+      return r;
+    } catch (e) {
+      await Promise.allSettled(writing.splice(0));
+      throw e;
+    }
   }
 
   /**
@@ -227,14 +264,16 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
   {
     const since = opts.full ? undefined : await watermark('users');
     let newest: string | undefined;
-    for (const status of ['active', 'archived']) {
-      newest = later(await newestFirst<HealthieUser>(Q.USERS, 'users', Math.min(pageSize, 100), { active_status: status }, since, async (users) => {
-        if (!sweep) for (const u of users) changedUsers.add(u.id);
-        await writePage('users', 'Patient', SYSTEM.user, users.map((u) => ({
-          healthieId: u.id, updatedAt: u.updated_at, users: [], build: () => userToPatient(u, { source, now: now() }),
-        })));
-      }), newest);
-    }
+    await phaseOf(async () => {
+      for (const status of ['active', 'archived']) {
+        newest = later(await newestFirst<HealthieUser>(Q.USERS, 'users', Math.min(pageSize, 100), { active_status: status }, since, async (users) => {
+          if (!sweep) for (const u of users) changedUsers.add(u.id);
+          await submit('users', 'Patient', SYSTEM.user, users.map((u) => ({
+            healthieId: u.id, updatedAt: u.updated_at, users: [], build: () => userToPatient(u, { source, now: now() }),
+          })));
+        }), newest);
+      }
+    });
     await saveWatermark('users', newest);
   }
 
@@ -243,20 +282,20 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
   async function changedSince<T extends { id: string; updated_at?: string | null; cursor?: string }>(
     phase: Phase, query: string, field: string, type: string, system: string, item: (o: T) => Item) {
     const since = opts.full ? undefined : await watermark(phase);
-    const newest = await newestFirst<T>(query, field, pageSize, {}, since, (fresh) => writePage(phase, type, system, fresh.map(item)));
+    const newest = await phaseOf(() => newestFirst<T>(query, field, pageSize, {}, since, (fresh) => submit(phase, type, system, fresh.map(item))));
     await saveWatermark(phase, newest);
   }
 
-  await changedSince<HealthieAppointment>('appointments', Q.APPOINTMENTS, 'appointments', 'Encounter', SYSTEM.appointment, (a) => {
-    const clientId = isMappableAppointment(a) ? appointmentClientId(a) : undefined;
-    return {
-      healthieId: a.id, updatedAt: a.updated_at, users: clientId ? [clientId] : [],
-      build: (patientOf) => {
-        const patientId = clientId && patientOf(clientId);
-        return patientId ? appointmentToEncounter(a, maps, { source, now: now(), patientId }) : undefined;
-      },
-    };
-  });
+  // One Encounter per client attending (src/healthie/appointments.ts); an appointment counts
+  // once: created if any client's Encounter was, else updated (or cancelled) if any was, ...
+  await changedSince<HealthieAppointment>('appointments', Q.APPOINTMENTS, 'appointments', 'Encounter', SYSTEM.appointment, (a) => ({
+    healthieId: a.id, updatedAt: a.updated_at, users: isMappableAppointment(a) ? appointmentClientIds(a) : [],
+    write: async (tx, stored, patientOf) => {
+      const writes = await writeAppointment(tx, a, maps, { source, now: now(), patientIdOf: async (u) => patientOf(u), stored, marked: true });
+      const has = (...o: string[]) => writes.some((w) => o.includes(w.outcome));
+      return has('created') ? 'created' : has('updated', 'cancelled') ? 'updated' : has('kept-fhir') ? 'kept-fhir' : has('unchanged') ? 'unchanged' : 'skipped';
+    },
+  }));
 
   await changedSince<HealthieEntry>('entries', Q.ENTRIES, 'entries', 'Observation', SYSTEM.entry, (e) => ({
     healthieId: e.id, updatedAt: e.updated_at, users: e.poster?.id ? [e.poster.id] : [],
@@ -305,14 +344,16 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
         after = page[page.length - 1].value;
       }
     }
-    let pending: Promise<Item[]> | undefined;
-    for await (const userIds of chunks()) {
-      const fetched = fetchChunk(userIds);
-      fetched.catch(() => {});
-      if (pending) await writePage('medications', 'MedicationStatement', SYSTEM.medication, await pending);
-      pending = fetched;
-    }
-    if (pending) await writePage('medications', 'MedicationStatement', SYSTEM.medication, await pending);
+    await phaseOf(async () => {
+      let pending: Promise<Item[]> | undefined;
+      for await (const userIds of chunks()) {
+        const fetched = fetchChunk(userIds);
+        fetched.catch(() => {});
+        if (pending) await submit('medications', 'MedicationStatement', SYSTEM.medication, await pending);
+        pending = fetched;
+      }
+      if (pending) await submit('medications', 'MedicationStatement', SYSTEM.medication, await pending);
+    });
     if (sweep) await saveWatermark(SWEEP, sweepStarted);
   }
 
