@@ -26,6 +26,7 @@ const USAGE = `usage:
   kiln auth rotate-keys                         a new token signing key
   kiln bigquery sync [--tenant <slug>]          load the tenant's changes into BigQuery
   kiln healthie pull|push|webhooks|status --tenant <slug>   sync with the Healthie EHR
+  kiln views install|materialize|refresh [--tenant <slug>]   starter ViewDefinitions; active views as SQL views for an analytics role
 ${EXPORT_USAGE}
   kiln --help | --version
   kiln <command> --help                         the usage of one command (kiln auth --help, kiln auth client add --help, ...)`;
@@ -108,6 +109,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (group === 'bigquery') return (await import('./bigquery/cli.ts')).bigqueryCommand(argv.slice(1));
+  if (group === 'views') return (await import('./analytics/cli.ts')).viewsCommand(argv.slice(1));
   if (group === 'healthie') return (await import('./healthie/cli.ts')).healthieCommand(argv.slice(1));
   if (group === 'auth') return (await import('./auth/cli.ts')).authCommand(argv.slice(1));
   if (group === 'demo') return (await import('./demo.ts')).demoCommand(argv.slice(1));
