@@ -54,8 +54,6 @@ export type Val =
 
 const NAME = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 const TYPE = /^(?:FHIR\.|System\.)?([A-Za-z][A-Za-z0-9]{0,63})$/;
-// Type/id at the end of a literal or absolute reference, before an optional _history.
-const REFERENCE = `'(?:^|/)([A-Za-z]+)/([A-Za-z0-9.-]{1,64})(?:/_history/[^/]+)?$'`;
 
 export function parsePath(path: string): Atom {
   if (typeof path !== 'string' || path.trim() === '') throw new ViewCompileError('a FHIRPath expression must be a non-empty string');
@@ -120,13 +118,17 @@ function self(scope: Scope): Val {
   return { k: 'nav', base: scope.item, baseIsArray: false, steps: [] };
 }
 
-/** Keeps the items of a collection for which cond (compiled with the item as $this) is true, in order. */
+/**
+ * Keeps the items of a collection for which cond (compiled with the item as $this) is true, in
+ * order: ARRAY() over a scan of jsonb_array_elements keeps the scan's order, and is several times
+ * cheaper per row than an ordered aggregate.
+ */
 function filter(input: Val, scope: Scope, cond: (inner: Scope) => string): Val {
   const t = scope.alias();
   const inner = { ...scope, item: `${t}.e` };
   return {
     k: 'json',
-    sql: `(SELECT coalesce(jsonb_agg(${t}.e ORDER BY ${t}.o), '[]'::jsonb) FROM jsonb_array_elements(${asJson(input, scope)}) WITH ORDINALITY ${t}(e, o) WHERE (${cond(inner)}) IS TRUE)`,
+    sql: `to_jsonb(ARRAY(SELECT ${t}.e FROM jsonb_array_elements(${asJson(input, scope)}) ${t}(e) WHERE (${cond(inner)}) IS TRUE))`,
   };
 }
 
@@ -237,7 +239,7 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
       arity(atom, 0, 1);
       const sep = atom.args.length ? stringArg(atom.args[0], scope) : `''`;
       const t = scope.alias();
-      return { k: 'text', sql: `(SELECT coalesce(string_agg(${t}.e #>> '{}', ${sep} ORDER BY ${t}.o), '') FROM jsonb_array_elements(${asJson(input, scope)}) WITH ORDINALITY ${t}(e, o))` };
+      return { k: 'text', sql: `array_to_string(ARRAY(SELECT ${t}.e #>> '{}' FROM jsonb_array_elements(${asJson(input, scope)}) ${t}(e)), ${sep})` };
     }
     case 'ofType': {
       arity(atom, 1, 1);
@@ -260,11 +262,16 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
       arity(atom, 0, 1);
       const type = atom.args.length ? scope.params.add(typeName(atom.args[0])) : undefined;
       const t = scope.alias();
-      const m = `regexp_match(${t}.e ->> 'reference', ${REFERENCE})`;
+      const k = scope.alias();
+      // Type/id are the last two segments before an optional /_history/n (split_part, not a regex:
+      // PostgreSQL's regex engine is slow on bounded repetition).
+      const ref = `${t}.e ->> 'reference'`;
+      const bare = `CASE WHEN strpos(${ref}, '/_history/') > 0 THEN left(${ref}, strpos(${ref}, '/_history/') - 1) ELSE ${ref} END`;
       return {
         k: 'json',
-        sql: `(SELECT coalesce(jsonb_agg(to_jsonb((${m})[2]) ORDER BY ${t}.o), '[]'::jsonb) FROM jsonb_array_elements(${asJson(input, scope)}) WITH ORDINALITY ${t}(e, o)`
-          + ` WHERE (${m}) IS NOT NULL${type ? ` AND (${m})[1] = ${type}::text` : ''})`,
+        sql: `to_jsonb(ARRAY(SELECT ${k}.id FROM jsonb_array_elements(${asJson(input, scope)}) ${t}(e)`
+          + ` CROSS JOIN LATERAL (SELECT split_part(${k}.s, '/', -2) AS type, split_part(${k}.s, '/', -1) AS id FROM (SELECT ${bare} AS s) ${k}) ${k}`
+          + ` WHERE ${k}.type ~ '^[A-Z][A-Za-z]+$' AND ${k}.id ~ '^[A-Za-z0-9.-]+$' AND length(${k}.id) <= 64${type ? ` AND ${k}.type = ${type}::text` : ''}))`,
       };
     }
     case 'lowBoundary': case 'highBoundary':
@@ -306,8 +313,8 @@ function infix(atom: InfixOperatorAtom, scope: Scope): Val {
 // lowBoundary()/highBoundary() of a decimal, date, dateTime or time, without a precision argument.
 // The type is the one ofType() named, else the column's declared type: a date and a dateTime
 // can have the same text ('2010-10-10') and different boundaries.
-const DATE_TIME = String.raw`^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$`;
-const TIME = String.raw`^(\d{2})(?::(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?$`;
+const DATE_TIME = String.raw`^(\d\d\d\d)(?:-(\d\d)(?:-(\d\d)(?:T(\d\d):(\d\d)(?::(\d\d)(?:\.(\d+))?)?(Z|[+-]\d\d:\d\d)?)?)?)?$`;
+const TIME = String.raw`^(\d\d)(?::(\d\d)(?::(\d\d)(?:\.(\d+))?)?)?$`;
 
 function boundary(low: boolean, input: Val, scope: Scope): Val {
   const type = (input.k === 'nav' ? input.ofType : undefined) ?? scope.columnType;
