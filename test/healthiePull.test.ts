@@ -154,6 +154,44 @@ describe('healthie pull watermark', () => {
   });
 });
 
+describe('healthie incremental pull', () => {
+  const fake = new FakeHealthie('k');
+  let client: HealthieClient;
+  before(async () => { await fake.start(); fake.seedMany(120); client = new HealthieClient({ url: fake.url, apiKey: 'k', baseDelayMs: 2, maxDelayMs: 10 }); });
+  after(() => fake.stop());
+
+  test('asks only for what changed: users newest first down to the watermark, medications of changed clients; a sweep reads every client\'s', async () => {
+    const { orgId } = await tenant('pull-incremental');
+    const first = await pull({ db: srv.db, orgId, client, pageSize: 50 });
+    assert.equal(first.medicationSweep, true, 'the first pull sweeps medications');
+    assert.deepEqual(await counts(orgId), { Patient: 120, Encounter: 120, Observation: 240, MedicationStatement: 120 });
+
+    const changedUser = '2000042';
+    fake.put('users', { ...fake.users.get(changedUser)!, phone_number: '555-222-3333' });
+    fake.put('entries', { ...fake.entries.get('4000010')!, metric_stat: 321 });
+    fake.put('medications', { ...fake.medications.get('5000042')!, dosage: '1000 MG' });
+    const seen = fake.requests.length;
+    const next = await pull({ db: srv.db, orgId, client, pageSize: 50 });
+    const asked = fake.requests.slice(seen);
+    const ops = asked.map((r) => r.operation);
+    assert.equal(next.medicationSweep, false);
+    // One page per list: active users (it reaches the watermark), archived (empty), appointments, entries.
+    assert.deepEqual(ops.filter((o) => o !== 'Medications'), ['Users', 'Users', 'Appointments', 'Entries']);
+    // The changed client's, and the client of the watermark's second (read again, unchanged).
+    assert.deepEqual(asked.filter((r) => r.operation === 'Medications').map((r) => r.variables.patient_id), [changedUser, '2000119']);
+    assert.equal(next.phases.users.updated, 1);
+    assert.equal(next.phases.entries.updated, 1);
+    assert.equal(next.phases.medications.updated, 1, "the changed client's medication");
+
+    // A sweep (asked for, or due after KILN_HEALTHIE_MEDICATION_SWEEP_HOURS) reads every linked client's.
+    const before = fake.requests.length;
+    const swept = await pull({ db: srv.db, orgId, client, pageSize: 50, medicationSweepHours: 0 });
+    assert.equal(swept.medicationSweep, true);
+    assert.equal(fake.requests.slice(before).filter((r) => r.operation === 'Medications').length, 120);
+    assert.equal(swept.phases.medications.unchanged, 120);
+  });
+});
+
 describe('healthie pull at scale', () => {
   const N = Number(process.env.KILN_HEALTHIE_PULL_N ?? 300);
   const fake = new FakeHealthie('k');
