@@ -13,6 +13,9 @@ const FILES: Record<string, any> = Object.fromEntries(fs.readdirSync(CONFORMANCE
   .filter((f) => /^OperationDefinition-.*\.json$/.test(f))
   .map((f) => [f, JSON.parse(fs.readFileSync(new URL(f, CONFORMANCE), 'utf8'))]));
 const byUrl = (url: string) => Object.values(FILES).find((od) => od.url === url);
+/** The types a file is on: `resource`, and for a type that is not R4 (ViewDefinition) Kiln's extension. */
+const typesOn = (od: any): string[] => [...od.resource ?? [],
+  ...(od.extension ?? []).filter((e: any) => e.url === 'urn:kiln:StructureDefinition:operation-resource').map((e: any) => e.valueCode)];
 
 const KICKOFF = { prefer: 'respond-async' };
 
@@ -55,8 +58,8 @@ function advertised(): [string | undefined, { name: string; definition: string }
 describe('the CapabilityStatement and conformance/', () => {
   test('every advertised operation is defined by a file in conformance/ with its code and url, at its level and type', () => {
     const ops = advertised();
-    // validate on every type, everything and export on Patient, export on Group and the system.
-    assert.equal(ops.length, cs.rest[0].resource.length + 4);
+    // validate on every type, everything and export on Patient, export on Group and the system, run on ViewDefinition.
+    assert.equal(ops.length, cs.rest[0].resource.length + 5);
     for (const [type, o] of ops) {
       const od = byUrl(o.definition);
       assert.ok(od, `${type ?? 'system'} $${o.name}: no file in conformance/ has url ${o.definition}`);
@@ -65,7 +68,7 @@ describe('the CapabilityStatement and conformance/', () => {
       if (type === undefined) assert.equal(od.system, true, `${o.definition} is not system-level`);
       else {
         assert.ok(od.type || od.instance, `${o.definition} has no type or instance level`);
-        assert.ok(od.resource.includes(type) || od.resource.includes('Resource'), `${o.definition} is not on ${type}`);
+        assert.ok(typesOn(od).includes(type) || typesOn(od).includes('Resource'), `${o.definition} is not on ${type}`);
       }
     }
   });
@@ -125,8 +128,8 @@ describe('each advertised operation answers at its levels', () => {
         checked++;
       }
     }
-    // Every type's validate at two levels, Patient's everything at two, the three exports at one each.
-    assert.equal(checked, 2 * cs.rest[0].resource.length + 5);
+    // Every type's validate at two levels, Patient's everything at two, the three exports at one each, ViewDefinition's run at two.
+    assert.equal(checked, 2 * cs.rest[0].resource.length + 7);
   });
 
   test('on stored resources: $everything 200 at both levels, each $export kick-off 202', async () => {

@@ -24,9 +24,21 @@ export function levelOf(route: Route): Level {
   return n === 1 ? 'system' : n === 2 ? 'type' : 'instance';
 }
 
+/**
+ * Where a definition names a stored type that is not R4 (ViewDefinition): `resource` is bound to
+ * R4's resource types, so such a type is named by this extension instead.
+ */
+export const OPERATION_RESOURCE_EXTENSION = 'urn:kiln:StructureDefinition:operation-resource';
+
+/** The types a definition is on: its `resource` codes and its OPERATION_RESOURCE_EXTENSION ones. */
+export function resourcesOf(definition: OperationDefinition): string[] {
+  const extra = (definition.extension ?? []).filter((e) => e.url === OPERATION_RESOURCE_EXTENSION && e.valueCode).map((e) => e.valueCode!);
+  return [...definition.resource ?? [], ...extra];
+}
+
 /** The stored types a definition's type or instance level applies to ('Resource': every one). */
 export function typesOf(definition: OperationDefinition): string[] {
-  const named: string[] = definition.resource ?? [];
+  const named = resourcesOf(definition);
   return named.includes('Resource') ? Object.keys(TABLES) : named.filter((t) => Object.hasOwn(TABLES, t));
 }
 
@@ -34,7 +46,7 @@ function load(file: string, routes: Route[]): Operation {
   const definition = JSON.parse(fs.readFileSync(new URL(`../../conformance/${file}`, import.meta.url), 'utf8')) as OperationDefinition;
   const wrong = (why: string) => new Error(`conformance/${file}: ${why}`);
   const levels = new Set(routes.map(levelOf));
-  const resource: string[] = definition.resource ?? [];
+  const resource = resourcesOf(definition);
   for (const route of routes) {
     if (definition.code !== route.operation) throw wrong(`code '${definition.code}' but route ${route.name} runs $${route.operation}`);
     const type = route.pattern.split('/')[0];
