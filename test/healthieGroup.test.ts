@@ -1,7 +1,8 @@
 // Healthie group appointments (user_id null, several attendees) against a real Kiln and the
 // local Healthie server: each attendee gets an Encounter of their own carrying the one
 // appointment identifier; cancellation, deletion and a removed attendee reach all of them
-// through webhooks; a re-run writes nothing; a group Encounter changed in FHIR is not pushed.
+// through webhooks and the pull; a re-run writes nothing; a group Encounter changed in FHIR
+// is not pushed.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer, removeDataDir, fhir, type TestServer } from './support/server.ts';
@@ -165,7 +166,7 @@ describe('healthie group appointments', () => {
     assert.equal(fake.appointments.get('7200006')!.pm_status, 'Occurred', 'Healthie unchanged');
   });
 
-  test('pull: a group appointment gives one Encounter per attendee; a second pull writes nothing', { todo: 'waiting for pull wiring' }, async () => {
+  test('pull: a group appointment gives one Encounter per attendee; a second pull writes nothing', async () => {
     putGroup('7200007');
     const org = (await createOrg(srv.db.owner, 'group-pull', 'group-pull')).id;
     const pbase = `${srv.url}/group-pull`;
@@ -178,5 +179,14 @@ describe('healthie group appointments', () => {
     const second = await pull({ db: srv.db, orgId: org, client, full: true });
     assert.deepEqual(second.failures, []);
     assert.equal(await versions(org), v, 'no new version');
+    // A change and a removal reach every attendee through an incremental pull too.
+    putGroup('7200007', [CLIENTS[0], CLIENTS[2]], { pm_status: 'Cancelled' });
+    const third = await pull({ db: srv.db, orgId: org, client });
+    assert.deepEqual(third.failures, []);
+    const after = await encountersOf('7200007', pbase);
+    assert.equal(after.size, 3);
+    for (const e of after.values()) assert.equal(e.status, 'cancelled');
+    assert.ok(after.get(CLIENTS[1]).extension.some((x: any) => x.url === EXT.removedAttendee));
+    assert.equal(groupCount(after.get(CLIENTS[0])), 2);
   });
 });
