@@ -4,8 +4,8 @@
 //
 // The functional model (spec/functional-model.md) maps onto SQL as: a select is a LATERAL
 // subquery correlated with its context item; forEach iterates jsonb_array_elements WITH
-// ORDINALITY (the ordinality gives %rowIndex); forEachOrNull iterates `[null]` when the collection
-// is empty, so one row of nulls remains; repeat is a recursive CTE in depth-first order; nested
+// ORDINALITY (the ordinality gives %rowIndex); forEachOrNull is a LEFT JOIN of the same, so an
+// empty collection leaves one row of nulls; repeat is a recursive CTE in depth-first order; nested
 // selects are a cross join of laterals; unionAll is UNION ALL of the branches' subqueries; the
 // view's `where` is a WHERE with FHIRPath's boolean semantics (empty is not true).
 // Output columns are aliased c0, c1, ...: column names never enter the SQL text.
@@ -47,18 +47,17 @@ class Compiler {
       const path = node.forEach ?? node.forEachOrNull;
       if (typeof path !== 'string') throw new ViewCompileError('forEach and forEachOrNull take a FHIRPath string');
       const items = asJson(compilePath(path, scope), scope);
-      const source = node.forEachOrNull !== undefined
-        ? `(CASE WHEN jsonb_array_length(${items}) = 0 THEN '[null]'::jsonb ELSE ${items} END)`
-        : items;
       const it = this.alias();
-      return this.iterate(`jsonb_array_elements(${source}) WITH ORDINALITY ${it}(e, o)`, it, node, scope);
+      if (node.forEach !== undefined) return this.iterate(`jsonb_array_elements(${items}) WITH ORDINALITY ${it}(e, o)`, it, node, scope);
+      // No item: one row whose item is SQL NULL (every path over it is empty) and whose %rowIndex is 0.
+      return this.iterate(`(SELECT) ${this.alias()} LEFT JOIN LATERAL jsonb_array_elements(${items}) WITH ORDINALITY ${it}(e, o) ON true`, it, node, scope);
     }
     if (node.repeat !== undefined) return this.repeat(node, scope);
     return this.body(node, scope);
   }
 
   private iterate(from: string, it: string, node: ViewSelect, scope: Scope): Compiled {
-    const inner = this.body(node, { ...scope, item: `${it}.e`, rowIndex: `(${it}.o - 1)::integer` });
+    const inner = this.body(node, { ...scope, item: `${it}.e`, rowIndex: `coalesce(${it}.o - 1, 0)::integer` });
     const x = this.alias();
     return { sql: `SELECT ${list(inner.columns)} FROM ${from} CROSS JOIN LATERAL (${inner.sql}) ${x}`, columns: inner.columns };
   }

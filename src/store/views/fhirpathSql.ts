@@ -80,7 +80,9 @@ export function asJson(v: Val, scope: Scope): string {
   switch (v.k) {
     case 'json': return v.sql;
     case 'nav': {
-      const path = `${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')} ? (@.type() != "null")`;
+      // No filter for JSON nulls: a null in a primitive array stands for an element with only
+      // extensions, which exists in FHIRPath; the filter also doubled the cost of every path.
+      const path = `${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`;
       return `jsonb_path_query_array(${v.base}, ${scope.params.add(path)}::jsonpath)`;
     }
     case 'bool': case 'num': case 'text':
