@@ -192,6 +192,25 @@ describe('healthie incremental pull', () => {
   });
 });
 
+describe('healthie pull: a page with an object the database refuses', () => {
+  const fake = new FakeHealthie('k');
+  let client: HealthieClient;
+  before(async () => { await fake.start(); fake.seedMany(6); client = new HealthieClient({ url: fake.url, apiKey: 'k', baseDelayMs: 2, maxDelayMs: 10 }); });
+  after(() => fake.stop());
+
+  test('two clients with one MRN: the second fails (409), the rest of its page and the pull go on', async () => {
+    const { orgId } = await tenant('pull-dup-mrn');
+    fake.put('users', { ...fake.users.get('2000003')!, record_identifier: 'MRN-1' }); // 2000001's
+    const s = await pull({ db: srv.db, orgId, client });
+    assert.equal(s.phases.users.created, 5);
+    assert.equal(s.phases.users.failed, 1);
+    assert.match(s.failures[0].reason, /^409 /);
+    assert.equal(s.phases.entries.created, 10, "the failed client's entries are skipped, the others written");
+    assert.equal(s.phases.entries.skipped, 2);
+    assert.deepEqual(await counts(orgId), { Patient: 5, Encounter: 5, Observation: 10, MedicationStatement: 5 });
+  });
+});
+
 describe('healthie pull at scale', () => {
   const N = Number(process.env.KILN_HEALTHIE_PULL_N ?? 300);
   const fake = new FakeHealthie('k');

@@ -138,8 +138,9 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
   };
   const reasonOf = (e: unknown) => e instanceof FhirError ? `${e.status} ${e.issues.map((i) => i.diagnostics).join('; ')}` : (e as Error).message;
 
-  /** The page's objects in one transaction (see the header); what each came to. */
-  async function writeItems(tx: Tx, type: string, system: string, items: Item[]): Promise<Result[]> {
+  /** The page's objects in one transaction (see the header); what each came to, and the Patients it wrote (known once it commits). */
+  async function writeItems(tx: Tx, type: string, system: string, items: Item[]): Promise<{ results: Result[]; wrote: [string, string][] }> {
+    const wrote: [string, string][] = [];
     await markSyncWrite(tx);
     const missing = [...new Set(items.flatMap((i) => i.users))].filter((u) => !patientIds.has(u));
     for (const [userId, id] of await idsByIdentifier(tx, 'Patient', SYSTEM.user, missing)) remember(userId, id);
@@ -170,14 +171,14 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
         const r = found.length > 1
           ? await upsertInTx(tx, resource!, system, item.healthieId, item.updatedAt)
           : await writeMatched(tx, resource!, found[0], item.updatedAt, { marked: true });
-        if (type === 'Patient') remember(item.healthieId, r.id);
+        if (type === 'Patient') wrote.push([item.healthieId, r.id]);
         results[at] = { healthieId: item.healthieId, outcome: r.outcome };
       } catch (e) {
         if (!objectError(e)) throw e;
         results[at] = { healthieId: item.healthieId, failed: reasonOf(e) };
       }
     }
-    return results;
+    return { results, wrote };
   }
 
   /**
@@ -187,13 +188,28 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
    */
   async function writePage(phase: Phase, type: string, system: string, items: Item[]): Promise<void> {
     if (!items.length) return;
+    // One object's transaction: a database error it causes that Kiln names (a duplicate MRN: 409) fails that object only.
+    const one = async (item: Item): Promise<Result[]> => {
+      try {
+        const w = await withTenant(db.app, orgId, (tx) => writeItems(tx, type, system, [item]));
+        for (const [u, id] of w.wrote) remember(u, id);
+        return w.results;
+      } catch (e) {
+        if (!objectError(e)) throw e;
+        return [{ healthieId: item.healthieId, failed: reasonOf(e) }];
+      }
+    };
     let results: Result[];
-    try {
-      results = await withTenant(db.app, orgId, (tx) => writeItems(tx, type, system, items));
-    } catch (e) {
-      if (items.length === 1) throw e;
-      results = [];
-      for (const item of items) results.push(...await withTenant(db.app, orgId, (tx) => writeItems(tx, type, system, [item])));
+    if (items.length === 1) results = await one(items[0]);
+    else {
+      try {
+        const w = await withTenant(db.app, orgId, (tx) => writeItems(tx, type, system, items));
+        for (const [u, id] of w.wrote) remember(u, id);
+        results = w.results;
+      } catch {
+        results = [];
+        for (const item of items) results.push(...await one(item));
+      }
     }
     record(phase, results);
   }
