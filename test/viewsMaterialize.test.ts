@@ -17,6 +17,7 @@ import { validateView, runView, type ViewDefinition } from '../src/views/index.t
 import { starterViews } from '../src/views/starter.ts';
 import { compileView } from '../src/store/views/index.ts';
 import { inlineParams } from '../src/store/analytics.ts';
+import { loadMaps, entryToObservation, medicationToStatement, type HealthieEntry } from '../mappings/healthie/index.ts';
 
 type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
 const run = promisify(execFile);
@@ -27,6 +28,23 @@ const SHARED_FILES = FILES.filter((f) => /Information/.test(f));
 const PATIENT_FILES = FILES.filter((f) => !/Information/.test(f));
 const bundle = (f: string) => JSON.parse(fs.readFileSync(path.join(DIR, f), 'utf8'));
 const PASSWORD = 'analytics-test-password';
+
+// What the Healthie mapping writes: one metric entry per category of its ConceptMap (blood
+// pressure with its two subentries), and the example medications.
+const HEALTHIE = path.join(SHARED_DATA, '..', 'healthie', 'examples');
+const maps = loadMaps();
+const METRIC_MAP = JSON.parse(fs.readFileSync('mappings/healthie/metric-category-to-loinc.json', 'utf8'));
+const CATEGORIES: string[] = METRIC_MAP.group.flatMap((g: Json) => g.element.map((e: Json) => e.code));
+function healthieResources(patientId: string) {
+  const ctx = { now: '2025-01-20T00:00:00Z', patientId };
+  const entries: HealthieEntry[] = CATEGORIES.filter((c) => !/Blood Pressure/.test(c)).map((category, i) => ({
+    id: String(9000 + i), category, metric_stat: 10 + i, created_at: '2025-01-14 07:30:00 -0600',
+  }));
+  entries.push(JSON.parse(fs.readFileSync(path.join(HEALTHIE, '06_metric_entries.json'), 'utf8')).data.entries
+    .find((e: Json) => e.category === 'Blood Pressure'));
+  const medications = JSON.parse(fs.readFileSync(path.join(HEALTHIE, '05_medications.json'), 'utf8')).data.medications;
+  return [...entries.map((e) => entryToObservation(e, maps, ctx)), ...medications.map((m: Json) => medicationToStatement(m, ctx))];
+}
 
 /** Rows as sorted JSON lines, to compare row sets from different runners. */
 const rowSet = (rows: object[]) => rows.map((r) => JSON.stringify(r)).sort();
@@ -49,6 +67,21 @@ describe('starter views over Synthea, in memory and compiled', () => {
       assert.ok(rows.length > 0, 'rows over Synthea');
     });
   }
+
+  test('vital_signs and medication_statements over what the Healthie mapping writes', () => {
+    const mapped = healthieResources('p1');
+    const vitals = runView(starterViews().find((v) => v.name === 'vital_signs')!, mapped.filter((r) => r.resourceType === 'Observation'));
+    const loinc = new Set<string>(METRIC_MAP.group.flatMap((g: Json) => g.element.flatMap((e: Json) => e.target.map((t: Json) => t.code))));
+    loinc.delete('85354-9'); // the panel: its rows are its components'
+    assert.deepEqual(new Set(vitals.map((r) => r.code)), loinc, 'a row for every LOINC code of the ConceptMap');
+    for (const [code, value] of [['8480-6', 128], ['8462-4', 84]] as const) {
+      assert.ok(vitals.some((r) => r.code === code && r.value === value && r.panel_code === '85354-9' && r.patient_id === 'p1'), code);
+    }
+    const steps = vitals.find((r) => r.code === '41950-7')!;
+    assert.equal(steps.effective_time, '2025-01-14T07:30:00-06:00');
+    const meds = runView(starterViews().find((v) => v.name === 'medication_statements')!, mapped.filter((r) => r.resourceType === 'MedicationStatement'));
+    assert.ok(meds.length > 0 && meds.every((r) => r.patient_id === 'p1' && r.medication_name && r.status));
+  });
 
   test('vital_signs gives one row per quantity: a blood pressure panel one per component', () => {
     const view = starterViews().find((v) => v.name === 'vital_signs')!;
@@ -97,11 +130,37 @@ describe('kiln views install / materialize / refresh', () => {
         assert.equal(r.status, 200, `${f}: ${r.text.slice(0, 500)}`);
       }
     }
+    const first = (await fhir(base(acme), 'GET', 'Patient?_count=1')).json.entry[0].resource.id;
+    for (const resource of healthieResources(first)) {
+      const r = await fhir(base(acme), 'POST', resource.resourceType, resource);
+      assert.equal(r.status, 201, r.text);
+    }
   });
   after(async () => {
     for (const c of clients) await c.end().catch(() => {});
     await srv.stop();
     removeDataDir(srv.dataDir);
+  });
+
+  test('inlined parameters give what bound ones give; quoted text, dollar quotes and comments are kept', async () => {
+    const params = ["o'k \\ $1 \"x\" \n ünï", -0.000001, 12345678901234.5, '$.a[*] ? (@.type() != "null")', 'E\'\\\''];
+    const sql = `SELECT $1::text AS a, '$2 it''s' AS b, "q"."$1" AS c, $$ $1 $$ AS d, $t$ $2 $t$ AS e, E'\\' $1' AS f, -- $1
+      /* $2 */ $2::numeric AS g, $3::numeric AS h, jsonb_path_query_array('[{"a":[1,null]}]', $4::jsonpath) AS i, $5::text AS j,
+      $1::text = $1::text AS k, current_setting('app.org_id')::integer AS l FROM (SELECT 1 AS "$1") q`;
+    const c = await srv.db.owner.connect();
+    let bound, inlined;
+    try {
+      await c.query(`SELECT set_config('app.org_id', '7', false)`);
+      bound = await c.query(sql, params);
+      inlined = await c.query(inlineParams(sql, params, 7));
+    } finally {
+      c.release(true);
+    }
+    assert.deepEqual(inlined.rows, bound.rows);
+    assert.equal(inlined.rows[0].a, params[0]);
+    assert.equal(inlined.rows[0].l, 7);
+    assert.throws(() => inlineParams('SELECT $2', ['x'], 1), /names \$2 but has 1 parameters/);
+    assert.throws(() => inlineParams("SELECT 'open", [], 1), /unterminated/);
   });
 
   test('install creates the starter views by url, a second install updates them', async () => {
@@ -139,7 +198,7 @@ describe('kiln views install / materialize / refresh', () => {
       const ran = await fhir(base(acme), 'GET', `ViewDefinition/${view.id}/$run`);
       assert.equal(ran.status, 200, ran.text);
       assert.deepEqual(rowSet(rows), rowSet(ran.json), `${view.name}: the SQL view gives $run's rows`);
-      if (view.resource !== 'MedicationStatement') assert.ok(rows.length > 0, `${view.name} has rows`);
+      assert.ok(rows.length > 0, `${view.name} has rows`);
     }
     const vitals = (await c.query('SELECT patient_id FROM vital_signs')).rows;
     assert.ok(vitals.length > 100);
