@@ -204,6 +204,11 @@ describe('kiln views install / materialize / refresh', () => {
     assert.ok(vitals.length > 100);
     assert.ok(vitals.every((r) => acmePatients.has(r.patient_id)), 'every row is of an acme patient');
 
+    // The tenant's id is a literal: the plan reads acme's partitions only.
+    const plan = JSON.stringify((await c.query('EXPLAIN (FORMAT JSON) SELECT * FROM vital_signs')).rows[0]);
+    const relations = [...plan.matchAll(/"Relation Name":"([^"]+)"/g)].map((m) => m[1]);
+    assert.ok(relations.length > 0 && relations.every((r) => r.startsWith(`observations_o${acme.id}_`)), relations.join(' '));
+
     // Setting the tenant itself changes nothing: the views and the policies name acme's id.
     await c.query(`SET app.org_id = '${beta.id}'`);
     assert.equal((await c.query('SELECT count(*)::int AS n FROM patient_demographics')).rows[0].n, 3);
