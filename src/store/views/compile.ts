@@ -11,7 +11,7 @@
 // Output columns are aliased c0, c1, ...: column names never enter the SQL text.
 import { READ_FROM } from '../../../mappings/postgres/index.ts';
 import type { ViewColumn, ViewDefinition, ViewSelect } from '../../views/types.ts';
-import { asBool, asJson, compilePath, Params, ROOT_ITEM, ViewCompileError, type Scope, type Val } from './fhirpathSql.ts';
+import { asBool, asJson, compilePath, navFirst, Params, ROOT_ITEM, ViewCompileError, type Scope, type Val } from './fhirpathSql.ts';
 
 export { ViewCompileError } from './fhirpathSql.ts';
 
@@ -36,7 +36,7 @@ class Compiler {
   column = (): string => `c${this.n++}`;
 
   scope(item: string, rowIndex: string): Scope {
-    return { item, rowIndex, resourceType: this.view.resource, constants: this.constants, params: this.params, alias: this.alias };
+    return { item, itemType: this.view.resource, rowIndex, resourceType: this.view.resource, constants: this.constants, params: this.params, alias: this.alias };
   }
 
   /** A select node (its iteration, then columns × nested selects × unionAll) as a query of its columns. */
@@ -46,18 +46,20 @@ class Compiler {
     if (node.forEach !== undefined || node.forEachOrNull !== undefined) {
       const path = node.forEach ?? node.forEachOrNull;
       if (typeof path !== 'string') throw new ViewCompileError('forEach and forEachOrNull take a FHIRPath string');
-      const items = asJson(compilePath(path, scope), scope);
+      const collection = compilePath(path, scope);
+      const items = asJson(collection, scope);
+      const itemType = collection.k === 'nav' || collection.k === 'item' ? collection.type : undefined;
       const it = this.alias();
-      if (node.forEach !== undefined) return this.iterate(`jsonb_array_elements(${items}) WITH ORDINALITY ${it}(e, o)`, it, node, scope);
+      if (node.forEach !== undefined) return this.iterate(`jsonb_array_elements(${items}) WITH ORDINALITY ${it}(e, o)`, it, node, scope, itemType);
       // No item: one row whose item is SQL NULL (every path over it is empty) and whose %rowIndex is 0.
-      return this.iterate(`(SELECT) ${this.alias()} LEFT JOIN LATERAL jsonb_array_elements(${items}) WITH ORDINALITY ${it}(e, o) ON true`, it, node, scope);
+      return this.iterate(`(SELECT) ${this.alias()} LEFT JOIN LATERAL jsonb_array_elements(${items}) WITH ORDINALITY ${it}(e, o) ON true`, it, node, scope, itemType);
     }
     if (node.repeat !== undefined) return this.repeat(node, scope);
     return this.body(node, scope);
   }
 
-  private iterate(from: string, it: string, node: ViewSelect, scope: Scope): Compiled {
-    const inner = this.body(node, { ...scope, item: `${it}.e`, rowIndex: `coalesce(${it}.o - 1, 0)::integer` });
+  private iterate(from: string, it: string, node: ViewSelect, scope: Scope, itemType?: string): Compiled {
+    const inner = this.body(node, { ...scope, item: `${it}.e`, itemType, rowIndex: `coalesce(${it}.o - 1, 0)::integer` });
     const x = this.alias();
     return { sql: `SELECT ${list(inner.columns)} FROM ${from} CROSS JOIN LATERAL (${inner.sql}) ${x}`, columns: inner.columns };
   }
@@ -120,6 +122,15 @@ function list(columns: CompiledColumn[]): string {
  */
 function scalarColumn(v: Val, scope: Scope, column: CompiledColumn): string {
   const type = column.type;
+  // One value by the definitions (every step 0..1, or first()): no check for several.
+  if (v.k === 'nav' && v.single) v = { k: 'item', sql: navFirst(v, scope) };
+  if (v.k === 'item') {
+    if (type && Object.hasOwn(INTEGER_TYPES, type)) return `(${v.sql})::${INTEGER_TYPES[type]}`;
+    if (type === 'decimal') return `(${v.sql})::numeric`;
+    if (type === 'boolean') return `(${v.sql})::boolean`;
+    if (type && TEXT_TYPES.has(type)) return `(${v.sql} #>> '{}')`;
+    return v.sql;
+  }
   if (v.k === 'bool' || v.k === 'num' || v.k === 'text') {
     if (type && Object.hasOwn(INTEGER_TYPES, type)) return `(${v.sql})::${INTEGER_TYPES[type]}`;
     if (type === 'decimal') return `(${v.sql})::numeric`;
@@ -142,7 +153,7 @@ export const NOT_BOOLEAN = 'kiln_not_boolean_where_';
 /** A where path's truth; a value that is not one boolean is an error the query raises (as in scalarColumn). */
 function whereCondition(v: Val, scope: Scope, i: number): string {
   if (v.k === 'bool') return v.sql;
-  if (v.k !== 'nav' && v.k !== 'json') return asBool(v, scope);
+  if (v.k !== 'nav' && v.k !== 'json' && v.k !== 'item') return asBool(v, scope);
   const x = scope.alias();
   return `(SELECT CASE WHEN jsonb_array_length(${x}.a) = 0 THEN NULL`
     + ` WHEN jsonb_array_length(${x}.a) = 1 AND jsonb_typeof(${x}.a -> 0) = 'boolean' THEN (${x}.a -> 0)::boolean`

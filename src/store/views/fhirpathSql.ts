@@ -6,10 +6,11 @@
 // against the FHIR name syntax and the whole path goes as a bind parameter (`$3::jsonpath`),
 // so no text of the view reaches the SQL; literals and constants are parameters too.
 // What this file does not compile it refuses (ViewCompileError), never guesses.
+import { loadDefinitions } from '../../fhir/validate.ts';
 import {
   AndAtom, ArithemticOperatorAtom, ConcatAtom, DotAtom, EmptySetAtom, EqualsAtom, FhirPathAtom, FunctionAtom,
   ImpliesAtom, IndexerAtom, InfixOperatorAtom, LiteralAtom, NotEqualsAtom, OrAtom, SymbolAtom, XorAtom,
-  parseFhirPath, type Atom,
+  getElementDefinition, parseFhirPath, type Atom,
 } from '@medplum/core';
 
 export class ViewCompileError extends Error {}
@@ -37,6 +38,8 @@ export interface Scope {
   resourceType: string;
   constants: ReadonlyMap<string, unknown>;
   params: Params;
+  /** The FHIR type of `item` when known (the resource type at the root, a forEach's element type). */
+  itemType?: string;
   /** The declared type of the column being compiled: what a boundary function takes its input to be when ofType() does not say. */
   columnType?: string;
   alias: () => string;
@@ -44,16 +47,30 @@ export interface Scope {
 
 /**
  * A compiled value. `nav`: members of `base` (an item, or a jsonb array when baseIsArray) along
- * the SQL/JSON path steps, kept open so consecutive steps become one path. `json`: a jsonb
- * array. `bool`, `num`, `text`: one SQL scalar, NULL for the empty collection.
+ * the SQL/JSON path steps, kept open so consecutive steps become one path; `type` is the FHIR
+ * type of its items when the R4 definitions say, `single` that every step is a 0..1 element of
+ * one item (so no row needs a check for several values). `item`: one jsonb value or NULL.
+ * `json`: a jsonb array (NULL is empty too). `bool`, `num`, `text`: one SQL scalar, NULL for the
+ * empty collection.
  */
 export type Val =
-  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[]; ofType?: string }
+  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[]; ofType?: string; type?: string; single: boolean; choice?: boolean }
+  | { k: 'item'; sql: string; type?: string }
   | { k: 'json'; sql: string }
   | { k: 'bool' | 'num' | 'text'; sql: string };
 
 const NAME = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 const TYPE = /^(?:FHIR\.|System\.)?([A-Za-z][A-Za-z0-9]{0,63})$/;
+
+/** An element of a FHIR R4 type (backbone types named as Medplum names them: PatientContact). */
+function elementOf(type: string, name: string): { path: string; max?: number; type: { code: string }[] } | undefined {
+  loadDefinitions();
+  try {
+    return getElementDefinition(type, name) as { path: string; max?: number; type: { code: string }[] } | undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 export function parsePath(path: string): Atom {
   if (typeof path !== 'string' || path.trim() === '') throw new ViewCompileError('a FHIRPath expression must be a non-empty string');
@@ -79,6 +96,7 @@ function member(name: string): string {
 export function asJson(v: Val, scope: Scope): string {
   switch (v.k) {
     case 'json': return v.sql;
+    case 'item': return `jsonb_path_query_array(${v.sql}, '$')`;
     case 'nav': {
       // No filter for JSON nulls: a null in a primitive array stands for an element with only
       // extensions, which exists in FHIRPath; the filter also doubled the cost of every path.
@@ -93,6 +111,8 @@ export function asJson(v: Val, scope: Scope): string {
 /** The value as one SQL boolean (FHIRPath singleton evaluation: empty is NULL, a non-boolean item true). */
 export function asBool(v: Val, scope: Scope): string {
   if (v.k === 'bool') return v.sql;
+  if (v.k === 'item') return `(${v.sql} <> 'false'::jsonb)`;
+  if (v.k === 'nav') return `(${navFirst(v, scope)} <> 'false'::jsonb)`;
   if (v.k === 'num' || v.k === 'text') return `((${v.sql}) IS NOT NULL OR NULL)`;
   return `((${asJson(v, scope)}) -> 0 <> 'false'::jsonb)`;
 }
@@ -113,11 +133,18 @@ function asText(v: Val, scope: Scope): string {
 /** One item as jsonb (NULL when empty), for comparisons. */
 function asItem(v: Val, scope: Scope): string {
   if (v.k === 'bool' || v.k === 'num' || v.k === 'text') return `to_jsonb(${v.sql})`;
+  if (v.k === 'item') return v.sql;
+  if (v.k === 'nav') return navFirst(v, scope);
   return `((${asJson(v, scope)}) -> 0)`;
 }
 
 function self(scope: Scope): Val {
-  return { k: 'nav', base: scope.item, baseIsArray: false, steps: [] };
+  return { k: 'nav', base: scope.item, baseIsArray: false, steps: [], type: scope.itemType, single: true };
+}
+
+/** The first item of a path (jsonb or NULL), without building the array. */
+export function navFirst(v: Extract<Val, { k: 'nav' }>, scope: Scope): string {
+  return `jsonb_path_query_first(${v.base}, ${scope.params.add(`${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`)}::jsonpath)`;
 }
 
 /**
@@ -156,8 +183,14 @@ function symbol(name: string, scope: Scope, input: Val | undefined): Val {
     if (name === scope.resourceType && scope.item === ROOT_ITEM) return self(scope);
   }
   const base = input ?? self(scope);
-  if (base.k === 'nav') return { ...base, steps: [...base.steps, member(name)], ofType: undefined };
-  return { k: 'nav', base: asJson(base, scope), baseIsArray: true, steps: [member(name)] };
+  if (base.k === 'nav' || base.k === 'item') {
+    const element = base.type ? elementOf(base.type, name) : undefined;
+    const from = base.k === 'nav' ? base : { base: base.sql, baseIsArray: false, steps: [] as string[], single: true };
+    return { k: 'nav', base: from.base, baseIsArray: from.baseIsArray, steps: [...from.steps, member(name)],
+      type: element?.type.length === 1 ? element.type[0].code : undefined, single: from.single && element?.max === 1,
+      choice: element ? element.path.endsWith('[x]') : undefined };
+  }
+  return { k: 'nav', base: asJson(base, scope), baseIsArray: true, steps: [member(name)], single: false };
 }
 
 /** The item expression of the resource itself (the compiler's root scope). */
@@ -190,7 +223,8 @@ function integerArg(atom: Atom, scope: Scope): number {
 
 function index(input: Val, expr: Atom, scope: Scope): Val {
   const n = integerArg(expr, scope);
-  return { k: 'nav', base: asJson(input, scope), baseIsArray: false, steps: [`[${n}]`] };
+  if (n === 0 && input.k === 'nav') return { k: 'item', sql: navFirst(input, scope), type: input.type };
+  return { k: 'nav', base: asJson(input, scope), baseIsArray: false, steps: [`[${n}]`], type: input.k === 'nav' ? input.type : undefined, single: true };
 }
 
 function typeName(atom: Atom | undefined): string {
@@ -230,10 +264,10 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
       return { k: 'num', sql: `(${len()})::numeric` };
     case 'first':
       arity(atom, 0, 0);
-      return { k: 'nav', base: asJson(input, scope), baseIsArray: false, steps: ['[0]'] };
+      return index(input, new LiteralAtom({ type: 'integer', value: 0 }), scope);
     case 'last':
       arity(atom, 0, 0);
-      return { k: 'nav', base: asJson(input, scope), baseIsArray: false, steps: ['[last]'] };
+      return { k: 'nav', base: asJson(input, scope), baseIsArray: false, steps: ['[last]'], type: input.k === 'nav' ? input.type : undefined, single: true };
     case 'not':
       arity(atom, 0, 0);
       return { k: 'bool', sql: `(NOT ${asBool(input, scope)})` };
@@ -250,7 +284,9 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
       const last = input.k === 'nav' ? input.steps.at(-1) : undefined;
       const m = last ? /^\."([A-Za-z][A-Za-z0-9_]*)"\[\*\]$/.exec(last) : null;
       if (input.k !== 'nav' || !m) throw new ViewCompileError(`ofType() applies to a choice element here: ${atom.toString()}`);
-      return { ...input, steps: [...input.steps.slice(0, -1), member(m[1] + type[0].toUpperCase() + type.slice(1))], ofType: type };
+      // An element of one type by the definitions is itself or nothing.
+      if (input.choice === false) return input.type === type ? input : { k: 'json', sql: `'[]'::jsonb` };
+      return { ...input, steps: [...input.steps.slice(0, -1), member(m[1] + type[0].toUpperCase() + type.slice(1))], ofType: type, type };
     }
     case 'extension': {
       arity(atom, 1, 1);
