@@ -100,7 +100,22 @@ interface OpenFile extends WrittenFile {
   flushing?: Promise<void>;
 }
 
-/** Lines into `<prefix>.<n>.ndjson` files of at most maxLines lines each. */
+/**
+ * Record files (view rows, src/export/viewRows.ts): `<prefix>.<n>.<ext>`, each record one
+ * whole write (a CSV record may hold line breaks in a quoted field, so newlines are not
+ * counted), the header written at the top of every file, the separator between records and
+ * the footer at the end (a JSON array per file); keepEmpty: a unit with no records still
+ * has one file (a view's output needs a location).
+ */
+export interface RecordFormat {
+  ext: string;
+  header?: string;
+  separator?: string;
+  footer?: string;
+  keepEmpty?: boolean;
+}
+
+/** Lines into `<prefix>.<n>.ndjson` files of at most maxLines lines each (or records, with a RecordFormat). */
 export class LineFiles {
   readonly files: WrittenFile[] = [];
   private cur: OpenFile | undefined;
@@ -111,7 +126,8 @@ export class LineFiles {
   private discarded = false;
   private lines = 0;
 
-  constructor(private dir: string, private prefix: string, private maxLines: number, private onLines?: (n: number) => void) {}
+  constructor(private dir: string, private prefix: string, private maxLines: number, private onLines?: (n: number) => void,
+    private records?: RecordFormat) {}
 
   /** Total lines written so far. */
   get count(): number {
@@ -125,9 +141,11 @@ export class LineFiles {
 
   /** Closes the last file and waits for every file to be synced and renamed; each ends with a complete line. */
   async finish(): Promise<WrittenFile[]> {
+    if (!this.cur && !this.opened.length && this.records?.keepEmpty) this.cur = await this.open();
     if (this.cur) {
       const cur = this.cur;
       this.cur = undefined;
+      this.seal(cur);
       await this.flush(cur);
       this.closeInBackground(cur);
     }
@@ -157,6 +175,41 @@ export class LineFiles {
         this.append(chunks.map((c) => c.chunk as Buffer)).then(() => done(), done);
       },
     });
+  }
+
+  /** Appends whole records (record mode), starting a new file after maxLines of them. */
+  async writeRecords(records: string[]): Promise<void> {
+    if (this.failure) throw this.failure;
+    const separator = this.records?.separator;
+    for (const record of records) {
+      const cur = this.cur ?? (this.cur = await this.open());
+      const buf = Buffer.from(cur.count && separator ? separator + record : record, 'utf8');
+      cur.pending.push(buf);
+      cur.pendingBytes += buf.length;
+      cur.bytes += buf.length;
+      cur.count++;
+      this.lines++;
+      this.onLines?.(1);
+      if (cur.count >= this.maxLines) {
+        this.cur = undefined;
+        this.seal(cur);
+        await this.flush(cur);
+        this.closeInBackground(cur);
+      } else if (cur.pendingBytes >= WRITE_BATCH) {
+        await this.flush(cur);
+      }
+    }
+    if (this.cur) await this.flush(this.cur);
+  }
+
+  /** Record mode: the footer ends the file. */
+  private seal(f: OpenFile): void {
+    const footer = this.records?.footer;
+    if (!footer) return;
+    const buf = Buffer.from(footer, 'utf8');
+    f.pending.push(buf);
+    f.pendingBytes += buf.length;
+    f.bytes += buf.length;
   }
 
   private async append(bufs: Buffer[]): Promise<void> {
@@ -195,11 +248,13 @@ export class LineFiles {
 
   private async open(): Promise<OpenFile> {
     if (this.discarded) throw new Error('export unit discarded');
-    const name = `${this.prefix}.${this.opened.length + 1}.ndjson`;
+    const name = `${this.prefix}.${this.opened.length + 1}.${this.records?.ext ?? 'ndjson'}`;
     this.opened.push(name);
     const fh = await fs.promises.open(path.join(this.dir, `${name}.part`), 'w+', OWNER_ONLY_FILE); // w+: the last byte is read back at close
     await fh.chmod(OWNER_ONLY_FILE); // a .part left by an earlier attempt keeps the mode it was made with
-    return { name, count: 0, bytes: 0, fh, pending: [], pendingBytes: 0, unsynced: 0 };
+    const header = this.records?.header ? [Buffer.from(this.records.header, 'utf8')] : [];
+    const bytes = header.reduce((n, b) => n + b.length, 0);
+    return { name, count: 0, bytes, fh, pending: header, pendingBytes: bytes, unsynced: 0 };
   }
 
   /** Writes the pending segments; starts a background flush once enough is dirty. */
@@ -223,19 +278,20 @@ export class LineFiles {
   private closeInBackground(f: OpenFile): void {
     const part = path.join(this.dir, `${f.name}.part`);
     const entry: WrittenFile = { name: f.name, count: f.count, bytes: f.bytes };
+    const keep = !!this.records?.keepEmpty && this.files.length === 0 && f.count === 0;
     const done = (async () => {
       try {
-        if (f.count === 0 && f.bytes > 0) throw new Error(`${f.name}: data without a line end`);
+        if (!this.records && f.count === 0 && f.bytes > 0) throw new Error(`${f.name}: data without a line end`);
         await f.flushing;
         await f.fh.sync();
         if (f.bytes > 0 && !await lastByteIsNewline(f.fh, f.bytes)) throw new Error(`${f.name}: the last line is incomplete`);
       } finally {
         await f.fh.close();
       }
-      if (f.bytes > 0) await fs.promises.rename(part, path.join(this.dir, f.name));
+      if (f.bytes > 0 || keep) await fs.promises.rename(part, path.join(this.dir, f.name));
       else await fs.promises.rm(part, { force: true });
     })().catch((e) => { this.failure ??= e; });
-    if (f.bytes > 0) this.files.push(entry);
+    if (f.bytes > 0 || keep) this.files.push(entry);
     this.closing.push(done);
   }
 }

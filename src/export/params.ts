@@ -21,6 +21,33 @@ export interface ExportParams {
   patients?: string[];
   /** _elements entries, `element` or `Type.element`. */
   elements?: string[];
+  /** A $viewdefinition-export job (src/operations/viewExport.ts): view rows instead of resources. */
+  views?: ViewExport;
+}
+
+/** View output formats: one row per line (ndjson), CSV records, or a JSON array per file. */
+export type ViewFormat = 'ndjson' | 'csv' | 'json';
+
+export interface ViewOutput {
+  /** The output's name (view.name, else the view's name): its files' prefix and the manifest's output.name. */
+  name: string;
+  /** The ViewDefinition as validated at kick-off: a stored view edited later does not change the job. */
+  view: unknown;
+}
+
+export interface ViewExport {
+  outputs: ViewOutput[];
+  format: ViewFormat;
+  /** csv: a header line in each file. */
+  header: boolean;
+  clientTrackingId?: string;
+  /**
+   * The patient of the patient-level token that asked: the status and files are for that
+   * patient's tokens only (the client alone could be another patient's app session).
+   */
+  requesterPatient?: string;
+  /** Per type, the granular-scope restriction of the token that asked (a search query); the rows come through search then. */
+  restrict?: Record<string, string>;
 }
 
 export interface Kickoff {

@@ -4,6 +4,8 @@
 // registered together with the unit's "done" mark in one transaction. A restart
 // therefore keeps every committed unit, deletes any file no committed unit owns and
 // redoes the rest: each resource ends up in exactly one registered file.
+// A $viewdefinition-export job (params.views) has one unit per view: the rows of the view
+// over the same rows a $export of its type reads (src/export/viewRows.ts), exactly once too.
 import fs from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -24,6 +26,9 @@ import { subset } from '../fhir/subset.ts';
 import { FhirError } from '../fhir/outcome.ts';
 import { elementsFor, type ExportParams } from './params.ts';
 import { LineFiles, copyTextDecoder, mapLines, ownerOnlyDir, syncDir } from './ndjson.ts';
+import { ViewRecords, recordSink } from './viewRows.ts';
+import type { Resource } from '@medplum/fhirtypes';
+import type { Writable } from 'node:stream';
 
 export function exportRoot(config: Config): string {
   return config.exportDir ?? path.join(config.dataDir, 'exports');
@@ -52,6 +57,7 @@ const timing = process.env.KILN_EXPORT_TIMING ? (msg: string) => console.log(`ex
 const since = (t0: number) => ((performance.now() - t0) / 1000).toFixed(2);
 
 function unitsOf(p: ExportParams): string[] {
+  if (p.views) return p.views.outputs.map((_, i) => `view:${i}`);
   return [...p.types.map((t) => `output:${t}`), ...(p.since ? ['deleted'] : [])];
 }
 
@@ -103,10 +109,11 @@ export async function runJob(opts: RunOptions, job: ExportJob): Promise<RunResul
     for (const unit of unitsOf(p)) {
       if (job.doneUnits.includes(unit)) continue;
       if (stop.signal.aborted) return 'aborted';
-      progress.current = unit === 'deleted' ? 'deleted resources' : unit.slice('output:'.length);
+      progress.current = unit === 'deleted' ? 'deleted resources'
+        : unit.startsWith('view:') ? p.views!.outputs[Number(unit.slice('view:'.length))].name : unit.slice('output:'.length);
       if (!await renewLease(db.owner, job, worker, config.exportLeaseSeconds, progress)) return 'aborted';
       const t0 = performance.now();
-      const files = await runUnit(opts, job, unit, until, dir, stop.signal, (n) => {
+      const files = await (unit.startsWith('view:') ? runViewUnit : runUnit)(opts, job, unit, until, dir, stop.signal, (n) => {
         if (unit !== 'deleted') progress.exported = (progress.exported ?? 0) + n;
         report();
       });
@@ -169,7 +176,7 @@ async function runUnit(opts: RunOptions, job: ExportJob, unit: string, until: st
         }
         const elements = deleted ? undefined : elementsFor(p.elements, type);
         await streamInto(opts, tx, () => deleted ? copyDeleted(tx, p.level !== 'system') : copyRows(tx, type, rowScope(p)),
-          elements, writer, signal);
+          elements ? [mapLines((line) => subset(line, undefined, elements))] : [], writer.writable(), signal);
       });
     }
     if (signal.aborted) throw new Aborted();
@@ -184,16 +191,47 @@ async function runUnit(opts: RunOptions, job: ExportJob, unit: string, until: st
   }
 }
 
-/** COPY -> unescape -> (optional _elements) -> files, with the COPY cancelled on abort. */
-async function streamInto(opts: RunOptions, tx: Tx, source: () => Readable, elements: string[] | undefined,
-  writer: LineFiles, signal: AbortSignal): Promise<void> {
+/** One view's rows, in files of at most exportMaxLines rows; undefined when the job was stopped meanwhile. */
+async function runViewUnit(opts: RunOptions, job: ExportJob, unit: string, until: string, dir: string,
+  signal: AbortSignal, onLines: (n: number) => void): Promise<ExportFile[] | undefined> {
+  const p = job.params;
+  const out = p.views!.outputs[Number(unit.slice('view:'.length))];
+  const records = new ViewRecords(out.view, p.views!.format, p.views!.header);
+  const type = records.view.view.resource;
+  const writer = new LineFiles(dir, `${out.name}-${job.attempts}`, opts.config.exportMaxLines, onLines, records.fileFormat());
+  const restrict = p.views!.restrict?.[type];
+  try {
+    if (!(p.patients !== undefined && p.patients.length === 0)) {
+      await withTenant(opts.db.app, job.orgId, async (tx) => {
+        await bindScope(tx, { until, since: p.since, patients: p.patients, types: p.types });
+        if (restrict !== undefined) {
+          // Granular scopes: the token's filters through the search engine.
+          await searchPages(tx, type, [restrict], p, until, signal, (lines) => writer.writeRecords(
+            lines.flatMap((line) => records.recordsOf(JSON.parse(line) as Resource))));
+          return;
+        }
+        await streamInto(opts, tx, () => copyRows(tx, type, rowScope(p)), [records.transform()], recordSink(writer), signal);
+      });
+    }
+    if (signal.aborted) throw new Aborted();
+    const files = await writer.finish();
+    return files.map((f, i) => ({ kind: 'output', type: out.name, seq: i + 1, name: f.name, count: f.count, bytes: f.bytes }));
+  } catch (e) {
+    await writer.discard();
+    if (signal.aborted || e instanceof Aborted) return undefined;
+    throw e;
+  }
+}
+
+/** COPY -> unescape -> (transforms: _elements, view rows) -> files, with the COPY cancelled on abort. */
+async function streamInto(opts: RunOptions, tx: Tx, source: () => Readable, transforms: Transform[],
+  sink: Writable, signal: AbortSignal): Promise<void> {
   const pid = await backendPid(tx); // before the COPY: nothing else can run on this connection until it ends
   const cancel = () => { cancelBackend(opts.db.app, pid).catch(() => {}); };
   signal.addEventListener('abort', cancel);
   try {
-    const stages: (Readable | Transform)[] = [source(), copyTextDecoder()];
-    if (elements) stages.push(mapLines((line) => subset(line, undefined, elements)));
-    await pipeline([...stages, writer.writable()] as unknown as [Readable, NodeJS.WritableStream]);
+    const stages: (Readable | Transform)[] = [source(), copyTextDecoder(), ...transforms];
+    await pipeline([...stages, sink] as unknown as [Readable, NodeJS.WritableStream]);
   } catch (e) {
     if (!signal.aborted) cancel(); // a local failure: stop the server side of the COPY too
     throw e;
@@ -210,9 +248,18 @@ const PAGE = 1000;
  * after the transaction time (or not after _since) are left out here, as in COPY.
  */
 async function searchInto(tx: Tx, writer: LineFiles, type: string, p: ExportParams, until: string, signal: AbortSignal): Promise<void> {
-  const seen = new Set<string>();
   const elements = elementsFor(p.elements, type);
-  for (const query of p.typeFilters[type]) {
+  await searchPages(tx, type, p.typeFilters[type], p, until, signal, async (lines) => {
+    const out = lines.map((line) => `${elements ? subset(line, undefined, elements) : line}\n`).join('');
+    if (out) await writer.write(Buffer.from(out, 'utf8'));
+  });
+}
+
+/** The resources of any of the queries, each once, in the job's scope, as export lines a page at a time. */
+async function searchPages(tx: Tx, type: string, queries: string[], p: ExportParams, until: string, signal: AbortSignal,
+  emit: (lines: string[]) => Promise<void>): Promise<void> {
+  const seen = new Set<string>();
+  for (const query of queries) {
     const pairs: [string, string][] = [...new URLSearchParams(query).entries()];
     if (p.level !== 'system') {
       if (type === 'Patient') {
@@ -226,16 +273,15 @@ async function searchInto(tx: Tx, writer: LineFiles, type: string, p: ExportPara
     do {
       if (signal.aborted) throw new Aborted();
       const page = await runSearch(tx, { type, criteria: parsed.criteria, sort: [], count: PAGE, after, total: 'none' });
-      let out = '';
+      const lines: string[] = [];
       for (const row of page.rows) {
         if (seen.has(row.id)) continue;
         const lastUpdated = (JSON.parse(row.json) as { meta?: { lastUpdated?: string } }).meta?.lastUpdated ?? '';
         if (lastUpdated > until || (p.since && lastUpdated <= p.since)) continue;
         seen.add(row.id);
-        const line = exportLine(row.json);
-        out += (elements ? subset(line, undefined, elements) : line) + '\n';
+        lines.push(exportLine(row.json));
       }
-      if (out) await writer.write(Buffer.from(out, 'utf8'));
+      if (lines.length) await emit(lines);
       after = page.next;
     } while (after);
   }

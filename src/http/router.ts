@@ -19,6 +19,7 @@ import { everythingInteraction } from '../operations/everything.ts';
 import { validateOperation } from '../operations/validate.ts';
 import { exportInteraction, isExportFilePath } from '../operations/export.ts';
 import { isViewRunPath, viewRunOperation } from '../operations/viewRun.ts';
+import { isViewExportFilePath, viewExportFile, viewExportOperation, viewExportResult, viewExportStatus } from '../operations/viewExport.ts';
 import { matchRoute, pathSegments, type RouteMatch, type RouteName } from '../interactions/routes.ts';
 import { authenticate } from '../auth/enforce.ts';
 import { AuditWriter } from '../audit/writer.ts';
@@ -84,7 +85,7 @@ export function fhirRouter(db: Database, config: Config, version: string) {
     // PostgreSQL text cannot hold NUL: refused once for the whole URL (path ids, every query parameter).
     if (/%00/i.test(req.originalUrl)) throw new FhirError(400, 'invalid', 'A NUL character (%00) is not allowed in a FHIR URL');
     // 406 before any work (export files are NDJSON; $run negotiates its own JSON, NDJSON or CSV)
-    if (!isExportFilePath(req.path) && !isViewRunPath(req.path)) responseType(req);
+    if (!isExportFilePath(req.path) && !isViewRunPath(req.path) && !isViewExportFilePath(req.path)) responseType(req);
     const segments = pathSegments(req.path);
     let slug = DEFAULT_SLUG;
     if (segments.length && TENANT_SLUG.test(segments[0]) && !RESERVED.has(segments[0])) slug = segments.shift()!;
@@ -156,6 +157,21 @@ function viewRunRoute(ctx: Ctx, p: Record<string, string>, rawQuery: string): Ha
   return viewRunOperation;
 }
 
+function viewExportRoute(ctx: Ctx, _p: Record<string, string>, rawQuery: string): Handler {
+  ctx.audit?.interaction('operation', 'E', { operation: 'viewdefinition-export', query: rawQuery, type: 'ViewDefinition' });
+  return viewExportOperation;
+}
+
+/** The status (poll or cancel), result and files of a view export. */
+function viewExportJobRoute(ctx: Ctx, p: Record<string, string>): Handler {
+  const m = ctx.req.method;
+  const operation = p.file !== undefined ? 'viewdefinition-export-file' : m === 'DELETE' ? 'viewdefinition-export-cancel'
+    : ctx.req.path.includes('/$viewdefinition-export-result/') ? 'viewdefinition-export-result' : 'viewdefinition-export-status';
+  ctx.audit?.interaction('operation', m === 'DELETE' ? 'D' : 'R', { operation });
+  if (p.file !== undefined) return (s) => viewExportFile(s.ctx, p.job, p.file);
+  return operation === 'viewdefinition-export-result' ? (s) => viewExportResult(s.ctx, p.job) : (s) => viewExportStatus(s.ctx, p.job);
+}
+
 /** One per route of src/interactions/routes.ts (the compiler checks none is missing). */
 const PREPARE: Record<RouteName, Prepare> = {
   // Answered by dispatch before the audit and authentication, so never prepared here.
@@ -168,6 +184,11 @@ const PREPARE: Record<RouteName, Prepare> = {
   'export-group': exportRoute,
   'export-status': exportRoute,
   'export-file': exportRoute,
+  'view-export': viewExportRoute,
+  'view-export-type': viewExportRoute,
+  'view-export-status': viewExportJobRoute,
+  'view-export-result': viewExportJobRoute,
+  'view-export-file': viewExportJobRoute,
   'search-type': (ctx, { type }, q) => { typeLevel(ctx, type, 'search-type', q); return (s) => searchInteraction(s, queryPairs(ctx.req)); },
   create: (ctx, { type }) => { typeLevel(ctx, type, 'create'); return crud.create; },
   'conditional-update': (ctx, { type }, q) => { typeLevel(ctx, type, 'update', q); return crud.conditionalUpdate; },

@@ -52,6 +52,12 @@ export const ROUTES = [
   { name: 'export-group', methods: ['GET', 'POST'], pattern: 'Group/:id/$export', interaction: 'operation', operation: 'export', definition: 'OperationDefinition-group-export.json' },
   { name: 'export-status', methods: ['GET', 'DELETE'], pattern: '$export-status/:job', interaction: 'operation', operation: 'export-status' },
   { name: 'export-file', methods: ['GET'], pattern: '$export-file/:job/:file', interaction: 'operation', operation: 'export-file' },
+  // SQL on FHIR v2 (src/operations/viewExport.ts): views exported as $export is, on its job machinery.
+  { name: 'view-export', methods: ['POST'], pattern: '$viewdefinition-export', interaction: 'operation', operation: 'viewdefinition-export', definition: 'OperationDefinition-ViewDefinition-export.json' },
+  { name: 'view-export-type', methods: ['POST'], pattern: 'ViewDefinition/$viewdefinition-export', interaction: 'operation', operation: 'viewdefinition-export', definition: 'OperationDefinition-ViewDefinition-export.json' },
+  { name: 'view-export-status', methods: ['GET', 'DELETE'], pattern: '$viewdefinition-export-status/:job', interaction: 'operation', operation: 'viewdefinition-export-status' },
+  { name: 'view-export-result', methods: ['GET'], pattern: '$viewdefinition-export-result/:job', interaction: 'operation', operation: 'viewdefinition-export-result' },
+  { name: 'view-export-file', methods: ['GET'], pattern: '$viewdefinition-export-file/:job/:file', interaction: 'operation', operation: 'viewdefinition-export-file' },
   { name: 'search-type', methods: ['GET'], pattern: ':type', interaction: 'search-type', permission: 's', entry: true },
   { name: 'create', methods: ['POST'], pattern: ':type', interaction: 'create', permission: 'c', entry: true },
   { name: 'conditional-update', methods: ['PUT'], pattern: ':type', interaction: 'update', permission: 'u', entry: true },

@@ -164,7 +164,7 @@ function referenceId(raw: string, type: string, base: string, name: string): str
 }
 
 /** The view an instance-level call or viewReference names: needs read access to ViewDefinition; 404 when absent. */
-async function storedView(s: Session, tx: Tx, ref: { id?: string; canonical?: string }): Promise<{ id: string; json: string }> {
+export async function storedView(s: Session, tx: Tx, ref: { id?: string; canonical?: string }): Promise<{ id: string; json: string }> {
   const access = permit(s.ctx, 'ViewDefinition', 'r');
   let found: { id: string; json: string } | undefined;
   if (ref.id !== undefined) {
@@ -184,7 +184,7 @@ async function storedView(s: Session, tx: Tx, ref: { id?: string; canonical?: st
 }
 
 /** The view to run: validated as a stored one is (400 naming each problem and its location). */
-function prepared(view: unknown, where: string): PreparedView {
+export function prepared(view: unknown, where: string): PreparedView {
   if (!isObject(view) || view.resourceType !== 'ViewDefinition') throw badRequest(`${where} must be a ViewDefinition`, [where]);
   validate(view as unknown as Resource);
   try {
@@ -223,7 +223,7 @@ function compiles(view: ViewDefinition): boolean {
   }
 }
 
-interface StoredQuery {
+export interface StoredQuery {
   type: string;
   restrict: Criterion[];
   /** Patients whose compartments hold the rows (patient, group); undefined: the whole tenant. */
@@ -373,7 +373,7 @@ export async function viewRunOperation(s: Session, { id }: Record<string, string
 }
 
 /** viewReference: ViewDefinition/[id] (relative, or an absolute URL of this tenant), else a canonical url. */
-function referenceOf(raw: string, base: string): { id?: string; canonical?: string } {
+export function referenceOf(raw: string, base: string): { id?: string; canonical?: string } {
   const local = raw.startsWith(`${base}/`) ? raw.slice(base.length + 1) : raw;
   if (/^ViewDefinition\/[^/]+$/.test(local)) return { id: referenceId(local, 'ViewDefinition', base, 'viewReference') };
   if (/^[a-z][a-z0-9+.-]*:/i.test(raw)) return { canonical: raw };
@@ -381,7 +381,7 @@ function referenceOf(raw: string, base: string): { id?: string; canonical?: stri
 }
 
 /** The stored resources of the view's type the token may read, narrowed by patient, group and _since. */
-async function storedQuery(s: Session, view: ViewDefinition, patient: string | undefined, groups: string[], since: string | undefined): Promise<StoredQuery> {
+export async function storedQuery(s: Session, view: ViewDefinition, patient: string | undefined, groups: string[], since: string | undefined): Promise<StoredQuery> {
   const { ctx } = s;
   const type = view.resource;
   if (!isResourceType(type)) throw badRequest(`The view reads ${type}, which Kiln does not store`, ['resource']);

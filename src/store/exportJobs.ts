@@ -29,6 +29,8 @@ export interface ExportJob {
   attempts: number;
   error?: string;
   expiresAt?: string;
+  createdAt?: string;
+  completedAt?: string;
 }
 
 export interface ExportFile {
@@ -42,13 +44,15 @@ export interface ExportFile {
 
 const INSTANT = (col: string) => `to_char(${col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
 const JOB_COLUMNS = `org_id, id::text, status, request, params, ${INSTANT('transaction_time')} AS transaction_time, progress,
-  done_units, attempts, error, ${INSTANT('expires_at')} AS expires_at`;
+  done_units, attempts, error, ${INSTANT('expires_at')} AS expires_at, ${INSTANT('created_at')} AS created_at,
+  ${INSTANT('completed_at')} AS completed_at`;
 
 function toJob(r: any): ExportJob {
   return {
     orgId: r.org_id, id: r.id, status: r.status, request: r.request, params: r.params,
     transactionTime: r.transaction_time ?? undefined, progress: r.progress ?? {}, doneUnits: r.done_units ?? [],
     attempts: r.attempts, error: r.error ?? undefined, expiresAt: r.expires_at ?? undefined,
+    createdAt: r.created_at ?? undefined, completedAt: r.completed_at ?? undefined,
   };
 }
 
@@ -66,11 +70,15 @@ export async function insertJob(tx: Tx, id: string, request: string, params: Exp
     [id, request, JSON.stringify(params), lease?.worker ?? null, lease?.seconds ?? 0]);
 }
 
-/** A job of the current tenant that has not expired. */
-export async function findJob(tx: Tx, id: string): Promise<ExportJob | undefined> {
+/**
+ * A job of the current tenant that has not expired, of one kind: a $export status URL does
+ * not answer for a $viewdefinition-export job (params.views), nor the other way round.
+ */
+export async function findJob(tx: Tx, id: string, kind: 'bulk' | 'views' = 'bulk'): Promise<ExportJob | undefined> {
   const { rows } = await tx.query(
     `SELECT ${JOB_COLUMNS} FROM export_jobs
-      WHERE org_id = current_setting('app.org_id')::integer AND id = $1 AND (expires_at IS NULL OR expires_at > now())`, [id]);
+      WHERE org_id = current_setting('app.org_id')::integer AND id = $1 AND (expires_at IS NULL OR expires_at > now())
+        AND (params ? 'views') = ($2 = 'views')`, [id, kind]);
   return rows[0] ? toJob(rows[0]) : undefined;
 }
 
