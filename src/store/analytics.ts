@@ -145,9 +145,15 @@ function wantedViews(views: StoredView[], orgId: number, kind: string, result: M
       result.skipped.push({ id, name, reason: `not compiled to SQL: ${e.message}` });
       continue;
     }
+    // The view must not depend on the reader's session: the tenant is the literal, or the view is not made.
+    const body = inlineParams(compiled.sql, compiled.params, orgId);
+    if (!compiled.sql.includes(ORG_SETTING) || body.includes('current_setting(')) {
+      result.skipped.push({ id, name, reason: 'its compiled SQL does not name the tenant as this command expects' });
+      continue;
+    }
     taken.set(name.toLowerCase(), id);
     const columns = compiled.columns.map((c) => `v.${c.alias} AS ${pg.escapeIdentifier(c.name)}`).join(', ');
-    const sql = `SELECT ${columns} FROM (${inlineParams(compiled.sql, compiled.params, orgId)}) v`;
+    const sql = `SELECT ${columns} FROM (${body}) v`;
     const hash = crypto.createHash('sha256').update(`${kind}\n${sql}`).digest('hex').slice(0, 32);
     wanted.push({ id, name, sql, comment: `${MARK}${id} ${hash}` });
   }
