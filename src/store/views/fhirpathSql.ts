@@ -54,7 +54,7 @@ export interface Scope {
  * empty collection.
  */
 export type Val =
-  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[]; ofType?: string; type?: string; single: boolean; choice?: boolean }
+  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[]; ofType?: string; type?: string; single: boolean; choice?: boolean; vars?: string[] }
   | { k: 'item'; sql: string; type?: string }
   | { k: 'json'; sql: string }
   | { k: 'bool' | 'num' | 'text'; sql: string };
@@ -101,7 +101,7 @@ export function asJson(v: Val, scope: Scope): string {
       // No filter for JSON nulls: a null in a primitive array stands for an element with only
       // extensions, which exists in FHIRPath; the filter also doubled the cost of every path.
       const path = `${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`;
-      return `jsonb_path_query_array(${v.base}, ${scope.params.add(path)}::jsonpath)`;
+      return `jsonb_path_query_array(${v.base}, ${scope.params.add(path)}::jsonpath${pathVars(v)})`;
     }
     case 'bool': case 'num': case 'text':
       return `(CASE WHEN (${v.sql}) IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(${v.sql}) END)`;
@@ -144,7 +144,58 @@ function self(scope: Scope): Val {
 
 /** The first item of a path (jsonb or NULL), without building the array. */
 export function navFirst(v: Extract<Val, { k: 'nav' }>, scope: Scope): string {
-  return `jsonb_path_query_first(${v.base}, ${scope.params.add(`${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`)}::jsonpath)`;
+  return `jsonb_path_query_first(${v.base}, ${scope.params.add(`${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`)}::jsonpath${pathVars(v)})`;
+}
+
+/** The `vars` argument of a path whose filters compare with literals (`$v0`, bound as parameters). */
+function pathVars(v: Extract<Val, { k: 'nav' }>): string {
+  return v.vars?.length ? `, jsonb_build_object(${v.vars.join(', ')})` : '';
+}
+
+const PATH_COMPARE: Record<string, string> = { '=': '==', '!=': '!=', '<': '<', '>': '>', '<=': '<=', '>=': '>=' };
+
+/**
+ * where(criteria) inside the SQL/JSON path, as a filter `? (...)`, when the criteria are and/or
+ * of comparisons between a 0..1 element chain of the item (by the definitions) and a literal or
+ * constant: there lax comparison and FHIRPath's agree (an empty side is false, never true, and
+ * nothing negates it). Undefined for anything else, which the SQL filter does.
+ */
+function pathFilter(atom: Atom, itemType: string | undefined, scope: Scope, vars: (string | number | boolean)[]): string | undefined {
+  if (atom instanceof AndAtom || atom instanceof OrAtom) {
+    const l = pathFilter(atom.left, itemType, scope, vars);
+    const r = l && pathFilter(atom.right, itemType, scope, vars);
+    return r ? `(${l} ${atom instanceof AndAtom ? '&&' : '||'} ${r})` : undefined;
+  }
+  if (!(atom instanceof InfixOperatorAtom) || !Object.hasOwn(PATH_COMPARE, atom.operator)
+    || !(atom instanceof EqualsAtom || atom instanceof NotEqualsAtom || atom instanceof ArithemticOperatorAtom)) return undefined;
+  const chain = (a: Atom): string[] | undefined => {
+    if (a instanceof SymbolAtom) return /^[A-Za-z]/.test(a.name) ? [a.name] : a.name === '$this' ? [] : undefined;
+    if (a instanceof DotAtom) {
+      const left = chain(a.left);
+      const right = left && chain(a.right);
+      return right ? [...left, ...right] : undefined;
+    }
+    return undefined;
+  };
+  // Values are bound only once the whole filter compiles (an unused parameter has no type).
+  const value = (a: Atom): string | number | boolean | undefined => {
+    let v: unknown;
+    if (a instanceof LiteralAtom) v = a.value.value;
+    else if (a instanceof SymbolAtom && a.name.startsWith('%') && scope.constants.has(a.name.slice(1))) v = scope.constants.get(a.name.slice(1));
+    return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' ? v : undefined;
+  };
+  const names = chain(atom.left);
+  const literal = value(atom.right);
+  if (!names || literal === undefined || !itemType) return undefined;
+  let type = itemType;
+  for (const name of names) {
+    const element = elementOf(type, name);
+    if (!NAME.test(name) || !element || element.max !== 1 || element.type.length !== 1 || element.path.endsWith('[x]')) return undefined;
+    type = element.type[0].code;
+  }
+  const v = `v${vars.length}`;
+  vars.push(literal);
+  return `@${names.map((n) => `."${n}"`).join('')} ${PATH_COMPARE[atom.operator]} $${v}`;
 }
 
 /**
@@ -185,8 +236,8 @@ function symbol(name: string, scope: Scope, input: Val | undefined): Val {
   const base = input ?? self(scope);
   if (base.k === 'nav' || base.k === 'item') {
     const element = base.type ? elementOf(base.type, name) : undefined;
-    const from = base.k === 'nav' ? base : { base: base.sql, baseIsArray: false, steps: [] as string[], single: true };
-    return { k: 'nav', base: from.base, baseIsArray: from.baseIsArray, steps: [...from.steps, member(name)],
+    const from = base.k === 'nav' ? base : { base: base.sql, baseIsArray: false, steps: [] as string[], single: true, vars: undefined };
+    return { k: 'nav', base: from.base, baseIsArray: from.baseIsArray, steps: [...from.steps, member(name)], vars: from.vars,
       type: element?.type.length === 1 ? element.type[0].code : undefined, single: from.single && element?.max === 1,
       choice: element ? element.path.endsWith('[x]') : undefined };
   }
@@ -249,9 +300,21 @@ function arity(atom: FunctionAtom, min: number, max: number): void {
 function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
   const len = () => `coalesce(jsonb_array_length(${asJson(input, scope)}), 0)`;
   switch (atom.name) {
-    case 'where':
+    case 'where': {
       arity(atom, 1, 1);
+      if (input.k === 'nav') {
+        const values: (string | number | boolean)[] = [];
+        const cond = pathFilter(atom.args[0], input.type, scope, values);
+        if (cond) {
+          // Variables are numbered per filter: v<filter>_<n>, so filters of one path do not collide.
+          const f = input.vars?.length ?? 0;
+          const named = cond.replace(/\$v(\d+)/g, (_, n) => `$v${f}_${n}`);
+          const vars = [...(input.vars ?? []), ...values.map((x, n) => `'v${f}_${n}', ${typeof x === 'boolean' ? String(x) : `${scope.params.add(x)}::${typeof x === 'number' ? 'numeric' : 'text'}`}`)];
+          return { ...input, steps: [...input.steps, ` ? (${named})`], vars, single: false };
+        }
+      }
       return filter(input, scope, (inner) => asBool(compile(atom.args[0], inner, undefined), inner));
+    }
     case 'exists':
       arity(atom, 0, 1);
       if (atom.args.length) return fn(new FunctionAtom('exists', []), scope, fn(new FunctionAtom('where', atom.args), scope, input));
