@@ -58,8 +58,9 @@ function advertised(): [string | undefined, { name: string; definition: string }
 describe('the CapabilityStatement and conformance/', () => {
   test('every advertised operation is defined by a file in conformance/ with its code and url, at its level and type', () => {
     const ops = advertised();
-    // validate on every type, everything and export on Patient, export on Group and the system, run on ViewDefinition.
-    assert.equal(ops.length, cs.rest[0].resource.length + 5);
+    // validate on every type, everything and export on Patient, export on Group and the system, run and
+    // viewdefinition-export on ViewDefinition, viewdefinition-export on the system.
+    assert.equal(ops.length, cs.rest[0].resource.length + 7);
     for (const [type, o] of ops) {
       const od = byUrl(o.definition);
       assert.ok(od, `${type ?? 'system'} $${o.name}: no file in conformance/ has url ${o.definition}`);
@@ -128,8 +129,9 @@ describe('each advertised operation answers at its levels', () => {
         checked++;
       }
     }
-    // Every type's validate at two levels, Patient's everything at two, the three exports at one each, ViewDefinition's run at two.
-    assert.equal(checked, 2 * cs.rest[0].resource.length + 7);
+    // Every type's validate at two levels, Patient's everything at two, the three exports at one each, ViewDefinition's run at two,
+    // viewdefinition-export at the system and type levels.
+    assert.equal(checked, 2 * cs.rest[0].resource.length + 9);
   });
 
   test('on stored resources: $everything 200 at both levels, each $export kick-off 202', async () => {
