@@ -16,6 +16,7 @@ import { commandWords, usageError, usageOf, wantsHelp } from '../cliUsage.ts';
 
 const USAGE = `usage:
   kiln healthie pull --tenant <slug> [--full]    import Healthie patients, appointments, metric entries, medications
+    [--sweep-medications]                        read every client's medications (else only changed clients', or when a sweep is due)
   kiln healthie push --tenant <slug>             send the due outbox rows (FHIR changes) to Healthie once
   kiln healthie webhooks --tenant <slug>         process the queued webhook deliveries once
   kiln healthie status --tenant <slug>           outbox (push) and webhook queue status`;
@@ -31,10 +32,12 @@ export async function healthieCommand(args: string[]): Promise<number> {
   }
   let slug = 'default';
   let full = false;
+  let sweepMedications = false;
   // An option a command does not take, or one without its value, is an error: never ignored.
   for (let i = 0; i < rest.length; i++) {
     if (rest[i] === '--tenant' && rest[i + 1] && !rest[i + 1].startsWith('-')) slug = rest[++i];
     else if (rest[i] === '--full' && command === 'pull') full = true;
+    else if (rest[i] === '--sweep-medications' && command === 'pull') sweepMedications = true;
     else return usageError(USAGE, ['healthie', command], rest[i] === '--tenant' ? '--tenant needs a slug' : `kiln healthie ${command} does not take '${rest[i]}'`);
   }
   const db = await openDatabase(await cliConfig());
@@ -72,7 +75,7 @@ export async function healthieCommand(args: string[]): Promise<number> {
     const bars = new Map<string, cliProgress.SingleBar>();
     // One pull per tenant at a time across processes: a second one says who runs and stands aside.
     const leased = await withPullLease(db, org.id, () => pull({
-      db, orgId: org.id, client: clientFor(settings), full,
+      db, orgId: org.id, client: clientFor(settings), full, sweepMedications,
       onProgress: (phase, c) => {
         let b = bars.get(phase);
         if (!b) { b = bar.create(0, 0, { phase }); bars.set(phase, b); }
