@@ -234,6 +234,34 @@ describe('$viewdefinition-export', () => {
     assert.equal(await jobs(), before, 'no job was queued');
   });
 
+  test('granular scopes filter the rows, through search, as in $run', async () => {
+    for (const value of [100, 101]) {
+      const r = await fhir(srv.url, 'POST', 'Observation', { resourceType: 'Observation', status: 'amended', subject: { reference: `Patient/${bob}` },
+        code: { text: 'amended' }, valueQuantity: { value } }, system);
+      assert.equal(r.status, 201, r.text);
+    }
+    const amended = bearer(await token(srv, { scope: 'system/Observation.rs?status=amended', clientId: 'narrow' }));
+    const { result } = await exportViews([inline(observationView)], amended);
+    const rows = (await filesOf(result, amended)).vitals.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    assert.deepEqual(rows.map((r) => r.value).sort(), [100, 101]);
+    const viaRun = JSON.parse(await run([{ name: 'viewResource', resource: observationView }], amended)) as Json[];
+    assert.deepEqual(rows.map((r) => r.id).sort(), viaRun.map((r) => r.id).sort());
+  });
+
+  test('a view the data cannot fit fails the job: the status still 303s, the result is a 500 OperationOutcome naming it', async () => {
+    const r = await fhir(srv.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ given: ['Ann', 'Marie'] }] }, system);
+    assert.equal(r.status, 201);
+    const several = { ...patientView, select: [{ column: [{ name: 'given', path: 'name.given' }] }] };
+    const k = await kickoff([inline(several)]);
+    assert.equal(k.status, 202, k.text);
+    const done = await waitDone(k.headers.get('content-location')!, system);
+    assert.equal(done.status, 303);
+    const result = await getJson(done.location!, system);
+    assert.equal(result.status, 500);
+    assert.equal(result.json.resourceType, 'OperationOutcome');
+    assert.match(result.json.issue[0].diagnostics, /values for column given, which is not a collection/);
+  });
+
   test('the CapabilityStatement lists the operation at the system level and on ViewDefinition', async () => {
     const cs = (await fhir(srv.url, 'GET', 'metadata')).json;
     assert.ok(cs.rest[0].operation.some((o: Json) => o.name === 'viewdefinition-export'));

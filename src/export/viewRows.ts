@@ -47,7 +47,7 @@ export class ViewRecords {
         out.push(this.format === 'csv' ? this.csvRecord(row) : this.format === 'json' ? JSON.stringify(row) : `${JSON.stringify(row)}\n`);
       }
     } catch (e) {
-      if (e instanceof ViewError) throw new FhirError(400, 'processing', `ViewDefinition: ${e.message} (${resource.resourceType}/${resource.id})`);
+      if (e instanceof ViewError) throw new FhirError(400, 'processing', `ViewDefinition: ${e.message}`);
       throw e;
     }
     return out;
