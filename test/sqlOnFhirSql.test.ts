@@ -130,6 +130,21 @@ describe('what the compiler refuses or checks itself', () => {
     assert.throws(() => compileView({ ...patients, select: [{ column: [{ name: 'x', path: '`a"b`' }] }] } as ViewDefinition), /not an element name/);
   });
 
+  test('getReferenceKey() of a 0..1 Reference (the one-row form): type checked, _history dropped', async () => {
+    const org = await createOrg(srv.db.owner, 'sof-extra', 'SQL on FHIR extra');
+    assert.equal((await fhir(srv.url, 'PUT', 'sof-extra/Patient/p1', { resourceType: 'Patient', id: 'p1' })).status, 201);
+    for (const [id, reference] of [['o1', 'Patient/p1'], ['o2', 'Patient/p1/_history/1']]) {
+      const r = await fhir(srv.url, 'PUT', `sof-extra/Observation/${id}`, { resourceType: 'Observation', id, status: 'final', code: { text: 'x' }, subject: { reference } });
+      assert.equal(r.status, 201, r.text);
+    }
+    const view = { resource: 'Observation', select: [{ column: [{ name: 'id', path: 'id', type: 'id' },
+      { name: 'patient', path: 'subject.getReferenceKey(Patient)', type: 'string' }, { name: 'any', path: 'subject.getReferenceKey()', type: 'string' },
+      { name: 'wrong', path: 'subject.getReferenceKey(Group)', type: 'string' }] }] } as ViewDefinition;
+    const rows = await withTenant(srv.db.app, org.id, (tx) => runCompiledView(tx, view));
+    assert.deepEqual(rows.sort((a, b) => String(a.id).localeCompare(String(b.id))),
+      [{ id: 'o1', patient: 'p1', any: 'p1', wrong: null }, { id: 'o2', patient: 'p1', any: 'p1', wrong: null }]);
+  });
+
   test("the query reads the tenant's partitions only, as kiln_app", async () => {
     const view = { resource: 'Observation', select: [{ column: [{ name: 'id', path: 'id' }] }] } as ViewDefinition;
     const org = orgs.get('view_resource.json')!;

@@ -366,13 +366,17 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
       const k = scope.alias();
       // Type/id are the last two segments before an optional /_history/n (split_part, not a regex:
       // PostgreSQL's regex engine is slow on bounded repetition).
-      const ref = `${t}.e ->> 'reference'`;
-      const bare = `CASE WHEN strpos(${ref}, '/_history/') > 0 THEN left(${ref}, strpos(${ref}, '/_history/') - 1) ELSE ${ref} END`;
+      const valid = (k: string) => `${k}.type ~ '^[A-Z][A-Za-z]+$' AND ${k}.id ~ '^[A-Za-z0-9.-]+$' AND length(${k}.id) <= 64${type ? ` AND ${k}.type = ${type}::text` : ''}`;
+      const parts = (ref: string) => `SELECT split_part(${k}.s, '/', -2) AS type, split_part(${k}.s, '/', -1) AS id FROM (SELECT split_part(${ref}, '/_history/', 1) AS s) ${k}`;
+      const reference = symbol('reference', scope, input);
+      if (reference.k === 'nav' && reference.single) {
+        // One Reference (subject, encounter): one row, no scan of an array.
+        return { k: 'item', sql: `(SELECT CASE WHEN ${valid(t)} THEN to_jsonb(${t}.id) END FROM (${parts(`${navFirst(reference, scope)} #>> '{}'`)}) ${t})` };
+      }
       return {
         k: 'json',
         sql: `to_jsonb(ARRAY(SELECT ${k}.id FROM jsonb_array_elements(${asJson(input, scope)}) ${t}(e)`
-          + ` CROSS JOIN LATERAL (SELECT split_part(${k}.s, '/', -2) AS type, split_part(${k}.s, '/', -1) AS id FROM (SELECT ${bare} AS s) ${k}) ${k}`
-          + ` WHERE ${k}.type ~ '^[A-Z][A-Za-z]+$' AND ${k}.id ~ '^[A-Za-z0-9.-]+$' AND length(${k}.id) <= 64${type ? ` AND ${k}.type = ${type}::text` : ''}))`,
+          + ` CROSS JOIN LATERAL (${parts(`${t}.e ->> 'reference'`)}) ${k} WHERE ${valid(k)}))`,
       };
     }
     case 'lowBoundary': case 'highBoundary':
