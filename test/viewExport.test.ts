@@ -183,6 +183,10 @@ describe('$viewdefinition-export', () => {
     const rows = (await filesOf(result, system)).vitals.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l));
     assert.equal(rows.length, 6);
     assert.ok(rows.every((r) => r.patient === bob));
+    // A patient without observations: the view's output still has a file, the CSV header alone.
+    const carol = (await fhir(srv.url, 'POST', 'Patient', { resourceType: 'Patient', name: [{ family: 'Carol' }] }, system)).json.id;
+    const empty = await exportViews([inline(observationView), { name: 'patient', valueReference: { reference: `Patient/${carol}` } }, { name: '_format', valueCode: 'csv' }]);
+    assert.deepEqual((await filesOf(empty.result, system)).vitals, ['id,patient,note,value\r\n']);
     const none = await kickoff([inline(observationView), { name: 'group', valueReference: { reference: 'Group/none' } }]);
     assert.equal(none.status, 400, 'an unknown group is refused');
     assert.match(none.text, /not-found/);
