@@ -5,6 +5,8 @@
 // missing member or a member of a scalar is empty, not an error. Element names are checked
 // against the FHIR name syntax and the whole path goes as a bind parameter (`$3::jsonpath`),
 // so no text of the view reaches the SQL; literals and constants are parameters too.
+// The R4 definitions say which steps are 0..1: such a path is one jsonb_path_query_first, and
+// a where() over them can stay inside the path as a filter, with no per-row subquery.
 // What this file does not compile it refuses (ViewCompileError), never guesses.
 import { loadDefinitions } from '../../fhir/validate.ts';
 import {
