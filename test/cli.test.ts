@@ -19,7 +19,7 @@ test('--help, -h and help print the usage of every command group and exit 0', as
   for (const flag of ['--help', '-h', 'help']) {
     const r = await kiln(flag);
     assert.equal(r.code, 0, flag);
-    for (const group of ['tenant create', 'tenant list', 'import', 'auth', 'bigquery', 'healthie', 'export', 'export-worker', '--version']) {
+    for (const group of ['tenant create', 'tenant list', 'import', 'auth', 'bigquery', 'healthie', 'views', 'export', 'export-worker', '--version']) {
       assert.ok(r.stdout.includes(`kiln ${group}`) || r.stdout.includes(group), `${flag}: usage names ${group}`);
     }
   }
@@ -59,6 +59,8 @@ const HELP: [string[], string[]][] = [
   [['bigquery', 'sync'], ['kiln bigquery sync']],
   [['healthie'], ['kiln healthie pull', 'kiln healthie push', 'kiln healthie webhooks', 'kiln healthie status']],
   [['healthie', 'pull'], ['kiln healthie pull']],
+  [['views'], ['kiln views install', 'kiln views materialize', 'kiln views refresh']],
+  [['views', 'materialize'], ['kiln views materialize', '--materialized']],
 ];
 
 test('--help and -h at every level print that command\'s usage on stdout and exit 0', async () => {
