@@ -11,6 +11,7 @@
 import crypto from 'node:crypto';
 import pg from 'pg';
 import { compileView, ViewCompileError } from './views/index.ts';
+import { inTransaction } from './transaction.ts';
 import type { ViewDefinition } from '../views/types.ts';
 
 export interface AnalyticsNames { schema: string; role: string }
@@ -181,9 +182,7 @@ export async function materializeTenant(owner: pg.Pool, org: { id: number; slug:
   const schema = pg.escapeIdentifier(names.schema);
   const role = pg.escapeIdentifier(names.role);
   const toRefresh: string[] = [];
-  const client = await owner.connect();
-  try {
-    await client.query('BEGIN');
+  await inTransaction(owner, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK, org.id]);
     const exists = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [names.role]);
     if (!exists.rowCount) await client.query(`CREATE ROLE ${role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS IN ROLE kiln_analytics`);
@@ -236,13 +235,7 @@ export async function materializeTenant(owner: pg.Pool, org: { id: number; slug:
         result.skipped.push({ id: w.id, name: w.name, reason: createFailure(e) });
       }
     }
-    await client.query('COMMIT');
-  } catch (e) {
-    await client.query('ROLLBACK').catch(() => {});
-    throw e;
-  } finally {
-    client.release();
-  }
+  });
   for (const name of toRefresh) {
     await owner.query(`REFRESH MATERIALIZED VIEW ${schema}.${pg.escapeIdentifier(name)}`);
     result.refreshed.push(name);

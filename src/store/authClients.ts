@@ -4,6 +4,7 @@
 import type pg from 'pg';
 import type { JSONWebKeySet } from 'jose';
 import type { Tx } from './resources.ts';
+import { inTransaction } from './transaction.ts';
 
 export type ClientAuthMethod = 'private_key_jwt' | 'client_secret_basic' | 'none';
 
@@ -69,19 +70,11 @@ export async function listClients(owner: pg.Pool, orgId?: number): Promise<(Clie
 
 /** Marks a client revoked and revokes its refresh tokens; false when no such live client. */
 export async function revokeClient(owner: pg.Pool, clientId: string): Promise<boolean> {
-  const client = await owner.connect();
-  try {
-    await client.query('BEGIN');
+  return inTransaction(owner, async (client) => {
     const { rows } = await client.query('UPDATE auth_clients SET revoked_at = now() WHERE client_id = $1 AND revoked_at IS NULL RETURNING org_id', [clientId]);
     if (rows[0]) {
       await client.query('UPDATE auth_refresh_tokens SET revoked_at = now() WHERE org_id = $1 AND client_id = $2 AND revoked_at IS NULL', [rows[0].org_id, clientId]);
     }
-    await client.query('COMMIT');
     return rows.length === 1;
-  } catch (e) {
-    await client.query('ROLLBACK').catch(() => {});
-    throw e;
-  } finally {
-    client.release();
-  }
+  });
 }

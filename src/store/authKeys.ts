@@ -2,6 +2,7 @@
 // private keys. The server reads them into memory; the CLI rotates them.
 import type pg from 'pg';
 import type { JWK } from 'jose';
+import { inTransaction } from './transaction.ts';
 
 export interface SigningKeyRow {
   kid: string;
@@ -42,21 +43,13 @@ export async function insertFirstSigningKey(owner: pg.Pool, key: { kid: string; 
 /** Retires the active key and makes the new one active, in one transaction; drops keys
  *  retired longer than the grace period (no live token can name them). */
 export async function rotateSigningKey(owner: pg.Pool, key: { kid: string; alg: string; privateJwk: JWK; publicJwk: JWK }, graceSeconds: number): Promise<{ retired: string[]; dropped: number }> {
-  const client = await owner.connect();
-  try {
-    await client.query('BEGIN');
+  return inTransaction(owner, async (client) => {
     const retired = await client.query('UPDATE auth_signing_keys SET retired_at = now() WHERE retired_at IS NULL RETURNING kid');
     await client.query('INSERT INTO auth_signing_keys (kid, alg, private_jwk, public_jwk) VALUES ($1, $2, $3, $4)',
       [key.kid, key.alg, JSON.stringify(key.privateJwk), JSON.stringify(key.publicJwk)]);
     const dropped = await client.query('DELETE FROM auth_signing_keys WHERE retired_at < now() - make_interval(secs => $1)', [graceSeconds]);
-    await client.query('COMMIT');
     return { retired: retired.rows.map((r) => r.kid), dropped: dropped.rowCount ?? 0 };
-  } catch (e) {
-    await client.query('ROLLBACK').catch(() => {});
-    throw e;
-  } finally {
-    client.release();
-  }
+  });
 }
 
 /** client_ids revoked with `kiln auth client revoke` (all tenants): their tokens stop working. */

@@ -1,5 +1,6 @@
 // Tenants (organizations): creation with their partitions, and slug lookup.
 import type pg from 'pg';
+import { inTransaction } from './transaction.ts';
 
 export interface Org { id: number; slug: string; name: string }
 
@@ -17,19 +18,11 @@ const PARTITION_LOCK = 7_201_002; // advisory lock class: one partition maintain
  * opposite orders and deadlock (40P01), so the work holds a per-tenant lock.
  */
 export async function ensureOrgPartitions(owner: pg.Pool, orgId: number, monthsBack = MONTHS_BACK): Promise<void> {
-  const client = await owner.connect();
-  try {
-    await client.query('BEGIN');
+  await inTransaction(owner, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock($1, $2)', [PARTITION_LOCK, orgId]);
     await client.query('SELECT kiln_ensure_time_partitions($1, $2, $3)', [orgId, monthsBack, MONTHS_AHEAD]);
     await client.query('SELECT kiln_split_default_partitions($1)', [orgId]);
-    await client.query('COMMIT');
-  } catch (e) {
-    await client.query('ROLLBACK').catch(() => {});
-    throw e;
-  } finally {
-    client.release();
-  }
+  });
 }
 
 export async function ensureAllOrgPartitions(owner: pg.Pool): Promise<void> {
