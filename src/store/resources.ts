@@ -164,14 +164,14 @@ export interface StoredResource extends VersionInfo {
 }
 
 const INSTANT_SQL = `to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
-const instant = (col: string) => INSTANT_SQL.replace('%s', col);
+export const instant = (col: string) => INSTANT_SQL.replace('%s', col);
 
 /** The generic table holds many types under one id space per type: its rows are keyed by type too. */
 function typeMatch(table: string, type: string, p: (v: unknown) => string): string {
   return table === GENERIC_TABLE ? ` AND resource_type = ${p(type)}` : '';
 }
 
-function tableOf(type: string): string {
+export function tableOf(type: string): string {
   const table = TABLES[type];
   if (!table) throw notFound(`Resource type ${type} is not supported`);
   return table;
@@ -226,7 +226,7 @@ interface Locked {
 
 
 /** Local references to stored types (Type/id), other than the resource itself. */
-function localReferences(resource: Resource, selfType: string, selfId: string): { type: string; id: string }[] {
+export function localReferences(resource: Resource, selfType: string, selfId: string): { type: string; id: string }[] {
   const wanted = new Map<string, { type: string; id: string }>();
   for (const ref of collectReferences(resource)) {
     // A urn:uuid: reference names a Bundle entry (bundle.html); outside one, or left over
@@ -305,7 +305,7 @@ export interface WriteResult {
 }
 
 /** Collects positional parameters while a statement is being assembled. */
-function params() {
+export function params() {
   const values: unknown[] = [];
   return { values, p: (v: unknown) => { values.push(v); return `$${values.length}`; } };
 }
@@ -376,6 +376,9 @@ export async function writeResource(tx: Tx, req: WriteRequest): Promise<WriteRes
   }
   return { resource, json, versionId, lastUpdated: lock.now, created: !exists };
 }
+
+/** A page of new resources in a few multi-row statements (src/store/batchWrite.ts). */
+export { createMany } from './batchWrite.ts';
 
 /**
  * The lastUpdated of a write made in this transaction, taken once it has its id (an
