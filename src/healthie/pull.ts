@@ -3,7 +3,8 @@
 // updated_at watermarks (sql/009): a phase's watermark moves only once the phase has
 // completed, so an interrupted pull redoes at most that phase, without duplicates.
 // One transaction per page: the page's patients and stored matches are found by one query
-// each, then every object is compared and written (writeMatched); the next page is fetched
+// each, then every object is compared (writeMatched): changed ones are updated one by one,
+// new ones created together by one createMany at the page's end; the next page is fetched
 // from Healthie meanwhile. No transaction is open while a request is waited on.
 import type { Resource } from '@medplum/fhirtypes';
 import type { Database } from '../store/database.ts';
@@ -13,7 +14,7 @@ import { identifierPage, idsByIdentifier, lockCriteriaKeys, matchByIdentifier, t
 import { FhirError } from '../fhir/outcome.ts';
 import type { HealthieClient } from './client.ts';
 import * as Q from './queries.ts';
-import { identifierLockKey, upsertInTx, writeMatched, type UpsertOutcome } from './upsert.ts';
+import { identifierLockKey, upsertInTx, withBatchedCreates, writeMatched, type UpsertOutcome } from './upsert.ts';
 import { writeAppointment } from './appointments.ts';
 import {
   loadMaps, userToPatient, entryToObservation, medicationToStatement, appointmentClientIds,
@@ -160,30 +161,33 @@ export async function pull(opts: PullOptions): Promise<PullSummary> {
     const values = built.map((b) => b.item.healthieId);
     await lockCriteriaKeys(tx, values.map((v) => identifierLockKey(type, system, v)));
     const stored = await matchByIdentifier(tx, type, system, values);
-    for (const { item, resource, at } of built) {
-      try {
-        const found = stored.get(item.healthieId) ?? [];
-        if (item.write) {
-          results[at] = { healthieId: item.healthieId, outcome: await item.write(tx, found, patientOf) };
-          continue;
+    // New objects are created together at the end of the page (one createMany); updates go one by one.
+    await withBatchedCreates(tx, async () => {
+      for (const { item, resource, at } of built) {
+        try {
+          const found = stored.get(item.healthieId) ?? [];
+          if (item.write) {
+            results[at] = { healthieId: item.healthieId, outcome: await item.write(tx, found, patientOf) };
+            continue;
+          }
+          // Two stored resources carry one Healthie id: the conditional update's rule decides (412).
+          const r = found.length > 1
+            ? await upsertInTx(tx, resource!, system, item.healthieId, item.updatedAt)
+            : await writeMatched(tx, resource!, found[0], item.updatedAt, { marked: true });
+          if (type === 'Patient') wrote.push([item.healthieId, r.id]);
+          results[at] = { healthieId: item.healthieId, outcome: r.outcome };
+        } catch (e) {
+          if (!objectError(e)) throw e;
+          results[at] = { healthieId: item.healthieId, failed: reasonOf(e) };
         }
-        // Two stored resources carry one Healthie id: the conditional update's rule decides (412).
-        const r = found.length > 1
-          ? await upsertInTx(tx, resource!, system, item.healthieId, item.updatedAt)
-          : await writeMatched(tx, resource!, found[0], item.updatedAt, { marked: true });
-        if (type === 'Patient') wrote.push([item.healthieId, r.id]);
-        results[at] = { healthieId: item.healthieId, outcome: r.outcome };
-      } catch (e) {
-        if (!objectError(e)) throw e;
-        results[at] = { healthieId: item.healthieId, failed: reasonOf(e) };
       }
-    }
+    });
     return { results, wrote };
   }
 
   /**
-   * Writes a page in one transaction. A database error (which aborts the transaction) sends
-   * the page again one object per transaction, so only the object that causes it fails the pull,
+   * Writes a page in one transaction. A database error (which aborts the transaction), or any
+   * failure of the page's createMany, sends the page again one object per transaction, so only the object that causes it fails the pull,
    * as before pages were batched.
    */
   async function writePage(phase: Phase, type: string, system: string, items: Item[]): Promise<void> {

@@ -3,12 +3,14 @@
 // content writes nothing, so re-importing creates no versions. Conflict rule: a FHIR
 // change newer than the Healthie object and still waiting in the outbox wins (it will be
 // pushed); otherwise the Healthie state wins and the older FHIR version stays in history.
+import crypto from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Database } from '../store/database.ts';
-import { withTenant, type Tx } from '../store/resources.ts';
+import { createMany, withTenant, type Tx, type WriteRequest } from '../store/resources.ts';
 import { markSyncWrite, pendingPushNewerThan } from '../store/healthieSync.ts';
 import { checkResource, conditionalUpdate, create, criteriaLockKey, matchCriteria, update } from '../interactions/write.ts';
+import { requireClaimedProfiles } from '../interactions/profiles.ts';
 import { parseSearch } from '../search/query.ts';
 import { toFhirDateTime } from '../../mappings/healthie/index.ts';
 
@@ -46,8 +48,38 @@ export async function writeMatched(tx: Tx, resource: Resource, found: { id: stri
     }
   }
   checkResource(resource, type);
+  const batch = found ? undefined : batches.get(tx);
+  if (batch) {
+    // As create() does, with the id handed out now: the row is stored by the page's createMany.
+    await requireClaimedProfiles(tx, resource);
+    const { id: _ignored, ...rest } = resource;
+    const id = crypto.randomUUID();
+    batch.push({ type, id, resource: rest as Resource, method: 'POST' });
+    return { outcome: 'created', id };
+  }
   const w = found ? await update(tx, type, found.id, { ...resource, id: found.id }, undefined) : await create(tx, type, resource, undefined);
   return { outcome: w.created ? 'created' : 'updated', id: w.id };
+}
+
+/** Creates writeMatched defers in a transaction running withBatchedCreates (appointments reach writeMatched through writeAppointment). */
+const batches = new WeakMap<Tx, WriteRequest[]>();
+
+/**
+ * Runs `work`, during which writeMatched's creates in `tx` are collected, then stores them
+ * with one createMany (src/store/batchWrite.ts). A failure of that write fails the whole work:
+ * the caller redoes it one object at a time.
+ */
+export async function withBatchedCreates<T>(tx: Tx, work: () => Promise<T>): Promise<T> {
+  const pending: WriteRequest[] = [];
+  batches.set(tx, pending);
+  let out: T;
+  try {
+    out = await work();
+  } finally {
+    batches.delete(tx);
+  }
+  if (pending.length) await createMany(tx, pending);
+  return out;
 }
 
 /** The lock key a conditional write on identifier `system|value` takes (src/interactions/write.ts matchCriteria). */
