@@ -4,7 +4,8 @@
 // 400,000 metric entries and 10,000 medications (times --scale). Kiln pulls it into an
 // embedded PostgreSQL: a first pull, then an incremental pull after ~1% of every kind changed.
 // Beside them, the direct write of the same FHIR resources through the store's write path
-// (validation, create, one transaction per page of 100, no Healthie), as a ratio. CPU is
+// (validation, then create one by one or createMany per page; one transaction per page of
+// 100, no Healthie), as a ratio. `--first-only` runs the first pull alone (for --cpu-prof). CPU is
 // split between this process (Kiln: GraphQL client, mapping, validation, pg client), the
 // fake and PostgreSQL; peak RSS is this process's (the fake holds the practice by design).
 import { fork, type ChildProcess } from 'node:child_process';
@@ -14,7 +15,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import { startTestServer, removeDataDir } from '../test/support/server.ts';
 import { FakeHealthie } from '../test/support/healthieServer.ts';
 import { createOrg } from '../src/store/tenants.ts';
-import { withTenant } from '../src/store/resources.ts';
+import { createMany, withTenant } from '../src/store/resources.ts';
 import { markSyncWrite } from '../src/store/healthieSync.ts';
 import { checkResource, create } from '../src/interactions/write.ts';
 import { loadDefinitions } from '../src/fhir/validate.ts';
@@ -36,6 +37,8 @@ const N = {
   medications: Math.round(10_000 * SCALE),
 };
 const CHANGED = 0.01;
+/** --first-only: the first pull alone (e.g. under --cpu-prof, so the profile is the pull's). */
+const FIRST_ONLY = process.argv.includes('--first-only');
 
 // ---------------------------------------------------------------- the practice
 
@@ -209,6 +212,7 @@ async function bench(): Promise<void> {
     const out = pullLines('first pull', first, rss.splice(0));
     out.push(`  peak RSS of this process so far: ${peakMb()} MB`);
     console.log(out.join('\n'));
+    if (FIRST_ONLY) return;
 
     const changed = await ask<{ counts: Record<string, number> }>(child, { op: 'change', fraction: CHANGED, offset: 7 }, 'changed');
     console.log(`changed in Healthie: ${JSON.stringify(changed.counts)}`);
@@ -217,17 +221,22 @@ async function bench(): Promise<void> {
     rss.push(rssMb());
     console.log(pullLines('incremental pull', incr, rss.splice(0)).join('\n'));
 
-    // The same resources written directly: no Healthie, no lookups, one transaction per page of 100.
-    const direct = await createOrg(srv.db.owner, 'bench-direct', 'bench-direct');
+    // The same resources written directly: no Healthie, no lookups, one transaction per page of
+    // 100; one by one (validate + create) and batched (validate + createMany, as the pull now does).
     const source = ready.url;
-    const patients = new Map<string, string>();
-    const write = await measured(undefined, async () => {
+    const directWrite = (slug: string, batched: boolean) => measured(undefined, async () => {
+      const direct = await createOrg(srv.db.owner, slug, slug);
+      const patients = new Map<string, string>();
       let n = 0;
       const page = async (resources: Resource[]) => {
         if (!resources.length) return [];
         n += resources.length;
         return withTenant(srv.db.app, direct.id, async (tx) => {
           await markSyncWrite(tx);
+          if (batched) {
+            const reqs = resources.map((r) => ({ type: r.resourceType, resource: checkResource(r, r.resourceType), method: 'POST' as const }));
+            return (await createMany(tx, reqs)).map((w) => w.resource.id!);
+          }
           const ids: string[] = [];
           for (const r of resources) ids.push((await create(tx, r.resourceType, checkResource(r, r.resourceType), undefined)).id);
           return ids;
@@ -251,15 +260,18 @@ async function bench(): Promise<void> {
       await each(N.medications, (m) => { const x = medication(m) as any; return medicationToStatement(x, { source, now: now(), patientId: patients.get(x.user_id)! }); });
       return n;
     });
-    const directRate = write.result / write.wallS;
     const firstRate = first.result.objects / first.wallS;
-    console.log(`direct write of the same resources: ${write.result} in ${write.wallS.toFixed(1)} s = ${Math.round(directRate)} resources/s`);
-    console.log(`  ${cpuLine(write, write.result)}`);
     // On a shared machine the wall-time ratio moves with the neighbours' load; the CPU per
     // object (Kiln process + PostgreSQL) does not, so both are printed.
     const cpuPer = (m: Measured<unknown>, n: number) => (m.selfMs + m.pgMs) / Math.max(1, n);
-    console.log(`first pull / direct write: ${(firstRate / directRate).toFixed(2)} in objects/s; `
-      + `${(cpuPer(write, write.result) / cpuPer(first, first.result.objects)).toFixed(2)} in CPU per object (Kiln + PostgreSQL, direct / pull)`);
+    for (const [name, batched] of [['direct write of the same resources, one by one', false], ['direct write of the same resources, createMany per page', true]] as const) {
+      const write = await directWrite(batched ? 'bench-direct-batched' : 'bench-direct', batched);
+      const directRate = write.result / write.wallS;
+      console.log(`${name}: ${write.result} in ${write.wallS.toFixed(1)} s = ${Math.round(directRate)} resources/s`);
+      console.log(`  ${cpuLine(write, write.result)}`);
+      console.log(`  first pull / this write: ${(firstRate / directRate).toFixed(2)} in objects/s; `
+        + `${(cpuPer(write, write.result) / cpuPer(first, first.result.objects)).toFixed(2)} in CPU per object (Kiln + PostgreSQL, direct / pull)`);
+    }
     console.log(`peak RSS of this process: ${peakMb()} MB; fake Healthie's: ${(await ask<{ rssMb: number }>(child, { op: 'cpu' }, 'cpu')).rssMb} MB`);
   } finally {
     child.removeAllListeners('exit');

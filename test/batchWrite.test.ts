@@ -8,6 +8,9 @@ import { createOrg } from '../src/store/tenants.ts';
 import { createMany, withTenant, writeResource, type Tx, type WriteRequest } from '../src/store/resources.ts';
 import { FhirError } from '../src/fhir/outcome.ts';
 import { SYSTEM } from '../mappings/healthie/index.ts';
+import { FakeHealthie } from './support/healthieServer.ts';
+import { HealthieClient } from '../src/healthie/client.ts';
+import { pull } from '../src/healthie/pull.ts';
 
 let srv: TestServer;
 before(async () => { srv = await startTestServer(); });
@@ -150,5 +153,42 @@ describe('createMany', () => {
     }
     assert.equal((await srv.db.owner.query('SELECT count(*)::int AS n FROM resource_ids WHERE org_id = $1', [org.id])).rows[0].n, 0);
     assert.deepEqual(single.issues[0].diagnostics, 'Reference not found: Patient/nope');
+  });
+});
+
+describe('Healthie pull through createMany', () => {
+  const fake = new FakeHealthie('k');
+  before(async () => { await fake.start(); fake.seedMany(60); });
+  after(() => fake.stop());
+
+  test("a page's new objects are created together (one lastUpdated per page), updates and re-pulls as before", async () => {
+    const org = await createOrg(srv.db.owner, 'batch-pull', 'batch-pull');
+    const client = new HealthieClient({ url: fake.url, apiKey: 'k', baseDelayMs: 2, maxDelayMs: 10 });
+    const first = await pull({ db: srv.db, orgId: org.id, client, pageSize: 50, full: true });
+    assert.deepEqual(first.failures, []);
+    for (const p of ['users', 'appointments', 'medications'] as const) assert.equal(first.phases[p].created, 60, p);
+    assert.equal(first.phases.entries.created, 120);
+    const { rows } = await srv.db.owner.query(
+      `SELECT resource_type, count(*)::int AS n, count(DISTINCT last_updated)::int AS instants FROM resource_ids WHERE org_id = $1 GROUP BY 1 ORDER BY 1`, [org.id]);
+    // Pages of 50 (medications: chunks of 50 clients): one write instant per page, not one per object.
+    assert.deepEqual(rows, [
+      { resource_type: 'Encounter', n: 60, instants: 2 }, { resource_type: 'MedicationStatement', n: 60, instants: 2 },
+      { resource_type: 'Observation', n: 120, instants: 3 }, { resource_type: 'Patient', n: 60, instants: 2 },
+    ]);
+    // Stored as one by one: readable, version 1, the Encounter's hub row names its patient.
+    const enc = (await fhir(`${srv.url}/batch-pull`, 'GET', 'Encounter?_count=1')).json.entry[0].resource;
+    assert.equal(enc.meta.versionId, '1');
+    const hub = await srv.db.owner.query('SELECT patient_id FROM clinical_events WHERE org_id = $1 AND encounter_id = $2', [org.id, enc.id]);
+    assert.equal(`Patient/${hub.rows[0].patient_id}`, enc.subject.reference);
+
+    const versions = async () => (await srv.db.owner.query('SELECT count(*)::int AS n FROM resource_history WHERE org_id = $1', [org.id])).rows[0].n;
+    const before = await versions();
+    const again = await pull({ db: srv.db, orgId: org.id, client, pageSize: 50, full: true });
+    assert.equal(again.phases.entries.unchanged, 120);
+    assert.equal(await versions(), before);
+    fake.put('entries', { ...fake.entries.get('4000000')!, metric_stat: 151.5 });
+    const third = await pull({ db: srv.db, orgId: org.id, client, pageSize: 50 });
+    assert.equal(third.phases.entries.updated, 1);
+    assert.equal(await versions(), before + 1);
   });
 });
