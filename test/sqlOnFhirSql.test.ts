@@ -14,6 +14,7 @@ import { startTestServer, removeDataDir, fhir, type TestServer } from './support
 import { createOrg } from '../src/store/tenants.ts';
 import { withTenant } from '../src/store/resources.ts';
 import { compileView, runCompiledView } from '../src/store/views/index.ts';
+import { SEVERAL_VALUES } from '../src/store/views/compile.ts';
 import type { ViewDefinition } from '../src/views/types.ts';
 import { validateView } from '../src/views/validate.ts';
 import { FhirError } from '../src/fhir/outcome.ts';
@@ -143,6 +144,44 @@ describe('what the compiler refuses or checks itself', () => {
     const rows = await withTenant(srv.db.app, org.id, (tx) => runCompiledView(tx, view));
     assert.deepEqual(rows.sort((a, b) => String(a.id).localeCompare(String(b.id))),
       [{ id: 'o1', patient: 'p1', any: 'p1', wrong: null }, { id: 'o2', patient: 'p1', any: 'p1', wrong: null }]);
+  });
+
+  test('vital_signs: a forEach over where() keeps its items\' type, so 0..1 chains need no check for several values and a repeating element still has one', async () => {
+    const view = JSON.parse(fs.readFileSync(path.join(import.meta.dirname, '../conformance/views/vital_signs.json'), 'utf8')) as ViewDefinition;
+    const { sql } = compileView(view);
+    // Before, the forEach items had no type: every component column built an array and checked it for several values.
+    assert.doesNotMatch(sql, new RegExp(SEVERAL_VALUES));
+    assert.doesNotMatch(sql, /jsonb_build_object/, 'path variables are one bind parameter, not built per row');
+    const org = await createOrg(srv.db.owner, 'sof-vitals', 'SQL on FHIR vitals');
+    assert.equal((await fhir(srv.url, 'PUT', 'sof-vitals/Patient/p1', { resourceType: 'Patient', id: 'p1' })).status, 201);
+    const loinc = (code: string, display: string) => ({ coding: [{ system: 'http://snomed.info/sct', code: '1' }, { system: 'http://loinc.org', code, display }] });
+    const mmHg = (value: number) => ({ value, unit: 'mm[Hg]', system: 'http://unitsofmeasure.org', code: 'mm[Hg]' });
+    const observations = [
+      { id: 'w', code: loinc('29463-7', 'Body weight'), valueQuantity: { value: 70.5, unit: 'kg', code: 'kg' }, effectiveDateTime: '2026-01-02T03:04:05Z' },
+      { id: 'bp', code: loinc('85354-9', 'Blood pressure panel'), component: [
+        { code: loinc('8480-6', 'Systolic'), valueQuantity: mmHg(120) }, { code: loinc('8462-4', 'Diastolic'), valueQuantity: mmHg(80) },
+        { code: loinc('8480-6', 'Systolic'), valueString: 'not measured' }] },
+      { id: 'hb', code: loinc('718-7', 'Hemoglobin'), valueQuantity: { value: 13.5, unit: 'g/dL' } },
+      { id: 'txt', code: loinc('8867-4', 'Heart rate'), valueString: 'fast' },
+    ];
+    for (const o of observations) {
+      const r = await fhir(srv.url, 'PUT', `sof-vitals/Observation/${o.id}`, { resourceType: 'Observation', status: 'final', subject: { reference: 'Patient/p1' }, ...o });
+      assert.equal(r.status, 201, r.text);
+    }
+    const rows = await withTenant(srv.db.app, org.id, (tx) => runCompiledView(tx, view));
+    const row = (id: string, panel: string, code: string, display: string, value: number, unit: string, unitCode: string | null, time: string | null = null) => ({
+      observation_id: id, patient_id: 'p1', encounter_id: null, status: 'final', effective_time: time, panel_code: panel,
+      code, display, value, unit, unit_code: unitCode });
+    assert.deepEqual(rows.map(canonical).sort(), [
+      row('w', '29463-7', '29463-7', 'Body weight', 70.5, 'kg', 'kg', '2026-01-02T03:04:05Z'),
+      row('bp', '85354-9', '8480-6', 'Systolic', 120, 'mm[Hg]', 'mm[Hg]'),
+      row('bp', '85354-9', '8462-4', 'Diastolic', 80, 'mm[Hg]', 'mm[Hg]'),
+    ].map(canonical).sort());
+    // coding repeats: a non-collection column over it still gives the several-values error, inside a forEach over where() too.
+    const codes = { resource: 'Observation', select: [{ forEach: 'component.where(value.ofType(Quantity).exists())',
+      column: [{ name: 'code', path: 'code.coding.code', type: 'code' }] }] } as ViewDefinition;
+    await assert.rejects(withTenant(srv.db.app, org.id, (tx) => runCompiledView(tx, codes)),
+      (e: unknown) => e instanceof FhirError && e.status === 400 && /column code has several values/.test(e.message));
   });
 
   test("the query reads the tenant's partitions only, as kiln_app", async () => {

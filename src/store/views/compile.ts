@@ -48,7 +48,7 @@ class Compiler {
       if (typeof path !== 'string') throw new ViewCompileError('forEach and forEachOrNull take a FHIRPath string');
       const collection = compilePath(path, scope);
       const items = asJson(collection, scope);
-      const itemType = collection.k === 'nav' || collection.k === 'item' ? collection.type : undefined;
+      const itemType = collection.k === 'nav' || collection.k === 'item' || collection.k === 'json' ? collection.type : undefined;
       const it = this.alias();
       if (node.forEach !== undefined) return this.iterate(`jsonb_array_elements(${items}) WITH ORDINALITY ${it}(e, o)`, it, node, scope, itemType);
       // No item: one row whose item is SQL NULL (every path over it is empty) and whose %rowIndex is 0.

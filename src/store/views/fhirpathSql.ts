@@ -5,8 +5,9 @@
 // missing member or a member of a scalar is empty, not an error. Element names are checked
 // against the FHIR name syntax and the whole path goes as a bind parameter (`$3::jsonpath`),
 // so no text of the view reaches the SQL; literals and constants are parameters too.
-// The R4 definitions say which steps are 0..1: such a path is one jsonb_path_query_first, and
-// a where() over them can stay inside the path as a filter, with no per-row subquery.
+// The R4 definitions say which steps are 0..1: such a path is a key lookup (`#>`, its keys a
+// bind parameter), and a where() over them (or exists() of an element chain) stays inside the
+// path as a filter, with no per-row subquery; where() keeps its items' type for what follows.
 // What this file does not compile it refuses (ViewCompileError), never guesses.
 import { loadDefinitions } from '../../fhir/validate.ts';
 import {
@@ -52,13 +53,13 @@ export interface Scope {
  * the SQL/JSON path steps, kept open so consecutive steps become one path; `type` is the FHIR
  * type of its items when the R4 definitions say, `single` that every step is a 0..1 element of
  * one item (so no row needs a check for several values). `item`: one jsonb value or NULL.
- * `json`: a jsonb array (NULL is empty too). `bool`, `num`, `text`: one SQL scalar, NULL for the
+ * `json`: a jsonb array (NULL is empty too), `type` its items' FHIR type when known. `bool`, `num`, `text`: one SQL scalar, NULL for the
  * empty collection.
  */
 export type Val =
-  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[]; ofType?: string; type?: string; single: boolean; choice?: boolean; vars?: string[] }
+  | { k: 'nav'; base: string; baseIsArray: boolean; steps: string[]; ofType?: string; type?: string; single: boolean; choice?: boolean; vars?: Record<string, string | number | boolean> }
   | { k: 'item'; sql: string; type?: string }
-  | { k: 'json'; sql: string }
+  | { k: 'json'; sql: string; type?: string }
   | { k: 'bool' | 'num' | 'text'; sql: string };
 
 const NAME = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
@@ -103,7 +104,7 @@ export function asJson(v: Val, scope: Scope): string {
       // No filter for JSON nulls: a null in a primitive array stands for an element with only
       // extensions, which exists in FHIRPath; the filter also doubled the cost of every path.
       const path = `${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`;
-      return `jsonb_path_query_array(${v.base}, ${scope.params.add(path)}::jsonpath${pathVars(v)})`;
+      return `jsonb_path_query_array(${v.base}, ${scope.params.add(path)}::jsonpath${pathVars(v, scope)})`;
     }
     case 'bool': case 'num': case 'text':
       return `(CASE WHEN (${v.sql}) IS NULL THEN '[]'::jsonb ELSE jsonb_build_array(${v.sql}) END)`;
@@ -146,12 +147,22 @@ function self(scope: Scope): Val {
 
 /** The first item of a path (jsonb or NULL), without building the array. */
 export function navFirst(v: Extract<Val, { k: 'nav' }>, scope: Scope): string {
-  return `jsonb_path_query_first(${v.base}, ${scope.params.add(`${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`)}::jsonpath${pathVars(v)})`;
+  // Every step a 0..1 element of one item: a key lookup (#>), several times cheaper than a path.
+  const keys = v.single && !v.baseIsArray && !v.vars ? v.steps.map((s) => /^\."([A-Za-z][A-Za-z0-9_]*)"\[\*\]$/.exec(s)?.[1]) : [];
+  if (v.steps.length > 0 && keys.length === v.steps.length && keys.every((k) => k !== undefined)) {
+    return `(${v.base} #> ${scope.params.add(`{${keys.join(',')}}`)}::text[])`;
+  }
+  return `jsonb_path_query_first(${v.base}, ${scope.params.add(`${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`)}::jsonpath${pathVars(v, scope)})`;
 }
 
-/** The `vars` argument of a path whose filters compare with literals (`$v0`, bound as parameters). */
-function pathVars(v: Extract<Val, { k: 'nav' }>): string {
-  return v.vars?.length ? `, jsonb_build_object(${v.vars.join(', ')})` : '';
+/** Whether a path has an item, without building its array (a NULL base has none). */
+function navExists(v: Extract<Val, { k: 'nav' }>, scope: Scope): string {
+  return `coalesce(jsonb_path_exists(${v.base}, ${scope.params.add(`${v.baseIsArray ? '$[*]' : '$'}${v.steps.join('')}`)}::jsonpath${pathVars(v, scope)}), false)`;
+}
+
+/** The `vars` argument of a path whose filters compare with literals (`$v0`): one jsonb bind parameter, not built per row. */
+function pathVars(v: Extract<Val, { k: 'nav' }>, scope: Scope): string {
+  return v.vars && Object.keys(v.vars).length ? `, ${scope.params.add(JSON.stringify(v.vars))}::jsonb` : '';
 }
 
 const PATH_COMPARE: Record<string, string> = { '=': '==', '!=': '!=', '<': '<', '>': '>', '<=': '<=', '>=': '>=' };
@@ -167,6 +178,10 @@ function pathFilter(atom: Atom, itemType: string | undefined, scope: Scope, vars
     const l = pathFilter(atom.left, itemType, scope, vars);
     const r = l && pathFilter(atom.right, itemType, scope, vars);
     return r ? `(${l} ${atom instanceof AndAtom ? '&&' : '||'} ${r})` : undefined;
+  }
+  if (atom instanceof DotAtom && atom.right instanceof FunctionAtom && atom.right.name === 'exists' && atom.right.args.length === 0) {
+    const steps = existsSteps(atom.left, itemType);
+    return steps ? `exists(@${steps})` : undefined;
   }
   if (!(atom instanceof InfixOperatorAtom) || !Object.hasOwn(PATH_COMPARE, atom.operator)
     || !(atom instanceof EqualsAtom || atom instanceof NotEqualsAtom || atom instanceof ArithemticOperatorAtom)) return undefined;
@@ -201,15 +216,54 @@ function pathFilter(atom: Atom, itemType: string | undefined, scope: Scope, vars
 }
 
 /**
+ * The SQL/JSON steps of a chain of elements, each possibly followed by ofType() of a choice
+ * element (`value.ofType(Quantity)` is valueQuantity), for exists() in a path filter; undefined
+ * when the definitions do not know an element or a choice has no ofType().
+ */
+function existsSteps(atom: Atom, itemType: string | undefined): string | undefined {
+  const atoms: Atom[] = [];
+  const flatten = (a: Atom): void => {
+    if (a instanceof DotAtom) {
+      flatten(a.left);
+      flatten(a.right);
+    } else atoms.push(a);
+  };
+  flatten(atom);
+  let type = itemType;
+  let steps = '';
+  for (let i = 0; i < atoms.length; i++) {
+    const a = atoms[i];
+    if (!type || !(a instanceof SymbolAtom) || !NAME.test(a.name)) return undefined;
+    const element = elementOf(type, a.name);
+    if (!element) return undefined;
+    const next = atoms[i + 1];
+    if (element.path.endsWith('[x]')) {
+      if (!(next instanceof FunctionAtom) || next.name !== 'ofType' || next.args.length !== 1) return undefined;
+      const m = next.args[0] instanceof SymbolAtom ? TYPE.exec(next.args[0].name) : null;
+      if (!m || !element.type.some((t) => t.code === m[1])) return undefined;
+      steps += member(a.name + m[1][0].toUpperCase() + m[1].slice(1));
+      type = m[1];
+      i++;
+    } else {
+      steps += member(a.name);
+      type = element.type.length === 1 ? element.type[0].code : undefined;
+    }
+  }
+  return atoms.length ? steps : undefined;
+}
+
+/**
  * Keeps the items of a collection for which cond (compiled with the item as $this) is true, in
  * order: ARRAY() over a scan of jsonb_array_elements keeps the scan's order, and is several times
  * cheaper per row than an ordered aggregate.
  */
 function filter(input: Val, scope: Scope, cond: (inner: Scope) => string): Val {
   const t = scope.alias();
-  const inner = { ...scope, item: `${t}.e` };
+  const type = input.k === 'nav' || input.k === 'item' || input.k === 'json' ? input.type : undefined;
+  const inner = { ...scope, item: `${t}.e`, itemType: type };
   return {
     k: 'json',
+    type,
     sql: `to_jsonb(ARRAY(SELECT ${t}.e FROM jsonb_array_elements(${asJson(input, scope)}) ${t}(e) WHERE (${cond(inner)}) IS TRUE))`,
   };
 }
@@ -309,9 +363,9 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
         const cond = pathFilter(atom.args[0], input.type, scope, values);
         if (cond) {
           // Variables are numbered per filter: v<filter>_<n>, so filters of one path do not collide.
-          const f = input.vars?.length ?? 0;
+          const f = Object.keys(input.vars ?? {}).length;
           const named = cond.replace(/\$v(\d+)/g, (_, n) => `$v${f}_${n}`);
-          const vars = [...(input.vars ?? []), ...values.map((x, n) => `'v${f}_${n}', ${typeof x === 'boolean' ? String(x) : `${scope.params.add(x)}::${typeof x === 'number' ? 'numeric' : 'text'}`}`)];
+          const vars = { ...input.vars, ...Object.fromEntries(values.map((x, n) => [`v${f}_${n}`, x])) };
           return { ...input, steps: [...input.steps, ` ? (${named})`], vars, single: false };
         }
       }
@@ -320,10 +374,10 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
     case 'exists':
       arity(atom, 0, 1);
       if (atom.args.length) return fn(new FunctionAtom('exists', []), scope, fn(new FunctionAtom('where', atom.args), scope, input));
-      return { k: 'bool', sql: `(${len()} > 0)` };
+      return { k: 'bool', sql: input.k === 'nav' ? navExists(input, scope) : `(${len()} > 0)` };
     case 'empty':
       arity(atom, 0, 0);
-      return { k: 'bool', sql: `(${len()} = 0)` };
+      return { k: 'bool', sql: input.k === 'nav' ? `(NOT ${navExists(input, scope)})` : `(${len()} = 0)` };
     case 'count':
       arity(atom, 0, 0);
       return { k: 'num', sql: `(${len()})::numeric` };
