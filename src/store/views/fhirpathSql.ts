@@ -417,12 +417,16 @@ function fn(atom: FunctionAtom, scope: Scope, input: Val): Val {
       return symbol('id', scope, input);
     case 'getReferenceKey': {
       arity(atom, 0, 1);
-      const type = atom.args.length ? scope.params.add(typeName(atom.args[0])) : undefined;
+      const typeArg = atom.args.length ? typeName(atom.args[0]) : undefined;
+      const type = typeArg !== undefined ? scope.params.add(typeArg) : undefined;
       const t = scope.alias();
       const k = scope.alias();
       // Type/id are the last two segments before an optional /_history/n (split_part, not a regex:
-      // PostgreSQL's regex engine is slow on bounded repetition).
-      const valid = (k: string) => `${k}.type ~ '^[A-Z][A-Za-z]+$' AND ${k}.id ~ '^[A-Za-z0-9.-]+$' AND length(${k}.id) <= 64${type ? ` AND ${k}.type = ${type}::text` : ''}`;
+      // PostgreSQL's regex engine is slow on bounded repetition). Equality with a well-formed
+      // type argument makes the type's regex redundant, and that regex is a good part of the cost.
+      const typeOk = (k: string) => typeArg === undefined ? `${k}.type ~ '^[A-Z][A-Za-z]+$'`
+        : /^[A-Z][A-Za-z]+$/.test(typeArg) ? `${k}.type = ${type}::text` : 'false';
+      const valid = (k: string) => `${typeOk(k)} AND length(${k}.id) <= 64 AND ${k}.id ~ '^[A-Za-z0-9.-]+$'`;
       const parts = (ref: string) => `SELECT split_part(${k}.s, '/', -2) AS type, split_part(${k}.s, '/', -1) AS id FROM (SELECT split_part(${ref}, '/_history/', 1) AS s) ${k}`;
       const reference = symbol('reference', scope, input);
       if (reference.k === 'nav' && reference.single) {
