@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
 import pg from 'pg';
+import { startServerProcess, type ChildServer } from './support/childServer.ts';
 import { startTestServer, removeDataDir, fhir, freePort, type TestServer } from './support/server.ts';
 import { SHARED_DATA } from './support/data.ts';
 import { startServer } from '../src/server.ts';
@@ -397,22 +397,6 @@ test('files expire after KILN_EXPORT_TTL and are removed with their job', async 
 // ---------------------------------------------------------------------------------------
 // kill -9 in the middle of an export, then a restart on the same data dir.
 
-function startChild(env: Record<string, string>): { child: ChildProcess; output: () => string; ready: Promise<void> } {
-  // Auth and audit off, as in the other suites: this test is about the export job.
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { env: { ...process.env, KILN_AUTH: 'off', KILN_AUDIT: 'off', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d) => { out += d; });
-  child.stderr!.on('data', (d) => { out += d; });
-  const ready = (async () => {
-    const deadline = Date.now() + 90_000;
-    while (!out.includes('listening') && Date.now() < deadline) {
-      if (child.exitCode !== null) throw new Error(`server exited: ${out}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    if (!out.includes('listening')) throw new Error(`server did not start: ${out}`);
-  })();
-  return { child, output: () => out, ready };
-}
 
 test('kill -9 mid-export: after a restart the job resumes; every resource exactly once, no partial line', async () => {
   const port = await freePort();
@@ -420,8 +404,8 @@ test('kill -9 mid-export: after a restart the job resumes; every resource exactl
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-kill-'));
   const env = { PORT: String(port), KILN_PG_PORT: String(pgPort), KILN_DATA_DIR: dataDir, DATABASE_URL: '', KILN_EXPORT_MAX_LINES: '250', KILN_EXPORT_LEASE: '2' };
   const base = `http://127.0.0.1:${port}/fhir`;
-  let first = startChild(env);
-  let second: ReturnType<typeof startChild> | undefined;
+  let first = startServerProcess(env);
+  let second: ChildServer | undefined;
   let locker: pg.Client | undefined;
   try {
     await first.ready;
@@ -473,7 +457,7 @@ test('kill -9 mid-export: after a restart the job resumes; every resource exactl
     await locker.end();
     locker = undefined;
 
-    second = startChild(env);
+    second = startServerProcess(env);
     await second.ready;
     const done = await waitDone(statusUrl);
     assert.equal(done.status, 200, JSON.stringify(done.json));
