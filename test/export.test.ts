@@ -397,7 +397,6 @@ test('files expire after KILN_EXPORT_TTL and are removed with their job', async 
 // ---------------------------------------------------------------------------------------
 // kill -9 in the middle of an export, then a restart on the same data dir.
 
-
 test('kill -9 mid-export: after a restart the job resumes; every resource exactly once, no partial line', async () => {
   const port = await freePort();
   const pgPort = await freePort();

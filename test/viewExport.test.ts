@@ -276,7 +276,6 @@ describe('$viewdefinition-export', () => {
 
 // kill -9 in the middle of a view export, then a restart on the same data dir.
 
-
 test('kill -9 mid-export: after a restart the job resumes; every row exactly once', async () => {
   const port = await freePort();
   const pgPort = await freePort();

@@ -5,19 +5,9 @@
 import { Transform, Writable } from 'node:stream';
 import type { Resource } from '@medplum/fhirtypes';
 import { FhirError } from '../fhir/outcome.ts';
-import { prepareView, ViewError, type PreparedView, type Row } from '../views/index.ts';
+import { csvRecord, prepareView, ViewError, type PreparedView } from '../views/index.ts';
 import type { LineFiles, RecordFormat } from './ndjson.ts';
 import type { ViewFormat } from './params.ts';
-
-/**
- * One CSV field (RFC 4180) as $run writes it (src/operations/viewRun.ts, which src/export
- * cannot import: it is the HTTP layer): quoted when it holds a comma, quote or line break.
- */
-function csvField(value: unknown): string {
-  if (value === null || value === undefined) return '';
-  const text = typeof value === 'object' ? JSON.stringify(value) : String(value);
-  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-}
 
 export class ViewRecords {
   readonly view: PreparedView;
@@ -30,13 +20,9 @@ export class ViewRecords {
 
   /** How LineFiles writes this format's files. */
   fileFormat(): RecordFormat {
-    if (this.format === 'csv') return { ext: 'csv', keepEmpty: true, ...(this.header ? { header: this.csvRecord(Object.fromEntries(this.columns.map((c) => [c, c]))) } : {}) };
+    if (this.format === 'csv') return { ext: 'csv', keepEmpty: true, ...(this.header ? { header: csvRecord(this.columns, (c) => c) } : {}) };
     if (this.format === 'json') return { ext: 'json', keepEmpty: true, header: '[\n', separator: ',\n', footer: '\n]\n' };
     return { ext: 'ndjson', keepEmpty: true };
-  }
-
-  private csvRecord(row: Row): string {
-    return `${this.columns.map((c) => csvField(row[c])).join(',')}\r\n`;
   }
 
   /** The records of one resource; a resource the view cannot turn into rows fails the job with the view's problem. */
@@ -44,7 +30,7 @@ export class ViewRecords {
     const out: string[] = [];
     try {
       for (const row of this.view.rowsOf(resource)) {
-        out.push(this.format === 'csv' ? this.csvRecord(row) : this.format === 'json' ? JSON.stringify(row) : `${JSON.stringify(row)}\n`);
+        out.push(this.format === 'csv' ? csvRecord(this.columns, (c) => row[c]) : this.format === 'json' ? JSON.stringify(row) : `${JSON.stringify(row)}\n`);
       }
     } catch (e) {
       if (e instanceof ViewError) throw new FhirError(400, 'processing', `ViewDefinition: ${e.message}`);

@@ -21,7 +21,7 @@ import { readJsonBody, requireBodyType } from '../http/format.ts';
 import { requestLog } from '../http/accessLog.ts';
 import { FhirError, badRequest, notFound } from '../fhir/outcome.ts';
 import { validate } from '../fhir/validate.ts';
-import { prepareView, ViewError, type PreparedView, type Row, type ViewDefinition } from '../views/index.ts';
+import { csvRecord, prepareView, ViewError, type PreparedView, type Row, type ViewDefinition } from '../views/index.ts';
 import { isResourceType } from '../../mappings/resourceTypes.ts';
 import { mapGroup } from '../../mappings/postgres/group.ts';
 import { dateRange } from '../../mappings/search/extract.ts';
@@ -254,25 +254,18 @@ async function* storedResources(s: Session, q: StoredQuery): Source {
   }
 }
 
-/** One CSV field (RFC 4180): quoted when it holds a comma, quote or line break; arrays and objects as JSON. */
-function csvField(value: unknown): string {
-  if (value === null || value === undefined) return '';
-  const text = typeof value === 'object' ? JSON.stringify(value) : String(value);
-  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-}
-
 class RowWriter {
   private count = 0;
   constructor(private readonly format: Format, private readonly columns: string[]) {}
 
   head(header: boolean): string {
     if (this.format === 'json') return '[';
-    return this.format === 'csv' && header ? `${this.columns.map(csvField).join(',')}\r\n` : '';
+    return this.format === 'csv' && header ? csvRecord(this.columns, (c) => c) : '';
   }
 
   row(row: Row): string {
     const n = this.count++;
-    if (this.format === 'csv') return `${this.columns.map((c) => csvField(row[c])).join(',')}\r\n`;
+    if (this.format === 'csv') return csvRecord(this.columns, (c) => row[c]);
     const text = JSON.stringify(row);
     return this.format === 'ndjson' ? `${text}\n` : `${n ? ',' : ''}\n${text}`;
   }

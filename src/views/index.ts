@@ -6,3 +6,4 @@ export { PreparedView, ViewError, prepareView, runView } from './run.ts';
 export { CONSTANT_TYPES, constantValue, selectColumns, viewColumns } from './columns.ts';
 export { KNOWN_FUNCTIONS, compilePath, parseReference } from './fhirpath.ts';
 export { STARTER_DIR, starterViews } from './starter.ts';
+export { csvRecord } from './csv.ts';
