@@ -43,6 +43,23 @@ function pickFamily(r: () => number): string {
   return FAMILY[0][0];
 }
 
+// Rare family names, each held by exactly 10 patients of a tenant at any tenant size (the
+// odd patients of each run of 20), so a `family=` search has the same result size in every
+// data set. Nine letters consonant-vowel: never a prefix of another name, census or rare.
+const CONS = 'bdfgklmnprstvz';
+const VOWELS = 'aeiou';
+export const RARE_GROUP = 20;
+export function rareFamily(tag: string, i: number): string {
+  let n = tag.charCodeAt(0) * 10_000_000 + Math.floor(i / RARE_GROUP);
+  let s = '';
+  for (let k = 0; k < 9; k++) {
+    const set = k % 2 === 0 ? CONS : VOWELS;
+    s += set[n % set.length];
+    n = Math.floor(n / set.length);
+  }
+  return s[0].toUpperCase() + s.slice(1);
+}
+
 export const MRN_SYSTEM = 'http://hospital.example.org/mrn';
 const V2_0203 = 'http://terminology.hl7.org/CodeSystem/v2-0203';
 const LOINC = 'http://loinc.org';
@@ -72,7 +89,7 @@ export function patient(tag: string, i: number): Resource {
       { system: 'http://hl7.org/fhir/sid/us-ssn', value: `${100 + (i % 800)}-${10 + (i % 89)}-${1000 + (i % 8999)}` },
     ],
     active: true,
-    name: [{ use: 'official', family: pickFamily(r), given: [given, String.fromCharCode(65 + Math.floor(r() * 26))] }],
+    name: [{ use: 'official', family: i % 2 === 1 ? rareFamily(tag, i) : pickFamily(r), given: [given, String.fromCharCode(65 + Math.floor(r() * 26))] }],
     gender: female ? 'female' : 'male',
     birthDate: `${year}-${String(1 + Math.floor(r() * 12)).padStart(2, '0')}-${String(1 + Math.floor(r() * 28)).padStart(2, '0')}`,
     telecom: [{ system: 'phone', value: `555-${String(i % 10000).padStart(4, '0')}`, use: 'home' }],

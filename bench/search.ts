@@ -1,71 +1,99 @@
-// Search bench: the same query set over HTTP at a small (10k Observations) and a big
-// (BENCH_OBSERVATIONS) data set, bulk-loaded through SQL (bench/search-data.ts), to
-// see how search latency grows with table size at similar result sizes.
+// Search bench (issue #25): database time and HTTP latency of each search shape at two
+// tenant sizes, and right after a burst of writes, against the goals of the issue.
 //
-//   npx tsx bench/search.ts
-//   BENCH_OBSERVATIONS=300000 BENCH_PATIENTS=3000 npx tsx bench/search.ts
+// Two data sets, each in its own embedded PostgreSQL, bulk-loaded through SQL
+// (bench/search-data.ts): "10k" (the queried tenant holds 10,000 Patients / 100,000
+// Observations) and "100k" (100,000 / 1,000,000), plus 4 Encounters and 4
+// MedicationStatements per patient; a second tenant holds a tenth of that. Per shape:
+// - database time: every statement the server runs for the search (runSearch and
+//   fetchIncludes of src/store/searchRun.ts, recorded as they run in a kiln_app
+//   transaction with app.org_id set) is explained (ANALYZE, BUFFERS, TIMING OFF); the
+//   median over BENCH_DB_RUNS runs of planning and execution ms, summed over statements;
+// - HTTP: req/s and p50 with BENCH_CLIENTS keep-alive clients.
+// Then on the 100k set BENCH_WRITES writes over HTTP and, with no ANALYZE, the database
+// time again. Prints one table; writes bench/results/search-<ts>.json and
+// bench/results/<date>-search-plans.md (the table, each shape's SQL and plans).
+//
+//   npm run bench:search
+//   BENCH_SMALL_PATIENTS=200 BENCH_SMALL_OBSERVATIONS=2000 BENCH_PATIENTS=400 BENCH_OBSERVATIONS=4000 BENCH_WRITES=1000 npm run bench:search
+//   BENCH_DB_ONLY=1 BENCH_REUSE_SMALL=<dir> BENCH_REUSE_BIG=<dir> npm run bench:search   # plans only, kept data
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import type pg from 'pg';
 import { startTestServer, removeDataDir, freePort, type TestServer } from '../test/support/server.ts';
 import { createOrg, ensureOrgPartitions } from '../src/store/tenants.ts';
 import { parseSearch } from '../src/search/query.ts';
-import { searchStatements } from '../src/store/searchRun.ts';
-import { BulkLoader, ENCOUNTERS_PER_PATIENT, MRN_SYSTEM, encounter, medicationStatement, mrnOf, observation, patient, patientId } from './search-data.ts';
+import { runSearch, fetchIncludes } from '../src/store/searchRun.ts';
+import {
+  BulkLoader, ENCOUNTERS_PER_PATIENT, MRN_SYSTEM, RARE_GROUP, encounter, medicationStatement, mrnOf, observation, patient, patientId, rareFamily,
+} from './search-data.ts';
 import { envNumber } from './env.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const BIG_OBS = envNumber('BENCH_OBSERVATIONS', 1_000_000);
-const BIG_PATIENTS = envNumber('BENCH_PATIENTS', 10_000);
-const SMALL_OBS = envNumber('BENCH_SMALL_OBSERVATIONS', 10_000);
-const SMALL_PATIENTS = envNumber('BENCH_SMALL_PATIENTS', 100);
-const SECONDS = envNumber('BENCH_SECONDS', 5);
-const MAX_REQ = envNumber('BENCH_MAX_REQUESTS', 200);
-const CLIENTS = envNumber('BENCH_CLIENTS', 4);
-const BATCH = envNumber('BENCH_BATCH', 2000);
+const SETS = [
+  { label: '10k', patients: envNumber('BENCH_SMALL_PATIENTS', 10_000, 1), observations: envNumber('BENCH_SMALL_OBSERVATIONS', 100_000), reuse: process.env.BENCH_REUSE_SMALL },
+  { label: '100k', patients: envNumber('BENCH_PATIENTS', 100_000, 1), observations: envNumber('BENCH_OBSERVATIONS', 1_000_000), reuse: process.env.BENCH_REUSE_BIG },
+].filter((s) => (process.env.BENCH_SETS ?? '10k,100k').split(',').includes(s.label));
+/** The second tenant's share of the queried tenant's size. */
+const SECOND_SHARE = envNumber('BENCH_SECOND_SHARE', 0.1);
+const DB_ONLY = process.env.BENCH_DB_ONLY === '1';
+/** Writes of the after-writes phase (100k set); off by default when only the plans are wanted or data is reused. */
+const WRITES = envNumber('BENCH_WRITES', DB_ONLY || process.env.BENCH_REUSE_BIG ? 0 : 50_000);
+const DB_RUNS = envNumber('BENCH_DB_RUNS', 20, 1);
+const DB_WARMUP = envNumber('BENCH_DB_WARMUP', 3);
+const SECONDS = envNumber('BENCH_SECONDS', 3);
+const MAX_REQ = envNumber('BENCH_MAX_REQUESTS', 2000);
+const CLIENTS = envNumber('BENCH_CLIENTS', 4, 1);
+const BATCH = envNumber('BENCH_BATCH', 2000, 1);
 const KEEP = process.env.BENCH_KEEP === '1';
+const DAY = 86_400_000;
 
-interface LoadStats { seconds: number; resources: number; indexRows: number; resourcesPerSec: number; rowsPerSec: number; byTable: Record<string, number> }
+interface LoadStats { seconds: number; resources: number; indexRows: number; resourcesPerSec: number; rowsPerSec: number; indexSeconds: number; analyzeSeconds: number; byTable: Record<string, number> }
+interface Dataset { server: TestServer; load?: LoadStats; orgs: { default: number; second: number }; patients: number; observations: number }
 
-/** Loads one tenant: patients, 4 encounters + 4 medication statements each, observations spread over patients. */
-async function loadTenant(server: TestServer, orgId: number, tag: string, patients: number, observations: number, loadTime: number, log: (s: string) => void) {
-  const owner = server.db.owner;
-  const loader = new BulkLoader(owner, orgId, loadTime);
+/** Loads one tenant: patients, 4 encounters + 4 medication statements each, observations spread evenly over patients. */
+async function loadTenant(server: TestServer, orgId: number, tag: string, patients: number, observations: number, loadTime: number, now: number, log: (s: string) => void) {
+  const loader = new BulkLoader(server.db.owner, orgId, loadTime);
   await loader.init();
-  const now = Date.now();
   let batch: any[] = [];
   const push = async (r: any) => { batch.push(r); if (batch.length >= BATCH) { const b = batch; batch = []; await loader.add(b); } };
   const end = async () => { if (batch.length) { const b = batch; batch = []; await loader.add(b); } await loader.flush(); };
+  const t0 = performance.now();
   for (let i = 0; i < patients; i++) await push(patient(tag, i));
   await end();
   for (let i = 0; i < patients; i++) for (let k = 0; k < ENCOUNTERS_PER_PATIENT; k++) await push(encounter(tag, i, k, now));
   await end();
   for (let i = 0; i < patients; i++) for (let k = 0; k < ENCOUNTERS_PER_PATIENT; k++) await push(medicationStatement(tag, i, k, now));
   await end();
-  const t0 = performance.now();
+  log(`  ${tag}: ${patients} patients with encounters and medications in ${((performance.now() - t0) / 1000).toFixed(1)}s`);
+  const t1 = performance.now();
   for (let j = 0; j < observations; j++) {
-    // Patient of observation j: a skewed-but-bounded spread (each patient gets 0.5x..1.5x the mean).
-    const p = Math.floor(patients * Math.pow((j * 0.6180339887) % 1, 1.0)) % patients;
+    // Observation j's patient: the golden-ratio sequence gives every patient the mean count, give or take one.
+    const p = Math.floor(patients * ((j * 0.6180339887498949) % 1)) % patients;
     await push(observation(tag, j, p, now));
-    if (j > 0 && j % 50_000 === 0) log(`  ${tag}: ${j} observations, ${Math.round(j / ((performance.now() - t0) / 1000))}/s`);
+    if (j > 0 && j % 200_000 === 0) log(`  ${tag}: ${j} observations, ${Math.round(j / ((performance.now() - t1) / 1000))}/s`);
   }
   await end();
   return loader.counters;
 }
 
 /** A data set kept by an earlier run (BENCH_KEEP=1), measured again without loading. */
-async function reuseDataset(label: string, dataDir: string): Promise<{ server: TestServer; load: LoadStats; orgs: { default: number; second: number } }> {
+async function reuseDataset(label: string, dataDir: string, patients: number, observations: number): Promise<Dataset> {
   const server = await startTestServer({ dataDir, pgPort: await freePort() });
   const org = async (slug: string) => (await server.db.owner.query(`SELECT id FROM organizations WHERE slug = $1`, [slug])).rows[0].id as number;
-  const resources = Number((await server.db.owner.query(`SELECT count(*) FROM resource_ids`)).rows[0].count);
-  console.log(`[${label}] reusing ${dataDir} (${resources} resources)`);
-  return { server, load: { seconds: 0, resources, indexRows: 0, resourcesPerSec: 0, rowsPerSec: 0, byTable: {} }, orgs: { default: await org('default'), second: await org('bench-b') } };
+  const orgs = { default: await org('default'), second: await org('bench-b') };
+  // The sizes the set was loaded with, read back (the env may say otherwise).
+  const n = async (table: string) => Number((await server.db.owner.query(`SELECT count(*) FROM ${table} WHERE org_id = $1 AND id LIKE '%-a-%'`, [orgs.default])).rows[0].count);
+  patients = await n('patients');
+  observations = await n('observations');
+  console.log(`[${label}] reusing ${dataDir}: ${patients} patients, ${observations} observations loaded in the queried tenant`);
+  return { server, orgs, patients, observations };
 }
 
-async function buildDataset(label: string, patients: number, observations: number): Promise<{ server: TestServer; load: LoadStats; orgs: { default: number; second: number } }> {
-  const reuse = process.env[label === 'small' ? 'BENCH_REUSE_SMALL' : 'BENCH_REUSE_BIG'];
-  if (reuse) return reuseDataset(label, reuse);
+async function buildDataset(label: string, patients: number, observations: number, reuse?: string): Promise<Dataset> {
+  if (reuse) return reuseDataset(label, reuse, patients, observations);
   const server = await startTestServer();
   const owner = server.db.owner;
   const def: number = (await owner.query(`SELECT id FROM organizations WHERE slug = 'default'`)).rows[0].id;
@@ -74,69 +102,209 @@ async function buildDataset(label: string, patients: number, observations: numbe
   // operator would with KILN_PARTITION_MONTHS_BACK, instead of filling DEFAULT.
   for (const org of [def, second]) await ensureOrgPartitions(owner, org, 25);
   const t0 = performance.now();
-  const loadTime = Date.now() - 3_600_000;
+  const now = Date.now();
+  const loadTime = now - 3_600_000;
   const log = (s: string) => console.log(s);
-  const half = Math.floor(observations / 2);
-  const half_p = Math.max(1, Math.floor(patients / 2));
-  console.log(`[${label}] loading ${patients} patients, ${observations} observations (2 tenants)...`);
-  // Bulk-load style: the index tables' indexes are dropped for the load and rebuilt from
-  // their own definitions afterwards (one sort per index instead of row-by-row upkeep).
+  const p2 = Math.max(1, Math.round(patients * SECOND_SHARE));
+  const o2 = Math.round(observations * SECOND_SHARE);
+  console.log(`[${label}] loading ${patients} patients / ${observations} observations, second tenant ${p2} / ${o2}...`);
+  // Bulk-load style: the secondary indexes are dropped for the load and rebuilt from their
+  // own definitions afterwards (one sort per index instead of row-by-row upkeep).
   const indexDefs = (await owner.query(
     `SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS def FROM pg_index i
-      JOIN pg_class t ON t.oid = i.indrelid WHERE t.relkind = 'p' AND t.relname LIKE 'search\\_%'`)).rows as { name: string; def: string }[];
+      JOIN pg_class t ON t.oid = i.indrelid JOIN pg_class ic ON ic.oid = i.indexrelid
+      WHERE t.relkind IN ('p', 'r') AND NOT t.relispartition AND NOT ic.relispartition AND t.relnamespace = 'public'::regnamespace
+        AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)`)).rows as { name: string; def: string }[];
   for (const ix of indexDefs) await owner.query(`DROP INDEX ${ix.name}`);
-  const a = await loadTenant(server, def, 'a', half_p, half, loadTime, log);
-  const b = await loadTenant(server, second, 'b', half_p, observations - half, loadTime, log);
+  const a = await loadTenant(server, def, 'a', patients, observations, loadTime, now, log);
+  const b = await loadTenant(server, second, 'b', p2, o2, loadTime, now, log);
   const tI = performance.now();
-  const ddl = await owner.connect();
-  try {
-    await ddl.query(`SET maintenance_work_mem = '512MB'`);
-    // pg_get_indexdef says ON ONLY for a partitioned index, which would build no partition's index.
-    for (const ix of indexDefs) await ddl.query(ix.def.replace(' ON ONLY ', ' ON '));
-    await ddl.query('RESET maintenance_work_mem');
-  } finally { ddl.release(); }
+  // Two sessions build indexes side by side (2 cores: one sort each).
+  const queue = [...indexDefs];
+  await Promise.all([0, 1].map(async () => {
+    const ddl = await owner.connect();
+    try {
+      await ddl.query(`SET maintenance_work_mem = '512MB'`);
+      await ddl.query(`SET max_parallel_maintenance_workers = 0`);
+      // pg_get_indexdef says ON ONLY for a partitioned index, which would build no partition's index.
+      for (let ix = queue.shift(); ix; ix = queue.shift()) await ddl.query(ix.def.replace(' ON ONLY ', ' ON '));
+    } finally { ddl.release(); }
+  }));
   const invalid = (await owner.query(`SELECT count(*)::int AS n FROM pg_index WHERE NOT indisvalid`)).rows[0].n;
   if (invalid) throw new Error(`${invalid} indexes are not valid after the rebuild`);
-  log(`[${label}] rebuilt ${indexDefs.length} index-table indexes in ${((performance.now() - tI) / 1000).toFixed(1)}s`);
-  const loadSec = (performance.now() - t0) / 1000;
+  const indexSeconds = (performance.now() - tI) / 1000;
+  log(`[${label}] rebuilt ${indexDefs.length} indexes in ${indexSeconds.toFixed(1)}s`);
   const tA = performance.now();
-  // VACUUM sets the visibility map, which index-only scans of the index tables need;
-  // autovacuum would do it on its own schedule after a bulk load.
+  // VACUUM sets the visibility map, which index-only scans need; autovacuum would do it
+  // on its own schedule after a bulk load.
   await owner.query('VACUUM ANALYZE');
-  const analyzeSec = (performance.now() - tA) / 1000;
+  const analyzeSeconds = (performance.now() - tA) / 1000;
+  const loadSec = (performance.now() - t0) / 1000;
   const byTable: Record<string, number> = {};
   for (const c of [a, b]) for (const [k, v] of Object.entries(c.byTable)) byTable[k] = (byTable[k] ?? 0) + v;
   const rows = Object.values(byTable).reduce((x, y) => x + y, 0);
   const load: LoadStats = {
     seconds: loadSec, resources: a.resources + b.resources, indexRows: a.indexRows + b.indexRows,
-    resourcesPerSec: (a.resources + b.resources) / loadSec, rowsPerSec: rows / loadSec, byTable,
+    resourcesPerSec: (a.resources + b.resources) / loadSec, rowsPerSec: rows / loadSec, indexSeconds, analyzeSeconds, byTable,
   };
   const size = (await owner.query(`SELECT pg_size_pretty(pg_database_size(current_database())) AS s`)).rows[0].s;
-  console.log(`[${label}] loaded ${load.resources} resources (${rows} rows incl. ${load.indexRows} index rows) in ${loadSec.toFixed(1)}s: ` +
-    `${Math.round(load.resourcesPerSec)} resources/s, ${Math.round(load.rowsPerSec)} rows/s; VACUUM ANALYZE ${analyzeSec.toFixed(1)}s; database ${size}`);
-  return { server, load, orgs: { default: def, second } };
+  console.log(`[${label}] loaded ${load.resources} resources (${rows} rows incl. ${load.indexRows} index rows) in ${loadSec.toFixed(1)}s ` +
+    `(indexes ${indexSeconds.toFixed(1)}s, VACUUM ANALYZE ${analyzeSeconds.toFixed(1)}s): ${Math.round(load.resourcesPerSec)} resources/s; database ${size}`);
+  return { server, load, orgs: { default: def, second }, patients, observations };
 }
 
-// ------------------------------------------------------------ queries
+// ------------------------------------------------------------ shapes
 
-/** `operation`: not a search (no EXPLAIN of the search SQL). */
-interface QueryDef { name: string; path: (ctx: QCtx) => string; walk?: number; operation?: true }
-interface QCtx { patient: string; mrn: string }
+/** What a run of a shape varies: a patient with the usual observation count, its MRN, a rare family name. */
+interface QCtx { patient: string; mrn: string; family: string; since: string }
 
-const QUERIES: QueryDef[] = [
-  { name: 'Patient family prefix', path: () => 'Patient?family=smi&_count=20' },
-  { name: 'Patient identifier', path: (c) => `Patient?identifier=${encodeURIComponent(`${MRN_SYSTEM}|${c.mrn}`)}` },
-  { name: 'Obs patient+code', path: (c) => `Observation?patient=${c.patient}&code=${encodeURIComponent('http://loinc.org|8867-4')}` },
-  { name: 'Obs patient+category+date sort', path: (c) => `Observation?patient=${c.patient}&category=vital-signs&date=ge2025-01-01&date=lt2025-07-01&_sort=date` },
-  { name: 'Obs code+value-quantity', path: () => `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt100&_count=20` },
-  { name: 'Obs code+value-quantity _total=estimate', path: () => `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt100&_count=20&_total=estimate` },
-  { name: 'Obs code+value-quantity _total=accurate', path: () => `Observation?code=${encodeURIComponent('http://loinc.org|8867-4')}&value-quantity=gt100&_count=20&_total=accurate` },
-  { name: 'Encounter patient _revinclude', path: (c) => `Encounter?patient=${c.patient}&_revinclude=Observation:encounter` },
-  { name: '10-page walk -date', path: (c) => `Observation?patient=${c.patient}&_count=10&_sort=-date`, walk: 10 },
-  { name: 'Patient $everything', path: (c) => `Patient/${c.patient}/$everything?_type=Patient,Encounter,Observation,MedicationStatement&_count=100`, operation: true },
+/** `goal`: the issue's database-time goal (ms). `http`: measured over HTTP only (not one search). */
+interface Shape { name: string; goal?: number; path: (ctx: QCtx) => string; walk?: number; http?: true }
+
+const LOINC_HR = encodeURIComponent('http://loinc.org|8867-4');
+const SHAPES: Shape[] = [
+  { name: 'Patient?family (10 hits)', goal: 0.25, path: (c) => `Patient?family=${c.family}` },
+  { name: 'Patient?identifier', goal: 0.25, path: (c) => `Patient?identifier=${encodeURIComponent(`${MRN_SYSTEM}|${c.mrn}`)}` },
+  { name: 'Obs patient+code', goal: 0.7, path: (c) => `Observation?patient=${c.patient}&code=${LOINC_HR}` },
+  { name: 'Obs patient+category+date -date', goal: 1, path: (c) => `Observation?patient=${c.patient}&category=vital-signs&date=ge${c.since}&_sort=-date` },
+  { name: 'Encounter patient _revinclude', goal: 2, path: (c) => `Encounter?patient=${c.patient}&_revinclude=Observation:encounter` },
+  { name: 'Patient?family common prefix', path: () => 'Patient?family=smi&_count=20' },
+  { name: 'Obs code+value-quantity', path: () => `Observation?code=${LOINC_HR}&value-quantity=gt100&_count=20` },
+  { name: 'Obs code+vq _total=estimate', path: () => `Observation?code=${LOINC_HR}&value-quantity=gt100&_count=20&_total=estimate` },
+  { name: 'Obs code+vq _total=accurate', path: () => `Observation?code=${LOINC_HR}&value-quantity=gt100&_count=20&_total=accurate` },
+  { name: '10-page walk -date', path: (c) => `Observation?patient=${c.patient}&_count=1&_sort=-date`, walk: 10 },
+  { name: 'Patient $everything', path: (c) => `Patient/${c.patient}/$everything?_type=Patient,Encounter,Observation,MedicationStatement&_count=100`, http: true },
 ];
 
-interface Measure { p50: number; p95: number; reqPerSec: number; n: number; resultEntries: number; total?: number; errors: number; firstError?: string }
+/** Run contexts: patients of the queried tenant with exactly the mean observation count, spread over the tenant. */
+async function contexts(ds: Dataset, n: number): Promise<QCtx[]> {
+  const mean = Math.round(ds.observations / ds.patients);
+  const { rows } = await ds.server.db.owner.query(
+    `SELECT patient_id FROM observations WHERE org_id = $1 AND patient_id LIKE 'pat-a-%' GROUP BY patient_id HAVING count(*) = $2
+      ORDER BY md5(patient_id) LIMIT $3`, [ds.orgs.default, mean, n]);
+  const groups = Math.max(1, Math.floor(ds.patients / RARE_GROUP));
+  const since = new Date(Date.now() - 365 * DAY).toISOString().slice(0, 10);
+  return rows.map((r, k) => {
+    const index = Number(String(r.patient_id).split('-').pop());
+    const g = Math.floor((k * groups) / rows.length);
+    return { patient: r.patient_id, mrn: mrnOf('a', index), family: rareFamily('a', g * RARE_GROUP + 1), since };
+  });
+}
+
+// ------------------------------------------------------------ database time
+
+interface Statement { sql: string; values: unknown[] }
+interface DbTime { plan: number; exec: number; total: number; statements: number; runs: number; rows: number; plans: { sql: string; plan: string }[] }
+
+/** The client with every query recorded before it runs (text and values, as the server sends them). */
+function recording(client: pg.PoolClient, into: Statement[]): pg.PoolClient {
+  return new Proxy(client, {
+    get(target, prop) {
+      if (prop === 'query') {
+        return (cfg: any, values?: unknown[]) => {
+          into.push(typeof cfg === 'string' ? { sql: cfg, values: values ?? [] } : { sql: cfg.text, values: cfg.values ?? values ?? [] });
+          return (target.query as any)(cfg, values);
+        };
+      }
+      const v = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+}
+
+/** Runs the search as the server does (runSearch, then fetchIncludes; a walk follows its cursor) and returns its statements. */
+async function serverStatements(tx: pg.PoolClient, orgId: number, rel: string, walk: number, maxCount: number, defaultCount: number): Promise<{ statements: Statement[]; matches: number }> {
+  const [type, qs] = rel.split('?');
+  const q = parseSearch(type, [...new URLSearchParams(qs).entries()]);
+  const statements: Statement[] = [];
+  const rec = recording(tx, statements);
+  const count = Math.min(q.count !== undefined ? Number(q.count) : defaultCount, maxCount);
+  let after: string[] | undefined;
+  let matches = 0;
+  for (let i = 0; i < walk; i++) {
+    const page = await runSearch(rec, { orgId, type, criteria: q.criteria, sort: q.sort, count, after, total: q.total });
+    const included = q.include.length || q.revinclude.length ? await fetchIncludes(rec, type, page.rows.map((r) => r.id), q.include, q.revinclude, maxCount) : [];
+    matches += page.rows.length + included.length;
+    after = page.next;
+    if (!after) break;
+  }
+  // Binding the tenant and plan-cache switches are not the search's.
+  return { statements: statements.filter((s) => !/set_config\(/.test(s.sql)), matches };
+}
+
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+
+function inline(sql: string, values: unknown[]): string {
+  return sql.replace(/\$(\d+)\b/g, (_, i) => {
+    const v = values[Number(i) - 1];
+    if (v === null || v === undefined) return 'NULL';
+    if (typeof v === 'number') return String(v);
+    if (Array.isArray(v)) return `'{${v.map((x) => `"${String(x).replace(/["\\]/g, '\\$&')}"`).join(',')}}'`;
+    return `'${String(v).replace(/'/g, "''")}'`;
+  });
+}
+
+/** Planning and execution ms of one statement as the request role: EXPLAIN ANALYZE, or for the planner's
+ * own row estimate (an EXPLAIN the server runs) the planning of what it explains. */
+async function timeStatement(c: pg.PoolClient, s: Statement): Promise<{ plan: number; exec: number }> {
+  const inner = /^EXPLAIN \(FORMAT JSON\) /.exec(s.sql);
+  const sql = inner ? `EXPLAIN (SUMMARY ON, FORMAT JSON) ${s.sql.slice(inner[0].length)}` : `EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) ${s.sql}`;
+  const json = (await c.query(sql, s.values)).rows[0]['QUERY PLAN'];
+  const top = (Array.isArray(json) ? json : JSON.parse(json))[0];
+  return { plan: top['Planning Time'], exec: inner ? 0 : top['Execution Time'] };
+}
+
+async function planText(c: pg.PoolClient, s: Statement): Promise<string> {
+  const inner = /^EXPLAIN \(FORMAT JSON\) /.exec(s.sql);
+  const sql = inner ? `EXPLAIN (SUMMARY ON) ${s.sql.slice(inner[0].length)}` : `EXPLAIN (ANALYZE, BUFFERS) ${s.sql}`;
+  return (await c.query(sql, s.values)).rows.map((r) => r['QUERY PLAN']).join('\n');
+}
+
+/** Median database time of a shape over DB_RUNS runs (after DB_WARMUP), each run with the next context. */
+async function dbTime(ds: Dataset, shape: Shape, ctxs: QCtx[]): Promise<DbTime> {
+  const c = await ds.server.db.app.connect();
+  const plans: number[] = [];
+  const execs: number[] = [];
+  const totals: number[] = [];
+  let statements = 0;
+  let rows = 0;
+  let shown: { sql: string; plan: string }[] = [];
+  try {
+    for (let run = 0; run < DB_WARMUP + DB_RUNS; run++) {
+      await c.query('BEGIN');
+      try {
+        await c.query(`SELECT set_config('app.org_id', $1, true)`, [String(ds.orgs.default)]);
+        const found = await serverStatements(c, ds.orgs.default, shape.path(ctxs[run % ctxs.length]), shape.walk ?? 1, ds.server.config.maxCount, ds.server.config.defaultCount);
+        let plan = 0;
+        let exec = 0;
+        for (const s of found.statements) { const t = await timeStatement(c, s); plan += t.plan; exec += t.exec; }
+        if (run === 0) {
+          shown = [];
+          for (const s of found.statements) shown.push({ sql: inline(s.sql, s.values), plan: await planText(c, s) });
+        }
+        if (run >= DB_WARMUP) { plans.push(plan); execs.push(exec); totals.push(plan + exec); statements = found.statements.length; rows = found.matches; }
+      } finally { await c.query('ROLLBACK'); }
+    }
+  } finally { c.release(); }
+  return { plan: median(plans), exec: median(execs), total: median(totals), statements, runs: DB_RUNS, rows, plans: shown };
+}
+
+async function dbTimes(ds: Dataset, ctxs: QCtx[], label: string): Promise<Record<string, DbTime>> {
+  const out: Record<string, DbTime> = {};
+  const t0 = performance.now();
+  for (const shape of SHAPES) {
+    if (shape.http) continue;
+    const d = await dbTime(ds, shape, ctxs);
+    out[shape.name] = d;
+    console.log(`[${label}] ${shape.name.padEnd(34)} db plan ${d.plan.toFixed(3)} exec ${d.exec.toFixed(3)} total ${d.total.toFixed(3)} ms (${d.statements} statements, ${d.rows} resources)`);
+  }
+  console.log(`[${label}] database times in ${((performance.now() - t0) / 1000).toFixed(1)}s`);
+  return out;
+}
+
+// ------------------------------------------------------------ HTTP
+
+interface Http { p50: number; reqPerSec: number; n: number; entries: number; total?: number; errors: number; firstError?: string }
 
 const pct = (xs: number[], p: number) => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : NaN; };
 
@@ -156,126 +324,175 @@ async function once(url: string, walk: number | undefined): Promise<{ entries: n
   return { entries, total };
 }
 
-async function measure(base: string, q: QueryDef, ctx: QCtx): Promise<Measure> {
-  const url = `${base}/${q.path(ctx)}`;
-  const first = await once(url, q.walk); // warm-up + result size
-  for (let i = 0; i < 3; i++) await once(url, q.walk);
+/** Each client walks the contexts from its own offset, for SECONDS or MAX_REQ requests in all. */
+async function http(base: string, shape: Shape, ctxs: QCtx[]): Promise<Http> {
+  const urls = ctxs.map((c) => `${base}/${shape.path(c)}`);
+  const first = await once(urls[0], shape.walk);
+  for (let i = 1; i < 4; i++) await once(urls[i % urls.length], shape.walk);
   const lat: number[] = [];
   let errors = 0;
   let firstError: string | undefined;
   const deadline = performance.now() + SECONDS * 1000;
   let issued = 0;
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: CLIENTS }, async () => {
-    while (performance.now() < deadline && issued < MAX_REQ) {
+  await Promise.all(Array.from({ length: CLIENTS }, async (_, k) => {
+    for (let i = k; performance.now() < deadline && issued < MAX_REQ; i += CLIENTS) {
       issued++;
       const s = performance.now();
-      try { await once(url, q.walk); lat.push(performance.now() - s); } catch (e) { errors++; firstError ??= String(e); }
+      try { await once(urls[i % urls.length], shape.walk); lat.push(performance.now() - s); } catch (e) { errors++; firstError ??= String(e); }
     }
   }));
   const sec = (performance.now() - t0) / 1000;
-  return { p50: pct(lat, 0.5), p95: pct(lat, 0.95), reqPerSec: lat.length / sec, n: lat.length, resultEntries: first.entries, total: first.total, errors, firstError };
+  return { p50: pct(lat, 0.5), reqPerSec: lat.length / sec, n: lat.length, entries: first.entries, total: first.total, errors, firstError };
 }
 
-/** The patient of tenant 'a' whose observation count is closest to `target`, and its count. */
-async function pickPatient(server: TestServer, orgId: number, target: number): Promise<{ id: string; count: number; index: number }> {
-  const { rows } = await server.db.owner.query(
-    `SELECT patient_id, count(*)::int AS n FROM observations WHERE org_id = $1 GROUP BY patient_id ORDER BY abs(count(*) - $2), patient_id LIMIT 1`, [orgId, target]);
-  const id = rows[0].patient_id as string;
-  return { id, count: rows[0].n, index: Number(id.split('-').pop()) };
-}
-
-// ------------------------------------------------------------ EXPLAIN (the server's own SQL)
-
-function searchSql(orgId: number, type: string, pairs: [string, string][], count: number) {
-  const q = parseSearch(type, pairs.filter(([n]) => !['_count', '_total'].includes(n)));
-  const st = searchStatements({ orgId, type, criteria: q.criteria, sort: q.sort, count, total: 'none' });
-  return { sql: st.page.sql, values: st.page.values, countSql: st.count.sql, countValues: st.count.values };
-}
-
-function inline(sql: string, values: unknown[]): string {
-  return sql.replace(/\$(\d+)/g, (_, i) => { const v = values[Number(i) - 1]; return typeof v === 'number' ? String(v) : `'${String(v).replace(/'/g, "''")}'`; });
-}
-
-async function explainAll(server: TestServer, orgId: number, ctx: QCtx): Promise<Record<string, { sql: string; plan: string; countSql: string; countPlan: string; extra?: string }>> {
-  const out: Record<string, any> = {};
-  const client = await server.db.app.connect();
-  try {
-    await client.query('BEGIN');
-    await client.query(`SELECT set_config('app.org_id', $1, true)`, [String(orgId)]);
-    const explain = async (sql: string, values: unknown[]) =>
-      (await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${inline(sql, values)}`)).rows.map((r) => r['QUERY PLAN']).join('\n');
-    for (const q of QUERIES) {
-      if (q.name.includes('_total=') || q.operation) continue;
-      const rel = q.path(ctx);
-      const [type, qs] = rel.split('?');
-      const pairs = [...new URLSearchParams(qs).entries()] as [string, string][];
-      const count = Number(pairs.find(([n]) => n === '_count')?.[1] ?? 20);
-      const criteriaPairs = pairs.filter(([n]) => !n.startsWith('_revinclude'));
-      const s = searchSql(orgId, type, criteriaPairs, count);
-      out[q.name] = { sql: inline(s.sql, s.values), plan: await explain(s.sql, s.values), countSql: inline(s.countSql, s.countValues), countPlan: await explain(s.countSql, s.countValues) };
-      if (rel.includes('_revinclude')) {
-        const ids = (await client.query(s.sql, s.values)).rows.slice(0, count).map((r) => r.id);
-        const rev = `SELECT DISTINCT id FROM search_references WHERE org_id = current_setting('app.org_id')::integer AND resource_type = 'Observation' AND ('encounter'::text = '*' OR param = 'encounter') AND target_type = 'Encounter' AND target_id = ANY(ARRAY[${ids.map((i) => `'${i}'`).join(',')}]::text[])`;
-        out[q.name].extra = `-- revinclude step\n${rev}\n${await explain(rev, [])}`;
-      }
-    }
-    await client.query('ROLLBACK');
-  } finally { client.release(); }
+async function httpAll(ds: Dataset, ctxs: QCtx[], label: string): Promise<Record<string, Http>> {
+  const out: Record<string, Http> = {};
+  for (const shape of SHAPES) {
+    const m = await http(ds.server.url, shape, ctxs);
+    out[shape.name] = m;
+    console.log(`[${label}] ${shape.name.padEnd(34)} http p50 ${m.p50.toFixed(1)}ms ${m.reqPerSec.toFixed(0)} req/s entries ${m.entries} total ${m.total ?? '-'}${m.errors ? ` ERRORS ${m.errors} ${m.firstError}` : ''}`);
+  }
   return out;
+}
+
+// ------------------------------------------------------------ writes
+
+/** `n` writes over HTTP as transaction Bundles of 100 (20 new Patients, 80 Observations of them), 4 at a time. */
+async function writePhase(ds: Dataset, n: number): Promise<{ seconds: number; resourcesPerSec: number; errors: number }> {
+  const now = Date.now();
+  const bundles = Math.ceil(n / 100);
+  let next = 0;
+  let errors = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: CLIENTS }, async () => {
+    for (let b = next++; b < bundles; b = next++) {
+      const entries: any[] = [];
+      for (let k = 0; k < 20; k++) entries.push(patient('w', b * 20 + k));
+      for (let k = 0; k < 80; k++) {
+        // No encounter reference: the new patients have no Encounters.
+        const { encounter: _e, ...o } = observation('w', b * 80 + k, b * 20 + (k % 20), now) as any;
+        entries.push(o);
+      }
+      const res = await fetch(`${ds.server.url}/`, {
+        method: 'POST', headers: { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' },
+        body: JSON.stringify({ resourceType: 'Bundle', type: 'transaction', entry: entries.map((r) => ({ resource: r, request: { method: 'PUT', url: `${r.resourceType}/${r.id}` } })) }),
+      });
+      const text = await res.text();
+      if (res.status !== 200) { errors++; if (errors === 1) console.log(`write error: HTTP ${res.status} ${text.slice(0, 300)}`); }
+      if (b % 100 === 99) console.log(`  ${(b + 1) * 100} writes, ${Math.round(((b + 1) * 100) / ((performance.now() - t0) / 1000))}/s`);
+    }
+  }));
+  const seconds = (performance.now() - t0) / 1000;
+  return { seconds, resourcesPerSec: (bundles * 100) / seconds, errors };
 }
 
 // ------------------------------------------------------------ main
 
-async function runSet(label: string, patients: number, observations: number) {
-  const { server, load, orgs } = await buildDataset(label, patients, observations);
+interface SetResult {
+  label: string; patients: number; observations: number; load?: LoadStats; dataDir: string;
+  db: Record<string, DbTime>; http?: Record<string, Http>; writes?: Awaited<ReturnType<typeof writePhase>>; afterWrites?: Record<string, DbTime>;
+  seconds: Record<string, number>;
+}
+
+async function runSet(set: (typeof SETS)[number]): Promise<SetResult> {
+  const seconds: Record<string, number> = {};
+  let t = performance.now();
+  const lap = (k: string) => { seconds[k] = (performance.now() - t) / 1000; t = performance.now(); };
+  const ds = await buildDataset(set.label, set.patients, set.observations, set.reuse);
+  lap('load');
   try {
-    const perPatient = observations / patients;
-    const pick = await pickPatient(server, orgs.default, Math.round(SMALL_OBS / SMALL_PATIENTS)); void perPatient;
-    const ctx: QCtx = { patient: pick.id, mrn: mrnOf('a', pick.index) };
-    console.log(`[${label}] query patient ${pick.id} has ${pick.count} observations`);
-    const results: Record<string, Measure> = {};
-    for (const q of QUERIES) {
-      const m = await measure(server.url, q, ctx);
-      results[q.name] = m;
-      console.log(`[${label}] ${q.name.padEnd(36)} p50 ${m.p50.toFixed(1)}ms p95 ${m.p95.toFixed(1)}ms ${m.reqPerSec.toFixed(0)} req/s entries ${m.resultEntries} total ${m.total ?? '-'}${m.errors ? ` ERRORS ${m.errors} ${m.firstError}` : ''}`);
+    const ctxs = await contexts(ds, 24);
+    if (!ctxs.length) throw new Error(`no patient of the queried tenant has ${Math.round(ds.observations / ds.patients)} observations`);
+    const db = await dbTimes(ds, ctxs, set.label);
+    lap('database times');
+    const httpRes = DB_ONLY ? undefined : await httpAll(ds, ctxs, set.label);
+    if (httpRes) lap('http');
+    let writes: SetResult['writes'];
+    let afterWrites: SetResult['afterWrites'];
+    if (set.label === '100k' && WRITES > 0) {
+      console.log(`[${set.label}] ${WRITES} writes over HTTP...`);
+      writes = await writePhase(ds, WRITES);
+      console.log(`[${set.label}] writes: ${writes.seconds.toFixed(1)}s, ${Math.round(writes.resourcesPerSec)} resources/s${writes.errors ? `, ${writes.errors} failed bundles` : ''}`);
+      lap('writes');
+      afterWrites = await dbTimes(ds, ctxs, `${set.label} after writes`);
+      lap('database times after writes');
     }
-    const explains = label === 'big' || process.env.BENCH_EXPLAIN_SMALL === '1' ? await explainAll(server, orgs.default, ctx) : undefined;
-    return { load, patient: pick, results, explains, patients, observations };
+    return { label: set.label, patients: ds.patients, observations: ds.observations, load: ds.load, dataDir: ds.server.dataDir, db, http: httpRes, writes, afterWrites, seconds };
   } finally {
-    await server.stop();
-    if (!KEEP && !process.env.BENCH_REUSE_SMALL && !process.env.BENCH_REUSE_BIG) removeDataDir(server.dataDir);
-    else console.log(`[${label}] data kept in ${server.dataDir}`);
+    await ds.server.stop();
+    if (KEEP || set.reuse) console.log(`[${set.label}] data kept in ${ds.server.dataDir}`);
+    else removeDataDir(ds.server.dataDir);
   }
 }
 
 const started = new Date();
-const small = await runSet('small', SMALL_PATIENTS, SMALL_OBS);
-const big = await runSet('big', BIG_PATIENTS, BIG_OBS);
+const results: SetResult[] = [];
+for (const set of SETS) results.push(await runSet(set));
+const small = results.find((r) => r.label === '10k');
+const big = results.find((r) => r.label === '100k');
 
-const rows = QUERIES.map((q) => {
-  const s = small.results[q.name];
-  const b = big.results[q.name];
-  const ratio = b.p95 / s.p95;
-  return { query: q.name, small: s, big: b, ratio, ok: ratio <= 1.5 };
+const f = (x: number | undefined, d = 3) => (x === undefined || Number.isNaN(x) ? '-' : x.toFixed(d));
+const ppt = (d?: DbTime) => (d ? `${f(d.plan)} / ${f(d.exec)} / ${f(d.total)}` : '-');
+const rows = SHAPES.filter((s) => !s.http).map((s) => {
+  const a = small?.db[s.name];
+  const b = big?.db[s.name];
+  const w = big?.afterWrites?.[s.name];
+  const ratio = a && b ? b.total / a.total : undefined;
+  const wRatio = a && w ? w.total / a.total : undefined;
+  // The goal: within it at 10k, and at most 1.5x that at 100k and after the writes.
+  const meets = s.goal === undefined || !a ? undefined : a.total <= s.goal && (ratio === undefined || ratio <= 1.5) && (wRatio === undefined || wRatio <= 1.5);
+  return { shape: s.name, goal: s.goal, small: a && { plan: a.plan, exec: a.exec, total: a.total }, big: b && { plan: b.plan, exec: b.exec, total: b.total }, ratio, afterWrites: w?.total, meets };
 });
+const sizeOf = (r?: SetResult) => (r ? `${r.patients / 1000}k Pat / ${r.observations / 1000}k Obs` : 'not run');
 const table = [
-  `| query | ${SMALL_OBS / 1000}k p50 | ${SMALL_OBS / 1000}k p95 | ${SMALL_OBS / 1000}k req/s | ${BIG_OBS / 1000}k p50 | ${BIG_OBS / 1000}k p95 | ${BIG_OBS / 1000}k req/s | p95 ratio | ≤1.5 | entries small/big | total small/big |`,
-  '|---|---:|---:|---:|---:|---:|---:|---:|:-:|---|---|',
-  ...rows.map((r) => `| ${r.query} | ${r.small.p50.toFixed(1)} | ${r.small.p95.toFixed(1)} | ${r.small.reqPerSec.toFixed(0)} | ${r.big.p50.toFixed(1)} | ${r.big.p95.toFixed(1)} | ${r.big.reqPerSec.toFixed(0)} | ${r.ratio.toFixed(2)} | ${r.ok ? 'yes' : '**no**'} | ${r.small.resultEntries}/${r.big.resultEntries} | ${r.small.total ?? '-'}/${r.big.total ?? '-'} |`),
+  `| shape | goal ms | 10k plan / exec / total ms | 100k plan / exec / total ms | ratio 100k/10k (≤1.5?) | after writes total ms | meets goal |`,
+  '|---|---:|---:|---:|---:|---:|:-:|',
+  ...rows.map((r) => `| ${r.shape} | ${r.goal ?? '-'} | ${ppt(small?.db[r.shape])} | ${ppt(big?.db[r.shape])} | ${r.ratio === undefined ? '-' : `${r.ratio.toFixed(2)} ${r.ratio <= 1.5 ? 'yes' : 'no'}`} | ${f(r.afterWrites)} | ${r.meets === undefined ? '-' : r.meets ? 'yes' : '**no**'} |`),
 ].join('\n');
+const httpTable = small?.http || big?.http ? [
+  `| shape | 10k p50 ms | 10k req/s | 100k p50 ms | 100k req/s | entries 10k/100k |`,
+  '|---|---:|---:|---:|---:|---|',
+  ...SHAPES.map((s) => { const a = small?.http?.[s.name]; const b = big?.http?.[s.name]; return `| ${s.name} | ${f(a?.p50, 1)} | ${f(a?.reqPerSec, 0)} | ${f(b?.p50, 1)} | ${f(b?.reqPerSec, 0)} | ${a?.entries ?? '-'}/${b?.entries ?? '-'} |`; }),
+].join('\n') : '';
 
-if (big.explains) {
-  for (const [name, e] of Object.entries(big.explains)) {
-    console.log(`\n===== EXPLAIN at ${BIG_OBS} observations: ${name}\n${e.sql}\n${e.plan}\n-- total (count) query\n${e.countSql}\n${e.countPlan}${e.extra ? `\n${e.extra}` : ''}`);
-  }
-}
-console.log(`\nLoad: small ${small.load.seconds.toFixed(1)}s (${Math.round(small.load.rowsPerSec)} rows/s), big ${big.load.seconds.toFixed(1)}s (${Math.round(big.load.resourcesPerSec)} resources/s, ${Math.round(big.load.rowsPerSec)} rows/s)`);
-console.log(`Latencies in ms; ${CLIENTS} concurrent keep-alive clients, each query for ${SECONDS}s or ${MAX_REQ} requests; a walk is 10 requests.\n`);
-console.log(table);
+const setup = `Sets: 10k = ${sizeOf(small)}, 100k = ${sizeOf(big)} in the queried tenant (plus 4 Encounters and 4 MedicationStatements per patient; a second tenant of ${SECOND_SHARE}x). ` +
+  `Database time: median of ${DB_RUNS} runs (after ${DB_WARMUP} warm-up) of EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) as kiln_app under RLS, planning and execution summed over the statements the server runs for the search (page, total, includes; a walk's 10 pages); runs vary the patient / name / MRN among ${24} of equal result size. ` +
+  (big?.writes ? `After writes: ${WRITES} resources written over HTTP (transaction Bundles of 20 Patients + 80 Observations, ${CLIENTS} at a time, ${Math.round(big.writes.resourcesPerSec)} resources/s), measured at once with no manual ANALYZE. ` : 'No write phase in this run. ') +
+  (httpTable ? `HTTP: ${CLIENTS} keep-alive clients, ${SECONDS}s or ${MAX_REQ} requests per shape, auth and audit off.` : 'HTTP not measured (BENCH_DB_ONLY=1).');
+
+console.log(`\n${setup}\n`);
+for (const r of results) console.log(`[${r.label}] phases: ${Object.entries(r.seconds).map(([k, v]) => `${k} ${v.toFixed(1)}s`).join(', ')}`);
+console.log(`\n${table}\n`);
+if (httpTable) console.log(`${httpTable}\n`);
 
 fs.mkdirSync(path.join(HERE, 'results'), { recursive: true });
-const file = path.join(HERE, 'results', `search-${started.toISOString().replace(/[:.]/g, '-')}.json`);
-fs.writeFileSync(file, JSON.stringify({ started: started.toISOString(), config: { BIG_OBS, BIG_PATIENTS, SMALL_OBS, SMALL_PATIENTS, SECONDS, MAX_REQ, CLIENTS, BATCH }, small, big, rows }, null, 2));
-console.log(`\nwritten ${file}`);
+const stamp = started.toISOString().replace(/[:.]/g, '-');
+const file = path.join(HERE, 'results', `search-${stamp}.json`);
+const config = { SETS, SECOND_SHARE, DB_ONLY, WRITES, DB_RUNS, DB_WARMUP, SECONDS, MAX_REQ, CLIENTS, BATCH };
+fs.writeFileSync(file, JSON.stringify({ started: started.toISOString(), config, rows, results }, null, 2));
+console.log(`written ${file}`);
+
+const md: string[] = [
+  `# Search plans, ${started.toISOString().slice(0, 10)} (\`npm run bench:search\`, issue #25)`, '',
+  `Written by bench/search.ts at ${started.toISOString()}. ${setup}`, '',
+  table, '',
+  ...(httpTable ? ['HTTP:', '', httpTable, ''] : []),
+  ...results.map((r) => `- ${r.label}: ${Object.entries(r.seconds).map(([k, v]) => `${k} ${v.toFixed(1)}s`).join(', ')}${r.load ? ` (load ${Math.round(r.load.resourcesPerSec)} resources/s, indexes ${r.load.indexSeconds.toFixed(1)}s, VACUUM ANALYZE ${r.load.analyzeSeconds.toFixed(1)}s)` : ''}`),
+  '', '## Statements and plans', '',
+  'Each shape\'s statements as the server built them (values inlined for reading; they run with bind parameters), with EXPLAIN (ANALYZE, BUFFERS) of the first measured run.', '',
+];
+for (const s of SHAPES.filter((x) => !x.http)) {
+  md.push(`### ${s.name}`, '');
+  const states: [string, DbTime | undefined][] = [['10k', small?.db[s.name]], ['100k', big?.db[s.name]], ['100k after writes', big?.afterWrites?.[s.name]]];
+  for (const [state, d] of states) {
+    if (!d) continue;
+    md.push(`#### ${state}: plan ${f(d.plan)} + exec ${f(d.exec)} = ${f(d.total)} ms`, '');
+    d.plans.forEach((p, i) => md.push(`Statement ${i + 1}:`, '', '```sql', p.sql, '```', '', '```', p.plan, '```', ''));
+  }
+}
+const mdFile = path.join(HERE, 'results', `${started.toISOString().slice(0, 10)}-search-plans.md`);
+fs.writeFileSync(mdFile, md.join('\n'));
+console.log(`written ${mdFile}`);
+for (const r of results) if (KEEP || SETS.find((s) => s.label === r.label)?.reuse) console.log(`kept ${r.label}: ${r.dataDir}`);
 process.exit(0);
