@@ -5,7 +5,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
 import type { Resource } from '@medplum/fhirtypes';
 import { cliConfig, serverBaseUrl } from './runtime.ts';
@@ -19,9 +18,10 @@ import { loadDefinitions } from './fhir/validate.ts';
 import { mintAdminToken } from './auth/tokens.ts';
 import { tenantBase } from './auth/urls.ts';
 import { TABLES } from '../mappings/postgres/index.ts';
+import { ROOT } from './paths.ts';
 
 export const DEMO_TENANT = 'demo';
-const DEFAULT_DATA = path.resolve(fileURLToPath(new URL('..', import.meta.url)), '../shared/data/synthea-r4');
+const DEFAULT_DATA = path.resolve(ROOT, '../shared/data/synthea-r4');
 const TOKEN_MINUTES = 60;
 
 const DEMO_USAGE = `  kiln demo [--data <dir>]   creates (or reuses) the tenant 'demo', loads the FHIR Bundles (.json) and NDJSON (.ndjson)

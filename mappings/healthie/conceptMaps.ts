@@ -3,9 +3,9 @@
 // reads them once and answers lookups both ways; the mapping functions take the result.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { ConceptMap, ConceptMapGroupElementTarget } from '@medplum/fhirtypes';
 import { OBS_CATEGORY, UCUM } from './systems.ts';
+import { fromRoot } from '../../src/paths.ts';
 
 export interface MetricCode {
   category: string;
@@ -24,7 +24,7 @@ export interface HealthieMaps {
   categoryForLoinc(loinc: string): MetricCode | undefined;
 }
 
-export const CONCEPT_MAP_DIR = path.dirname(fileURLToPath(import.meta.url));
+export const CONCEPT_MAP_DIR = fromRoot('mappings', 'healthie');
 export const CONCEPT_MAP_FILES = {
   contactType: 'contact-type-to-encounter-class.json',
   pmStatus: 'pm-status-to-encounter-status.json',

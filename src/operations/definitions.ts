@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import type { OperationDefinition } from '@medplum/fhirtypes';
 import { TABLES } from '../../mappings/postgres/index.ts';
 import { ROUTES, type Route } from '../interactions/routes.ts';
+import { fromRoot } from '../paths.ts';
 
 export type Level = 'system' | 'type' | 'instance';
 
@@ -43,7 +44,7 @@ export function typesOf(definition: OperationDefinition): string[] {
 }
 
 function load(file: string, routes: Route[]): Operation {
-  const definition = JSON.parse(fs.readFileSync(new URL(`../../conformance/${file}`, import.meta.url), 'utf8')) as OperationDefinition;
+  const definition = JSON.parse(fs.readFileSync(fromRoot('conformance', file), 'utf8')) as OperationDefinition;
   const wrong = (why: string) => new Error(`conformance/${file}: ${why}`);
   const levels = new Set(routes.map(levelOf));
   const resource = resourcesOf(definition);

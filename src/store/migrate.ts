@@ -1,10 +1,10 @@
 // Applies sql/NNN_*.sql in order, each once, recorded in schema_migrations.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
+import { fromRoot } from '../paths.ts';
 
-const SQL_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../sql');
+const SQL_DIR = fromRoot('sql');
 const MIGRATION_LOCK = 7_201_001; // advisory lock key: one migrator at a time
 
 /** The migration files in sql/, in the order they apply. */

@@ -2,10 +2,10 @@
 // signs, medications and the access log, installed into a tenant by `kiln views install`.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { ViewDefinition } from './types.ts';
+import { fromRoot } from '../paths.ts';
 
-export const STARTER_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../conformance/views');
+export const STARTER_DIR = fromRoot('conformance', 'views');
 
 /** The starter views, by file name. */
 export function starterViews(): ViewDefinition[] {

@@ -6,16 +6,15 @@
 // (`select[1].column[0].path`). What only the data can show (several values in a non-collection
 // column, a where path giving a non-boolean) is refused by the runner when it happens.
 import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Ajv, type ErrorObject } from 'ajv';
 import { DotAtom, SymbolAtom, getElementDefinition, tryGetDataType, type Atom } from '@medplum/core';
 import { loadDefinitions } from '../fhir/validate.ts';
 import { constantValue, constantValueKeys, selectColumns } from './columns.ts';
 import { compilePath, pathProblems } from './fhirpath.ts';
 import type { ViewDefinition, ViewSelect } from './types.ts';
+import { fromRoot } from '../paths.ts';
 
-const SCHEMA_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'viewDefinition.schema.json');
+const SCHEMA_FILE = fromRoot('src', 'views', 'viewDefinition.schema.json');
 const schema = JSON.parse(fs.readFileSync(SCHEMA_FILE, 'utf8')) as object;
 const checkStructure = new Ajv({ allErrors: true, strict: false }).compile(schema);
 
