@@ -2,8 +2,8 @@
 // returns each match once even while others write), totals, and included resources.
 import type { Tx } from './resources.ts';
 import { onGenericPlans } from './statements.ts';
-import { READ_FROM, TABLES, TIME_PARTITIONED } from '../../mappings/postgres/index.ts';
-import { criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
+import { READ_FROM, TABLES } from '../../mappings/postgres/index.ts';
+import { bodyKey, bodyOf, criterionSql, driverRank, driverRows, sortKey } from './searchSql.ts';
 import { rowsWithKeys, type KeyForms } from './rowKeySearch.ts';
 import type { Criterion } from '../search/criteria.ts';
 import { badRequest } from '../fhir/outcome.ts';
@@ -50,6 +50,8 @@ export interface SearchStatements {
   page: { sql: string; values: unknown[] };
   count: { sql: string; values: unknown[] };
   keys: number;
+  /** The page runs on its generic plan (see runSearch). */
+  generic: boolean;
 }
 
 /** The SQL of one page of a search (with its keyset cursor) and of its total. */
@@ -58,9 +60,16 @@ export function searchStatements(q: SearchRequest & { orgId: number }): SearchSt
   const countWhere = [`r.org_id = ${c.p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
   const count = { sql: `SELECT count(*)::integer AS n FROM ${READ_FROM[q.type]} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
   const driver = bestDriver(q);
-  const page = !q.sort.length && driver && !q.criteria.some(onResourceRow) ? unsortedPage(q, driver.index)
-    : sortedPage(q, driver?.rank === 0 ? driver.index : undefined);
-  return { page, count, keys: q.sort.length };
+  const unsorted = !q.sort.length && driver && !q.criteria.some(onResourceRow);
+  const driven = unsorted ? driver : driver?.rank === 0 ? driver : undefined;
+  const page = unsorted ? unsortedPage(q, driver.index) : sortedPage(q, driven?.index);
+  // A driven page has the same plan whatever the values (the driver's rows, each probed):
+  // planning it every time cost more than running it. Not when a code (rank 2, common)
+  // drives other criteria: a generic plan, sizing the code by its average, hashed every
+  // row of the others' value range (170 ms) instead of probing the driver's rows. Pages
+  // not driven keep custom plans: a generic one cannot size a range.
+  const generic = driven !== undefined && (driven.rank !== 2 || q.criteria.length === 1);
+  return { page, count, keys: q.sort.length, generic: ROW_KEYED_TYPES.has(q.type) || generic };
 }
 
 /** _lastUpdated is a column of the resource row, not of index rows. */
@@ -80,17 +89,16 @@ function bestDriver(q: SearchRequest): { index: number; rank: number } | undefin
 
 /**
  * The driver's matching index rows, the other criteria checked on each (`extra` may
- * order and limit them), joined to their resource rows `r` by a per-row probe of the
- * one partition. Starting from the driver keeps the plan tied to its (usually small or
+ * order and limit them), joined to their locator rows `r` by a per-row probe (the body is
+ * read from the history: bodyOf; no time partition is planned). Starting from the driver keeps the plan tied to its (usually small or
  * id-ordered) row set, whatever the planner estimates for the other criteria.
  */
 function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p: (v: unknown) => string, extra: (d: string) => string): string {
   const driver = q.criteria[driverIndex];
   const others = (d: string) => q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, d, p, 0, true)}`).join('');
-  const timed = TIME_PARTITIONED.has(q.type);
   return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${driverRows(driver, q.type, q.orgId, p, others, extra)}) m
-    CROSS JOIN LATERAL (SELECT x.org_id, x.id, x.last_updated, x.resource${timed ? ', x.clinical_time' : ''} FROM ${READ_FROM[q.type]} x
-       WHERE x.org_id = m.org_id AND x.id = m.id${timed ? ' AND x.clinical_time = m.clinical_time' : ''} LIMIT 1) r`;
+    CROSS JOIN LATERAL (SELECT x.org_id, x.id, x.last_updated, x.clinical_time, x.version_id FROM resource_ids x
+       WHERE x.org_id = m.org_id AND x.resource_type = ${p(q.type)} AND x.id = m.id AND NOT x.deleted LIMIT 1) r`;
 }
 
 /**
@@ -106,7 +114,7 @@ function unsortedPage(q: SearchRequest & { orgId: number }, driverIndex: number)
   if (cursor && cursor.length !== 1) throw badRequest('Invalid _page cursor: it does not fit the sort', ['_page']);
   const from = drivenRows(q, driverIndex, p, (d) =>
     `${cursor ? ` AND ${d}.id ${cmp} ${p(cursor[0])}::text` : ''} ORDER BY ${d}.id ${dir} LIMIT ${p(q.count + 1)}`);
-  return { sql: `SELECT r.id, r.resource::text AS json FROM ${from} ORDER BY r.id ${dir}`, values };
+  return { sql: `SELECT r.id, ${bodyOf(q.type, 'r', p)} AS json FROM ${from} ORDER BY r.id ${dir}`, values };
 }
 
 /** Whether a cursor's sort value casts to its key's type (a tampered cursor is a 400, not a database error). */
@@ -146,8 +154,10 @@ function sortedPage(q: SearchRequest & { orgId: number }, driverIndex?: number):
     });
     keyset = `WHERE ${terms.join(' OR ')}`;
   }
-  const sql = `SELECT * FROM (SELECT r.id, r.resource::text AS json${cols.length ? ', ' + cols.join(', ') : ''}
-      FROM ${from} WHERE ${where.join(' AND ')}) q ${keyset} ORDER BY ${order} LIMIT ${p(q.count + 1)}`;
+  // Bodies are read for the page's rows only, once it is cut to size.
+  const body = ROW_KEYED_TYPES.has(q.type) ? '' : `, ${bodyOf(q.type, 'q', p)} AS json`;
+  const sql = `SELECT q.*${body} FROM (SELECT * FROM (SELECT r.id, ${bodyKey(q.type, 'r')}${cols.length ? ', ' + cols.join(', ') : ''}
+      FROM ${from} WHERE ${where.join(' AND ')}) q ${keyset} ORDER BY ${order} LIMIT ${p(q.count + 1)}) q ORDER BY ${order}`;
   return { sql, values };
 }
 
@@ -199,13 +209,11 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   // A search of audit_events plans every weekly partition a date range does not rule out
   // (72 a year and a half in, 52 more a year), and planning cost more than running the
   // query: its page and total run on their generic plans (run-time pruning still skips
-  // the partitions outside a date range).
-  const found = await onGenericPlans(tx, ROW_KEYED_TYPES.has(q.type), async (run) => ({
-    rows: (await run(st.page)).rows,
-    total: q.total === 'accurate' ? (await run(st.count)).rows[0].n as number
-      : q.total === 'estimate' ? (await run(boundedCount(st.count))).rows[0].n as number : undefined,
-  }));
-  const { rows } = found;
+  // the partitions outside a date range). Other types' pages do when driven by a
+  // reference or identifier (searchStatements); their totals keep custom plans.
+  const { rows } = await onGenericPlans(tx, st.generic, (run) => run(st.page));
+  let total = q.total === 'none' ? undefined : await onGenericPlans(tx, ROW_KEYED_TYPES.has(q.type), async (run) =>
+    (await run(q.total === 'accurate' ? st.count : boundedCount(st.count))).rows[0].n as number);
   const keyOf = (row: Record<string, string> | undefined) => row && [...Array.from({ length: st.keys }, (_, i) => String(row[`k${i}`])), row.id];
   // A page going back was read from its end: one row more tells that a page precedes it.
   const more = rows.length > q.count;
@@ -214,7 +222,6 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   const last = page[page.length - 1];
   const next = q.before || more ? keyOf(last) : undefined;
   const previous = q.before ? (more ? keyOf(first) : undefined) : q.after ? keyOf(first) : undefined;
-  let total = found.total;
   // Past the bound, the planner's estimate, which cannot go below what was counted.
   const estimated = q.total === 'estimate' && total! > EXACT_TOTAL_BOUND;
   if (estimated) total = Math.max(total!, await estimateRows(tx, st.count.sql, st.count.values));
@@ -327,17 +334,14 @@ export async function fetchIncludes(tx: Tx, type: string, ids: string[], include
     for (const f of fresh) byType.set(f.type, [...(byType.get(f.type) ?? []), f.id]);
     const fetched: Included[] = [];
     for (const [t, list] of byType) {
-      // Through the id locator, so each resource is read from its one time partition. The
-      // LIMIT keeps the lookup a per-id probe: given an id array the planner cannot size,
-      // it chose to hash-join the whole table.
       const ids = list.slice(0, limit);
-      // Row-keyed types have no locator: every time partition's (org_id, id) key is probed.
-      const { rows } = TIME_PARTITIONED.has(t) && !ROW_KEYED_TYPES.has(t)
-        ? await tx.query(`SELECT r.id, r.json FROM resource_ids i CROSS JOIN LATERAL (
-              SELECT x.id, x.resource::text AS json FROM ${READ_FROM[t]} x
-               WHERE x.org_id = i.org_id AND x.id = i.id AND x.clinical_time = i.clinical_time LIMIT 1) r
-            WHERE i.org_id = current_setting('app.org_id')::integer AND i.resource_type = $2 AND i.id = ANY($1::text[])`, [ids, t])
-        : await tx.query(`SELECT id, resource::text AS json FROM ${READ_FROM[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [ids]);
+      // Through the id locator, the current version's text from the history (searchSql.ts
+      // bodyOf): no time partition is planned. Row-keyed types have no locator.
+      const b = params();
+      const { rows } = ROW_KEYED_TYPES.has(t)
+        ? await tx.query(`SELECT id, resource::text AS json FROM ${READ_FROM[t]} WHERE org_id = current_setting('app.org_id')::integer AND id = ANY($1::text[])`, [ids])
+        : await tx.query(`SELECT i.id, ${bodyOf(t, 'i', b.p)} AS json FROM resource_ids i
+            WHERE i.org_id = current_setting('app.org_id')::integer AND i.resource_type = ${b.p(t)} AND i.id = ANY(${b.p(ids)}::text[]) AND NOT i.deleted`, b.values);
       fetched.push(...rows.map((r) => ({ type: t, id: r.id, json: r.json })));
     }
     const kept = await keep(fetched);
