@@ -6,7 +6,6 @@ import type { Ctx } from './context.ts';
 import { permit, restriction, visible, writeGuard } from '../auth/enforce.ts';
 import type { Access, Permission } from '../auth/scopes.ts';
 import type { EntryPolicy } from '../interactions/bundle.ts';
-import type { Tx } from '../store/resources.ts';
 
 export interface Policy extends EntryPolicy {
   /** The token's access for the interaction's permission. */
@@ -26,11 +25,6 @@ export function policyOf(ctx: Ctx, type: string, perm: Permission, matches: bool
     access,
     guard: writes ? writeGuard(ctx, type, access) : undefined,
     restrict: searchAccess ? restriction(ctx, type, searchAccess) : [],
-    // bind, not an arrow: tsx's keepNames would name a closure made per read (router.ts).
-    visible: perm === 'r' ? visibleUnder.bind(undefined, ctx, access) : undefined,
+    visible: perm === 'r' ? (tx, resourceType, id, json) => visible(ctx, tx, resourceType, id, json, access) : undefined,
   };
-}
-
-function visibleUnder(ctx: Ctx, access: Access, tx: Tx, type: string, id: string, json: string): Promise<boolean> {
-  return visible(ctx, tx, type, id, json, access);
 }

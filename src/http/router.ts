@@ -53,9 +53,7 @@ function logAuditFailure(res: Response, err: unknown): void {
   logFailure('audit of a failed request not stored', err, requestLog(res));
 }
 
-/** Names the interaction for the request's AuditEvent. (Module functions, not closures
- * made per request: tsx's keepNames gives each named closure an Object.defineProperty,
- * about 6 µs a request each on this machine.) */
+/** Names the interaction for the request's AuditEvent. */
 function nameInteraction(ctx: Ctx, subtype: string | undefined, type?: string, query?: string): void {
   ctx.audit?.interaction(subtype, actionOf(subtype, ctx.req.method), query !== undefined ? { query, type } : {});
 }
