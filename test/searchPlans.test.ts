@@ -150,6 +150,35 @@ describe('search plans as the request role, under RLS', () => {
     assertIndexed(await plan('Patient', '_id=p7,p8'), 'patients', /id = ANY/);
   });
 
+  test('a driven page plans no time partition: its rows through the locator, their bodies from the history', async () => {
+    for (const query of ['subject=Patient/p7&code=http://loinc.org|8867-4', 'patient=p7&date=ge2020-01-01&_sort=-date', 'patient=p7&_revinclude=Provenance:target']) {
+      const p = await plan('Observation', query);
+      const partitions = p.nodes.map((n) => n['Relation Name'] ?? '').filter((r) => r.startsWith('observations'));
+      assert.deepEqual(partitions, [], `${query}: ${p.sql}`);
+      assert.ok(p.nodes.some((n) => n['Relation Name'] === 'resource_history'), query);
+    }
+  });
+
+  test('a page\'s bodies are the current versions: after an update, a delete and a re-create, in matches and includes', async () => {
+    const obs = (value: number) => ({ resourceType: 'Observation', id: 'o-current', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+      subject: { reference: 'Patient/p1999' }, effectiveDateTime: '2021-06-01T10:00:00Z', valueQuantity: { value, unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' } });
+    const found = async () => {
+      const driven = await fhir(srv.url, 'GET', 'Observation?subject=Patient/p1999&code=8867-4&_count=100');
+      const sorted = await fhir(srv.url, 'GET', 'Observation?patient=p1999&_sort=-date&_count=100');
+      const included = await fhir(srv.url, 'GET', 'Patient?_id=p1999&_revinclude=Observation:subject');
+      const pick = (b: any) => (b.json.entry ?? []).map((e: any) => e.resource).filter((r: any) => r.id === 'o-current')
+        .map((r: any) => `${r.meta.versionId}:${r.valueQuantity.value}`);
+      return [pick(driven), pick(sorted), pick(included)];
+    };
+    assert.equal((await fhir(srv.url, 'PUT', 'Observation/o-current', obs(61))).status, 201);
+    assert.equal((await fhir(srv.url, 'PUT', 'Observation/o-current', obs(62))).status, 200);
+    assert.deepEqual(await found(), [['2:62'], ['2:62'], ['2:62']]);
+    assert.equal((await fhir(srv.url, 'DELETE', 'Observation/o-current')).status, 204);
+    assert.deepEqual(await found(), [[], [], []]);
+    assert.equal((await fhir(srv.url, 'PUT', 'Observation/o-current', obs(63))).status, 201);
+    assert.deepEqual(await found(), [['4:63'], ['4:63'], ['4:63']]);
+  });
+
   test('quantity (value-quantity=99.0, =gt148): a float8 range on the value (numeric comparisons are not leakproof)', async () => {
     assertIndexed(await plan('Observation', 'value-quantity=99.0|http://unitsofmeasure.org|/min'), 'search_quantities', /value_f >= '98.95'::double precision/);
     assertIndexed(await plan('Observation', 'value-quantity=gt148'), 'search_quantities', /value_f > '148'::double precision/);
