@@ -27,7 +27,7 @@ import { createOrg, ensureOrgPartitions } from '../src/store/tenants.ts';
 import { parseSearch } from '../src/search/query.ts';
 import { runSearch, fetchIncludes } from '../src/store/searchRun.ts';
 import {
-  BulkLoader, ENCOUNTERS_PER_PATIENT, MRN_SYSTEM, RARE_GROUP, encounter, medicationStatement, mrnOf, observation, patient, patientId, rareFamily,
+  BulkLoader, MRN_SYSTEM, RARE_GROUP, mrnOf, observation, patient, rareFamily, tenantJobs,
 } from './search-data.ts';
 import { envNumber } from './env.ts';
 
@@ -53,29 +53,23 @@ const DAY = 86_400_000;
 interface LoadStats { seconds: number; resources: number; indexRows: number; resourcesPerSec: number; rowsPerSec: number; indexSeconds: number; analyzeSeconds: number; byTable: Record<string, number> }
 interface Dataset { server: TestServer; load?: LoadStats; orgs: { default: number; second: number }; patients: number; observations: number }
 
-/** Loads one tenant: patients, 4 encounters + 4 medication statements each, observations spread evenly over patients. */
-async function loadTenant(server: TestServer, orgId: number, tag: string, patients: number, observations: number, loadTime: number, now: number, log: (s: string) => void) {
-  const loader = new BulkLoader(server.db.owner, orgId, loadTime);
+const LOAD_WORKERS = envNumber('BENCH_LOAD_WORKERS', 2);
+
+/** Loads both tenants: patients, 4 encounters + 4 medication statements each, observations spread evenly over patients. */
+async function loadTenants(server: TestServer, tenants: { orgId: number; tag: string; patients: number; observations: number }[], loadTime: number, now: number, log: (s: string) => void) {
+  const loader = new BulkLoader(server.db.owner, LOAD_WORKERS);
   await loader.init();
-  let batch: any[] = [];
-  const push = async (r: any) => { batch.push(r); if (batch.length >= BATCH) { const b = batch; batch = []; await loader.add(b); } };
-  const end = async () => { if (batch.length) { const b = batch; batch = []; await loader.add(b); } await loader.flush(); };
+  let seq = 0;
+  const jobs = tenants.flatMap((t) => {
+    const js = tenantJobs({ tag: t.tag, patients: t.patients, now, orgId: t.orgId, loadTime }, t.observations, BATCH, seq);
+    seq += js.reduce((n, j) => n + j.to - j.from, 0);
+    return js;
+  });
   const t0 = performance.now();
-  for (let i = 0; i < patients; i++) await push(patient(tag, i));
-  await end();
-  for (let i = 0; i < patients; i++) for (let k = 0; k < ENCOUNTERS_PER_PATIENT; k++) await push(encounter(tag, i, k, now));
-  await end();
-  for (let i = 0; i < patients; i++) for (let k = 0; k < ENCOUNTERS_PER_PATIENT; k++) await push(medicationStatement(tag, i, k, now));
-  await end();
-  log(`  ${tag}: ${patients} patients with encounters and medications in ${((performance.now() - t0) / 1000).toFixed(1)}s`);
-  const t1 = performance.now();
-  for (let j = 0; j < observations; j++) {
-    // Observation j's patient: the golden-ratio sequence gives every patient the mean count, give or take one.
-    const p = Math.floor(patients * ((j * 0.6180339887498949) % 1)) % patients;
-    await push(observation(tag, j, p, now));
-    if (j > 0 && j % 200_000 === 0) log(`  ${tag}: ${j} observations, ${Math.round(j / ((performance.now() - t1) / 1000))}/s`);
-  }
-  await end();
+  const every = Math.max(1, Math.floor(jobs.length / 10));
+  await loader.run(jobs, (done) => {
+    if (done % every === 0) log(`  ${loader.counters.resources} resources, ${Math.round(loader.counters.resources / ((performance.now() - t0) / 1000))}/s`);
+  });
   return loader.counters;
 }
 
@@ -92,6 +86,9 @@ async function reuseDataset(label: string, dataDir: string, patients: number, ob
   return { server, orgs, patients, observations };
 }
 
+// session_replication_role: no foreign-key checks or triggers for rows built consistent.
+const LOAD_SETTINGS = [['session_replication_role', 'replica'], ['fsync', 'off'], ['synchronous_commit', 'off'], ['full_page_writes', 'off'], ['max_wal_size', '16GB'], ['checkpoint_timeout', '1h']];
+
 async function buildDataset(label: string, patients: number, observations: number, reuse?: string): Promise<Dataset> {
   if (reuse) return reuseDataset(label, reuse, patients, observations);
   const server = await startTestServer();
@@ -102,6 +99,7 @@ async function buildDataset(label: string, patients: number, observations: numbe
   // operator would with KILN_PARTITION_MONTHS_BACK, instead of filling DEFAULT.
   for (const org of [def, second]) await ensureOrgPartitions(owner, org, 25);
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const now = Date.now();
   const loadTime = now - 3_600_000;
   const log = (s: string) => console.log(s);
@@ -116,9 +114,14 @@ async function buildDataset(label: string, patients: number, observations: numbe
       WHERE t.relkind IN ('p', 'r') AND NOT t.relispartition AND NOT ic.relispartition AND t.relnamespace = 'public'::regnamespace
         AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)`)).rows as { name: string; def: string }[];
   for (const ix of indexDefs) await owner.query(`DROP INDEX ${ix.name}`);
-  const a = await loadTenant(server, def, 'a', patients, observations, loadTime, now, log);
-  const b = await loadTenant(server, second, 'b', p2, o2, loadTime, now, log);
+  // This data dir's server skips the WAL flushes and frequent checkpoints for the load
+  // only (a crash would lose the bench's data, nothing else); reset before measuring.
+  for (const [k, v] of LOAD_SETTINGS) await owner.query(`ALTER SYSTEM SET ${k} = '${v}'`);
+  await owner.query('SELECT pg_reload_conf()');
+  const counters = await loadTenants(server, [{ orgId: def, tag: 'a', patients, observations }, { orgId: second, tag: 'b', patients: p2, observations: o2 }], loadTime, now, log);
   const tI = performance.now();
+  const cpu = process.cpuUsage(cpu0);
+  log(`[${label}] rows inserted in ${((tI - t0) / 1000).toFixed(1)}s, this process's CPU ${((cpu.user + cpu.system) / 1e6).toFixed(1)}s`);
   // Two sessions build indexes side by side (2 cores: one sort each).
   const queue = [...indexDefs];
   await Promise.all([0, 1].map(async () => {
@@ -130,6 +133,9 @@ async function buildDataset(label: string, patients: number, observations: numbe
       for (let ix = queue.shift(); ix; ix = queue.shift()) await ddl.query(ix.def.replace(' ON ONLY ', ' ON '));
     } finally { ddl.release(); }
   }));
+  for (const [k] of LOAD_SETTINGS) await owner.query(`ALTER SYSTEM RESET ${k}`);
+  await owner.query('SELECT pg_reload_conf()');
+  await owner.query('CHECKPOINT');
   const invalid = (await owner.query(`SELECT count(*)::int AS n FROM pg_index WHERE NOT indisvalid`)).rows[0].n;
   if (invalid) throw new Error(`${invalid} indexes are not valid after the rebuild`);
   const indexSeconds = (performance.now() - tI) / 1000;
@@ -137,15 +143,17 @@ async function buildDataset(label: string, patients: number, observations: numbe
   const tA = performance.now();
   // VACUUM sets the visibility map, which index-only scans need; autovacuum would do it
   // on its own schedule after a bulk load.
-  await owner.query('VACUUM ANALYZE');
+  const tables = (await owner.query(`SELECT c.oid::regclass::text AS t FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace
+    AND c.relkind = 'r' ORDER BY pg_relation_size(c.oid) DESC`)).rows.map((r) => r.t as string);
+  await Promise.all([0, 1].map(async () => { for (let t = tables.shift(); t; t = tables.shift()) await owner.query(`VACUUM ${t}`); }));
+  await owner.query('ANALYZE');
   const analyzeSeconds = (performance.now() - tA) / 1000;
   const loadSec = (performance.now() - t0) / 1000;
-  const byTable: Record<string, number> = {};
-  for (const c of [a, b]) for (const [k, v] of Object.entries(c.byTable)) byTable[k] = (byTable[k] ?? 0) + v;
+  const byTable = counters.byTable;
   const rows = Object.values(byTable).reduce((x, y) => x + y, 0);
   const load: LoadStats = {
-    seconds: loadSec, resources: a.resources + b.resources, indexRows: a.indexRows + b.indexRows,
-    resourcesPerSec: (a.resources + b.resources) / loadSec, rowsPerSec: rows / loadSec, indexSeconds, analyzeSeconds, byTable,
+    seconds: loadSec, resources: counters.resources, indexRows: counters.indexRows,
+    resourcesPerSec: counters.resources / loadSec, rowsPerSec: rows / loadSec, indexSeconds, analyzeSeconds, byTable,
   };
   const size = (await owner.query(`SELECT pg_size_pretty(pg_database_size(current_database())) AS s`)).rows[0].s;
   console.log(`[${label}] loaded ${load.resources} resources (${rows} rows incl. ${load.indexRows} index rows) in ${loadSec.toFixed(1)}s ` +
