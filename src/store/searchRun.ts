@@ -56,10 +56,8 @@ export interface SearchStatements {
 
 /** The SQL of one page of a search (with its keyset cursor) and of its total. */
 export function searchStatements(q: SearchRequest & { orgId: number }): SearchStatements {
-  const c = params();
-  const countWhere = [`r.org_id = ${c.p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', c.p))];
-  const count = { sql: `SELECT count(*)::integer AS n FROM ${READ_FROM[q.type]} r WHERE ${countWhere.join(' AND ')}`, values: c.values };
   const driver = bestDriver(q);
+  const count = countStatement(q, driver?.index);
   const unsorted = !q.sort.length && driver && !q.criteria.some(onResourceRow);
   const driven = unsorted ? driver : driver?.rank === 0 ? driver : undefined;
   const page = unsorted ? unsortedPage(q, driver.index) : sortedPage(q, driven?.index);
@@ -70,6 +68,22 @@ export function searchStatements(q: SearchRequest & { orgId: number }): SearchSt
   // not driven keep custom plans: a generic one cannot size a range.
   const generic = driven !== undefined && (driven.rank !== 2 || q.criteria.length === 1);
   return { page, count, keys: q.sort.length, generic: ROW_KEYED_TYPES.has(q.type) || generic };
+}
+
+/**
+ * The total's statement. With a driver, the distinct ids of its matching index rows that
+ * pass the other criteria: index rows exist exactly while their resource does (a delete
+ * removes them), so no resource row is read, and no monthly partition planned (4 ms of
+ * planning for an Observation count two years in). Else every row of the type is checked.
+ */
+function countStatement(q: SearchRequest & { orgId: number }, driverIndex: number | undefined): { sql: string; values: unknown[] } {
+  const { values, p } = params();
+  if (driverIndex !== undefined && !q.criteria.some(onResourceRow)) {
+    const others = (d: string) => q.criteria.filter((c, i) => i !== driverIndex).map((c) => ` AND ${criterionSql(c, q.type, d, p, 0, true)}`).join('');
+    return { sql: `SELECT count(*)::integer AS n FROM (SELECT DISTINCT d.id FROM ${driverRows(q.criteria[driverIndex], q.type, q.orgId, p, others, () => '')}) m`, values };
+  }
+  const where = [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', p))];
+  return { sql: `SELECT count(*)::integer AS n FROM ${READ_FROM[q.type]} r WHERE ${where.join(' AND ')}`, values };
 }
 
 /** _lastUpdated is a column of the resource row, not of index rows. */
