@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { freePort } from './support/server.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -76,6 +76,9 @@ test("the README's first request gives 201 on a first start, verbatim", { timeou
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const k of Object.keys(env)) if (k.startsWith('KILN_') || ['PORT', 'HOST', 'BASE_URL', 'DATABASE_URL', 'APP_DATABASE_URL'].includes(k)) delete env[k];
   Object.assign(env, { KILN_DATA_DIR: dataDir, KILN_PG_PORT: String(await freePort()), CURL_HOME: dataDir });
+  // A newcomer's `npm install` built dist/ (package.json prepare); here src/ may have changed
+  // since, and `npm start` rebuilding it would outlast the CLI's wait for a first start.
+  execFileSync('npm', ['run', '-s', 'build'], { cwd: ROOT, stdio: 'ignore', timeout: 120_000 });
   // Its own process group: the server the block leaves running in the background is stopped with it.
   const shell = spawn('bash', ['-c', block], { cwd: ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   const pgid = shell.pid!;
