@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { freePort, removeDataDir, startTestServer, type TestServer } from '../test/support/server.ts';
 import { patientBody, seedMrn } from './fixtures.ts';
 import type { HttpStats, Op, RunRequest, RunResponse } from './load-worker.ts';
@@ -40,51 +40,56 @@ const OPS: { op: Op; label: string }[] = [
   { op: 'createPatient', label: 'create Patient' },
 ];
 
-interface Server { mode: Mode; origin: string; child: ChildProcess; startMs: number }
+export interface Server<M extends string = Mode> { mode: M; origin: string; child: ChildProcess; startMs: number }
 
-/** A server as a child process on the shared database; resolves when /readyz answers 200. */
-async function start(mode: (typeof MODES)[number], databaseUrl: string, dir: string): Promise<Server> {
+/**
+ * A server as a child process on the shared database; resolves when /readyz answers 200.
+ * bench/compare.ts passes another checkout (cwd), no databaseUrl (its own embedded PostgreSQL) and env.
+ */
+export async function start<M extends string>(mode: { name: M; args: readonly string[]; cwd?: string }, databaseUrl: string | undefined, dir: string,
+  extraEnv: Record<string, string | undefined> = {}, readyMs = 120_000): Promise<Server<M>> {
   const port = await freePort();
   const dataDir = path.join(dir, mode.name); // its own runtime card and export files; the database is shared
   fs.mkdirSync(dataDir, { recursive: true });
-  const env = { ...process.env, PORT: String(port), HOST: '127.0.0.1', KILN_DATA_DIR: dataDir, DATABASE_URL: databaseUrl,
-    KILN_AUTH: 'off', KILN_AUDIT: AUDIT, KILN_LOG_FORMAT: 'json' };
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), HOST: '127.0.0.1', KILN_DATA_DIR: dataDir, DATABASE_URL: databaseUrl,
+    KILN_AUTH: 'off', KILN_AUDIT: AUDIT, KILN_LOG_FORMAT: 'json', ...extraEnv };
+  for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
   const t0 = performance.now();
   // The access log to a file, as in bench/observability.ts: a pipe would make this process its reader.
-  const child = spawn(process.execPath, mode.args, { cwd: ROOT, env, stdio: ['ignore', fs.openSync(path.join(dataDir, 'server.log'), 'a'), 'inherit'] });
+  const child = spawn(process.execPath, mode.args, { cwd: mode.cwd ?? ROOT, env, stdio: ['ignore', fs.openSync(path.join(dataDir, 'server.log'), 'a'), 'inherit'] });
   const origin = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 120_000;
+  const deadline = Date.now() + readyMs;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`${mode.name} server exited (${child.exitCode}); see ${dataDir}/server.log`);
     if (await fetch(`${origin}/readyz`).then((r) => r.ok, () => false)) break;
-    if (Date.now() > deadline) throw new Error(`${mode.name} server not ready in 120 s`);
+    if (Date.now() > deadline) throw new Error(`${mode.name} server not ready in ${readyMs / 1000} s`);
     await new Promise((r) => setTimeout(r, 50));
   }
   return { mode: mode.name, origin, child, startMs: Math.round(performance.now() - t0) };
 }
 
-async function stop(s: Server): Promise<void> {
+export async function stop(s: Server<string>): Promise<void> {
   if (s.child.exitCode !== null) return;
   const exited = new Promise((r) => s.child.once('exit', r));
   s.child.kill('SIGTERM');
   await exited;
 }
 
-/** One run at a time in the forked load generator (bench/load-worker.ts, its own event loop). */
-function loadGenerator() {
-  const child = fork(path.join(ROOT, 'bench/load-worker.ts'), [], { cwd: ROOT, execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+/** One run at a time in the forked load generator (bench/load-worker.ts, its own event loop; bench/compare.ts forks its own). */
+export function loadGenerator<Req extends { runId: number } = RunRequest, Res = HttpStats>(worker = 'bench/load-worker.ts', args: string[] = []) {
+  const child = fork(path.join(ROOT, worker), args, { cwd: ROOT, execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   let runId = 0;
   return {
-    run: (req: Omit<RunRequest, 'kind' | 'runId'>) => new Promise<HttpStats>((resolve, reject) => {
+    run: (req: Omit<Req, 'kind' | 'runId'>) => new Promise<Res>((resolve, reject) => {
       const id = runId++;
       const onMessage = (msg: RunResponse) => {
         if (msg.runId !== id) return;
         child.off('message', onMessage);
-        if (msg.kind === 'result') resolve(msg.stats);
+        if (msg.kind === 'result') resolve(msg.stats as Res);
         else reject(new Error(`load generator: ${msg.message}`));
       };
       child.on('message', onMessage);
-      child.send({ kind: 'run', runId: id, ...req } satisfies RunRequest);
+      child.send({ kind: 'run', runId: id, ...req });
     }),
     close: () => { if (child.connected) child.disconnect(); },
   };
@@ -107,11 +112,11 @@ async function seedPatients(base: string, tag: string): Promise<string[]> {
   return ids;
 }
 
-const median = (xs: number[]) => {
+export const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const fmt = (v: number, digits = 0) => v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+export const fmt = (v: number, digits = 0) => v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 
 async function main() {
   const t0 = performance.now();
@@ -195,7 +200,10 @@ async function main() {
   if (failed.length) process.exitCode = 1;
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exitCode = 1;
-});
+// Run as a script only: bench/compare.ts imports the pieces above.
+if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
+  main().catch((e) => {
+    console.error(e);
+    process.exitCode = 1;
+  });
+}
