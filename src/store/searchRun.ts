@@ -79,7 +79,9 @@ export function searchStatements(q: SearchRequest & { orgId: number }): SearchSt
 function countStatement(q: SearchRequest & { orgId: number }, driverIndex: number | undefined): { sql: string; values: unknown[] } {
   const { values, p } = params();
   if (driverIndex !== undefined && !q.criteria.some(onResourceRow)) {
-    const others = (d: string) => q.criteria.filter((c, i) => i !== driverIndex).map((c) => ` AND ${criterionSql(c, q.type, d, p, 0, true)}`).join('');
+    // Not per-row probes: a count reads every match, and a common driver's matches are
+    // better joined to the others' (hashed) than probed one by one.
+    const others = (d: string) => q.criteria.filter((c, i) => i !== driverIndex).map((c) => ` AND ${criterionSql(c, q.type, d, p)}`).join('');
     return { sql: `SELECT count(*)::integer AS n FROM (SELECT DISTINCT d.id FROM ${driverRows(q.criteria[driverIndex], q.type, q.orgId, p, others, () => '')}) m`, values };
   }
   const where = [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', p))];
