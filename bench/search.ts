@@ -215,16 +215,22 @@ async function contexts(ds: Dataset, n: number): Promise<QCtx[]> {
 
 // ------------------------------------------------------------ database time
 
-interface Statement { sql: string; values: unknown[] }
+/** `generic`: the server ran it prepared, on its generic plan (onGenericPlans, src/store/statements.ts). */
+interface Statement { sql: string; values: unknown[]; generic?: boolean }
 interface DbTime { plan: number; exec: number; total: number; statements: number; runs: number; rows: [min: number, max: number]; plans: { sql: string; plan: string }[] }
 
 /** The client with every query recorded before it runs (text and values, as the server sends them). */
 function recording(client: pg.PoolClient, into: Statement[]): pg.PoolClient {
+  let generic = false;
   return new Proxy(client, {
     get(target, prop) {
       if (prop === 'query') {
         return (cfg: any, values?: unknown[]) => {
-          into.push(typeof cfg === 'string' ? { sql: cfg, values: values ?? [] } : { sql: cfg.text, values: cfg.values ?? values ?? [] });
+          const sql: string = typeof cfg === 'string' ? cfg : cfg.text;
+          if (/set_config\('plan_cache_mode', 'force_generic_plan'/.test(sql)) generic = true;
+          else if (/set_config\('plan_cache_mode', \$1/.test(sql)) generic = false;
+          into.push(typeof cfg === 'string' ? { sql: cfg, values: values ?? [] }
+            : { sql: cfg.text, values: cfg.values ?? values ?? [], generic: generic && cfg.name !== undefined });
           return (target.query as any)(cfg, values);
         };
       }
@@ -269,6 +275,15 @@ function inline(sql: string, values: unknown[]): string {
 /** Planning and execution ms of one statement as the request role: EXPLAIN ANALYZE, or for the planner's
  * own row estimate (an EXPLAIN the server runs) the planning of what it explains. */
 async function timeStatement(c: pg.PoolClient, s: Statement): Promise<{ plan: number; exec: number }> {
+  if (s.generic) {
+    // As the server runs it: prepared once per connection, executed on its generic plan.
+    const name = await prepared(c, s.sql);
+    await c.query(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`);
+    const json = (await c.query(`EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) EXECUTE ${name}(${s.values.map((v) => inline('$1', [v])).join(', ')})`)).rows[0]['QUERY PLAN'];
+    await c.query(`SELECT set_config('plan_cache_mode', 'force_custom_plan', true)`);
+    const top = (Array.isArray(json) ? json : JSON.parse(json))[0];
+    return { plan: top['Planning Time'], exec: top['Execution Time'] };
+  }
   const inner = /^EXPLAIN \(FORMAT JSON\) /.exec(s.sql);
   const sql = inner ? `EXPLAIN (SUMMARY ON, FORMAT JSON) ${s.sql.slice(inner[0].length)}` : `EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) ${s.sql}`;
   const json = (await c.query(sql, s.values)).rows[0]['QUERY PLAN'];
@@ -276,7 +291,28 @@ async function timeStatement(c: pg.PoolClient, s: Statement): Promise<{ plan: nu
   return { plan: top['Planning Time'], exec: inner ? 0 : top['Execution Time'] };
 }
 
+/** The statement's name on this connection, prepared at first use (PREPARE outlives the transaction). */
+const preparedNames = new WeakMap<pg.PoolClient, Map<string, string>>();
+async function prepared(c: pg.PoolClient, sql: string): Promise<string> {
+  const names = preparedNames.get(c) ?? new Map<string, string>();
+  preparedNames.set(c, names);
+  let name = names.get(sql);
+  if (!name) {
+    name = `bench_${names.size}`;
+    await c.query(`PREPARE ${name} AS ${sql}`);
+    names.set(sql, name);
+  }
+  return name;
+}
+
 async function planText(c: pg.PoolClient, s: Statement): Promise<string> {
+  if (s.generic) {
+    const name = await prepared(c, s.sql);
+    await c.query(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`);
+    const text = (await c.query(`EXPLAIN (ANALYZE, BUFFERS) EXECUTE ${name}(${s.values.map((v) => inline('$1', [v])).join(', ')})`)).rows.map((r) => r['QUERY PLAN']).join('\n');
+    await c.query(`SELECT set_config('plan_cache_mode', 'force_custom_plan', true)`);
+    return `-- generic plan (prepared)\n${text}`;
+  }
   const inner = /^EXPLAIN \(FORMAT JSON\) /.exec(s.sql);
   const sql = inner ? `EXPLAIN (SUMMARY ON) ${s.sql.slice(inner[0].length)}` : `EXPLAIN (ANALYZE, BUFFERS) ${s.sql}`;
   return (await c.query(sql, s.values)).rows.map((r) => r['QUERY PLAN']).join('\n');
