@@ -283,6 +283,7 @@ const uptime = () => execFileSync('uptime', { encoding: 'utf8' }).trim();
 
 async function main() {
   const uptimeStart = uptime();
+  const startedAt = new Date().toISOString().replace(/[:.]/g, '-');
   const t0 = performance.now();
   const beforeDir = worktree();
   const beforeRev = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: beforeDir, encoding: 'utf8' }).trim();
@@ -309,7 +310,7 @@ async function main() {
     const summary = (label: string, rs: Run[]) => {
       const of = (side: Side) => rs.filter((r) => r.label === label && r.side === side);
       const rate = (side: Side) => median(of(side).map((r) => r.stats.reqPerSec));
-      const cpu = (side: Side) => median(of(side).map((r) => r.cpuUsPerRequest));
+      const cpu = (side: Side) => median(of(side).map((r) => r.cpuUsPerRequest).filter((v) => Number.isFinite(v))); // a run with no answer has none
       const ratios = Array.from({ length: ROUNDS }, (_, i) => {
         const at = (side: Side) => of(side).find((r) => r.round === i + 1)!.stats.reqPerSec;
         return at('after') / at('before');
@@ -329,10 +330,10 @@ async function main() {
     console.log('');
     if (final) for (const l of [...lines, ...loads]) console.log(l);
     const busy = [...runs, ...grown.flatMap((g) => g.runs)].filter((r) => (r.foreignPct ?? 0) > 10);
-    const failed = [...runs, ...grown.flatMap((g) => g.runs)].filter((r) => r.stats.non2xx || r.stats.errors || r.stats.timeouts);
+    const failed = [...runs, ...grown.flatMap((g) => g.runs)].filter((r) => r.stats.non2xx || r.stats.errors || r.stats.timeouts || !r.stats.ok);
     const notes = [
       ...(busy.length ? [`Other processes used over 10% of the machine in ${busy.length} of the runs (max ${Math.max(...busy.map((r) => r.foreignPct!))}%).`] : []),
-      ...failed.map((r) => `WARNING: round ${r.round} ${r.side} ${r.label}: ${r.stats.non2xx} non-2xx, ${r.stats.errors} errors, ${r.stats.timeouts} timeouts`),
+      ...failed.map((r) => `WARNING: round ${r.round} ${r.side} ${r.label}: ${r.stats.ok} answers, ${r.stats.non2xx} non-2xx, ${r.stats.errors} errors, ${r.stats.timeouts} timeouts`),
     ];
     if (final) for (const n of notes) console.log(n);
     console.log(`run so far: ${minutes.toFixed(1)} min`);
@@ -357,6 +358,7 @@ async function main() {
       ...notes,
     ].join('\n') + '\n';
     fs.writeFileSync(path.join(ROOT, 'bench/results/2026-12-07-compare.md'), md);
+    fs.writeFileSync(path.join(ROOT, 'bench/results', `compare-${startedAt}.json`), JSON.stringify({ scale: SCALE, seconds: SECONDS, rounds: ROUNDS, connections: CONNECTIONS, grow: GROW, beforeRev, afterRev, loadMs, runs, grown }, null, 2) + '\n');
     console.log('results: bench/results/2026-12-07-compare.md');
     return failed.length;
   };
