@@ -10,6 +10,7 @@ import { startTestServer, removeDataDir, fhir, type TestServer } from './support
 import { parseSearch } from '../src/search/query.ts';
 import { searchStatements } from '../src/store/searchRun.ts';
 import { prefixUpperBound } from '../src/store/searchSql.ts';
+import { createOrg } from '../src/store/tenants.ts';
 
 let srv: TestServer;
 let orgId: number;
@@ -156,6 +157,16 @@ describe('search plans as the request role, under RLS', () => {
       const partitions = p.nodes.map((n) => n['Relation Name'] ?? '').filter((r) => r.startsWith('observations'));
       assert.deepEqual(partitions, [], `${query}: ${p.sql}`);
       assert.ok(p.nodes.some((n) => n['Relation Name'] === 'resource_history'), query);
+    }
+  });
+
+  test('every subquery plans the tenant\'s partitions only, however many tenants there are', async () => {
+    for (const slug of ['plans-other-a', 'plans-other-b']) await createOrg(srv.db.owner, slug, slug);
+    for (const [type, query] of [['Observation', 'patient=p7&category=vital-signs&date=ge2020-01-01&_sort=-date'],
+      ['Observation', 'code=8867-4&value-quantity=gt60&_total=accurate'], ['Patient', 'family=alberg&birthdate=ge1950&_has:Observation:patient:code=8867-4']] as const) {
+      const p = await plan(type, query);
+      const others = p.nodes.map((n) => /_o(\d+)(_|$)/.exec(n['Relation Name'] ?? '')).filter((m) => m && Number(m[1]) !== orgId).map((m) => m![0]);
+      assert.deepEqual(others, [], `${type}?${query}: ${p.sql}`);
     }
   });
 

@@ -10,7 +10,23 @@ import { badRequest } from '../fhir/outcome.ts';
 import { ROW_KEYED_TYPES, ROW_TIME_PARAM } from '../../mappings/search/rowKeys.ts';
 import { keySortValue, keysNaming, presentCond, referencedIds, referenceKeysCond, refersToCond, rowsWithKeys, tokenKeysCond } from './rowKeySearch.ts';
 
-type P = (v: unknown) => string;
+/** Bind parameters; with `orgId`, the statement's tenant (sameTenant). */
+type P = ((v: unknown) => string) & { orgId?: number };
+
+/**
+ * Rows `s` of row `r`'s tenant, and when the statement's tenant is known, of that tenant as
+ * a value too, so that the planner keeps that tenant's partitions of a subquery's table.
+ * Correlated with `r.org_id`, every tenant's partition was planned in each subquery
+ * (a search with three criteria at 100 tenants: 60 ms of planning).
+ */
+function sameTenant(s: string, r: string, p: P): string {
+  return `${s}.org_id = ${r}.org_id${p.orgId !== undefined ? ` AND ${s}.org_id = ${p(p.orgId)}::integer` : ''}`;
+}
+
+/** The transaction's tenant: as a value when the statement's tenant is known (sameTenant). */
+function txTenant(p: P): string {
+  return p.orgId !== undefined ? `${p(p.orgId)}::integer` : `current_setting('app.org_id')::integer`;
+}
 
 const INDEX_TABLE: Record<string, string> = {
   token: 'search_tokens', string: 'search_strings', date: 'search_dates', reference: 'search_references',
@@ -272,7 +288,7 @@ export function bodyOf(type: string, q: string, p: P): string {
  * the row's partition key, so the join probes one time partition, not all of them.
  */
 export function indexRowOf(s: string, r: string, type: string, p: P): string {
-  return `${s}.org_id = ${r}.org_id AND ${s}.resource_type = ${p(type)} AND ${s}.id = ${r}.id`
+  return `${sameTenant(s, r, p)} AND ${s}.resource_type = ${p(type)} AND ${s}.id = ${r}.id`
     + (TIME_PARTITIONED.has(type) ? ` AND ${s}.clinical_time = ${r}.clinical_time` : '');
 }
 
@@ -353,7 +369,7 @@ function anyRefSql(a: NonNullable<Criterion['anyRef']>, type: string, r: string,
   const target = `${s}.param = ANY(${p(a.params)}::text[]) AND ${s}.target_id = ${p(a.targetId)} AND ${s}.target_type = ${p(a.targetType)}`;
   if (!a.self) return `EXISTS (SELECT 1 FROM search_references ${s} WHERE ${indexRowOf(s, r, type, p)} AND ${target}${tail})`;
   return `${r}.id = ANY(array_append(ARRAY(SELECT ${s}.id FROM search_references ${s}
-      WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(type)} AND ${target}), ${p(a.targetId)}::text))`;
+      WHERE ${s}.org_id = ${txTenant(p)} AND ${s}.resource_type = ${p(type)} AND ${target}), ${p(a.targetId)}::text))`;
 }
 
 /**
@@ -395,11 +411,11 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
       const stored = storedParams(refParam);
       if (stored.targetType && stored.targetType !== type) return 'false';
       return `EXISTS (SELECT 1 FROM ${rowsWithKeys(sourceType, keysNaming(stored.params, type, `${r}.id`, p))} ${s}
-        JOIN ${READ_FROM[sourceType]} ${t} ON ${t}.org_id = ${r}.org_id AND ${t}.id = ${s}.id AND ${t}.clinical_time = ${s}.clinical_time
+        JOIN ${READ_FROM[sourceType]} ${t} ON ${sameTenant(t, r, p)} AND ${t}.id = ${s}.id AND ${t}.clinical_time = ${s}.clinical_time
         WHERE ${reached}${tail})`;
     }
     return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${READ_FROM[sourceType]} ${t} ON ${indexRowOf(s, t, sourceType, p)}
-      WHERE ${s}.org_id = current_setting('app.org_id')::integer AND ${s}.resource_type = ${p(sourceType)} AND ${storedCond(storedParams(refParam), s, p)}
+      WHERE ${s}.org_id = ${txTenant(p)} AND ${s}.resource_type = ${p(sourceType)} AND ${storedCond(storedParams(refParam), s, p)}
         AND ${s}.target_type = ${p(type)} AND ${s}.target_id = ${r}.id AND ${reached}${tail})`;
   }
   if (c.chain) {
@@ -410,10 +426,10 @@ export function criterionSql(c: Criterion, type: string, r: string, p: P, depth 
       // The targets are in the row's own keys.
       const stored = storedParams(def);
       if (stored.targetType && stored.targetType !== targetType) return 'false';
-      return `EXISTS (SELECT 1 FROM ${READ_FROM[targetType]} ${t} WHERE ${t}.org_id = ${r}.org_id
+      return `EXISTS (SELECT 1 FROM ${READ_FROM[targetType]} ${t} WHERE ${sameTenant(t, r, p)}
         AND ${t}.id = ANY(${referencedIds(stored.params, targetType, r, p)}) AND ${reachedSql(criterion, c.chain.restrict, targetType, t, p, depth)}${tail})`;
     }
-    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${READ_FROM[targetType]} ${t} ON ${t}.org_id = ${s}.org_id AND ${t}.id = ${s}.target_id
+    return `EXISTS (SELECT 1 FROM search_references ${s} JOIN ${READ_FROM[targetType]} ${t} ON ${sameTenant(t, s, p)} AND ${t}.id = ${s}.target_id
       WHERE ${indexRowOf(s, r, type, p)} AND ${storedCond(storedParams(def), s, p)}
         AND ${s}.target_type = ${p(targetType)} AND ${reachedSql(criterion, c.chain.restrict, targetType, t, p, depth)}${tail})`;
   }
