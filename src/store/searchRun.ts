@@ -83,7 +83,7 @@ function countStatement(q: SearchRequest & { orgId: number }, driverIndex: numbe
   if (driverIndex !== undefined && !q.criteria.some(onResourceRow)) {
     // Not per-row probes: a count reads every match, and a common driver's matches are
     // better joined to the others' (hashed) than probed one by one.
-    const others = (d: string) => q.criteria.filter((c, i) => i !== driverIndex).map((c) => ` AND ${criterionSql(c, q.type, d, p)}`).join('');
+    const others = otherCriteria(q, driverIndex, p, false);
     return { sql: `SELECT count(*)::integer AS n FROM (SELECT DISTINCT d.id FROM ${driverRows(q.criteria[driverIndex], q.type, q.orgId, p, others, () => '')}) m`, values };
   }
   const where = [`r.org_id = ${p(q.orgId)}::integer`, ...q.criteria.map((cr) => criterionSql(cr, q.type, 'r', p))];
@@ -105,15 +105,21 @@ function bestDriver(q: SearchRequest): { index: number; rank: number } | undefin
   return best;
 }
 
+/** The conditions, on the driver's index rows `d`, of the criteria other than the driver (criterionSql's `perRow`). */
+function otherCriteria(q: SearchRequest, driverIndex: number, p: (v: unknown) => string, perRow: boolean): (d: string) => string {
+  return (d) => q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, d, p, 0, perRow)}`).join('');
+}
+
 /**
  * The driver's matching index rows, the other criteria checked on each (`extra` may
  * order and limit them), joined to their locator rows `r` by a per-row probe (the body is
- * read from the history: bodyOf; no time partition is planned). Starting from the driver keeps the plan tied to its (usually small or
- * id-ordered) row set, whatever the planner estimates for the other criteria.
+ * read from the history: bodyOf; no time partition is planned). Starting from the driver
+ * keeps the plan tied to its (usually small or id-ordered) row set, whatever the planner
+ * estimates for the other criteria.
  */
 function drivenRows(q: SearchRequest & { orgId: number }, driverIndex: number, p: (v: unknown) => string, extra: (d: string) => string): string {
   const driver = q.criteria[driverIndex];
-  const others = (d: string) => q.criteria.filter((c, i) => i !== driverIndex && !onResourceRow(c)).map((c) => ` AND ${criterionSql(c, q.type, d, p, 0, true)}`).join('');
+  const others = otherCriteria(q, driverIndex, p, true);
   return `(SELECT DISTINCT ON (d.id) d.org_id, d.id, d.clinical_time FROM ${driverRows(driver, q.type, q.orgId, p, others, extra)}) m
     CROSS JOIN LATERAL (SELECT x.org_id, x.id, x.last_updated, x.clinical_time, x.version_id FROM resource_ids x
        WHERE x.org_id = m.org_id AND x.resource_type = ${p(q.type)} AND x.id = m.id AND NOT x.deleted LIMIT 1) r`;
@@ -227,10 +233,12 @@ export async function runSearch(tx: Tx, q: SearchRequest): Promise<SearchPage> {
   // A search of audit_events plans every weekly partition a date range does not rule out
   // (72 a year and a half in, 52 more a year), and planning cost more than running the
   // query: its page and total run on their generic plans (run-time pruning still skips
-  // the partitions outside a date range). Other types' pages do when driven by a
-  // reference or identifier (searchStatements); their totals keep custom plans.
-  const { rows } = await onGenericPlans(tx, st.generic && (ROW_KEYED_TYPES.has(q.type) || await fewTenants(tx)), (run) => run(st.page));
-  let total = q.total === 'none' ? undefined : await onGenericPlans(tx, ROW_KEYED_TYPES.has(q.type), async (run) =>
+  // the partitions outside a date range). Other types' pages do when driven
+  // (searchStatements) while the database holds few tenants (fewTenants); their totals
+  // keep custom plans.
+  const keyed = ROW_KEYED_TYPES.has(q.type);
+  const { rows } = await onGenericPlans(tx, st.generic && (keyed || await fewTenants(tx)), (run) => run(st.page));
+  let total = q.total === 'none' ? undefined : await onGenericPlans(tx, keyed, async (run) =>
     (await run(q.total === 'accurate' ? st.count : boundedCount(st.count))).rows[0].n as number);
   const keyOf = (row: Record<string, string> | undefined) => row && [...Array.from({ length: st.keys }, (_, i) => String(row[`k${i}`])), row.id];
   // A page going back was read from its end: one row more tells that a page precedes it.
